@@ -1,0 +1,178 @@
+"""Plain data the engine takes and returns: operations of a cycle and their outputs.
+
+These are the engine's whole public vocabulary. They hold torch tensors and Python scalars only,
+so the platform converts its wire JSON into them and back without the engine knowing about HTTP.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional, Union
+
+import torch
+
+StopReason = Literal["stop", "length"]
+ErrorCategory = Literal["user", "server"]
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """What the user chose for one adapter; alpha/rank is the LoRA scale."""
+
+    rank: int = 32
+    alpha: float = 32.0
+    seed: Optional[int] = None
+    train_attn: bool = True
+    train_mlp: bool = True
+    train_unembed: bool = True
+
+
+@dataclass(frozen=True)
+class AdamParams:
+    """AdamW hyper-parameters of one optim_step (DESIGN §3 defaults)."""
+
+    learning_rate: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-12
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 0.0
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Generation controls; temperature 0 means greedy, `stop=None` means stop at EOS."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = -1
+    top_p: float = 1.0
+    stop: Optional[Union[list[str], list[int]]] = None
+    seed: Optional[int] = None
+
+
+@dataclass
+class Datum:
+    """One training example: `model_input[t]` predicts `loss_fn_inputs['target_tokens'][t]`."""
+
+    model_input: list[int]
+    loss_fn_inputs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+# ---- operations of a cycle -------------------------------------------------------------------
+
+
+@dataclass
+class ForwardBackward:
+    adapter_id: str
+    data: list[Datum]
+    loss_fn: str = "cross_entropy"
+    loss_fn_config: Optional[dict[str, float]] = None
+    forward_only: bool = False
+
+
+@dataclass
+class OptimStep:
+    adapter_id: str
+    params: AdamParams = field(default_factory=AdamParams)
+
+
+@dataclass
+class Sample:
+    """Sampling from `adapter_id` (None = the bare base model)."""
+
+    adapter_id: Optional[str]
+    prompt: list[int]
+    num_samples: int = 1
+    params: SamplingParams = field(default_factory=SamplingParams)
+    prompt_logprobs: bool = False
+    topk_prompt_logprobs: int = 0
+
+
+@dataclass
+class SaveState:
+    """Adapter weights (+ AdamW state when `include_optimizer`) as safetensors in `directory`."""
+
+    adapter_id: str
+    directory: Path
+    include_optimizer: bool = True
+
+
+@dataclass
+class LoadState:
+    """Create or overwrite `adapter_id` from a SaveState directory."""
+
+    adapter_id: str
+    directory: Path
+    include_optimizer: bool = True
+
+
+@dataclass
+class ExportPeft:
+    """Write a PEFT adapter directory (adapter_config.json + adapter_model.safetensors)."""
+
+    adapter_id: str
+    directory: Path
+
+
+@dataclass
+class ImportPeft:
+    """Create `adapter_id` (weights only, fresh optimizer) from a PEFT adapter directory."""
+
+    adapter_id: str
+    directory: Path
+
+
+Operation = Union[ForwardBackward, OptimStep, Sample, SaveState, LoadState, ExportPeft, ImportPeft]
+
+
+# ---- outputs ---------------------------------------------------------------------------------
+
+
+@dataclass
+class ForwardBackwardOutput:
+    """Per datum `{'logprobs': tensor shaped like target_tokens}` plus `loss:sum` etc."""
+
+    loss_fn_outputs: list[dict[str, torch.Tensor]]
+    metrics: dict[str, float]
+
+
+@dataclass
+class OptimStepOutput:
+    metrics: dict[str, float]
+
+
+@dataclass
+class SampledSequence:
+    tokens: list[int]
+    logprobs: list[float]
+    stop_reason: StopReason
+
+
+@dataclass
+class SampleOutput:
+    sequences: list[SampledSequence]
+    prompt_logprobs: Optional[list[Optional[float]]] = None
+    topk_prompt_logprobs: Optional[list[Optional[list[tuple[int, float]]]]] = None
+
+
+@dataclass
+class CheckpointOutput:
+    directory: Path
+    size_bytes: int
+
+
+Output = Union[ForwardBackwardOutput, OptimStepOutput, SampleOutput, CheckpointOutput]
+
+
+@dataclass
+class OpResult:
+    """Outcome of one operation: `output` when ok, else `error` (+ who is to blame)."""
+
+    output: Optional[Output] = None
+    error: Optional[str] = None
+    category: Optional[ErrorCategory] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None

@@ -1,0 +1,75 @@
+"""The base-model host: resolve a model name, load it once, frozen, on the chosen device.
+
+A name is a built-in tiny model, a local directory, or a hub id (read from the hub cache;
+`HF_HUB_OFFLINE` is respected by transformers itself). bf16 on CUDA, fp32 on CPU.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from . import tiny_models
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("LORASMITH_DATA_DIR", Path.home() / ".lorasmith"))
+
+
+@dataclass(frozen=True)
+class BaseModelInfo:
+    """What the platform needs to validate requests without loading weights."""
+
+    name: str
+    model_dir: str  # local directory, or the hub id when read from the hub cache
+    vocab_size: int
+    max_context: int
+    arch: str
+    eos_token_id: Optional[int]
+
+
+def resolve_model_dir(name: str, data_dir: Optional[Path] = None) -> str:
+    if tiny_models.is_builtin(name):
+        return str(tiny_models.materialise(name, (data_dir or default_data_dir()) / "models"))
+    return name  # a local path or a hub id: transformers resolves both
+
+
+def describe_base_model(name: str, data_dir: Optional[Path] = None) -> BaseModelInfo:
+    from transformers import AutoConfig
+
+    model_dir = resolve_model_dir(name, data_dir)
+    config = AutoConfig.from_pretrained(model_dir)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    eos = getattr(config, "eos_token_id", None)
+    if isinstance(eos, list):
+        eos = eos[0] if eos else None
+    return BaseModelInfo(
+        name=name,
+        model_dir=model_dir,
+        vocab_size=int(text_config.vocab_size),
+        max_context=int(getattr(text_config, "max_position_embeddings", 2048)),
+        arch=(config.architectures or [config.model_type])[0],
+        eos_token_id=eos,
+    )
+
+
+def pick_device(device: Optional[str] = None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_base_model(info: BaseModelInfo, device: torch.device):
+    """Load weights and tokenizer; the model is frozen and put in eval mode (no dropout)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(info.model_dir, dtype=dtype)
+    model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    tokenizer = AutoTokenizer.from_pretrained(info.model_dir)
+    return model, tokenizer

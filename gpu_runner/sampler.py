@@ -1,0 +1,124 @@
+"""Batched, KV-cached generation across adapters.
+
+All rows (every sample of every request) go through the model together: prompts are left-padded,
+rows are grouped by adapter so each LoRA layer sees contiguous segments, and each row draws from its
+own seeded generator so a request's output does not depend on what else shares the batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import torch
+
+from .types import SampledSequence, SamplingParams
+
+
+@dataclass
+class SampleRow:
+    adapter: object  # an Adapter, or None for the bare base model
+    prompt: list[int]
+    params: SamplingParams
+    generator: torch.Generator
+    stop_token_ids: frozenset[int]
+    stop_strings: tuple[str, ...]
+    tokens: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    stop_reason: Optional[str] = None
+
+    def finished(self) -> bool:
+        return self.stop_reason is not None
+
+    def result(self) -> SampledSequence:
+        return SampledSequence(tokens=self.tokens, logprobs=self.logprobs, stop_reason=self.stop_reason or "length")
+
+
+def row_generator(seed: Optional[int], sample_index: int) -> torch.Generator:
+    """Sample i of a seeded request draws from its own stream: reproducible, independent of batching."""
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed((int(seed) * 1_000_003 + sample_index) % (2**63 - 1))
+    return generator
+
+
+def next_token(logits: torch.Tensor, row: SampleRow) -> tuple[int, float]:
+    """Pick one token from a (V,) float32 row of logits; returns (token, its logprob).
+
+    The logprob is under the temperature-scaled distribution before top-k/top-p truncation
+    (temperature 0 reports the plain distribution), so at temperature 1 it equals `forward`."""
+    params = row.params
+    if params.temperature == 0:
+        token = int(torch.argmax(logits))
+        return token, float(torch.log_softmax(logits, -1)[token])
+    logprobs = torch.log_softmax(logits / params.temperature, -1)
+    filtered = _truncate(logprobs, params.top_k, params.top_p)
+    probs = torch.softmax(filtered, -1).cpu()
+    token = int(torch.multinomial(probs, 1, generator=row.generator))
+    return token, float(logprobs[token])
+
+
+def _truncate(logprobs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    out = logprobs
+    if top_k > 0 and top_k < out.numel():
+        kth = torch.topk(out, top_k).values[-1]
+        out = out.masked_fill(out < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_lp, order = torch.sort(out, descending=True)
+        probs = torch.softmax(sorted_lp, -1)
+        drop = torch.cumsum(probs, -1) - probs > top_p  # keeps the token that crosses top_p
+        out = out.clone()
+        out[order[drop]] = float("-inf")
+    return out
+
+
+def generate(model, rows: list[SampleRow], set_segments: Callable[[list[SampleRow]], None],
+             decode: Callable[[list[int]], str], pad_id: int, device: torch.device) -> None:
+    """Fill each row's tokens/logprobs/stop_reason in place. Rows must be grouped by adapter."""
+    from transformers import DynamicCache
+
+    width = max(len(r.prompt) for r in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, row in enumerate(rows):
+        input_ids[i, width - len(row.prompt):] = torch.tensor(row.prompt)
+        mask[i, width - len(row.prompt):] = 1
+    input_ids, mask = input_ids.to(device), mask.to(device)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    steps = max(r.params.max_tokens for r in rows)
+    set_segments(rows)
+    with torch.no_grad():
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                    cache=cache, use_cache=True, logits_to_keep=1)
+        for step in range(steps):
+            logits = out.logits[:, -1, :].float()  # (B, V)
+            chosen = []
+            for i, row in enumerate(rows):
+                if row.finished():
+                    chosen.append(pad_id)
+                    continue
+                token, logprob = next_token(logits[i], row)
+                row.tokens.append(token)
+                row.logprobs.append(logprob)
+                _update_stop(row, decode)
+                chosen.append(token)
+            if all(r.finished() for r in rows) or step == steps - 1:
+                break
+            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
+            positions = positions[:, -1:] + 1
+            out = model(input_ids=torch.tensor(chosen, device=device)[:, None], attention_mask=mask,
+                        position_ids=positions, cache=cache, use_cache=True)
+    for row in rows:
+        if row.stop_reason is None:
+            row.stop_reason = "length"
+
+
+def _update_stop(row: SampleRow, decode: Callable[[list[int]], str]) -> None:
+    if row.tokens[-1] in row.stop_token_ids:
+        row.stop_reason = "stop"
+    elif row.stop_strings and any(s in decode(row.tokens) for s in row.stop_strings):
+        row.stop_reason = "stop"
+    elif len(row.tokens) >= row.params.max_tokens:
+        row.stop_reason = "length"

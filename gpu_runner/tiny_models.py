@@ -1,0 +1,113 @@
+"""Built-in tiny models: real Hugging Face directories built locally, deterministically.
+
+No machine here can download weights, so tests, the demo and the benchmarks run on these. They are
+ordinary `save_pretrained` directories (config, safetensors weights, tokenizer files with a chat
+template), so they go through exactly the loading path of a real hub model.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from filelock import FileLock
+
+CORPUS = Path(__file__).with_name("data") / "corpus.txt"
+SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>"]
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+VOCAB_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class TinyModelRecipe:
+    name: str
+    make_config: Callable[[dict, int], object]
+    seed: int
+
+
+def _llama_config(token_ids: dict, vocab_size: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        tie_word_embeddings=False, torch_dtype="float32", **token_ids,
+    )
+
+
+def _qwen3_config(token_ids: dict, vocab_size: int):
+    from transformers import Qwen3Config
+
+    return Qwen3Config(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=320, num_hidden_layers=3,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
+        tie_word_embeddings=False, torch_dtype="float32", **token_ids,
+    )
+
+
+RECIPES = {
+    "tiny-llama": TinyModelRecipe("tiny-llama", _llama_config, seed=1234),
+    "tiny-qwen3": TinyModelRecipe("tiny-qwen3", _qwen3_config, seed=4321),
+}
+
+
+def is_builtin(name: str) -> bool:
+    return name in RECIPES
+
+
+def build_tokenizer():
+    """A byte-level BPE trained on the shipped corpus; deterministic for a given corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(CORPUS.read_text().splitlines(keepends=True), trainer=trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|im_end|>",
+        additional_special_tokens=["<|eos|>", "<|im_start|>"],
+    )
+    tokenizer.chat_template = CHAT_TEMPLATE
+    return tokenizer
+
+
+def materialise(name: str, models_dir: Path) -> Path:
+    """Build `name` under `models_dir/name` unless it is already there; safe across processes."""
+    target = models_dir / name
+    if (target / "config.json").exists():
+        return target
+    models_dir.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(models_dir / f".{name}.lock")):
+        if (target / "config.json").exists():
+            return target
+        _build(RECIPES[name], target)
+    return target
+
+
+def _build(recipe: TinyModelRecipe, target: Path) -> None:
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    tokenizer = build_tokenizer()
+    token_ids = {
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+    }
+    config = recipe.make_config(token_ids, len(tokenizer))
+    torch.manual_seed(recipe.seed)
+    model = AutoModelForCausalLM.from_config(config)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    model.save_pretrained(tmp, safe_serialization=True)
+    GenerationConfig(**token_ids).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(target)

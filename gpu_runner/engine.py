@@ -81,12 +81,15 @@ class Engine:
     def run_cycle(self, ops: Sequence[Operation]) -> list[OpResult]:
         results: list[Optional[OpResult]] = [None] * len(ops)
         queues: "OrderedDict[str, deque[int]]" = OrderedDict()
+        created: set[str] = set()  # adapters that an earlier op of this cycle loads into existence
         for index, op in enumerate(ops):
             try:
-                self._validate(op)
+                self._validate(op, created)
             except EngineInputError as error:
                 results[index] = OpResult(error=str(error), category="user")
                 continue
+            if isinstance(op, (LoadState, ImportPeft)):
+                created.add(op.adapter_id)
             key = op.adapter_id if op.adapter_id is not None else f"\0base-{index}"
             queues.setdefault(key, deque()).append(index)
         while queues:
@@ -125,14 +128,14 @@ class Engine:
         for i, output in zip(indices, outputs):
             results[i] = output if isinstance(output, OpResult) else OpResult(output=output)
 
-    def _validate(self, op: Operation) -> None:
+    def _validate(self, op: Operation, created: set[str]) -> None:
         if isinstance(op, ForwardBackward):
             validate_forward_backward(self.info, op.data, op.loss_fn, op.loss_fn_config)
         elif isinstance(op, Sample):
             validate_sample(self.info, op.prompt, op.num_samples, op.params, op.topk_prompt_logprobs)
         if isinstance(op, (ForwardBackward, OptimStep, SaveState, ExportPeft)) or (
                 isinstance(op, Sample) and op.adapter_id is not None):
-            if op.adapter_id not in self.adapters:
+            if op.adapter_id not in self.adapters and op.adapter_id not in created:
                 raise EngineInputError(f"unknown model {op.adapter_id!r}", field="model_id")
 
     @contextlib.contextmanager

@@ -103,14 +103,13 @@ class Engine:
         passes = [i for i in heads if isinstance(ops[i], ForwardBackward)]
         samples = [i for i in heads if isinstance(ops[i], Sample)]
         singles = [i for i in heads if i not in passes and i not in samples]
-        pinned = [ops[i].adapter_id for i in heads if ops[i].adapter_id is not None]
         if passes:
             self._guarded(passes, results, lambda: self._forward_backward([ops[i] for i in passes]))
         if samples:
             self._guarded(samples, results, lambda: self._sample([ops[i] for i in samples]))
         for i in singles:
             self._guarded([i], results, lambda: [self._run_single(ops[i])])
-        self.adapters.enforce_budget(pinned=pinned[:1] if len(pinned) == 1 else [])
+        self.adapters.enforce_budget()  # between waves no adapter is in use, so any may go
 
     def _guarded(self, indices: list[int], results: list, work) -> None:
         """Run `work` for these ops; a failure fails exactly these ops and nothing else."""

@@ -50,16 +50,17 @@ class MultiLoraLinear(nn.Module):
         segments = self.routing.segments
         if not segments:
             return out
+        # split (not slicing): its backward is one cat, where each slice would zero a full-size grad
+        chunks = x.split([seg.stop - seg.start for seg in segments], dim=0)
         pieces: list[torch.Tensor] = []
         any_delta = False
-        for seg in segments:
+        for seg, xs in zip(segments, chunks):
             pair = seg.adapter.pair(self.module_name) if seg.adapter is not None else None
             if pair is None:
                 pieces.append(out.new_zeros((seg.stop - seg.start,) + out.shape[1:]))
                 continue
             lora_a, lora_b = pair
-            xs = x[seg.start:seg.stop].to(lora_a.dtype)
-            delta = (xs @ lora_a.t()) @ lora_b.t()  # (b, T, r) -> (b, T, d_out)
+            delta = (xs.to(lora_a.dtype) @ lora_a.t()) @ lora_b.t()  # (b, T, r) -> (b, T, d_out)
             pieces.append((delta * seg.adapter.scale).to(out.dtype))
             any_delta = True
         if not any_delta:

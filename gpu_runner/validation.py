@@ -20,13 +20,18 @@ def validate_tokens(tokens: Sequence[int], info: BaseModelInfo, field: str, datu
         raise EngineInputError(
             f"{field} has {len(tokens)} tokens, more than the model context of {info.max_context}",
             field=field, datum=datum)
-    for position, token in enumerate(tokens):
-        if isinstance(token, bool) or not isinstance(token, int):
-            raise EngineInputError(f"{field}[{position}] is not an integer token id", field=field, datum=datum)
-        if not 0 <= token < info.vocab_size:
-            raise EngineInputError(
-                f"{field}[{position}] = {token} is outside the vocabulary [0, {info.vocab_size})",
-                field=field, datum=datum)
+    try:
+        ids = torch.as_tensor(tokens)
+    except (TypeError, ValueError, RuntimeError):
+        raise EngineInputError(f"{field} must be a list of integer token ids", field=field, datum=datum) from None
+    if ids.dim() != 1 or ids.dtype not in (torch.int64, torch.int32):
+        raise EngineInputError(f"{field} must be a flat list of integer token ids", field=field, datum=datum)
+    bad = ((ids < 0) | (ids >= info.vocab_size)).nonzero()
+    if len(bad):
+        position = int(bad[0])
+        raise EngineInputError(
+            f"{field}[{position}] = {int(ids[position])} is outside the vocabulary [0, {info.vocab_size})",
+            field=field, datum=datum)
 
 
 def validate_forward_backward(info: BaseModelInfo, data: Sequence[Datum], loss_fn: str,

@@ -50,22 +50,50 @@ class MultiLoraLinear(nn.Module):
         segments = self.routing.segments
         if not segments:
             return out
-        # split (not slicing): its backward is one cat, where each slice would zero a full-size grad
-        chunks = x.split([seg.stop - seg.start for seg in segments], dim=0)
-        pieces: list[torch.Tensor] = []
-        any_delta = False
-        for seg, xs in zip(segments, chunks):
-            pair = seg.adapter.pair(self.module_name) if seg.adapter is not None else None
+        if len(segments) == 1:
+            delta = self._single_delta(x, segments[0])
+        else:
+            delta = self._grouped_delta(x, segments)
+        return out if delta is None else out + delta.to(out.dtype)
+
+    def _single_delta(self, x: torch.Tensor, seg: Segment) -> Optional[torch.Tensor]:
+        pair = seg.adapter.pair(self.module_name) if seg.adapter is not None else None
+        if pair is None:
+            return None
+        lora_a, lora_b = pair
+        return ((x.to(lora_a.dtype) @ lora_a.t()) @ lora_b.t()) * seg.adapter.scale  # (B, T, d_out)
+
+    def _grouped_delta(self, x: torch.Tensor, segments: list[Segment]) -> Optional[torch.Tensor]:
+        """All adapters in two batched matmuls: ranks zero-padded to the largest (zeros add
+        nothing), the scale folded into B, and each row picking its adapter's slice."""
+        pairs = [seg.adapter.pair(self.module_name) if seg.adapter is not None else None for seg in segments]
+        present = [p for p in pairs if p is not None]
+        if not present:
+            return None
+        rank = max(a.shape[0] for a, _ in present)
+        d_out, d_in = self.base.out_features, self.base.in_features
+        dtype, device = present[0][0].dtype, present[0][0].device
+        stacked_a, stacked_b = [], []
+        for seg, pair in zip(segments, pairs):
             if pair is None:
-                pieces.append(out.new_zeros((seg.stop - seg.start,) + out.shape[1:]))
+                stacked_a.append(torch.zeros(rank, d_in, dtype=dtype, device=device))
+                stacked_b.append(torch.zeros(d_out, rank, dtype=dtype, device=device))
                 continue
             lora_a, lora_b = pair
-            delta = (xs.to(lora_a.dtype) @ lora_a.t()) @ lora_b.t()  # (b, T, r) -> (b, T, d_out)
-            pieces.append((delta * seg.adapter.scale).to(out.dtype))
-            any_delta = True
-        if not any_delta:
-            return out
-        return out + (pieces[0] if len(pieces) == 1 else torch.cat(pieces, dim=0))
+            pad = rank - lora_a.shape[0]
+            stacked_a.append(nn.functional.pad(lora_a, (0, 0, 0, pad)) if pad else lora_a)
+            stacked_b.append(nn.functional.pad(lora_b * seg.adapter.scale, (0, pad)))
+        lora_a, lora_b = torch.stack(stacked_a), torch.stack(stacked_b)  # (S, r, d_in), (S, d_out, r)
+        sizes = [seg.stop - seg.start for seg in segments]
+        xs = x.to(dtype)
+        if len(set(sizes)) == 1:  # equal segments: a free view, no per-row copies
+            grouped = xs.reshape(len(segments), -1, d_in)  # (S, b*T, d_in)
+            delta = torch.bmm(torch.bmm(grouped, lora_a.transpose(1, 2)), lora_b.transpose(1, 2))
+            return delta.reshape(x.shape[0], x.shape[1], d_out)
+        owner = torch.repeat_interleave(torch.arange(len(segments), device=device),
+                                        torch.tensor(sizes, device=device))
+        hidden = torch.bmm(xs, lora_a[owner].transpose(1, 2))  # (B, T, r)
+        return torch.bmm(hidden, lora_b[owner].transpose(1, 2))  # (B, T, d_out)
 
 
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")

@@ -43,33 +43,39 @@ def row_generator(seed: Optional[int], sample_index: int) -> torch.Generator:
     return generator
 
 
-def next_token(logits: torch.Tensor, row: SampleRow) -> tuple[int, float]:
-    """Pick one token from a (V,) float32 row of logits; returns (token, its logprob).
+def next_tokens(logits: torch.Tensor, rows: list[SampleRow]) -> tuple[list[int], list[float]]:
+    """Pick one token per row from (B, V) float32 logits; returns tokens and their logprobs.
 
-    The logprob is under the temperature-scaled distribution before top-k/top-p truncation
-    (temperature 0 reports the plain distribution), so at temperature 1 it equals `forward`."""
-    params = row.params
-    if params.temperature == 0:
-        token = int(torch.argmax(logits))
-        return token, float(torch.log_softmax(logits, -1)[token])
-    logprobs = torch.log_softmax(logits / params.temperature, -1)
-    filtered = _truncate(logprobs, params.top_k, params.top_p)
-    probs = torch.softmax(filtered, -1).cpu()
-    token = int(torch.multinomial(probs, 1, generator=row.generator))
-    return token, float(logprobs[token])
+    Vectorised over rows; randomness is one uniform per row from that row's own generator
+    (inverse-CDF sampling), so a row's draw never depends on its neighbours. The reported logprob
+    is under the temperature-scaled distribution before top-k/top-p truncation (temperature 0
+    reports the plain distribution), so at temperature 1 it equals `forward`."""
+    device = logits.device
+    temperature = torch.tensor([r.params.temperature for r in rows], device=device)
+    greedy = temperature == 0
+    logprobs = torch.log_softmax(logits / torch.where(greedy, 1.0, temperature)[:, None], dim=-1)  # (B, V)
+    filtered = _truncate(logprobs, [r.params.top_k for r in rows], [r.params.top_p for r in rows])
+    cdf = torch.cumsum(torch.softmax(filtered, dim=-1), dim=-1)  # (B, V)
+    uniform = torch.cat([torch.rand(1, generator=r.generator) for r in rows]).to(device)
+    drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None]).squeeze(1).clamp(max=logits.shape[-1] - 1)
+    tokens = torch.where(greedy, logits.argmax(dim=-1), drawn)
+    chosen = logprobs.gather(1, tokens[:, None]).squeeze(1)
+    return tokens.tolist(), chosen.tolist()
 
 
-def _truncate(logprobs: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+def _truncate(logprobs: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
     out = logprobs
-    if top_k > 0 and top_k < out.numel():
-        kth = torch.topk(out, top_k).values[-1]
+    vocab = out.shape[-1]
+    ks = [k if 0 < k < vocab else vocab for k in top_k]
+    if min(ks) < vocab:
+        kth = torch.topk(out, max(ks), dim=-1).values.gather(1, torch.tensor(ks, device=out.device)[:, None] - 1)
         out = out.masked_fill(out < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_lp, order = torch.sort(out, descending=True)
-        probs = torch.softmax(sorted_lp, -1)
-        drop = torch.cumsum(probs, -1) - probs > top_p  # keeps the token that crosses top_p
-        out = out.clone()
-        out[order[drop]] = float("-inf")
+    if min(top_p) < 1.0:
+        sorted_lp, order = torch.sort(out, dim=-1, descending=True)
+        probs = torch.softmax(sorted_lp, dim=-1)
+        drop_sorted = torch.cumsum(probs, -1) - probs > torch.tensor(top_p, device=out.device)[:, None]
+        drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)  # keeps the token crossing top_p
+        out = out.masked_fill(drop, float("-inf"))
     return out
 
 
@@ -93,13 +99,12 @@ def generate(model, rows: list[SampleRow], set_segments: Callable[[list[SampleRo
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                     cache=cache, use_cache=True, logits_to_keep=1)
         for step in range(steps):
-            logits = out.logits[:, -1, :].float()  # (B, V)
+            tokens, logprobs = next_tokens(out.logits[:, -1, :].float(), rows)  # (B, V) -> B picks
             chosen = []
-            for i, row in enumerate(rows):
+            for row, token, logprob in zip(rows, tokens, logprobs):
                 if row.finished():
                     chosen.append(pad_id)
                     continue
-                token, logprob = next_token(logits[i], row)
                 row.tokens.append(token)
                 row.logprobs.append(logprob)
                 _update_stop(row, decode)

@@ -90,3 +90,22 @@ def test_prompt_logprobs_equal_forward_and_topk_is_sorted(engine, trained):
         values = [lp for _, lp in row]
         assert len(row) == 3 and values == sorted(values, reverse=True)
         assert values[0] >= out.prompt_logprobs[position] - 1e-6
+
+
+def test_top_k_and_top_p_truncate_the_distribution(engine, trained):
+    greedy = _sample(engine, trained, max_tokens=6, temperature=0.0, stop=[]).sequences[0].tokens
+    assert _sample(engine, trained, max_tokens=6, top_k=1, seed=1, stop=[]).sequences[0].tokens == greedy
+    assert _sample(engine, trained, max_tokens=6, top_p=1e-6, seed=1, stop=[]).sequences[0].tokens == greedy
+    out = _sample(engine, trained, num_samples=4, max_tokens=6, top_k=3, seed=8, stop=[])
+    for seq in out.sequences:
+        prefix = list(PROMPT)
+        for token in seq.tokens:
+            assert _rank_of(engine, trained, prefix, token) < 3  # among the 3 most likely at its position
+            prefix.append(token)
+
+
+def _rank_of(engine, adapter_id, prefix, token):
+    (res,) = engine.run_cycle([Sample(adapter_id, prefix + [token], 1, SamplingParams(max_tokens=1),
+                                      topk_prompt_logprobs=10)])
+    ranking = [t for t, _ in res.output.topk_prompt_logprobs[-1]]
+    return ranking.index(token)

@@ -23,19 +23,24 @@ from gpu_runner import Engine  # noqa: E402
 from gpu_runner.types import AdamParams, Datum, ExportPeft, ForwardBackward, LoraSpec, OptimStep, Sample, SamplingParams  # noqa: E402
 
 
-def timed(fn, repeats: int) -> float:
-    """Median seconds of `repeats` runs after one warm-up."""
+def _once(fn) -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    start = time.perf_counter()
     fn()
-    samples = []
-    for _ in range(repeats):
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def compare(fn_a, fn_b, repeats: int) -> tuple[float, float, float]:
+    """Run A and B alternately (after a warm-up of each) so machine noise hits both alike.
+
+    Returns the median seconds of A, of B, and the median of the per-pair ratios B/A."""
+    fn_a(), fn_b()
+    pairs = [(_once(fn_a), _once(fn_b)) for _ in range(repeats)]
+    return (statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
+            statistics.median(b / a for a, b in pairs))
 
 
 def batch(n: int, length: int, seed: int, vocab: int) -> list[Datum]:
@@ -73,8 +78,7 @@ def bench_training_step(engine: Engine, args) -> float:
         optimizer.step()
         optimizer.zero_grad()
 
-    t_engine, t_peft = timed(engine_step, args.repeats), timed(peft_step, args.repeats)
-    ratio = t_peft / t_engine
+    t_engine, t_peft, ratio = compare(engine_step, peft_step, args.repeats)
     print(f"[1] training step: engine {t_engine * 1e3:.1f} ms, bare PEFT {t_peft * 1e3:.1f} ms -> {ratio:.2f}x (goal >= 0.95x)")
     return ratio
 
@@ -93,8 +97,7 @@ def bench_multi_adapter_training(engine: Engine, args) -> float:
         for a in ids:
             engine.run_cycle([ForwardBackward(a, data[a]), OptimStep(a)])
 
-    t_cycle, t_seq = timed(one_cycle, args.repeats), timed(one_by_one, args.repeats)
-    ratio = t_seq / t_cycle
+    t_cycle, t_seq, ratio = compare(one_cycle, one_by_one, args.repeats)
     print(f"[2] 8 adapters x {args.small_batch} seqs: one cycle {tokens / t_cycle:,.0f} tok/s, one by one "
           f"{tokens / t_seq:,.0f} tok/s -> {ratio:.2f}x (goal >= 2x)")
     return ratio
@@ -124,8 +127,7 @@ def bench_sampling(engine: Engine, args) -> tuple[float, float]:
                           min_new_tokens=args.new_tokens, top_k=0, pad_token_id=0)
 
     tokens = n * args.new_tokens
-    t_engine, t_hf = timed(engine_sample, args.repeats), timed(hf_generate, args.repeats)
-    vs_hf = t_hf / t_engine
+    t_engine, t_hf, vs_hf = compare(engine_sample, hf_generate, args.repeats)
     print(f"[3a] sampling {n} x {args.new_tokens} tokens: engine {tokens / t_engine:,.0f} tok/s, HF generate "
           f"{tokens / t_hf:,.0f} tok/s -> {vs_hf:.2f}x (goal >= 1x)")
 
@@ -139,8 +141,7 @@ def bench_sampling(engine: Engine, args) -> tuple[float, float]:
         for a in ids:
             engine.run_cycle([Sample(a, prompt, 1, per_adapter)])
 
-    t_batched, t_seq = timed(batched, args.repeats), timed(sequential, args.repeats)
-    multi = t_seq / t_batched
+    t_batched, t_seq, multi = compare(batched, sequential, args.repeats)
     print(f"[3b] sampling 8 adapters: batched {8 * args.new_tokens / t_batched:,.0f} tok/s, sequential "
           f"{8 * args.new_tokens / t_seq:,.0f} tok/s -> {multi:.2f}x (goal >= 3x)")
     return vs_hf, multi

@@ -155,8 +155,9 @@ class Engine:
             segments.append(Segment(adapter, len(rows), len(rows) + len(op.data)))
             rows.extend(d.model_input for d in op.data)
         needs_grad = any(not op.forward_only for op in ops)
+        data = [datum for op in ops for datum in op.data]
         with torch.set_grad_enabled(needs_grad), self._routed(segments):
-            logprobs = self._token_logprobs(rows)  # (B, T, V)
+            target_logprobs = self._target_logprobs(rows, data)
         total = None
         outputs = []
         row = 0
@@ -166,7 +167,7 @@ class Engine:
             op_loss = torch.zeros((), device=self.device)
             per_datum = []
             for datum in op.data:
-                target_lp = self._gather_targets(logprobs[row, : len(datum.model_input)], datum)
+                target_lp = target_logprobs[row]
                 inputs = {k: v.to(self.device, torch.float32) for k, v in datum.loss_fn_inputs.items()
                           if k != "target_tokens"}
                 op_loss = op_loss + spec.fn(target_lp, inputs, config)
@@ -179,6 +180,19 @@ class Engine:
             total.backward()
         return outputs
 
+    def _target_logprobs(self, rows: list[list[int]], data: list[Datum]) -> list[torch.Tensor]:
+        """Logprob of each datum's targets, (N,) or (N, K), gathered in ONE op over the batch:
+        slicing the (B, T, V) logprobs per datum would zero-fill a full-size gradient each time."""
+        logprobs = self._token_logprobs(rows)  # (B, T, V)
+        targets = [d.loss_fn_inputs["target_tokens"] for d in data]
+        width = max(t.shape[1] if t.dim() == 2 else 1 for t in targets)
+        index = torch.zeros(logprobs.shape[0], logprobs.shape[1], width, dtype=torch.long)
+        for i, t in enumerate(targets):
+            index[i, : t.shape[0]] = t.reshape(t.shape[0], -1).long()
+        gathered = logprobs.gather(-1, index.to(self.device))  # (B, T, K)
+        return [gathered[i, : t.shape[0], 0] if t.dim() == 1 else gathered[i, : t.shape[0], : t.shape[1]]
+                for i, t in enumerate(targets)]
+
     def _token_logprobs(self, rows: list[list[int]]) -> torch.Tensor:
         """Right-padded batch; causal attention means padding never reaches real positions."""
         width = max(len(r) for r in rows)
@@ -187,12 +201,6 @@ class Engine:
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         logits = self.model(input_ids=ids.to(self.device), use_cache=False).logits
         return torch.log_softmax(logits.float(), dim=-1)
-
-    def _gather_targets(self, logprobs: torch.Tensor, datum: Datum) -> torch.Tensor:
-        targets = datum.loss_fn_inputs["target_tokens"].to(self.device, torch.long)
-        if targets.dim() == 1:
-            return logprobs.gather(-1, targets[:, None]).squeeze(-1)  # (N,)
-        return logprobs.gather(-1, targets)  # (N, K)
 
     # ---- sampling -------------------------------------------------------------------------------
 

@@ -1,0 +1,46 @@
+"""The one place where errors become HTTP answers. Every 4xx carries a JSON body naming the field."""
+from __future__ import annotations
+
+import json
+
+from django.http import JsonResponse
+from rest_framework import exceptions
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_handler
+
+from training.errors import ApiError
+
+
+def error_body(message: str, field: str = "") -> dict:
+    body = {"error": message, "detail": message}
+    if field:
+        body["field"] = field
+    return body
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, ApiError):
+        return Response(error_body(exc.message, exc.field), status=exc.status)
+    if isinstance(exc, exceptions.ParseError):
+        return Response(error_body(f"request body is not valid JSON: {exc.detail}", "body"), status=400)
+    response = drf_handler(exc, context)
+    if response is not None:
+        detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else response.data
+        response.data = error_body(str(detail))
+    return response
+
+
+def json_error(exc: ApiError) -> JsonResponse:
+    return JsonResponse(error_body(exc.message, exc.field), status=exc.status)
+
+
+def parse_json(raw: bytes) -> dict:
+    from training.errors import BadRequest
+
+    try:
+        body = json.loads(raw or b"{}")
+    except ValueError as error:
+        raise BadRequest(f"request body is not valid JSON: {error}", field="body") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object", field="body")
+    return body

@@ -1,0 +1,33 @@
+"""Signed file downloads: no API key, just an unexpired, untampered token. Supports `Range`
+(resumable downloads) and sends `X-Checksum-Sha256` so clients can verify what they got."""
+from __future__ import annotations
+
+import re
+
+from django.http import FileResponse, HttpResponse, JsonResponse
+
+from training import storage
+
+from .errors import error_body
+
+RANGE = re.compile(r"^bytes=(\d+)-$")
+
+
+def signed_file(request, token: str, filename: str):
+    path = storage.open_signed(token)
+    if path is None or path.name != filename:
+        return JsonResponse(error_body("this download link is invalid or has expired"), status=403)
+    size = path.stat().st_size
+    checksum = storage.sha256(path)
+    match = RANGE.match(request.headers.get("Range", ""))
+    if match and int(match[1]) < size:
+        start = int(match[1])
+        with open(path, "rb") as f:
+            f.seek(start)
+            response = HttpResponse(f.read(), status=206, content_type="application/octet-stream")
+        response["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
+    else:
+        response = FileResponse(open(path, "rb"), as_attachment=True, filename=path.name)
+    response["Accept-Ranges"] = "bytes"
+    response["X-Checksum-Sha256"] = checksum
+    return response

@@ -1,0 +1,65 @@
+"""`retrieve_future`: an async long-poll, so a waiting client holds no worker thread."""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from accounts.services import user_for_key
+from training import access
+from training.errors import ApiError, BadRequest
+
+from . import serializers
+from .errors import error_body, json_error, parse_json
+
+POLL_INTERVAL = 0.05
+retrieve_count = 0  # test hook: proves futures resolved over the WebSocket, not by polling
+
+
+def _lookup(key: str | None, raw: bytes) -> tuple[object, str]:
+    user = user_for_key(key)
+    if user is None:
+        raise ApiError("missing, invalid or revoked API key (X-API-Key)", field="X-API-Key")
+    body = parse_json(raw)
+    request_id = body.get("request_id")
+    if not isinstance(request_id, str) or not request_id:
+        raise BadRequest("request_id is required", field="request_id")
+    access.operation_of(user, request_id)
+    return user, request_id
+
+
+def _state(user, request_id: str):
+    return serializers.future_state(access.operation_of(user, request_id))
+
+
+@csrf_exempt
+async def retrieve_future(request):
+    global retrieve_count
+    if request.method != "POST":
+        return JsonResponse(error_body("use POST"), status=405)
+    retrieve_count += 1
+    try:
+        user, request_id = await sync_to_async(_lookup)(request.headers.get("X-API-Key"), request.body)
+    except ApiError as error:
+        if error.field == "X-API-Key":
+            return JsonResponse(error_body(error.message, error.field), status=401)
+        return json_error(error)
+    deadline = time.monotonic() + settings.LORASMITH["LONG_POLL_SECONDS"]
+    while True:
+        state = await sync_to_async(_state)(user, request_id)
+        if state is not None:
+            return JsonResponse(state)
+        if time.monotonic() >= deadline:
+            return JsonResponse({"type": "try_again", "request_id": request_id, "queue_state": "active"})
+        await asyncio.sleep(POLL_INTERVAL)
+
+
+def counters(request):
+    """Test-only (LORASMITH_TEST_HOOKS=1): how often retrieve_future was called."""
+    if not settings.LORASMITH["TEST_HOOKS"]:
+        return JsonResponse(error_body("not found"), status=404)
+    return JsonResponse({"retrieve_future": retrieve_count})

@@ -1,0 +1,42 @@
+"""JSON shapes of resources (TINKER_WIRE.md §6)."""
+from __future__ import annotations
+
+from training.models import Checkpoint, Operation, TrainingRun
+
+
+def future_handle(op: Operation, **extra) -> dict:
+    handle = {"request_id": op.id}
+    if op.training_run_id:
+        handle["model_id"] = op.training_run_id
+    handle.update(extra)
+    return handle
+
+
+def training_run(run: TrainingRun) -> dict:
+    last = {kind: run.checkpoints.filter(checkpoint_type=kind).order_by("-created_at").first()
+            for kind in ("training", "sampler")}
+    return {
+        "training_run_id": run.id, "base_model": run.base_model, "model_owner": run.owner.username,
+        "is_lora": True, "lora_rank": run.rank, "corrupted": False,
+        "last_request_time": run.last_request_at.isoformat(), "user_metadata": run.user_metadata or None,
+        "last_checkpoint": checkpoint(last["training"]) if last["training"] else None,
+        "last_sampler_checkpoint": checkpoint(last["sampler"]) if last["sampler"] else None,
+        "step": run.step,
+    }
+
+
+def checkpoint(ckpt: Checkpoint) -> dict:
+    return {
+        "checkpoint_id": ckpt.checkpoint_id, "checkpoint_type": ckpt.checkpoint_type,
+        "time": ckpt.created_at.isoformat(), "tinker_path": ckpt.tinker_path, "size_bytes": ckpt.size_bytes,
+        "public": ckpt.public, "expires_at": ckpt.expires_at.isoformat() if ckpt.expires_at else None,
+    }
+
+
+def future_state(op: Operation) -> dict | None:
+    """What retrieve_future (and the WebSocket push) answers for a finished op; None if pending."""
+    if op.status == Operation.Status.DONE:
+        return op.result
+    if op.status in (Operation.Status.FAILED, Operation.Status.CANCELLED):
+        return {"error": op.error or "cancelled", "category": op.error_category or "unknown"}
+    return None

@@ -1,0 +1,42 @@
+from django.urls import path, re_path
+
+from . import futures, views
+
+RUN = r"(?P<run_id>[^/]+)"
+CHECKPOINT = r"(?P<checkpoint_id>(?:weights|sampler_weights|external_weights)/[^/]+)"
+
+urlpatterns = [
+    path("client/config", views.client_config),
+    path("client/dynamic_config", views.client_dynamic_config),
+    path("healthz", views.healthz),
+    path("get_server_capabilities", views.server_capabilities),
+    path("create_session", views.create_session),
+    path("session_heartbeat", views.session_heartbeat),
+    path("sessions/<str:session_id>/finish", views.finish_session),
+    path("telemetry", views.telemetry),
+    path("create_model", views.create_model),
+    path("get_info", views.get_info),
+    path("forward_backward", views.forward_backward),
+    path("forward", views.forward),
+    path("optim_step", views.optim_step),
+    path("save_weights", views.save_weights),
+    path("save_weights_for_sampler", views.save_weights_for_sampler),
+    path("save_weights_external", views.save_weights_external),
+    path("load_weights", views.load_weights),
+    path("create_sampling_session", views.create_sampling_session),
+    path("samplers/<str:sampler_id>", views.get_sampler),
+    path("asample", views.asample),
+    path("retrieve_future", futures.retrieve_future),
+    path("training_runs", views.training_runs),
+    re_path(rf"^training_runs/{RUN}$", views.training_run),
+    re_path(rf"^training_runs/{RUN}/checkpoints$", views.run_checkpoints),
+    re_path(rf"^training_runs/{RUN}/checkpoints/{CHECKPOINT}$", views.delete_checkpoint),
+    re_path(rf"^training_runs/{RUN}/checkpoints/{CHECKPOINT}/publish$", views.publish_checkpoint),
+    re_path(rf"^training_runs/{RUN}/checkpoints/{CHECKPOINT}/ttl$", views.checkpoint_ttl),
+    re_path(rf"^training_runs/{RUN}/checkpoints/{CHECKPOINT}/external_weights_urls$", views.external_weights_urls),
+    re_path(rf"^training_runs/{RUN}/checkpoints/{CHECKPOINT}/archive$", views.checkpoint_archive),
+    path("checkpoints", views.user_checkpoints),
+    path("weights_info", views.weights_info),
+    path("base_models/<str:name>/tokenizer", views.tokenizer_files),
+    path("_test/counters", futures.counters),
+]

@@ -1,0 +1,259 @@
+"""The /api/v1 JSON endpoints (TINKER_WIRE.md §3-§7). Views parse and authorise; actions decide."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.utils import timezone
+from rest_framework.decorators import api_view, permission_classes
+from rest_framework.permissions import AllowAny
+from rest_framework.response import Response
+
+from training import access, base_models, storage, submit, wire
+from training.errors import BadRequest, TooLarge
+from training.models import Checkpoint, TrainingRun
+
+from . import serializers
+from .errors import parse_json
+
+
+def body_of(request) -> dict:
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise TooLarge(f"request body exceeds {settings.LORASMITH['MAX_BODY_BYTES']} bytes", field="body") from None
+    return parse_json(raw)
+
+
+# ---- service / session ------------------------------------------------------------------------
+
+@api_view(["POST"])
+@permission_classes([AllowAny])
+def client_config(request):
+    return Response({"pjwt_auth_enabled": False, "proto_compress_fwdbwd": False, "parallel_fwdbwd_chunks": True,
+                     "sample_use_retrieve_futures": False, "custom_loss_server_side": False})
+
+
+@api_view(["POST"])
+@permission_classes([AllowAny])
+def client_dynamic_config(request):
+    return Response({"refresh_interval_sec": 300, "sample_cancel_enabled": False})
+
+
+@api_view(["GET"])
+@permission_classes([AllowAny])
+def healthz(request):
+    return Response({"status": "ok"})
+
+
+@api_view(["GET"])
+def server_capabilities(request):
+    models = []
+    for name in base_models.served_models():
+        info = base_models.info(name)
+        models.append({"model_name": name, "max_context_length": info.max_context, "trainable": True,
+                       "sampleable": True, "arch": info.arch})
+    return Response({"supported_models": models})
+
+
+@api_view(["POST"])
+def create_session(request):
+    session = submit.create_session(request.user, body_of(request))
+    return Response({"session_id": session.id, "type": "create_session"})
+
+
+@api_view(["POST"])
+def session_heartbeat(request):
+    submit.heartbeat(request.user, wire.require(body_of(request), "session_id", str))
+    return Response({"type": "session_heartbeat"})
+
+
+@api_view(["POST"])
+def finish_session(request, session_id: str):
+    submit.finish_session(request.user, session_id, body_of(request))
+    return Response({"session_id": session_id})
+
+
+@api_view(["POST"])
+def telemetry(request):
+    return Response({"status": "accepted"})
+
+
+# ---- training ---------------------------------------------------------------------------------
+
+@api_view(["POST"])
+def create_model(request):
+    op = submit.create_model(request.user, body_of(request))
+    return Response(serializers.future_handle(op))
+
+
+@api_view(["POST"])
+def get_info(request):
+    run = access.training_run_of(request.user, wire.require(body_of(request), "model_id", str))
+    info = base_models.info(run.base_model)
+    return Response({
+        "model_id": run.id, "model_name": run.base_model, "is_lora": True, "lora_rank": run.rank,
+        "model_data": {"arch": info.arch, "model_name": run.base_model, "tokenizer_id": run.base_model},
+        "optimizer_config": {"type": "adamw"}, "type": "get_info",
+    })
+
+
+def _training_view(kind: str, forced: dict | None = None):
+    @api_view(["POST"])
+    def view(request):
+        body = {**body_of(request), **(forced or {})}
+        op = submit.submit_training(request.user, kind, body)
+        return Response(serializers.future_handle(op))
+
+    view.cls.__name__ = f"{kind.title().replace('_', '')}View"
+    return view
+
+
+forward_backward = _training_view("forward_backward")
+forward = _training_view("forward_backward", {"forward_only": True})
+optim_step = _training_view("optim_step")
+save_weights = _training_view("save_weights")
+save_weights_for_sampler = _training_view("save_weights_for_sampler")
+save_weights_external = _training_view("save_weights_external")
+
+
+@api_view(["POST"])
+def load_weights(request):
+    op = submit.load_weights(request.user, body_of(request))
+    return Response(serializers.future_handle(op))
+
+
+# ---- sampling ---------------------------------------------------------------------------------
+
+@api_view(["POST"])
+def create_sampling_session(request):
+    sampler = submit.create_sampling_session(request.user, body_of(request))
+    return Response({"sampling_session_id": sampler.id, "type": "create_sampling_session"})
+
+
+@api_view(["GET"])
+def get_sampler(request, sampler_id: str):
+    sampler = access.sampling_session_of(request.user, sampler_id)
+    return Response({"sampler_id": sampler.id, "base_model": sampler.base_model,
+                     "model_path": sampler.model_path or None})
+
+
+@api_view(["POST"])
+def asample(request):
+    op = submit.submit_sample(request.user, body_of(request))
+    return Response(serializers.future_handle(op, sample_sequence_ids=submit.sample_sequence_ids(op)))
+
+
+# ---- runs and checkpoints ---------------------------------------------------------------------
+
+def _page(request, default_limit: int) -> tuple[int, int]:
+    try:
+        limit = int(request.query_params.get("limit", default_limit))
+        offset = int(request.query_params.get("offset", 0))
+    except ValueError:
+        raise BadRequest("limit and offset must be integers", field="limit") from None
+    if not 1 <= limit <= 1000 or offset < 0:
+        raise BadRequest("limit must be 1-1000 and offset >= 0", field="limit")
+    return limit, offset
+
+
+@api_view(["GET"])
+def training_runs(request):
+    limit, offset = _page(request, 20)
+    runs = TrainingRun.objects.filter(owner=request.user).order_by("-created_at")
+    return Response({"training_runs": [serializers.training_run(r) for r in runs[offset:offset + limit]],
+                     "cursor": {"offset": offset, "limit": limit, "total_count": runs.count()}})
+
+
+@api_view(["GET"])
+def training_run(request, run_id: str):
+    return Response(serializers.training_run(access.training_run_of(request.user, run_id)))
+
+
+@api_view(["GET"])
+def run_checkpoints(request, run_id: str):
+    run = access.training_run_of(request.user, run_id)
+    return Response({"checkpoints": [serializers.checkpoint(c) for c in run.checkpoints.order_by("-created_at")]})
+
+
+@api_view(["GET"])
+def user_checkpoints(request):
+    limit, offset = _page(request, 100)
+    checkpoints = Checkpoint.objects.filter(owner=request.user).order_by("-created_at")
+    return Response({"checkpoints": [serializers.checkpoint(c) for c in checkpoints[offset:offset + limit]],
+                     "cursor": {"offset": offset, "limit": limit, "total_count": checkpoints.count()}})
+
+
+@api_view(["DELETE"])
+def delete_checkpoint(request, run_id: str, checkpoint_id: str):
+    checkpoint = access.owned_checkpoint(request.user, run_id, checkpoint_id)
+    shutil.rmtree(checkpoint.directory, ignore_errors=True)
+    checkpoint.delete()
+    return Response(status=204)
+
+
+@api_view(["POST", "DELETE"])
+def publish_checkpoint(request, run_id: str, checkpoint_id: str):
+    checkpoint = access.owned_checkpoint(request.user, run_id, checkpoint_id)
+    checkpoint.public = request.method == "POST"
+    checkpoint.save(update_fields=["public"])
+    return Response(serializers.checkpoint(checkpoint))
+
+
+@api_view(["PUT"])
+def checkpoint_ttl(request, run_id: str, checkpoint_id: str):
+    checkpoint = access.owned_checkpoint(request.user, run_id, checkpoint_id)
+    body = body_of(request)
+    ttl = wire.optional(body, "ttl_seconds", int, None)
+    if ttl is not None and not 3600 <= ttl <= 10 * 365 * 86400:
+        raise BadRequest("ttl_seconds must be between 3600 and 10 years (or null)", field="ttl_seconds")
+    checkpoint.expires_at = timezone.now() + timezone.timedelta(seconds=ttl) if ttl else None
+    checkpoint.save(update_fields=["expires_at"])
+    return Response(serializers.checkpoint(checkpoint))
+
+
+@api_view(["GET"])
+def external_weights_urls(request, run_id: str, checkpoint_id: str):
+    checkpoint = access.readable_checkpoint(request.user, run_id, checkpoint_id)
+    if checkpoint.checkpoint_type == Checkpoint.Type.TRAINING:
+        raise BadRequest("training checkpoints are not downloadable; export with save_weights_external",
+                         field="checkpoint_id")
+    urls, expires = {}, None
+    for file in sorted(Path(checkpoint.directory).iterdir()):
+        urls[file.name], expires = storage.signed_url(request, file)
+    return Response({"urls": urls, "expires": expires.isoformat() if expires else None})
+
+
+@api_view(["GET"])
+def checkpoint_archive(request, run_id: str, checkpoint_id: str):
+    checkpoint = access.readable_checkpoint(request.user, run_id, checkpoint_id)
+    if checkpoint.checkpoint_type == Checkpoint.Type.TRAINING:
+        raise BadRequest("training checkpoints are not downloadable; export with save_weights_external",
+                         field="checkpoint_id")
+    url, expires = storage.signed_url(request, storage.archive_of(checkpoint.directory))
+    return Response({"url": url, "expires": expires.isoformat()})
+
+
+@api_view(["POST"])
+def weights_info(request):
+    run_id, segment, name = wire.parse_tinker_path(wire.require(body_of(request), "tinker_path", str), "tinker_path")
+    checkpoint = access.readable_checkpoint(request.user, run_id, f"{segment}/{name}")
+    run = checkpoint.training_run
+    return Response({"base_model": run.base_model, "is_lora": True, "lora_rank": run.rank,
+                     "train_unembed": run.train_unembed, "train_mlp": run.train_mlp, "train_attn": run.train_attn,
+                     "optimizer_config": {"type": "adamw"}})
+
+
+@api_view(["GET"])
+def tokenizer_files(request, name: str):
+    info = base_models.served_info(name, field="name")
+    directory = Path(info.model_dir)
+    if not directory.is_dir():
+        return Response({"hub_id": info.model_dir})
+    files = {}
+    for file in sorted(directory.iterdir()):
+        if file.name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges")):
+            files[file.name], _ = storage.signed_url(request, file)
+    return Response({"files": files})

@@ -1,0 +1,20 @@
+"""ASGI entry: HTTP through Django, WebSockets through Channels (`/ws/v1/events`)."""
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lorasmith_server.settings")
+
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+from django.core.asgi import get_asgi_application  # noqa: E402
+from django.urls import path  # noqa: E402
+
+django_app = get_asgi_application()
+
+from api.consumers import EventsConsumer  # noqa: E402
+
+application = ProtocolTypeRouter({
+    "http": django_app,
+    "websocket": URLRouter([path("ws/v1/events", EventsConsumer.as_asgi())]),
+})

@@ -1,0 +1,127 @@
+"""Settings from environment variables, with defaults that run the whole service on a laptop.
+
+DATABASE_URL (default: SQLite in the data dir), REDIS_URL (unset: in-process broker and channel
+layer), LORASMITH_DATA_DIR, LORASMITH_BASE_MODELS, SECRET_KEY, DEBUG, ALLOWED_HOSTS.
+"""
+import os
+import sys
+from pathlib import Path
+
+import dj_database_url
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:
+    sys.path.append(str(REPO_ROOT))  # gpu_runner lives at the repo root
+
+DATA_DIR = Path(os.environ.get("LORASMITH_DATA_DIR", REPO_ROOT / ".data")).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+os.environ.setdefault("LORASMITH_DATA_DIR", str(DATA_DIR))
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "lorasmith-dev-only-secret-change-me")
+DEBUG = os.environ.get("DEBUG", "false").lower() in ("1", "true", "yes")
+ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "*").split(",") if h]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "drf_spectacular",
+    "channels",
+    "django_dramatiq",
+    "accounts",
+    "training",
+    "api",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+ROOT_URLCONF = "lorasmith_server.urls"
+ASGI_APPLICATION = "lorasmith_server.asgi.application"
+TEMPLATES = [{
+    "BACKEND": "django.template.backends.django.DjangoTemplates",
+    "DIRS": [],
+    "APP_DIRS": True,
+    "OPTIONS": {"context_processors": [
+        "django.template.context_processors.request",
+        "django.contrib.auth.context_processors.auth",
+        "django.contrib.messages.context_processors.messages",
+    ]},
+}]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL", f"sqlite:///{DATA_DIR / 'lorasmith.sqlite3'}"), conn_max_age=0)
+}
+if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
+    # the web side and the in-process runner write concurrently: WAL + waiting instead of "locked"
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30, "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+REDIS_URL = os.environ.get("REDIS_URL", "")
+DRAMATIQ_MIDDLEWARE = ["dramatiq.middleware.AgeLimit", "dramatiq.middleware.TimeLimit", "dramatiq.middleware.Callbacks",
+                       "dramatiq.middleware.Retries", "django_dramatiq.middleware.DbConnectionsMiddleware"]
+if REDIS_URL:
+    DRAMATIQ_BROKER = {
+        "BROKER": "dramatiq.brokers.redis.RedisBroker",
+        "OPTIONS": {"url": REDIS_URL, "namespace": os.environ.get("LORASMITH_REDIS_NAMESPACE", "lorasmith")},
+        "MIDDLEWARE": DRAMATIQ_MIDDLEWARE,
+    }
+    CHANNEL_LAYERS = {"default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("LORASMITH_REDIS_NAMESPACE", "lorasmith")},
+    }}
+else:
+    DRAMATIQ_BROKER = {
+        "BROKER": "dramatiq.brokers.stub.StubBroker",
+        "OPTIONS": {},
+        "MIDDLEWARE": DRAMATIQ_MIDDLEWARE,
+    }
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.auth.ApiKeyAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "api.errors.exception_handler",
+    "UNAUTHENTICATED_USER": None,
+}
+SPECTACULAR_SETTINGS = {"TITLE": "Lorasmith API", "VERSION": "1.0.0",
+                        "DESCRIPTION": "Tinker-compatible LoRA fine-tuning service (JSON form)."}
+
+LORASMITH = {
+    # base models this deployment serves (hub ids or local paths); tiny-llama is always served
+    "BASE_MODELS": [m for m in os.environ.get("LORASMITH_BASE_MODELS", "tiny-llama").split(",") if m],
+    "LONG_POLL_SECONDS": float(os.environ.get("LORASMITH_LONG_POLL_SECONDS", "25")),
+    "SIGNED_URL_SECONDS": int(os.environ.get("LORASMITH_SIGNED_URL_SECONDS", "3600")),
+    "MAX_BODY_BYTES": int(os.environ.get("LORASMITH_MAX_BODY_BYTES", str(64 * 1024 * 1024))),
+    "TEST_HOOKS": os.environ.get("LORASMITH_TEST_HOOKS", "") == "1",
+}
+if "tiny-llama" not in LORASMITH["BASE_MODELS"]:
+    LORASMITH["BASE_MODELS"].insert(0, "tiny-llama")
+DATA_UPLOAD_MAX_MEMORY_SIZE = LORASMITH["MAX_BODY_BYTES"]
+
+STATIC_URL = "static/"
+USE_TZ = True
+TIME_ZONE = "UTC"
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LORASMITH_LOG_LEVEL", "WARNING")},
+}

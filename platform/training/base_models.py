@@ -1,0 +1,31 @@
+"""Which base models this deployment serves, and what the door needs to know about each."""
+from __future__ import annotations
+
+import functools
+import re
+
+from django.conf import settings
+
+from gpu_runner import BaseModelInfo, describe_base_model
+
+from .errors import BadRequest
+
+
+def served_models() -> list[str]:
+    return list(settings.LORASMITH["BASE_MODELS"])
+
+
+@functools.lru_cache(maxsize=None)
+def info(name: str) -> BaseModelInfo:
+    return describe_base_model(name, settings.DATA_DIR)
+
+
+def served_info(name: str, field: str = "base_model") -> BaseModelInfo:
+    if name not in served_models():
+        raise BadRequest(f"{field} {name!r} is not served here; available: {served_models()}", field=field)
+    return info(name)
+
+
+def queue_name(base_model: str) -> str:
+    """One Dramatiq queue per base model, so runner machines can each take their own."""
+    return "runner." + re.sub(r"[^A-Za-z0-9._-]", "_", base_model)

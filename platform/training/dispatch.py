@@ -1,0 +1,99 @@
+"""The dispatcher: per base model, at most one cycle in flight; a new one starts as soon as the
+runner is free and something is ready (continuous batching, no clock).
+
+Ready means: for each training model, its queued operations that continue its seq_id sequence
+without a gap (early arrivals wait); every queued sampling operation (they never wait for gaps).
+"""
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import timedelta
+
+import dramatiq
+from django.db import transaction
+from django.db.models import Q
+from django.utils import timezone
+
+from .base_models import queue_name
+from .models import DispatchSlot, Operation, TrainingRun
+
+log = logging.getLogger(__name__)
+
+CYCLE_LIMIT = 64  # operations per cycle: keeps a cycle short so results stream back
+STALE_CYCLE = timedelta(minutes=30)  # a runner that died mid-cycle frees its slot after this
+
+
+def dispatch(base_model: str) -> None:
+    """Start a cycle for `base_model` if none is in flight and work is ready."""
+    while _claim_slot(base_model):
+        cycle_id = uuid.uuid4().hex
+        op_ids = _take_ready(base_model, cycle_id)
+        if op_ids:
+            _send(base_model, cycle_id, op_ids)
+            return
+        release_slot(base_model)
+        if not _has_queued(base_model):  # re-check: a submit may have landed while we held the slot
+            return
+
+
+def release_slot(base_model: str) -> None:
+    DispatchSlot.objects.filter(base_model=base_model).update(busy=False, busy_since=None)
+
+
+def _claim_slot(base_model: str) -> bool:
+    DispatchSlot.objects.get_or_create(base_model=base_model)
+    now = timezone.now()
+    claimed = DispatchSlot.objects.filter(base_model=base_model).filter(
+        Q(busy=False) | Q(busy_since__lt=now - STALE_CYCLE)).update(busy=True, busy_since=now)
+    return claimed == 1
+
+
+def _has_queued(base_model: str) -> bool:
+    return Operation.objects.filter(base_model=base_model, status=Operation.Status.QUEUED).exists()
+
+
+def _take_ready(base_model: str, cycle_id: str) -> list[str]:
+    with transaction.atomic():
+        queued = Operation.objects.filter(base_model=base_model, status=Operation.Status.QUEUED)
+        taken = list(queued.filter(sampling_session__isnull=False).order_by("created_at")
+                     .values_list("id", flat=True)[:CYCLE_LIMIT])
+        run_ids = set(queued.filter(training_run__isnull=False).values_list("training_run_id", flat=True))
+        for run in TrainingRun.objects.filter(id__in=run_ids).order_by("last_request_at"):
+            next_seq = run.dispatched_seq + 1
+            for op_id, seq_id in (queued.filter(training_run=run, seq_id__gte=next_seq)
+                                  .order_by("seq_id").values_list("id", "seq_id")):
+                if seq_id != next_seq or len(taken) >= CYCLE_LIMIT:
+                    break
+                taken.append(op_id)
+                next_seq += 1
+            if next_seq - 1 != run.dispatched_seq:
+                TrainingRun.objects.filter(pk=run.pk).update(dispatched_seq=next_seq - 1)
+        Operation.objects.filter(id__in=taken).update(status=Operation.Status.RUNNING, cycle_id=cycle_id,
+                                                      started_at=timezone.now())
+    return taken
+
+
+def _send(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
+    from .actors import execute_cycle
+
+    broker = dramatiq.get_broker()
+    queue = queue_name(base_model)
+    broker.declare_queue(queue)
+    try:
+        broker.enqueue(execute_cycle.message(base_model, cycle_id, op_ids).copy(queue_name=queue))
+    except Exception:
+        log.exception("could not enqueue cycle %s; its operations go back to the queue", cycle_id)
+        requeue(cycle_id)
+        release_slot(base_model)
+        raise
+
+
+def requeue(cycle_id: str) -> None:
+    """Put a cycle's unfinished operations back, rewinding each model's dispatch position."""
+    with transaction.atomic():
+        ops = Operation.objects.filter(cycle_id=cycle_id, status=Operation.Status.RUNNING)
+        for run_id in set(ops.exclude(training_run=None).values_list("training_run_id", flat=True)):
+            first = min(ops.filter(training_run_id=run_id).values_list("seq_id", flat=True))
+            TrainingRun.objects.filter(pk=run_id).update(dispatched_seq=first - 1)
+        ops.update(status=Operation.Status.QUEUED, cycle_id="", started_at=None)

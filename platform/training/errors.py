@@ -1,0 +1,29 @@
+"""Errors a request can end in; `api.errors` maps them to HTTP in one place."""
+from __future__ import annotations
+
+
+class ApiError(Exception):
+    status = 400
+
+    def __init__(self, message: str, field: str = ""):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class NotFound(ApiError):
+    """Also used for other users' resources, so nothing about them leaks."""
+
+    status = 404
+
+
+class Gone(ApiError):
+    status = 410
+
+
+class TooLarge(ApiError):
+    status = 413

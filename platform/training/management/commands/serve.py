@@ -1,0 +1,32 @@
+"""`manage.py serve --host H --port P`: migrations + the ASGI server (daphne). Without REDIS_URL it
+also runs the runner in-process, so one command is the whole service on a laptop."""
+from django.conf import settings
+from django.core.management import call_command
+from django.core.management.base import BaseCommand
+
+
+class Command(BaseCommand):
+    help = "Serve the API and WebSockets; in embedded mode (no REDIS_URL) also run the runner in-process."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--host", default="127.0.0.1")
+        parser.add_argument("--port", type=int, default=8000)
+        parser.add_argument("--no-runner", action="store_true", help="never start the in-process runner")
+
+    def handle(self, host, port, no_runner, **options):
+        from daphne.endpoints import build_endpoint_description_strings
+        from daphne.server import Server
+
+        from lorasmith_server.asgi import application
+        from training.base_models import served_models
+        from training.worker import start_worker
+
+        call_command("migrate", interactive=False, verbosity=0)
+        embedded = not settings.REDIS_URL and not no_runner
+        if embedded:
+            start_worker(served_models())
+        mode = "embedded (in-process runner)" if embedded else "web only"
+        self.stdout.write(f"Lorasmith serving on http://{host}:{port} — {mode}")
+        self.stdout.flush()
+        Server(application=application, endpoints=build_endpoint_description_strings(host=host, port=port),
+               signal_handlers=True, verbosity=0).run()

@@ -1,0 +1,168 @@
+"""Conversions between the JSON wire form (TINKER_WIRE.md) and the engine's types.
+
+Parsing checks the wire shape (types, dtypes, sizes) and names the field on failure; the engine's
+own validators then check the semantics (vocab, context, loss inputs) with the same messages the
+runner would give.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Optional
+
+import torch
+
+from gpu_runner.types import AdamParams, Datum, ForwardBackwardOutput, SampleOutput, SamplingParams
+
+from .errors import BadRequest
+
+DTYPES = {"int64": torch.int64, "float32": torch.float32}
+TINKER_PATH = re.compile(r"^tinker://(?P<run>[^/]+)/(?P<segment>weights|sampler_weights|external_weights)/(?P<name>[^/]+)$")
+CHECKPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def require(body: dict, key: str, kind: type | tuple, where: str = "") -> Any:
+    field = f"{where}{key}"
+    if not isinstance(body, dict) or key not in body or body[key] is None:
+        raise BadRequest(f"{field} is required", field=field)
+    value = body[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind in (int, (int, float))):
+        raise BadRequest(f"{field} must be of type {getattr(kind, '__name__', kind)}", field=field)
+    return value
+
+
+def optional(body: dict, key: str, kind: type | tuple, default: Any = None, where: str = "") -> Any:
+    if key not in body or body[key] is None:
+        return default
+    return require(body, key, kind, where)
+
+
+def model_input_tokens(value: Any, field: str) -> list[int]:
+    if not isinstance(value, dict) or not isinstance(value.get("chunks"), list):
+        raise BadRequest(f"{field} must be {{'chunks': [...]}}", field=field)
+    tokens: list[int] = []
+    for i, chunk in enumerate(value["chunks"]):
+        where = f"{field}.chunks[{i}]"
+        if not isinstance(chunk, dict) or chunk.get("type", "encoded_text") != "encoded_text":
+            raise BadRequest(f"{where}: only encoded_text chunks are supported", field=where)
+        ids = chunk.get("tokens")
+        if not isinstance(ids, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in ids):
+            raise BadRequest(f"{where}.tokens must be a list of integers", field=f"{where}.tokens")
+        tokens.extend(ids)
+    return tokens
+
+
+def tensor_data(value: Any, field: str) -> torch.Tensor:
+    if not isinstance(value, dict) or "data" not in value:
+        raise BadRequest(f"{field} must be TensorData {{data, dtype, shape}}", field=field)
+    dtype = value.get("dtype")
+    if dtype not in DTYPES:
+        raise BadRequest(f"{field}.dtype must be one of {sorted(DTYPES)}, got {dtype!r}", field=f"{field}.dtype")
+    data = value["data"]
+    if not isinstance(data, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in data):
+        raise BadRequest(f"{field}.data must be a flat list of numbers", field=f"{field}.data")
+    if dtype == "int64" and not all(isinstance(x, int) or float(x).is_integer() for x in data):
+        raise BadRequest(f"{field}.data must hold integers for dtype int64", field=f"{field}.data")
+    shape = value.get("shape") or [len(data)]
+    if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape) or len(shape) > 2:
+        raise BadRequest(f"{field}.shape must be a list of at most 2 non-negative integers", field=f"{field}.shape")
+    if math.prod(shape) != len(data):
+        raise BadRequest(f"{field}.shape {shape} does not match {len(data)} values", field=f"{field}.shape")
+    return torch.tensor(data, dtype=DTYPES[dtype]).reshape(shape)
+
+
+def datum(value: Any, index: int) -> Datum:
+    where = f"data[{index}]"
+    if not isinstance(value, dict):
+        raise BadRequest(f"{where} must be an object", field=where)
+    tokens = model_input_tokens(value.get("model_input"), f"{where}.model_input")
+    inputs = value.get("loss_fn_inputs") or {}
+    if not isinstance(inputs, dict):
+        raise BadRequest(f"{where}.loss_fn_inputs must be an object", field=f"{where}.loss_fn_inputs")
+    return Datum(tokens, {k: tensor_data(v, f"{where}.loss_fn_inputs.{k}") for k, v in inputs.items()})
+
+
+def loss_config(body: dict) -> Optional[dict[str, float]]:
+    config = dict(optional(body, "loss_fn_config", dict, {}) or {})
+    for key, value in (optional(body, "loss_fn_config_v2", dict, {}) or {}).items():
+        number = value.get("number") if isinstance(value, dict) else value
+        if isinstance(number, (int, float)) and not isinstance(number, bool):
+            config[key] = float(number)
+    return config or None
+
+
+def adam_params(body: dict) -> AdamParams:
+    raw = optional(body, "adam_params", dict, {})
+    defaults = AdamParams()
+    values = {}
+    for name in ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm"):
+        value = raw.get(name, getattr(defaults, name))
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise BadRequest(f"adam_params.{name} must be a finite number", field=f"adam_params.{name}")
+        values[name] = float(value)
+    if values["learning_rate"] < 0 or not 0 <= values["beta1"] < 1 or not 0 <= values["beta2"] < 1:
+        raise BadRequest("adam_params: learning_rate must be >= 0 and betas in [0, 1)", field="adam_params")
+    if values["weight_decay"] < 0 or values["grad_clip_norm"] < 0 or values["eps"] < 0:
+        raise BadRequest("adam_params: eps, weight_decay and grad_clip_norm must be >= 0", field="adam_params")
+    return AdamParams(**values)
+
+
+def sampling_params(value: Any) -> SamplingParams:
+    if not isinstance(value, dict):
+        raise BadRequest("sampling_params must be an object", field="sampling_params")
+    stop = value.get("stop")
+    if isinstance(stop, str):
+        stop = [stop]
+    if stop is not None and (not isinstance(stop, list) or not (
+            all(isinstance(s, str) for s in stop) or all(isinstance(s, int) and not isinstance(s, bool) for s in stop))):
+        raise BadRequest("sampling_params.stop must be a string, a list of strings or a list of token ids",
+                         field="sampling_params.stop")
+    numbers = {}
+    for name, kind, default in (("max_tokens", int, 16), ("temperature", (int, float), 1.0), ("top_k", int, -1),
+                                ("top_p", (int, float), 1.0), ("seed", int, None)):
+        raw = value.get(name, default)
+        if raw is None:
+            numbers[name] = default
+            continue
+        if isinstance(raw, bool) or not isinstance(raw, kind):
+            raise BadRequest(f"sampling_params.{name} must be a number", field=f"sampling_params.{name}")
+        numbers[name] = raw
+    return SamplingParams(stop=stop, **numbers)
+
+
+def parse_tinker_path(path: Any, field: str = "path") -> tuple[str, str, str]:
+    match = TINKER_PATH.match(path) if isinstance(path, str) else None
+    if match is None:
+        raise BadRequest(f"{field} must look like tinker://<model_id>/<weights|sampler_weights|external_weights>/<name>",
+                         field=field)
+    return match["run"], match["segment"], match["name"]
+
+
+def checkpoint_name(body: dict, key: str = "path") -> str:
+    name = require(body, key, str)
+    if not CHECKPOINT_NAME.match(name):
+        raise BadRequest(f"{key} must be 1-128 characters of letters, digits, '.', '_' or '-'", field=key)
+    return name
+
+
+def tensor_json(tensor: torch.Tensor) -> dict:
+    dtype = "int64" if not tensor.dtype.is_floating_point else "float32"
+    return {"data": tensor.flatten().tolist(), "dtype": dtype, "shape": list(tensor.shape)}
+
+
+def forward_backward_json(output: ForwardBackwardOutput) -> dict:
+    return {
+        "loss_fn_output_type": "ArrayRecord",
+        "loss_fn_outputs": [{k: tensor_json(v) for k, v in per.items()} for per in output.loss_fn_outputs],
+        "metrics": output.metrics,
+    }
+
+
+def sample_json(output: SampleOutput) -> dict:
+    return {
+        "sequences": [{"tokens": s.tokens, "logprobs": s.logprobs, "stop_reason": s.stop_reason} for s in output.sequences],
+        "prompt_logprobs": output.prompt_logprobs,
+        "topk_prompt_logprobs": None if output.topk_prompt_logprobs is None else [
+            None if row is None else [[t, lp] for t, lp in row] for row in output.topk_prompt_logprobs],
+        "prompt_cache_hit_tokens": 0,
+    }

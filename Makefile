@@ -1,0 +1,35 @@
+# Two commands on a fresh machine: `make demo` runs the service and a short training demo;
+# `make test` runs the test suite. Both create .venv at the repo root if it is missing.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test test-fast bench serve clean-venv
+
+$(STAMP): requirements.txt $(wildcard sdk_python/pyproject.toml)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU torch first, pinned, so nothing below can pull a CUDA build
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -r requirements.txt
+	if [ -f sdk_python/pyproject.toml ]; then $(PY) -m pip install -q -e sdk_python; fi
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) manage.py demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(PY) bench/engine_bench.py
+
+serve: $(STAMP)
+	$(PY) manage.py serve --host 127.0.0.1 --port 8000
+
+clean-venv:
+	rm -rf $(VENV)

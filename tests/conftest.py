@@ -1,0 +1,154 @@
+"""Fixtures for real services and real server processes.
+
+`live_server_embedded`: `manage.py serve` with SQLite and the in-process broker/runner.
+`live_server_redis`: `manage.py serve` (web only) + `manage.py runner` (a Dramatiq worker) against
+PostgreSQL and Redis. Both are loopback subprocesses with their own data dir and database, started
+once per test session. Under CI=true a missing PostgreSQL/Redis fails loudly instead of skipping.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PG_ADMIN_URL = os.environ.get("LORASMITH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_TEST_URL = os.environ.get("LORASMITH_TEST_REDIS", "redis://127.0.0.1:6379/5")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _require(service: str, reachable: bool) -> None:
+    if reachable:
+        return
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{service} is not reachable, and CI=true forbids skipping")
+    pytest.skip(f"{service} is not reachable")
+
+
+def _postgres_ok() -> bool:
+    try:
+        import psycopg
+
+        psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
+        return True
+    except Exception:
+        return False
+
+
+def _redis_ok() -> bool:
+    try:
+        import redis
+
+        return bool(redis.Redis.from_url(REDIS_TEST_URL, socket_timeout=3).ping())
+    except Exception:
+        return False
+
+
+class LiveServer:
+    """A running Lorasmith (web + runner) on a loopback port."""
+
+    def __init__(self, env: dict, data_dir: Path, with_runner: bool):
+        self.env = env
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.logs = data_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.processes: list[subprocess.Popen] = []
+        self._manage("migrate", "--verbosity", "0")
+        self.processes.append(self._spawn("web", "serve", "--host", "127.0.0.1", "--port", str(self.port)))
+        if with_runner:
+            self.processes.append(self._spawn("runner", "runner"))
+        self._wait_ready()
+        self.api_key = self.make_api_key("alice")
+
+    def _spawn(self, name: str, *args: str) -> subprocess.Popen:
+        log = open(self.logs / f"{name}.log", "w")
+        return subprocess.Popen([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+    def _manage(self, *args: str) -> str:
+        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True,
+                              text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def _wait_ready(self) -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for p in self.processes:
+                assert p.poll() is None, f"server process exited; see {self.logs}"
+            try:
+                if httpx.get(f"{self.base_url}/api/v1/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"server did not start; see {self.logs}")
+
+    def make_api_key(self, username: str) -> str:
+        return self._manage("issue_api_key", username).strip().splitlines()[-1]
+
+    def retrieve_future_count(self) -> int:
+        return httpx.get(f"{self.base_url}/api/v1/_test/counters").json()["retrieve_future"]
+
+    def client(self, api_key: str | None = None) -> httpx.Client:
+        return httpx.Client(base_url=f"{self.base_url}/api/v1", headers={"X-API-Key": api_key or self.api_key},
+                            timeout=60)
+
+    def stop(self) -> None:
+        for p in self.processes:
+            p.terminate()
+        for p in self.processes:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _base_env(data_dir: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
+    env.update({"LORASMITH_DATA_DIR": str(data_dir), "LORASMITH_TEST_HOOKS": "1",
+                "LORASMITH_LONG_POLL_SECONDS": "3", "LORASMITH_MAX_BODY_BYTES": str(4 * 1024 * 1024),
+                "PYTHONUNBUFFERED": "1"})
+    return env
+
+
+@pytest.fixture(scope="session")
+def live_server_embedded(tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("embedded")
+    server = LiveServer(_base_env(data_dir), data_dir, with_runner=False)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def live_server_redis(tmp_path_factory):
+    _require("PostgreSQL", _postgres_ok())
+    _require("Redis", _redis_ok())
+    import psycopg
+
+    db_name = f"lorasmith_test_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{db_name}"')
+    data_dir = tmp_path_factory.mktemp("redis")
+    env = _base_env(data_dir)
+    env.update({"DATABASE_URL": PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db_name}", "REDIS_URL": REDIS_TEST_URL,
+                "LORASMITH_REDIS_NAMESPACE": f"lorasmith-test-{uuid.uuid4().hex[:8]}"})
+    server = LiveServer(env, data_dir, with_runner=True)
+    yield server
+    server.stop()
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')

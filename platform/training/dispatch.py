@@ -26,14 +26,16 @@ STALE_CYCLE = timedelta(minutes=30)  # a runner that died mid-cycle frees its sl
 
 def dispatch(base_model: str) -> None:
     """Start a cycle for `base_model` if none is in flight and work is ready."""
-    while _claim_slot(base_model):
+    for _ in range(3):  # bounded: a dispatcher racing us will pick up what we leave
+        if not _claim_slot(base_model):
+            return
         cycle_id = uuid.uuid4().hex
         op_ids = _take_ready(base_model, cycle_id)
         if op_ids:
             _send(base_model, cycle_id, op_ids)
             return
         release_slot(base_model)
-        if not _has_queued(base_model):  # re-check: a submit may have landed while we held the slot
+        if not _ready(base_model)[0]:  # re-check: a submit may have landed while we held the slot
             return
 
 
@@ -49,26 +51,31 @@ def _claim_slot(base_model: str) -> bool:
     return claimed == 1
 
 
-def _has_queued(base_model: str) -> bool:
-    return Operation.objects.filter(base_model=base_model, status=Operation.Status.QUEUED).exists()
+def _ready(base_model: str) -> tuple[list[str], dict[str, int]]:
+    """Ready operation ids in cycle order, and each model's new dispatch position."""
+    queued = Operation.objects.filter(base_model=base_model, status=Operation.Status.QUEUED)
+    taken = list(queued.filter(sampling_session__isnull=False).order_by("created_at")
+                 .values_list("id", flat=True)[:CYCLE_LIMIT])
+    positions: dict[str, int] = {}
+    run_ids = set(queued.filter(training_run__isnull=False).values_list("training_run_id", flat=True))
+    for run in TrainingRun.objects.filter(id__in=run_ids).order_by("last_request_at"):
+        next_seq = run.dispatched_seq + 1
+        for op_id, seq_id in (queued.filter(training_run=run, seq_id__gte=next_seq)
+                              .order_by("seq_id").values_list("id", "seq_id")):
+            if seq_id != next_seq or len(taken) >= CYCLE_LIMIT:
+                break  # a gap: later arrivals wait for it to fill
+            taken.append(op_id)
+            next_seq += 1
+        if next_seq - 1 != run.dispatched_seq:
+            positions[run.id] = next_seq - 1
+    return taken, positions if taken else {}
 
 
 def _take_ready(base_model: str, cycle_id: str) -> list[str]:
     with transaction.atomic():
-        queued = Operation.objects.filter(base_model=base_model, status=Operation.Status.QUEUED)
-        taken = list(queued.filter(sampling_session__isnull=False).order_by("created_at")
-                     .values_list("id", flat=True)[:CYCLE_LIMIT])
-        run_ids = set(queued.filter(training_run__isnull=False).values_list("training_run_id", flat=True))
-        for run in TrainingRun.objects.filter(id__in=run_ids).order_by("last_request_at"):
-            next_seq = run.dispatched_seq + 1
-            for op_id, seq_id in (queued.filter(training_run=run, seq_id__gte=next_seq)
-                                  .order_by("seq_id").values_list("id", "seq_id")):
-                if seq_id != next_seq or len(taken) >= CYCLE_LIMIT:
-                    break
-                taken.append(op_id)
-                next_seq += 1
-            if next_seq - 1 != run.dispatched_seq:
-                TrainingRun.objects.filter(pk=run.pk).update(dispatched_seq=next_seq - 1)
+        taken, positions = _ready(base_model)
+        for run_id, position in positions.items():
+            TrainingRun.objects.filter(pk=run_id).update(dispatched_seq=position)
         Operation.objects.filter(id__in=taken).update(status=Operation.Status.RUNNING, cycle_id=cycle_id,
                                                       started_at=timezone.now())
     return taken

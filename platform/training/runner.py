@@ -99,7 +99,7 @@ def _plan(engine, op: Operation, imported: set[str]):
     """An operation's engine work: a finished result dict, or [helper ops..., (engine_op, finish)]."""
     run: Optional[TrainingRun] = op.training_run
     payload = op.payload
-    if run is not None and settings.LORASMITH["TEST_HOOKS"] and run.user_metadata.get("force_runner_failure"):
+    if op.kind == "forward_backward" and settings.LORASMITH["TEST_HOOKS"] and run.user_metadata.get("force_runner_failure"):
         raise RuntimeError("forced runner failure (test hook)")
     if op.kind == "create_model":
         engine.create_adapter(run.id, adapter_spec(run))

@@ -1,0 +1,90 @@
+"""Bad input is answered 4xx with a JSON body naming the field, before anything is stored, and
+leaves earlier accepted work intact."""
+from __future__ import annotations
+
+import pytest
+
+from .wire import Wire, datum_json, tensor
+
+GOOD = [3, 320, 265, 203, 44, 538, 83, 685, 4]
+
+
+def _datum(**changes) -> dict:
+    datum = datum_json(GOOD)
+    for key, value in changes.items():
+        if key == "tokens":
+            datum["model_input"]["chunks"][0]["tokens"] = value
+        else:
+            datum["loss_fn_inputs"][key] = value
+    return datum
+
+
+CASES = [
+    ("unknown loss", {"loss_fn": "nope"}, "loss_fn", "unknown loss_fn 'nope'"),
+    ("missing loss input", {"loss_fn": "ppo"}, "data[0].loss_fn_inputs.logprobs", "ppo needs loss_fn_inputs.logprobs"),
+    ("length mismatch", {"data": [_datum(weights=tensor([1.0] * 3, "float32"))]}, "data[0].loss_fn_inputs.weights",
+     "has 3 entries but model_input has 8 tokens"),
+    ("token >= vocab", {"data": [_datum(tokens=[1, 2, 3, 99999, 5, 6, 7, 8])]}, "data[0].model_input",
+     "outside the vocabulary"),
+    ("too long", {"data": [datum_json([5] * 700)]}, "data[0].model_input", "more than the model context of 512"),
+    ("bad dtype", {"data": [_datum(target_tokens={"data": GOOD[1:], "dtype": "int32", "shape": [8]})]},
+     "data[0].loss_fn_inputs.target_tokens.dtype", "dtype must be one of"),
+    ("bad shape", {"data": [_datum(weights={"data": [1.0] * 8, "dtype": "float32", "shape": [3, 3]})]},
+     "data[0].loss_fn_inputs.weights.shape", "does not match 8 values"),
+    ("missing seq_id", {"seq_id": None}, "seq_id", "seq_id is required"),
+    ("unknown config key", {"loss_fn_config": {"beta": 1.0}}, "loss_fn_config.beta", "is not used by cross_entropy"),
+]
+
+
+@pytest.fixture(scope="module")
+def accepted(live_server_embedded):
+    """A model with one accepted request, which every bad request below must leave alone."""
+    wire = Wire(live_server_embedded.client())
+    model_id = wire.model(wire.session(), seed=9)
+    return wire, model_id, wire.forward_backward(model_id, 1, [datum_json(GOOD)])
+
+
+@pytest.mark.parametrize("name,changes,field,message", CASES, ids=[c[0] for c in CASES])
+def test_forward_backward_rejects_bad_input(accepted, name, changes, field, message):
+    wire, model_id, _ = accepted
+    body = {"model_id": model_id, "seq_id": 2, "data": [datum_json(GOOD)], "loss_fn": "cross_entropy", **changes}
+    response = wire.client.post("forward_backward", json={k: v for k, v in body.items() if v is not None})
+    assert response.status_code == 400
+    assert response.json()["field"] == field and message in response.json()["error"]
+
+
+def test_earlier_work_survives_and_the_seq_is_still_free(accepted):
+    wire, model_id, first = accepted
+    second = wire.forward_backward(model_id, 2, [datum_json(GOOD)])
+    assert second["request_id"] != first["request_id"]
+    assert wire.result(first)["metrics"]["loss:sum"] == pytest.approx(wire.result(second)["metrics"]["loss:sum"])
+
+
+def test_other_classes(live_server_embedded, accepted):
+    wire, model_id, _ = accepted
+    bad_path = wire.client.post("load_weights", json={"model_id": model_id, "seq_id": 3, "path": "tinker://x/y"})
+    assert bad_path.status_code == 400 and bad_path.json()["field"] == "path"
+    big = wire.client.post("forward_backward", content=b"{" + b" " * (5 * 1024 * 1024) + b"}",
+                           headers={"Content-Type": "application/json"})
+    assert big.status_code == 413 and big.json()["field"] == "body"
+    not_json = wire.client.post("create_session", content=b"{nope", headers={"Content-Type": "application/json"})
+    assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
+    unknown_model = wire.client.post("create_model", json={"session_id": wire.session(), "model_seq_id": 0,
+                                                           "base_model": "gpt-17"})
+    assert unknown_model.status_code == 400 and unknown_model.json()["field"] == "base_model"
+    sampler = wire.post("create_sampling_session", {"session_id": wire.session(), "sampling_session_seq_id": 0,
+                                                    "base_model": "tiny-llama"})["sampling_session_id"]
+    bad_sample = wire.client.post("asample", json={"sampling_session_id": sampler, "seq_id": 0,
+                                                   "prompt": {"chunks": [{"type": "encoded_text", "tokens": [1]}]},
+                                                   "sampling_params": {"max_tokens": 4, "top_p": 0}})
+    assert bad_sample.status_code == 400 and bad_sample.json()["field"] == "sampling_params.top_p"
+
+
+def test_missing_or_bad_key_is_401(live_server_embedded):
+    import httpx
+
+    base = f"{live_server_embedded.base_url}/api/v1"
+    for headers in ({}, {"X-API-Key": "tml-wrong"}):
+        for path in ("create_session", "retrieve_future"):
+            response = httpx.post(f"{base}/{path}", json={"request_id": "x"}, headers=headers)
+            assert response.status_code == 401 and response.json()["error"]

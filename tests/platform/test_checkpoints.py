@@ -1,0 +1,105 @@
+"""Checkpoint lifecycle over the wire: save/load state (with and without optimizer), ephemeral
+sampler weights, listing, TTL, delete, weights_info and the .tar archive."""
+from __future__ import annotations
+
+import io
+import tarfile
+
+import httpx
+import pytest
+
+from .wire import Wire, datum_json
+
+SEQUENCE = [3, 320, 265, 203, 44, 538, 83, 685, 4, 203, 3]
+
+
+def _train(wire, model_id, first_seq, steps):
+    losses, seq = [], first_seq
+    for _ in range(steps):
+        fb = wire.forward_backward(model_id, seq, [datum_json(SEQUENCE)])
+        wire.optim_step(model_id, seq + 1)
+        losses.append(wire.result(fb)["metrics"]["loss:sum"])
+        seq += 2
+    return losses, seq
+
+
+@pytest.fixture(scope="module")
+def trained(live_server_embedded):
+    wire = Wire(live_server_embedded.client())
+    session = wire.session()
+    model_id = wire.model(session, seed=12)
+    _, seq = _train(wire, model_id, 1, 2)
+    saved = wire.result(wire.post("save_weights", {"model_id": model_id, "seq_id": seq, "path": "step2"}))
+    continued, _ = _train(wire, model_id, seq + 1, 2)
+    return {"wire": wire, "session": session, "model_id": model_id, "path": saved["path"], "continued": continued}
+
+
+def test_create_via_load_with_optimizer_resumes_exactly(trained):
+    wire = trained["wire"]
+    assert trained["path"] == f"tinker://{trained['model_id']}/weights/step2"
+    handle = wire.post("load_weights", {"session_id": trained["session"], "model_seq_id": 5,
+                                        "path": trained["path"], "optimizer": True})
+    model_id = f"{trained['session']}:train:5"
+    assert handle["model_id"] == model_id
+    assert wire.result(handle)["model_id"] == model_id
+    resumed, _ = _train(wire, model_id, 1, 2)
+    assert resumed == trained["continued"]  # the same numbers, bit for bit, on CPU
+
+
+def test_load_without_optimizer_restarts_the_moments(trained):
+    wire = trained["wire"]
+    handle = wire.post("load_weights", {"session_id": trained["session"], "model_seq_id": 6,
+                                        "path": trained["path"], "optimizer": False})
+    wire.result(handle)
+    fresh_moments, _ = _train(wire, handle["model_id"], 1, 2)
+    assert fresh_moments[0] == pytest.approx(trained["continued"][0], rel=1e-6)  # same weights
+    assert fresh_moments[1] != pytest.approx(trained["continued"][1], rel=1e-6)  # different Adam state
+
+
+def test_ephemeral_sampler_weights_give_a_sampling_session(trained):
+    wire = trained["wire"]
+    model_id = wire.model(trained["session"], 7, seed=13)
+    handle = wire.post("save_weights_for_sampler", {"model_id": model_id, "seq_id": 1, "sampling_session_seq_id": 9,
+                                                    "kind": "snapshot"})
+    result = wire.result(handle)
+    assert result["path"] is None and result["sampling_session_id"] == f"{trained['session']}:sample:9"
+    sample = wire.result(wire.post("asample", {
+        "sampling_session_id": result["sampling_session_id"], "seq_id": 0, "num_samples": 1,
+        "prompt": {"chunks": [{"type": "encoded_text", "tokens": SEQUENCE[:4]}]},
+        "sampling_params": {"max_tokens": 3, "temperature": 0.0}}))
+    assert len(sample["sequences"][0]["tokens"]) == 3
+    sampler = wire.get(f"samplers/{result['sampling_session_id']}")
+    assert sampler["base_model"] == "tiny-llama"
+
+
+def test_listing_ttl_info_archive_and_delete(live_server_embedded, trained):
+    wire = trained["wire"]
+    model_id = trained["model_id"]
+    listed = wire.get(f"training_runs/{model_id}/checkpoints")["checkpoints"]
+    assert [c["checkpoint_id"] for c in listed] == ["weights/step2"]
+    assert listed[0]["checkpoint_type"] == "training" and listed[0]["size_bytes"] > 0
+    run = wire.get(f"training_runs/{model_id}")
+    assert run["training_run_id"] == model_id and run["last_checkpoint"]["tinker_path"] == trained["path"]
+    checkpoint = f"training_runs/{model_id}/checkpoints/weights/step2"
+    ttl = wire.client.put(f"{checkpoint}/ttl", json={"ttl_seconds": 7200}).json()
+    assert ttl["expires_at"] is not None
+    assert wire.client.put(f"{checkpoint}/ttl", json={"ttl_seconds": 5}).status_code == 400
+    info = wire.post("weights_info", {"tinker_path": trained["path"]})
+    assert info["base_model"] == "tiny-llama" and info["lora_rank"] == 8 and info["is_lora"] is True
+    assert wire.client.get(f"{checkpoint}/archive").status_code == 400  # training state is not downloadable
+
+    exported = wire.result(wire.post("save_weights_external", {"model_id": model_id, "seq_id": 10, "path": "x"}))
+    archive = wire.get(f"training_runs/{model_id}/checkpoints/external_weights/x/archive")
+    with tarfile.open(fileobj=io.BytesIO(httpx.get(archive["url"]).content)) as tar:
+        assert sorted(tar.getnames()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert exported["path"].endswith("/external_weights/x")
+    assert wire.client.delete(f"training_runs/{model_id}/checkpoints/external_weights/x").status_code == 204
+    assert wire.client.get(f"training_runs/{model_id}/checkpoints/external_weights/x/archive").status_code == 404
+    everything = wire.get("checkpoints")
+    assert trained["path"] in [c["tinker_path"] for c in everything["checkpoints"]]
+
+
+def test_duplicate_checkpoint_name_is_refused(trained):
+    wire = trained["wire"]
+    response = wire.client.post("save_weights", json={"model_id": trained["model_id"], "seq_id": 30, "path": "step2"})
+    assert response.status_code == 400 and response.json()["field"] == "path"

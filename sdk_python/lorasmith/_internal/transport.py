@@ -1,0 +1,184 @@
+"""The one transport under every client: HTTP (retries, backoff, error mapping) and WebSocket
+push for futures, with `retrieve_future` long-polling as the fallback that gives the same answer.
+
+Runs only on the background loop (see `background`).
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from typing import Any, Optional
+
+import httpx
+
+from ..errors import APIConnectionError, RequestFailedError, error_for_status
+
+log = logging.getLogger("lorasmith")
+RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
+SDK_VERSION = "lorasmith-0.1.0"
+
+
+class Transport:
+    def __init__(self, base_url: str, api_key: str, use_websocket: bool = True, max_retries: int = 5,
+                 timeout: float = 60.0):
+        self.base_url = base_url.rstrip("/")
+        self.api_key = api_key
+        self.max_retries = max_retries
+        self.timeout = timeout
+        self._http: Optional[httpx.AsyncClient] = None
+        self.events = EventStream(self) if use_websocket else None
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        if self._http is None:
+            self._http = httpx.AsyncClient(base_url=f"{self.base_url}/api/v1", timeout=self.timeout,
+                                           headers={"X-API-Key": self.api_key, "User-Agent": SDK_VERSION})
+        return self._http
+
+    async def request(self, method: str, path: str, body: Optional[dict] = None, params: Optional[dict] = None,
+                      retry: bool = True) -> Any:
+        """JSON in, JSON out; 408/429/5xx and connection errors are retried with backoff (a retried
+        submit carries the same seq_id, so the server de-duplicates it)."""
+        attempts = self.max_retries + 1 if retry else 1
+        for attempt in range(attempts):
+            try:
+                response = await self.http.request(method, path, json=body, params=params)
+            except httpx.TransportError as error:
+                if attempt + 1 >= attempts:
+                    raise APIConnectionError(
+                        f"cannot reach the Lorasmith server at {self.base_url} ({type(error).__name__}: {error}); "
+                        "is it running, and is LORASMITH_BASE_URL right?") from error
+                await asyncio.sleep(_backoff(attempt))
+                continue
+            if response.status_code in RETRY_STATUSES and attempt + 1 < attempts:
+                await asyncio.sleep(_retry_after(response) or _backoff(attempt))
+                continue
+            if response.status_code >= 400:
+                raise _error(response)
+            return response.json() if response.content else None
+        raise AssertionError("unreachable")
+
+    async def wait_result(self, request_id: str) -> dict:
+        """The finished future's body: from the WebSocket push when it works, else by polling."""
+        if self.events is not None:
+            try:
+                return _raise_if_failed(await self.events.wait(request_id), request_id)
+            except EventStreamLost:
+                log.info("WebSocket unavailable; polling for %s", request_id)
+        return _raise_if_failed(await self.poll(request_id), request_id)
+
+    async def poll(self, request_id: str) -> dict:
+        while True:
+            answer = await self.request("POST", "retrieve_future",
+                                        {"request_id": request_id, "allow_metadata_only": False})
+            if answer.get("type") != "try_again":
+                return answer
+
+    async def close(self) -> None:
+        if self.events is not None:
+            await self.events.close()
+        if self._http is not None:
+            await self._http.aclose()
+
+
+class EventStreamLost(Exception):
+    """The WebSocket is down; callers fall back to polling."""
+
+
+class EventStream:
+    """One WebSocket per transport; futures wait on it and fail over when it drops."""
+
+    def __init__(self, transport: Transport):
+        self.transport = transport
+        self.waiters: dict[str, asyncio.Future] = {}
+        self.socket = None
+        self.reader: Optional[asyncio.Task] = None
+        self.broken = False
+        self._connecting = asyncio.Lock()
+
+    async def wait(self, request_id: str) -> dict:
+        await self._connect()
+        waiter = self.waiters.get(request_id) or asyncio.get_running_loop().create_future()
+        self.waiters[request_id] = waiter
+        try:
+            await self.socket.send(json.dumps({"type": "subscribe_futures", "request_ids": [request_id]}))
+        except Exception as error:  # noqa: BLE001
+            self._lost()
+            raise EventStreamLost() from error
+        return await waiter
+
+    async def _connect(self) -> None:
+        async with self._connecting:
+            if self.broken:
+                raise EventStreamLost()
+            if self.socket is not None:
+                return
+            import websockets
+
+            url = self.transport.base_url.replace("http://", "ws://").replace("https://", "wss://") + "/ws/v1/events"
+            try:
+                self.socket = await websockets.connect(url, additional_headers={"X-API-Key": self.transport.api_key},
+                                                       open_timeout=10)
+            except Exception as error:  # noqa: BLE001
+                self.broken = True
+                raise EventStreamLost() from error
+            self.reader = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        try:
+            async for raw in self.socket:
+                message = json.loads(raw)
+                if message.get("type") == "future":
+                    waiter = self.waiters.pop(message["request_id"], None)
+                    if waiter is not None and not waiter.done():
+                        waiter.set_result(message["result"])
+        except Exception:  # noqa: BLE001 - any failure means: fall back to polling
+            pass
+        self._lost()
+
+    def _lost(self) -> None:
+        self.broken = True
+        for waiter in self.waiters.values():
+            if not waiter.done():
+                waiter.set_exception(EventStreamLost())
+        self.waiters.clear()
+
+    async def close(self) -> None:
+        """Also used by tests to cut the connection: pending futures then resolve by polling."""
+        if self.socket is not None:
+            await self.socket.close()
+        if self.reader is not None:
+            await asyncio.gather(self.reader, return_exceptions=True)
+        self._lost()
+
+
+def _raise_if_failed(answer: dict, request_id: str) -> dict:
+    if "error" in answer and "category" in answer:
+        raise RequestFailedError(answer["error"], request_id, answer.get("category", "unknown"))
+    return answer
+
+
+def _error(response: httpx.Response):
+    try:
+        body = response.json()
+    except ValueError:
+        body = {}
+    message = body.get("error") or body.get("detail") or response.text or f"HTTP {response.status_code}"
+    return error_for_status(response.status_code, str(message), body.get("field"))
+
+
+def _backoff(attempt: int) -> float:
+    return min(0.5 * 2 ** attempt, 10.0) * random.uniform(0.75, 1.25)
+
+
+def _retry_after(response: httpx.Response) -> Optional[float]:
+    for header, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
+        try:
+            value = float(response.headers[header]) * scale
+        except (KeyError, ValueError):
+            continue
+        if 0 < value <= 60:
+            return value
+    return None

@@ -1,0 +1,75 @@
+"""Typed errors, one per way a call can fail, each carrying the server's own message."""
+from __future__ import annotations
+
+from typing import Optional
+
+
+class LorasmithError(Exception):
+    """Base class of every error this SDK raises."""
+
+
+class APIError(LorasmithError):
+    status_code: int = 0
+
+    def __init__(self, message: str, status_code: Optional[int] = None, field: Optional[str] = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        if status_code is not None:
+            self.status_code = status_code
+
+
+class BadRequestError(APIError):
+    status_code = 400
+
+
+class AuthenticationError(APIError):
+    status_code = 401
+
+
+class PermissionDeniedError(APIError):
+    status_code = 403
+
+
+class NotFoundError(APIError):
+    status_code = 404
+
+
+class ConflictError(APIError):
+    status_code = 409
+
+
+class RequestTooLargeError(APIError):
+    status_code = 413
+
+
+class RateLimitError(APIError):
+    status_code = 429
+
+
+class InternalServerError(APIError):
+    status_code = 500
+
+
+class APIConnectionError(LorasmithError):
+    """The server could not be reached (after retries)."""
+
+
+class RequestFailedError(LorasmithError):
+    """The server accepted the request but could not carry it out."""
+
+    def __init__(self, message: str, request_id: str, category: str):
+        super().__init__(f"{message} (request {request_id}, category {category})")
+        self.message = message
+        self.request_id = request_id
+        self.category = category
+
+
+STATUS_ERRORS = {400: BadRequestError, 401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
+                 409: ConflictError, 410: NotFoundError, 413: RequestTooLargeError, 422: BadRequestError,
+                 429: RateLimitError}
+
+
+def error_for_status(status: int, message: str, field: Optional[str] = None) -> APIError:
+    kind = STATUS_ERRORS.get(status, InternalServerError if status >= 500 else APIError)
+    return kind(message, status_code=status, field=field)

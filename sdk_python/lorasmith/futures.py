@@ -1,0 +1,31 @@
+"""Futures returned by every SDK call: `.result(timeout)` blocks, `await fut` works on any loop."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from typing import Any, Callable, Generic, Optional, TypeVar
+
+T = TypeVar("T")
+
+
+class APIFuture(Generic[T]):
+    def __init__(self, future: concurrent.futures.Future, convert: Optional[Callable[[Any], T]] = None):
+        self._future = future
+        self._convert = convert
+
+    def result(self, timeout: Optional[float] = None) -> T:
+        value = self._future.result(timeout)
+        return self._convert(value) if self._convert else value
+
+    async def result_async(self, timeout: Optional[float] = None) -> T:
+        value = await asyncio.wait_for(asyncio.wrap_future(self._future), timeout)
+        return self._convert(value) if self._convert else value
+
+    def __await__(self):
+        return self.result_async().__await__()
+
+    def done(self) -> bool:
+        return self._future.done()
+
+    def future(self) -> concurrent.futures.Future:
+        return self._future

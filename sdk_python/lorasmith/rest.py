@@ -1,0 +1,86 @@
+"""RestClient: runs and checkpoints (list, delete, publish, TTL, download)."""
+from __future__ import annotations
+
+import tarfile
+import tempfile
+from pathlib import Path
+from typing import Any, Optional
+
+from ._internal import background
+from ._internal.download import download
+from ._internal.transport import Transport
+from .errors import LorasmithError
+from .futures import APIFuture
+
+
+def split_tinker_path(path: str) -> tuple[str, str]:
+    """`tinker://run/segment/name` -> (run id, checkpoint id `segment/name`)."""
+    if not path.startswith("tinker://") or path.count("/") != 4:
+        raise LorasmithError(f"not a checkpoint path: {path!r} (expected tinker://<run>/<segment>/<name>)")
+    run_id, segment, name = path.removeprefix("tinker://").split("/")
+    return run_id, f"{segment}/{name}"
+
+
+class RestClient:
+    def __init__(self, base_url: Optional[str] = None, api_key: Optional[str] = None, *,
+                 transport: Optional[Transport] = None):
+        if transport is None:
+            from .service import ServiceClient
+
+            transport = ServiceClient(base_url, api_key, use_websocket=False).transport
+        self.transport = transport
+
+    def _call(self, method: str, path: str, body: Optional[dict] = None, params: Optional[dict] = None) -> APIFuture:
+        return APIFuture(background.submit(self.transport.request(method, path, body, params)))
+
+    def _checkpoint(self, tinker_path: str) -> str:
+        run_id, checkpoint_id = split_tinker_path(tinker_path)
+        return f"training_runs/{run_id}/checkpoints/{checkpoint_id}"
+
+    def list_training_runs(self, limit: int = 20, offset: int = 0) -> APIFuture[dict]:
+        return self._call("GET", "training_runs", params={"limit": limit, "offset": offset})
+
+    def get_training_run(self, run_id: str) -> APIFuture[dict]:
+        return self._call("GET", f"training_runs/{run_id}")
+
+    def list_checkpoints(self, run_id: str) -> APIFuture[dict]:
+        return self._call("GET", f"training_runs/{run_id}/checkpoints")
+
+    def list_user_checkpoints(self, limit: int = 100, offset: int = 0) -> APIFuture[dict]:
+        return self._call("GET", "checkpoints", params={"limit": limit, "offset": offset})
+
+    def delete_checkpoint(self, tinker_path: str) -> APIFuture[Any]:
+        return self._call("DELETE", self._checkpoint(tinker_path))
+
+    def publish_checkpoint(self, tinker_path: str) -> APIFuture[dict]:
+        return self._call("POST", f"{self._checkpoint(tinker_path)}/publish")
+
+    def unpublish_checkpoint(self, tinker_path: str) -> APIFuture[dict]:
+        return self._call("DELETE", f"{self._checkpoint(tinker_path)}/publish")
+
+    def set_checkpoint_ttl(self, tinker_path: str, ttl_seconds: Optional[int]) -> APIFuture[dict]:
+        return self._call("PUT", f"{self._checkpoint(tinker_path)}/ttl", {"ttl_seconds": ttl_seconds})
+
+    def get_checkpoint_archive_url(self, tinker_path: str) -> APIFuture[dict]:
+        return self._call("GET", f"{self._checkpoint(tinker_path)}/archive")
+
+    def get_external_weights_urls(self, tinker_path: str) -> APIFuture[dict]:
+        return self._call("GET", f"{self._checkpoint(tinker_path)}/external_weights_urls")
+
+    def get_weights_info(self, tinker_path: str) -> APIFuture[dict]:
+        return self._call("POST", "weights_info", {"tinker_path": tinker_path})
+
+    def get_server_capabilities(self) -> APIFuture[dict]:
+        return self._call("GET", "get_server_capabilities")
+
+    def download_checkpoint(self, tinker_path: str, dest_dir: str | Path, progress: bool = True) -> Path:
+        """A sampler/external checkpoint as a PEFT directory (adapter_config.json +
+        adapter_model.safetensors) in `dest_dir`; resumable and checksum-verified."""
+        dest = Path(dest_dir)
+        dest.mkdir(parents=True, exist_ok=True)
+        url = self.get_checkpoint_archive_url(tinker_path).result()["url"]
+        with tempfile.TemporaryDirectory(dir=dest) as scratch:
+            archive = download(url, Path(scratch) / "checkpoint.tar", progress=progress)
+            with tarfile.open(archive) as tar:
+                tar.extractall(dest, filter="data")
+        return dest

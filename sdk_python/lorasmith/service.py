@@ -1,0 +1,149 @@
+"""ServiceClient: the entry point. Holds the session (created lazily, heartbeat in the background)
+and makes training, sampling and REST clients."""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import threading
+from typing import Any, Optional
+
+from ._internal import background
+from ._internal.transport import SDK_VERSION, Transport
+from .errors import LorasmithError, NotFoundError
+from .futures import APIFuture
+from .types import LoraConfig
+
+HEARTBEAT_SECONDS = 10.0
+
+
+def _setting(explicit: Optional[str], *names: str) -> Optional[str]:
+    if explicit:
+        return explicit
+    for name in names:
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+class ServiceClient:
+    def __init__(self, base_url: Optional[str] = None, api_key: Optional[str] = None, *, use_websocket: bool = True,
+                 user_metadata: Optional[dict] = None, max_retries: int = 5):
+        base_url = _setting(base_url, "LORASMITH_BASE_URL", "TINKER_BASE_URL")
+        api_key = _setting(api_key, "LORASMITH_API_KEY", "TINKER_API_KEY")
+        if not base_url:
+            raise LorasmithError("no server: pass base_url= or set LORASMITH_BASE_URL")
+        if not api_key or not api_key.startswith("tml-"):
+            raise LorasmithError("no valid API key: pass api_key= or set LORASMITH_API_KEY (keys start with 'tml-')")
+        self.transport = Transport(base_url, api_key, use_websocket=use_websocket, max_retries=max_retries)
+        self.user_metadata = user_metadata or {}
+        self._session_id: Optional[str] = None
+        self._session_lock = threading.Lock()
+        self._model_seq = itertools.count()
+        self._sampler_seq = itertools.count()
+        self._heartbeat: Optional[Any] = None
+
+    # ---- session ---------------------------------------------------------------------------
+
+    @property
+    def session_id(self) -> str:
+        with self._session_lock:
+            if self._session_id is None:
+                background.run(self.transport.request("POST", "client/config", {"sdk_version": SDK_VERSION}))
+                answer = background.run(self.transport.request(
+                    "POST", "create_session", {"tags": [], "user_metadata": self.user_metadata,
+                                               "sdk_version": SDK_VERSION, "type": "create_session"}))
+                self._session_id = answer["session_id"]
+                self._heartbeat = background.submit(self._beat())
+            return self._session_id
+
+    async def _beat(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+            try:
+                await self.transport.request("POST", "session_heartbeat",
+                                             {"session_id": self._session_id, "type": "session_heartbeat"}, retry=False)
+            except NotFoundError:
+                return  # 410/404: the session is over
+            except LorasmithError:
+                continue
+
+    def close(self, status: str = "success", detail: Optional[str] = None) -> None:
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+        if self._session_id is not None:
+            background.run(self.transport.request("POST", f"sessions/{self._session_id}/finish",
+                                                  {"reason": {"type": status}, "detail": detail}))
+        background.run(self.transport.close())
+
+    def __enter__(self) -> "ServiceClient":
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        self.close("success" if exc_type is None else "errored")
+
+    # ---- factories -------------------------------------------------------------------------
+
+    def create_lora_training_client(self, base_model: str, rank: int = 32, seed: Optional[int] = None,
+                                    train_mlp: bool = True, train_attn: bool = True, train_unembed: bool = True,
+                                    user_metadata: Optional[dict] = None):
+        from .training import TrainingClient
+
+        config = LoraConfig(rank=rank, seed=seed, train_mlp=train_mlp, train_attn=train_attn,
+                            train_unembed=train_unembed)
+        body = {"session_id": self.session_id, "model_seq_id": next(self._model_seq), "base_model": base_model,
+                "lora_config": config.model_dump(exclude_none=True), "optimizer_config": {"type": "adamw"},
+                "user_metadata": user_metadata or {}, "type": "create_model"}
+
+        async def create():
+            handle = await self.transport.request("POST", "create_model", body)
+            result = await self.transport.wait_result(handle["request_id"])
+            return await TrainingClient.connect(self, result["model_id"])
+
+        return background.run(create())
+
+    def create_training_client_from_state(self, path: str, user_metadata: Optional[dict] = None):
+        return self._load(path, optimizer=False, user_metadata=user_metadata)
+
+    def create_training_client_from_state_with_optimizer(self, path: str, user_metadata: Optional[dict] = None):
+        return self._load(path, optimizer=True, user_metadata=user_metadata)
+
+    def _load(self, path: str, optimizer: bool, user_metadata: Optional[dict]):
+        from .training import TrainingClient
+
+        session = self.session_id
+        seq = next(self._model_seq)
+        body = {"session_id": session, "model_seq_id": seq, "path": path, "optimizer": optimizer,
+                "user_metadata": user_metadata or {}, "type": "load_weights"}
+
+        async def load():
+            handle = await self.transport.request("POST", "load_weights", body)
+            await self.transport.wait_result(handle["request_id"])
+            return await TrainingClient.connect(self, f"{session}:train:{seq}", next_seq=1)
+
+        return background.run(load())
+
+    def create_sampling_client(self, model_path: Optional[str] = None, base_model: Optional[str] = None):
+        from .sampling import SamplingClient
+
+        if not model_path and not base_model:
+            raise LorasmithError("create_sampling_client needs model_path or base_model")
+        body = {"session_id": self.session_id, "sampling_session_seq_id": next(self._sampler_seq),
+                "type": "create_sampling_session"}
+        body.update({"model_path": model_path} if model_path else {"base_model": base_model})
+        answer = background.run(self.transport.request("POST", "create_sampling_session", body))
+        return SamplingClient.for_session(self, answer["sampling_session_id"])
+
+    def next_sampler_seq(self) -> int:
+        return next(self._sampler_seq)
+
+    def create_rest_client(self):
+        from .rest import RestClient
+
+        return RestClient(transport=self.transport)
+
+    def get_server_capabilities(self) -> dict:
+        return background.run(self.transport.request("GET", "get_server_capabilities"))
+
+    def future(self, coro, convert=None) -> APIFuture:
+        return APIFuture(background.submit(coro), convert)

@@ -39,7 +39,7 @@ def client_config(request):
 @api_view(["POST"])
 @permission_classes([AllowAny])
 def client_dynamic_config(request):
-    return Response({"refresh_interval_sec": 300, "sample_cancel_enabled": False})
+    return Response({"refresh_interval_sec": 300, "sample_cancel_enabled": False, "sample_cancel_max_batch_size": 64})
 
 
 @api_view(["GET"])

@@ -28,14 +28,16 @@ def _setting(explicit: Optional[str], *names: str) -> Optional[str]:
 
 class ServiceClient:
     def __init__(self, base_url: Optional[str] = None, api_key: Optional[str] = None, *, use_websocket: bool = True,
-                 user_metadata: Optional[dict] = None, max_retries: int = 5):
+                 user_metadata: Optional[dict] = None, max_retries: int = 5,
+                 http_transport: Optional[Any] = None):
         base_url = _setting(base_url, "LORASMITH_BASE_URL", "TINKER_BASE_URL")
         api_key = _setting(api_key, "LORASMITH_API_KEY", "TINKER_API_KEY")
         if not base_url:
             raise LorasmithError("no server: pass base_url= or set LORASMITH_BASE_URL")
         if not api_key or not api_key.startswith("tml-"):
             raise LorasmithError("no valid API key: pass api_key= or set LORASMITH_API_KEY (keys start with 'tml-')")
-        self.transport = Transport(base_url, api_key, use_websocket=use_websocket, max_retries=max_retries)
+        self.transport = Transport(base_url, api_key, use_websocket=use_websocket, max_retries=max_retries,
+                                   http_transport=http_transport)
         self.user_metadata = user_metadata or {}
         self._session_id: Optional[str] = None
         self._session_lock = threading.Lock()

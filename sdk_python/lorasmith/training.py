@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import threading
 from typing import Any, Callable, Optional, Sequence
 
@@ -13,6 +14,7 @@ from .types import (AdamParams, Datum, ForwardBackwardOutput, GetInfoResponse, O
                     TensorData, reduce_metrics)
 
 MAX_CHUNK_DATUMS = 1024
+MAX_CHUNK_BYTES = 5_000_000  # well under the server's request body limit
 
 
 class TrainingClient:
@@ -23,7 +25,7 @@ class TrainingClient:
         self._info = GetInfoResponse(**info)
         self._next_seq = next_seq
         self._first_seq = next_seq
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._accepted: dict[int, asyncio.Event] = {}  # touched only on the background loop
 
     @classmethod
@@ -84,12 +86,11 @@ class TrainingClient:
         return self._forward(data, loss_fn, loss_fn_config, forward_only=True)[1]
 
     def _forward(self, data, loss_fn, loss_fn_config, forward_only: bool):
-        data = [d if isinstance(d, Datum) else Datum(**d) for d in data]
-        chunks = [data[i:i + MAX_CHUNK_DATUMS] for i in range(0, len(data), MAX_CHUNK_DATUMS)] or [[]]
-        parts = [self._submit("forward_backward", {
-            "data": [d.model_dump(mode="json") for d in chunk], "loss_fn": loss_fn,
-            "loss_fn_config": loss_fn_config, "forward_only": forward_only, "type": "forward_backward"}, _identity)
-            for chunk in chunks]
+        chunks = _chunks([(d if isinstance(d, Datum) else Datum(**d)).model_dump(mode="json") for d in data])
+        with self._lock:  # the chunks of one call get consecutive seq ids even with other threads calling
+            parts = [self._submit("forward_backward", {
+                "data": chunk, "loss_fn": loss_fn, "loss_fn_config": loss_fn_config, "forward_only": forward_only,
+                "type": "forward_backward"}, _identity) for chunk in chunks]
         if len(parts) == 1:
             return parts[0][0], APIFuture(parts[0][1].future(), ForwardBackwardOutput.model_validate)
 
@@ -99,7 +100,8 @@ class TrainingClient:
                     "loss_fn_outputs": [o for out in outputs for o in out["loss_fn_outputs"]],
                     "metrics": reduce_metrics([o["metrics"] for o in outputs], [len(c) for c in chunks])}
 
-        return parts[0][0], APIFuture(background.submit(combine()), ForwardBackwardOutput.model_validate)
+        # accepted once the last chunk is: chunks are POSTed in seq order
+        return parts[-1][0], APIFuture(background.submit(combine()), ForwardBackwardOutput.model_validate)
 
     def optim_step(self, adam_params: Optional[AdamParams] = None) -> APIFuture[OptimStepResponse]:
         return self._optim(adam_params)[1]
@@ -208,6 +210,20 @@ class TrainingClient:
         from .tokenizer import load_tokenizer
 
         return load_tokenizer(self.transport, self._info.model_data.get("tokenizer_id") or self._info.model_name)
+
+
+def _chunks(data: list[dict]) -> list[list[dict]]:
+    """Split a batch into requests of at most MAX_CHUNK_DATUMS datums and ~MAX_CHUNK_BYTES of JSON."""
+    chunks: list[list[dict]] = [[]]
+    size = 0
+    for datum in data:
+        datum_size = len(json.dumps(datum))
+        if chunks[-1] and (len(chunks[-1]) >= MAX_CHUNK_DATUMS or size + datum_size > MAX_CHUNK_BYTES):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(datum)
+        size += datum_size
+    return chunks
 
 
 def _identity(value: Any) -> Any:

@@ -22,8 +22,9 @@ SDK_VERSION = "lorasmith-0.1.0"
 
 class Transport:
     def __init__(self, base_url: str, api_key: str, use_websocket: bool = True, max_retries: int = 5,
-                 timeout: float = 60.0):
+                 timeout: float = 60.0, http_transport: Optional[httpx.AsyncBaseTransport] = None):
         self.base_url = base_url.rstrip("/")
+        self.http_transport = http_transport  # e.g. httpx.MockTransport in tests, or a proxy
         self.api_key = api_key
         self.max_retries = max_retries
         self.timeout = timeout
@@ -34,7 +35,8 @@ class Transport:
     def http(self) -> httpx.AsyncClient:
         if self._http is None:
             self._http = httpx.AsyncClient(base_url=f"{self.base_url}/api/v1", timeout=self.timeout,
-                                           headers={"X-API-Key": self.api_key, "User-Agent": SDK_VERSION})
+                                           headers={"X-API-Key": self.api_key, "User-Agent": SDK_VERSION},
+                                           transport=self.http_transport)
         return self._http
 
     async def request(self, method: str, path: str, body: Optional[dict] = None, params: Optional[dict] = None,

@@ -1,0 +1,122 @@
+"""A small in-process fake of the platform's JSON wire, served through `httpx.MockTransport`, for
+SDK tests that need no real server: it records every request, finishes futures at once (or after
+some `try_again` answers) and can be told to fail the next requests of a path."""
+from __future__ import annotations
+
+import asyncio
+import json
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import httpx
+
+import lorasmith
+
+BASE_URL = "http://fake.lorasmith.test"
+API_KEY = "tml-fake"
+Failure = Any  # an httpx.Response to answer with, or an exception to raise
+
+
+@dataclass
+class Call:
+    path: str
+    body: dict
+
+
+@dataclass
+class FakeServer:
+    pending_polls: int = 0  # `try_again` answers before a future's result is given
+    delays: dict[int, float] = field(default_factory=dict)  # seq_id -> seconds the POST takes
+    calls: list[Call] = field(default_factory=list)
+    failures: dict[str, list[Failure]] = field(default_factory=dict)
+    results: dict[str, Any] = field(default_factory=dict)  # request_id -> result body
+    polls: dict[str, int] = field(default_factory=dict)
+    forward_logprobs: Optional[Callable[[dict], list[float]]] = None
+
+    def client(self, **kwargs) -> lorasmith.ServiceClient:
+        kwargs.setdefault("use_websocket", False)
+        return lorasmith.ServiceClient(base_url=BASE_URL, api_key=API_KEY,
+                                       http_transport=httpx.MockTransport(self.handle), **kwargs)
+
+    def fail_next(self, path: str, *failures: Failure) -> None:
+        self.failures.setdefault(path, []).extend(failures)
+
+    def bodies(self, path: str) -> list[dict]:
+        return [c.body for c in self.calls if c.path == path]
+
+    async def handle(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.removeprefix("/api/v1/")
+        body = json.loads(request.content) if request.content else {}
+        self.calls.append(Call(path, body))
+        if self.failures.get(path):
+            failure = self.failures[path].pop(0)
+            if isinstance(failure, Exception):
+                raise failure
+            return failure
+        if "seq_id" in body and body["seq_id"] in self.delays and path != "asample":
+            await asyncio.sleep(self.delays[body["seq_id"]])
+        answer = getattr(self, "do_" + path.replace("/", "_"), None)
+        if answer is None:
+            return httpx.Response(404, json={"detail": f"fake server has no {path}"})
+        return httpx.Response(200, json=answer(body))
+
+    def future(self, result: Any, **extra) -> dict:
+        request_id = f"req-{len(self.results)}"
+        self.results[request_id] = result
+        return {"request_id": request_id, **extra}
+
+    # ---- endpoints -----------------------------------------------------------------------------
+
+    def do_client_config(self, body):
+        return {"pjwt_auth_enabled": False}
+
+    def do_create_session(self, body):
+        return {"session_id": "sess"}
+
+    def do_retrieve_future(self, body):
+        request_id = body["request_id"]
+        self.polls[request_id] = self.polls.get(request_id, 0) + 1
+        if self.polls[request_id] <= self.pending_polls:
+            return {"type": "try_again", "request_id": request_id, "queue_state": "active"}
+        return self.results[request_id]
+
+    def do_create_model(self, body):
+        return self.future({"model_id": f"{body['session_id']}:train:{body['model_seq_id']}"})
+
+    def do_get_info(self, body):
+        return {"model_id": body["model_id"], "is_lora": True, "lora_rank": 4,
+                "model_data": {"arch": "llama", "model_name": "tiny-llama", "tokenizer_id": "tiny-llama"}}
+
+    def do_forward_backward(self, body):
+        outputs = []
+        for datum in body["data"]:
+            targets = datum["loss_fn_inputs"]["target_tokens"]["data"]
+            logprobs = self.forward_logprobs(datum) if self.forward_logprobs else [-float(t) for t in targets]
+            outputs.append({"logprobs": {"data": logprobs, "dtype": "float32", "shape": [len(logprobs)]}})
+        loss = -sum(sum(o["logprobs"]["data"]) for o in outputs)
+        return self.future({"loss_fn_output_type": "ArrayRecord", "loss_fn_outputs": outputs,
+                            "metrics": {"loss:sum": loss, "datums:mean": float(len(outputs)),
+                                        "seq:max": float(body["seq_id"]), "seq:min": float(body["seq_id"])}})
+
+    def do_optim_step(self, body):
+        return self.future({"metrics": {"grad_norm:mean": 1.0}})
+
+    def do_save_weights_for_sampler(self, body):
+        return self.future({"path": f"tinker://{body['model_id']}/sampler_weights/{body['path']}"})
+
+    def do_create_sampling_session(self, body):
+        return {"sampling_session_id": f"sampler-{body['sampling_session_seq_id']}"}
+
+    def do_asample(self, body):
+        n = body["num_samples"]
+        prompt = [t for chunk in body["prompt"]["chunks"] for t in chunk["tokens"]]
+        return self.future({"sequences": [{"tokens": [7, 8], "logprobs": [-0.5, -0.25], "stop_reason": "length"}] * n,
+                            "prompt_logprobs": [None] + [-1.0] * (len(prompt) - 1) if body["prompt_logprobs"] else None,
+                            "topk_prompt_logprobs": None, "prompt_cache_hit_tokens": 0},
+                           sample_sequence_ids=[f"s{i}" for i in range(n)])
+
+    def do_session_heartbeat(self, body):
+        return {"type": "session_heartbeat"}
+
+    def do_sessions_sess_finish(self, body):
+        return {}

@@ -1,0 +1,255 @@
+"""The SDK against an in-process fake server: seq ids and ordering, chunking and metric merging,
+retries with the same seq_id, error mapping, polling, custom loss, sampling, configuration."""
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import torch
+
+import lorasmith
+from lorasmith import AdamParams, Datum, ModelInput, SamplingParams
+from lorasmith._internal import transport
+
+from .fake_server import API_KEY, BASE_URL, FakeServer
+
+
+@pytest.fixture(autouse=True)
+def no_backoff(monkeypatch):
+    monkeypatch.setattr(transport, "_backoff", lambda attempt: 0.0)
+
+
+@pytest.fixture
+def server():
+    return FakeServer()
+
+
+@pytest.fixture
+def service(server):
+    client = server.client()
+    yield client
+    client.close()
+
+
+def datum(n: int = 3) -> Datum:
+    return Datum(model_input=ModelInput.from_ints(list(range(1, n + 1))),
+                 loss_fn_inputs={"target_tokens": list(range(2, n + 2))})
+
+
+def training_seqs(server: FakeServer) -> list[int]:
+    return [c.body["seq_id"] for c in server.calls if c.path in ("forward_backward", "optim_step",
+                                                                  "save_weights_for_sampler")]
+
+
+def test_bootstrap_creates_a_session_and_a_model(server, service):
+    training = service.create_lora_training_client("tiny-llama", rank=4, seed=7, train_unembed=False)
+    assert training.model_id == "sess:train:0"
+    assert [c.path for c in server.calls] == ["client/config", "create_session", "create_model", "retrieve_future",
+                                              "get_info"]
+    create = server.bodies("create_model")[0]
+    assert create["lora_config"] == {"rank": 4, "seed": 7, "train_unembed": False, "train_mlp": True,
+                                     "train_attn": True}
+    assert (create["model_seq_id"], create["optimizer_config"]) == (0, {"type": "adamw"})
+    assert service.create_lora_training_client("tiny-llama").model_id == "sess:train:1"
+    assert training.get_info().model_data["tokenizer_id"] == "tiny-llama"
+
+
+def test_seq_ids_start_at_one_and_follow_call_order(server, service):
+    training = service.create_lora_training_client("tiny-llama")
+    futures = [training.forward_backward([datum()]), training.optim_step(AdamParams(learning_rate=0.5)),
+               training.forward([datum()]), training.save_weights_for_sampler("s")]
+    [f.result(timeout=10) for f in futures]
+    assert training_seqs(server) == [1, 2, 3, 4]
+    assert server.bodies("optim_step")[0]["adam_params"] == {
+        "learning_rate": 0.5, "beta1": 0.9, "beta2": 0.95, "eps": 1e-12, "weight_decay": 0.0, "grad_clip_norm": 0.0}
+    assert [b["forward_only"] for b in server.bodies("forward_backward")] == [False, True]
+    assert futures[3].result().path == "tinker://sess:train:0/sampler_weights/s"
+
+
+def test_a_slow_post_holds_back_later_requests_of_the_model(server, service):
+    training = service.create_lora_training_client("tiny-llama")
+    server.delays = {1: 0.3, 4: 0.2, 11: 0.1}
+
+    async def twenty():
+        futures = []
+        for i in range(10):
+            futures.append(await training.forward_backward_async([datum()]))
+            futures.append(await training.optim_step_async())
+        return [await f for f in futures]
+
+    results = asyncio.run(twenty())
+    assert training_seqs(server) == list(range(1, 21))
+    assert [r.metrics["seq:max"] for r in results[::2]] == [float(s) for s in range(1, 21, 2)]
+
+
+def test_first_await_returns_once_the_server_accepted(server, service):
+    training = service.create_lora_training_client("tiny-llama")
+    server.delays = {1: 0.2}
+
+    async def submit():
+        future = await training.forward_backward_async([datum()])
+        return len(server.bodies("forward_backward")), future
+
+    accepted, future = asyncio.run(submit())
+    assert accepted == 1
+    assert future.result(timeout=10).metrics["loss:sum"] == 9.0  # -(-2 - 3 - 4)
+
+
+def test_big_batches_are_chunked_with_consecutive_seq_ids_and_merged(server, service, monkeypatch):
+    import lorasmith.training
+
+    monkeypatch.setattr(lorasmith.training, "MAX_CHUNK_DATUMS", 2)
+    training = service.create_lora_training_client("tiny-llama")
+    output = training.forward_backward([datum(n) for n in (1, 2, 3, 4, 5)]).result(timeout=10)
+    step = training.optim_step().result(timeout=10)
+    assert [len(b["data"]) for b in server.bodies("forward_backward")] == [2, 2, 1]
+    assert training_seqs(server) == [1, 2, 3, 4]
+    assert [o["logprobs"].tolist() for o in output.loss_fn_outputs] == [
+        [-2.0], [-2.0, -3.0], [-2.0, -3.0, -4.0], [-2.0, -3.0, -4.0, -5.0], [-2.0, -3.0, -4.0, -5.0, -6.0]]
+    # sum adds; mean weights each chunk by its datums (2, 2, 1); min/max over chunks
+    assert output.metrics == {"loss:sum": 2.0 + 5.0 + 9.0 + 14.0 + 20.0, "datums:mean": (2 * 2 + 2 * 2 + 1 * 1) / 5, "seq:max": 3.0,
+                              "seq:min": 1.0}
+    assert step.metrics == {"grad_norm:mean": 1.0}
+
+
+def test_large_payloads_are_chunked_by_size(server, service, monkeypatch):
+    import lorasmith.training
+
+    monkeypatch.setattr(lorasmith.training, "MAX_CHUNK_BYTES", 3000)
+    training = service.create_lora_training_client("tiny-llama")
+    output = training.forward([datum(100) for _ in range(4)]).result(timeout=10)
+    sizes = [len(b["data"]) for b in server.bodies("forward_backward")]
+    assert len(sizes) > 1 and sum(sizes) == 4 and len(output.loss_fn_outputs) == 4
+
+
+@pytest.mark.parametrize("failure", [httpx.Response(503, json={"detail": "busy"}),
+                                     httpx.Response(429, json={"detail": "slow down"}, headers={"retry-after": "0.01"}),
+                                     httpx.ConnectError("connection refused")])
+def test_retries_resend_the_same_seq_id(server, service, failure):
+    training = service.create_lora_training_client("tiny-llama")
+    server.fail_next("forward_backward", failure)
+    result = training.forward_backward([datum()]).result(timeout=10)
+    first, second = server.bodies("forward_backward")
+    assert first == second and first["seq_id"] == 1
+    assert result.metrics["loss:sum"] == 9.0
+
+
+@pytest.mark.parametrize("status, body, error, message", [
+    (400, {"error": "unknown loss_fn 'nope'", "field": "loss_fn"}, lorasmith.BadRequestError, "unknown loss_fn 'nope'"),
+    (422, {"detail": "weights must be float32"}, lorasmith.BadRequestError, "weights must be float32"),
+    (401, {"detail": "invalid or revoked API key"}, lorasmith.AuthenticationError, "invalid or revoked"),
+    (403, {"detail": "not yours"}, lorasmith.PermissionDeniedError, "not yours"),
+    (404, {"detail": "model not found"}, lorasmith.NotFoundError, "model not found"),
+    (409, {"detail": "conflict"}, lorasmith.ConflictError, "conflict"),
+    (429, {"detail": "quota: 100 queued operations"}, lorasmith.RateLimitError, "quota"),
+    (500, {"detail": "boom"}, lorasmith.InternalServerError, "boom"),
+])
+def test_http_errors_are_typed_with_the_server_message(server, status, body, error, message):
+    service = server.client(max_retries=1)
+    try:
+        training = service.create_lora_training_client("tiny-llama")
+        server.fail_next("forward_backward", *[httpx.Response(status, json=body)] * 2)
+        with pytest.raises(error, match=message) as raised:
+            training.forward_backward([datum()]).result(timeout=10)
+        assert raised.value.status_code == status
+        if "field" in body:
+            assert raised.value.field == "loss_fn"
+    finally:
+        service.close()
+
+
+def test_unreachable_server_says_so():
+    service = lorasmith.ServiceClient(base_url="http://127.0.0.1:9", api_key=API_KEY, use_websocket=False,
+                                      max_retries=2)
+    with pytest.raises(lorasmith.APIConnectionError, match="cannot reach the Lorasmith server at http://127.0.0.1:9"):
+        service.create_lora_training_client("tiny-llama")
+
+
+def test_failed_future_raises_request_failed_with_category(server, service):
+    training = service.create_lora_training_client("tiny-llama")
+    server.do_optim_step = lambda body: server.future({"error": "runner crashed", "category": "server"})
+    with pytest.raises(lorasmith.RequestFailedError) as failed:
+        training.optim_step().result(timeout=10)
+    assert (failed.value.message, failed.value.category) == ("runner crashed", "server")
+    assert failed.value.request_id.startswith("req-")
+
+
+def test_polling_reasks_until_the_result_is_ready(server, service):
+    server.pending_polls = 3
+    training = service.create_lora_training_client("tiny-llama")
+    result = training.forward([datum()]).result(timeout=10)
+    assert result.metrics["loss:sum"] == 9.0
+    assert max(server.polls.values()) == 4
+
+
+def test_custom_loss_sends_minus_the_gradient_as_weights(server, service):
+    training = service.create_lora_training_client("tiny-llama")
+    server.forward_logprobs = lambda d: [-0.5] * len(d["loss_fn_inputs"]["target_tokens"]["data"])
+    with_extra = Datum(model_input=ModelInput.from_ints([1, 2]),
+                       loss_fn_inputs={"target_tokens": [2, 3], "advantages": [1.0, 1.0]})
+
+    def squared(data, logprobs):  # loss = sum over datums of (sum of logprobs)^2
+        return sum(lp.sum() ** 2 for lp in logprobs), {"pairs:sum": 1.0}
+
+    out = training.forward_backward_custom([datum(3), with_extra], squared).result(timeout=10)
+    forward, backward = server.bodies("forward_backward")
+    assert (forward["seq_id"], forward["forward_only"], backward["seq_id"], backward["forward_only"]) == (
+        1, True, 2, False)
+    assert all(set(d["loss_fn_inputs"]) == {"target_tokens", "weights"} for d in forward["data"] + backward["data"])
+    # d/dlp (sum lp)^2 = 2 * sum lp: -3 for datum 1 (3 x -0.5), -2 for datum 2; weights are minus that
+    assert [d["loss_fn_inputs"]["weights"]["data"] for d in backward["data"]] == [[3.0] * 3, [2.0] * 2]
+    assert out.metrics["loss:sum"] == pytest.approx(1.5 ** 2 + 1.0 ** 2)
+    assert out.metrics["surrogate_loss:sum"] == pytest.approx(2.5) and out.metrics["pairs:sum"] == 1.0
+    assert training.optim_step().result(timeout=10) is not None and training_seqs(server)[-1] == 3
+
+
+def test_sampling_and_compute_logprobs(server, service):
+    sampler = service.create_sampling_client(base_model="tiny-llama")
+    response = sampler.sample(ModelInput.from_ints([1, 2, 3]), 2, SamplingParams(max_tokens=2, seed=1)).result(10)
+    assert [s.tokens for s in response.sequences] == [[7, 8], [7, 8]]
+    assert [s.sequence_id for s in response.sequences] == ["s0", "s1"]
+    assert sampler.compute_logprobs(ModelInput.from_ints([1, 2, 3])).result(10) == [None, -1.0, -1.0]
+    first, second = server.bodies("asample")
+    assert (first["seq_id"], second["seq_id"]) == (0, 1)
+    assert first["sampling_params"] == {"max_tokens": 2, "seed": 1, "temperature": 1.0, "top_k": -1, "top_p": 1.0}
+    assert (second["num_samples"], second["sampling_params"]["max_tokens"], second["prompt_logprobs"]) == (1, 1, True)
+    assert server.bodies("create_sampling_session")[0] == {
+        "session_id": "sess", "sampling_session_seq_id": 0, "type": "create_sampling_session",
+        "base_model": "tiny-llama"}
+
+
+def test_sample_async_returns_the_response(server, service):
+    sampler = service.create_sampling_client(base_model="tiny-llama")
+    response = asyncio.run(sampler.sample_async(ModelInput.from_ints([1]), 1, SamplingParams(max_tokens=2)))
+    assert response.sequences[0].stop_reason == "length"
+
+
+def test_settings_come_from_the_environment(monkeypatch, server):
+    monkeypatch.delenv("LORASMITH_BASE_URL", raising=False)
+    monkeypatch.delenv("LORASMITH_API_KEY", raising=False)
+    monkeypatch.setenv("TINKER_BASE_URL", BASE_URL)
+    monkeypatch.setenv("TINKER_API_KEY", API_KEY)
+    service = lorasmith.ServiceClient(use_websocket=False, http_transport=httpx.MockTransport(server.handle))
+    assert (service.transport.base_url, service.transport.api_key) == (BASE_URL, API_KEY)
+    monkeypatch.setenv("LORASMITH_API_KEY", "tml-preferred")
+    assert lorasmith.ServiceClient(use_websocket=False).transport.api_key == "tml-preferred"
+    monkeypatch.delenv("TINKER_BASE_URL")
+    with pytest.raises(lorasmith.LorasmithError, match="LORASMITH_BASE_URL"):
+        lorasmith.ServiceClient()
+
+
+def test_close_finishes_the_session(server):
+    with server.client() as service:
+        service.create_lora_training_client("tiny-llama")
+    assert server.calls[-1].path == "sessions/sess/finish"
+    assert server.calls[-1].body == {"reason": {"type": "success"}, "detail": None}
+
+
+def test_datum_accepts_torch_and_numpy_inputs():
+    d = Datum(model_input=ModelInput.from_ints([1, 2]),
+              loss_fn_inputs={"target_tokens": torch.tensor([2, 3], dtype=torch.int32),
+                              "weights": torch.tensor([[0.5, 0.5], [1.0, 0.0]], dtype=torch.float64)})
+    wire = d.model_dump(mode="json")["loss_fn_inputs"]
+    assert wire["target_tokens"] == {"data": [2, 3], "dtype": "int64", "shape": [2]}
+    assert wire["weights"] == {"data": [0.5, 0.5, 1.0, 0.0], "dtype": "float32", "shape": [2, 2]}

@@ -9,9 +9,17 @@ T = TypeVar("T")
 
 
 class APIFuture(Generic[T]):
-    def __init__(self, future: concurrent.futures.Future, convert: Optional[Callable[[Any], T]] = None):
+    def __init__(self, future: concurrent.futures.Future, convert: Optional[Callable[[Any], T]] = None,
+                 accepted: Optional[concurrent.futures.Future] = None):
         self._future = future
         self._convert = convert
+        self.accepted = accepted  # resolves when the server accepted the request (training requests)
+
+    async def submitted(self) -> "APIFuture[T]":
+        """This future, once the server has accepted the request: the first await of `*_async`."""
+        if self.accepted is not None:
+            await asyncio.wrap_future(self.accepted)
+        return self
 
     def result(self, timeout: Optional[float] = None) -> T:
         value = self._future.result(timeout)

@@ -11,7 +11,6 @@ from typing import Any, Optional
 from ._internal import background
 from ._internal.transport import SDK_VERSION, Transport
 from .errors import LorasmithError, NotFoundError
-from .futures import APIFuture
 from .types import LoraConfig
 
 HEARTBEAT_SECONDS = 10.0
@@ -147,5 +146,20 @@ class ServiceClient:
     def get_server_capabilities(self) -> dict:
         return background.run(self.transport.request("GET", "get_server_capabilities"))
 
-    def future(self, coro, convert=None) -> APIFuture:
-        return APIFuture(background.submit(coro), convert)
+    # ---- async twins (the creators block on several round trips, so they run in a worker thread)
+
+    async def create_lora_training_client_async(self, base_model: str, **kwargs):
+        return await asyncio.to_thread(self.create_lora_training_client, base_model, **kwargs)
+
+    async def create_training_client_from_state_async(self, path: str, user_metadata: Optional[dict] = None):
+        return await asyncio.to_thread(self.create_training_client_from_state, path, user_metadata)
+
+    async def create_training_client_from_state_with_optimizer_async(self, path: str,
+                                                                     user_metadata: Optional[dict] = None):
+        return await asyncio.to_thread(self.create_training_client_from_state_with_optimizer, path, user_metadata)
+
+    async def create_sampling_client_async(self, model_path: Optional[str] = None, base_model: Optional[str] = None):
+        return await asyncio.to_thread(self.create_sampling_client, model_path, base_model)
+
+    async def get_server_capabilities_async(self) -> dict:
+        return await asyncio.to_thread(self.get_server_capabilities)

@@ -9,6 +9,7 @@ import threading
 from typing import Any, Callable, Optional, Sequence
 
 from ._internal import background
+from .errors import LorasmithError
 from .futures import APIFuture
 from .types import (AdamParams, Datum, ForwardBackwardOutput, GetInfoResponse, OptimStepResponse, SaveWeightsResponse,
                     TensorData, reduce_metrics)
@@ -27,6 +28,7 @@ class TrainingClient:
         self._first_seq = next_seq
         self._lock = threading.RLock()
         self._accepted: dict[int, asyncio.Event] = {}  # touched only on the background loop
+        self._poisoned: Optional[str] = None
 
     @classmethod
     async def connect(cls, service, model_id: str, next_seq: int = 1) -> "TrainingClient":
@@ -45,105 +47,106 @@ class TrainingClient:
         return self._accepted.setdefault(seq, asyncio.Event())
 
     async def _post_in_order(self, seq: int, path: str, body: dict) -> dict:
-        """POST once every lower seq of this model has been accepted by the server."""
+        """POST once every lower seq of this model has been accepted by the server. A request that
+        is never accepted leaves a gap the server waits on forever, so it poisons the client: every
+        later request fails at once with the reason instead of hanging."""
         if seq > self._first_seq:
             await self._event(seq - 1).wait()
         try:
-            return await self.transport.request("POST", path, {**body, "model_id": self.model_id, "seq_id": seq})
+            if self._poisoned is not None:
+                raise LorasmithError(
+                    f"request {seq} of {self.model_id} was not sent: an earlier request of this TrainingClient was "
+                    f"not accepted ({self._poisoned}), and the server runs a model's requests only without gaps. "
+                    "Continue with a new client (e.g. create_training_client_from_state of your last save_state).")
+            try:
+                return await self.transport.request("POST", path, {**body, "model_id": self.model_id, "seq_id": seq})
+            except BaseException as error:
+                self._poisoned = f"{type(error).__name__}: {error}"
+                raise
         finally:
             self._event(seq).set()
             self._accepted.pop(seq - 1, None)
 
-    def _submit(self, path: str, body: dict, convert: Callable[[dict], Any]):
-        """Returns (accepted, result): a concurrent future of the POST's answer, and the APIFuture."""
+    def _submit(self, path: str, body: dict, convert: Callable[[dict], Any]) -> APIFuture:
         (seq,) = self._reserve()
         accepted: concurrent.futures.Future = concurrent.futures.Future()
 
         async def go():
-            try:
-                handle = await self._post_in_order(seq, path, body)
-            except BaseException as error:
-                accepted.set_exception(error)
-                raise
-            accepted.set_result(handle)
+            handle = await _accept(accepted, self._post_in_order(seq, path, body))
             return await self.transport.wait_result(handle["request_id"])
 
-        return accepted, APIFuture(background.submit(go()), convert)
-
-    @staticmethod
-    async def _accepted_then(accepted: concurrent.futures.Future, future: APIFuture) -> APIFuture:
-        await asyncio.wrap_future(accepted)
-        return future
+        return APIFuture(background.submit(go()), convert, accepted=accepted)
 
     # ---- primitives -------------------------------------------------------------------------
 
     def forward_backward(self, data: Sequence[Datum], loss_fn: str = "cross_entropy",
                          loss_fn_config: Optional[dict] = None) -> APIFuture[ForwardBackwardOutput]:
-        return self._forward(data, loss_fn, loss_fn_config, forward_only=False)[1]
+        return self._forward(data, loss_fn, loss_fn_config, forward_only=False)
 
     def forward(self, data: Sequence[Datum], loss_fn: str = "cross_entropy",
                 loss_fn_config: Optional[dict] = None) -> APIFuture[ForwardBackwardOutput]:
-        return self._forward(data, loss_fn, loss_fn_config, forward_only=True)[1]
+        return self._forward(data, loss_fn, loss_fn_config, forward_only=True)
 
-    def _forward(self, data, loss_fn, loss_fn_config, forward_only: bool):
+    def _forward(self, data, loss_fn, loss_fn_config, forward_only: bool) -> APIFuture[ForwardBackwardOutput]:
         chunks = _chunks([(d if isinstance(d, Datum) else Datum(**d)).model_dump(mode="json") for d in data])
         with self._lock:  # the chunks of one call get consecutive seq ids even with other threads calling
             parts = [self._submit("forward_backward", {
                 "data": chunk, "loss_fn": loss_fn, "loss_fn_config": loss_fn_config, "forward_only": forward_only,
                 "type": "forward_backward"}, _identity) for chunk in chunks]
         if len(parts) == 1:
-            return parts[0][0], APIFuture(parts[0][1].future(), ForwardBackwardOutput.model_validate)
+            return APIFuture(parts[0].future(), ForwardBackwardOutput.model_validate, accepted=parts[0].accepted)
 
         async def combine():
-            outputs = [await asyncio.wrap_future(p[1].future()) for p in parts]
+            outputs = [await asyncio.wrap_future(p.future()) for p in parts]
             return {"loss_fn_output_type": "ArrayRecord",
                     "loss_fn_outputs": [o for out in outputs for o in out["loss_fn_outputs"]],
                     "metrics": reduce_metrics([o["metrics"] for o in outputs], [len(c) for c in chunks])}
 
         # accepted once the last chunk is: chunks are POSTed in seq order
-        return parts[-1][0], APIFuture(background.submit(combine()), ForwardBackwardOutput.model_validate)
+        return APIFuture(background.submit(combine()), ForwardBackwardOutput.model_validate,
+                         accepted=parts[-1].accepted)
 
     def optim_step(self, adam_params: Optional[AdamParams] = None) -> APIFuture[OptimStepResponse]:
-        return self._optim(adam_params)[1]
-
-    def _optim(self, adam_params):
         params = (adam_params or AdamParams()).model_dump()
-        return self._submit("optim_step", {"adam_params": params, "type": "optim_step"}, OptimStepResponse.model_validate)
+        return self._submit("optim_step", {"adam_params": params, "type": "optim_step"},
+                            OptimStepResponse.model_validate)
 
     def save_state(self, name: str, ttl_seconds: Optional[int] = None) -> APIFuture[SaveWeightsResponse]:
         return self._submit("save_weights", {"path": name, "ttl_seconds": ttl_seconds, "type": "save_weights"},
-                            SaveWeightsResponse.model_validate)[1]
+                            SaveWeightsResponse.model_validate)
 
     def load_state(self, path: str) -> APIFuture[dict]:
-        return self._submit("load_weights", {"path": path, "optimizer": False, "type": "load_weights"}, _identity)[1]
+        return self._submit("load_weights", {"path": path, "optimizer": False, "type": "load_weights"}, _identity)
 
     def load_state_with_optimizer(self, path: str) -> APIFuture[dict]:
-        return self._submit("load_weights", {"path": path, "optimizer": True, "type": "load_weights"}, _identity)[1]
+        return self._submit("load_weights", {"path": path, "optimizer": True, "type": "load_weights"}, _identity)
 
     def save_weights_for_sampler(self, name: str, ttl_seconds: Optional[int] = None) -> APIFuture[SaveWeightsResponse]:
         return self._submit("save_weights_for_sampler", {"path": name, "ttl_seconds": ttl_seconds, "kind": "snapshot",
                                                          "type": "save_weights_for_sampler"},
-                            SaveWeightsResponse.model_validate)[1]
+                            SaveWeightsResponse.model_validate)
 
     def save_weights_external(self, name: str, ttl_seconds: Optional[int] = None) -> APIFuture[dict]:
         return self._submit("save_weights_external", {"path": name, "ttl_seconds": ttl_seconds,
-                                                      "type": "save_weights_external"}, _identity)[1]
+                                                      "type": "save_weights_external"}, _identity)
 
     def save_weights_and_get_sampling_client(self, name: Optional[str] = None):
+        """An ephemeral sampler on the current weights (`name` is accepted for Tinker compatibility)."""
+        return self._ephemeral_sampler().result()
+
+    def _ephemeral_sampler(self) -> APIFuture:
         from .sampling import SamplingClient
 
         body = {"sampling_session_seq_id": self.service.next_sampler_seq(), "kind": "snapshot",
                 "type": "save_weights_for_sampler"}
-        future = self._submit("save_weights_for_sampler", body, _identity)[1]
-        return SamplingClient.for_session(self.service, future.result()["sampling_session_id"],
-                                          base_model=self._info.model_data.get("model_name"))
+        base_model = self._info.model_data.get("model_name")
+        return self._submit("save_weights_for_sampler", body, lambda answer: SamplingClient.for_session(
+            self.service, answer["sampling_session_id"], base_model=base_model))
 
     def forward_backward_custom(self, data: Sequence[Datum], loss_fn) -> APIFuture[ForwardBackwardOutput]:
-        return self._custom(data, loss_fn)[1]
-
-    def _custom(self, data, loss_fn):
         """DESIGN §4: forward, the user's torch loss on the logprobs, then a cross_entropy pass with
-        weights = -dloss/dlogprobs, which gives the adapter exactly the custom loss's gradient."""
+        weights = -dloss/dlogprobs, which gives the adapter exactly the custom loss's gradient.
+        `loss_fn(data, logprobs_list) -> (loss, metrics)`."""
         import torch
 
         data = [d if isinstance(d, Datum) else Datum(**d) for d in data]
@@ -155,21 +158,23 @@ class TrainingClient:
                      "loss_fn_inputs": {"target_tokens": d.loss_fn_inputs["target_tokens"].model_dump(mode="json"),
                                         "weights": weights_of(i, d).model_dump(mode="json")}} for i, d in enumerate(data)]
 
+        def zeros(i, d):
+            return TensorData.from_numpy(0 * d.loss_fn_inputs["target_tokens"].to_numpy().astype("float32"))
+
         async def go():
-            zeros = stripped(lambda i, d: TensorData.from_numpy(0 * d.loss_fn_inputs["target_tokens"].to_numpy()
-                                                                .astype("float32")))
+            handle = await _accept(accepted, self._post_in_order(first, "forward_backward", {
+                "data": stripped(zeros), "loss_fn": "cross_entropy", "forward_only": True}))
             try:
-                handle = await self._post_in_order(first, "forward_backward", {
-                    "data": zeros, "loss_fn": "cross_entropy", "forward_only": True})
-            except BaseException as error:
-                accepted.set_exception(error)
+                forward = await self.transport.wait_result(handle["request_id"])
+                logprobs = [TensorData(**o["logprobs"]).to_torch().float().requires_grad_(True)
+                            for o in forward["loss_fn_outputs"]]
+                loss, metrics = loss_fn(data, logprobs)
+                grads = torch.autograd.grad(loss, logprobs, allow_unused=True)
+            except BaseException:
+                # fill the reserved second seq with a no-op so later requests of the model still run
+                await self._post_in_order(second, "forward_backward", {
+                    "data": stripped(zeros), "loss_fn": "cross_entropy", "forward_only": True})
                 raise
-            accepted.set_result(handle)
-            forward = await self.transport.wait_result(handle["request_id"])
-            logprobs = [TensorData(**o["logprobs"]).to_torch().float().requires_grad_(True)
-                        for o in forward["loss_fn_outputs"]]
-            loss, metrics = loss_fn(data, logprobs)
-            grads = torch.autograd.grad(loss, logprobs, allow_unused=True)
             weights = [(-g if g is not None else torch.zeros_like(lp)).detach() for g, lp in zip(grads, logprobs)]
             handle = await self._post_in_order(second, "forward_backward", {
                 "data": stripped(lambda i, d: TensorData.from_torch(weights[i])), "loss_fn": "cross_entropy",
@@ -179,37 +184,56 @@ class TrainingClient:
                       "loss:sum": float(loss.detach()), "surrogate_loss:sum": backward["metrics"]["loss:sum"]}
             return {**backward, "metrics": merged}
 
-        return accepted, APIFuture(background.submit(go()), ForwardBackwardOutput.model_validate)
+        return APIFuture(background.submit(go()), ForwardBackwardOutput.model_validate, accepted=accepted)
 
-    # ---- async twins: the first await returns once the server accepted the request ----------
+    # ---- async twins: the first await returns once the server accepted the request, so a ------
+    # ---- request made after it is ordered after it; `await` the returned future for the result --
 
     async def forward_backward_async(self, data, loss_fn="cross_entropy", loss_fn_config=None) -> APIFuture:
-        return await self._accepted_then(*self._forward(data, loss_fn, loss_fn_config, False))
+        return await self.forward_backward(data, loss_fn, loss_fn_config).submitted()
 
     async def forward_async(self, data, loss_fn="cross_entropy", loss_fn_config=None) -> APIFuture:
-        return await self._accepted_then(*self._forward(data, loss_fn, loss_fn_config, True))
-
-    async def optim_step_async(self, adam_params: Optional[AdamParams] = None) -> APIFuture:
-        return await self._accepted_then(*self._optim(adam_params))
+        return await self.forward(data, loss_fn, loss_fn_config).submitted()
 
     async def forward_backward_custom_async(self, data, loss_fn) -> APIFuture:
-        return await self._accepted_then(*self._custom(data, loss_fn))
+        return await self.forward_backward_custom(data, loss_fn).submitted()
+
+    async def optim_step_async(self, adam_params: Optional[AdamParams] = None) -> APIFuture:
+        return await self.optim_step(adam_params).submitted()
 
     async def save_state_async(self, name: str, ttl_seconds: Optional[int] = None) -> APIFuture:
-        return self.save_state(name, ttl_seconds)
+        return await self.save_state(name, ttl_seconds).submitted()
 
-    async def save_weights_for_sampler_async(self, name: str) -> APIFuture:
-        return self.save_weights_for_sampler(name)
+    async def load_state_async(self, path: str) -> APIFuture:
+        return await self.load_state(path).submitted()
+
+    async def load_state_with_optimizer_async(self, path: str) -> APIFuture:
+        return await self.load_state_with_optimizer(path).submitted()
+
+    async def save_weights_for_sampler_async(self, name: str, ttl_seconds: Optional[int] = None) -> APIFuture:
+        return await self.save_weights_for_sampler(name, ttl_seconds).submitted()
+
+    async def save_weights_external_async(self, name: str, ttl_seconds: Optional[int] = None) -> APIFuture:
+        return await self.save_weights_external(name, ttl_seconds).submitted()
+
+    async def save_weights_and_get_sampling_client_async(self, name: Optional[str] = None):
+        return await self._ephemeral_sampler()
 
     # ---- info ------------------------------------------------------------------------------
 
     def get_info(self) -> GetInfoResponse:
         return self._info
 
+    async def get_info_async(self) -> GetInfoResponse:
+        return self._info
+
     def get_tokenizer(self):
         from .tokenizer import load_tokenizer
 
         return load_tokenizer(self.transport, self._info.model_data.get("tokenizer_id") or self._info.model_name)
+
+    async def get_tokenizer_async(self):
+        return await asyncio.to_thread(self.get_tokenizer)
 
 
 def _chunks(data: list[dict]) -> list[list[dict]]:
@@ -224,6 +248,17 @@ def _chunks(data: list[dict]) -> list[list[dict]]:
         chunks[-1].append(datum)
         size += datum_size
     return chunks
+
+
+async def _accept(accepted: concurrent.futures.Future, post) -> dict:
+    """Await the POST, recording its outcome in `accepted` (what the first await of `*_async` waits for)."""
+    try:
+        handle = await post
+    except BaseException as error:
+        accepted.set_exception(error)
+        raise
+    accepted.set_result(handle)
+    return handle
 
 
 def _identity(value: Any) -> Any:

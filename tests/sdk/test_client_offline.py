@@ -253,3 +253,54 @@ def test_datum_accepts_torch_and_numpy_inputs():
     wire = d.model_dump(mode="json")["loss_fn_inputs"]
     assert wire["target_tokens"] == {"data": [2, 3], "dtype": "int64", "shape": [2]}
     assert wire["weights"] == {"data": [0.5, 0.5, 1.0, 0.0], "dtype": "float32", "shape": [2, 2]}
+
+
+def test_a_rejected_request_fails_later_ones_instead_of_hanging(server, service):
+    training = service.create_lora_training_client("tiny-llama")
+    server.fail_next("forward_backward", httpx.Response(400, json={"error": "unknown loss_fn 'nope'"}))
+    rejected, later = training.forward_backward([datum()], "nope"), training.optim_step()
+    with pytest.raises(lorasmith.BadRequestError):
+        rejected.result(timeout=10)
+    with pytest.raises(lorasmith.LorasmithError, match="was not sent: an earlier request .* unknown loss_fn 'nope'"):
+        later.result(timeout=10)
+    assert server.bodies("optim_step") == []
+
+
+def test_a_failing_custom_loss_fills_its_seq_so_the_model_goes_on(server, service):
+    training = service.create_lora_training_client("tiny-llama")
+
+    def broken(data, logprobs):
+        raise ValueError("my loss has a bug")
+
+    with pytest.raises(ValueError, match="my loss has a bug"):
+        training.forward_backward_custom([datum()], broken).result(timeout=10)
+    assert training.optim_step().result(timeout=10).metrics == {"grad_norm:mean": 1.0}
+    assert training_seqs(server) == [1, 2, 3]
+    assert [b["forward_only"] for b in server.bodies("forward_backward")] == [True, True]
+
+
+def test_async_twins_of_saving_and_sampling(server, service):
+    training = service.create_lora_training_client("tiny-llama")
+    server.do_save_weights_for_sampler = lambda body: server.future(
+        {"sampling_session_id": f"{body['model_id']}:sample:{body['sampling_session_seq_id']}"}
+        if "sampling_session_seq_id" in body else {"path": f"tinker://{body['model_id']}/sampler_weights/{body['path']}"})
+
+    async def flow():
+        saved = await (await training.save_weights_for_sampler_async("snap"))
+        sampler = await training.save_weights_and_get_sampling_client_async()
+        return saved, sampler, await sampler.compute_logprobs_async(ModelInput.from_ints([4, 5]))
+
+    saved, sampler, logprobs = asyncio.run(flow())
+    assert saved.path == "tinker://sess:train:0/sampler_weights/snap"
+    assert sampler.sampling_session_id == "sess:train:0:sample:0" and logprobs == [None, -1.0]
+    assert training_seqs(server) == [1, 2]
+
+
+def test_blocking_calls_on_the_sdk_loop_are_refused(service):
+    from lorasmith._internal import background
+
+    async def inside():
+        service.get_server_capabilities()
+
+    with pytest.raises(RuntimeError, match="use the \\*_async method"):
+        background.run(inside())

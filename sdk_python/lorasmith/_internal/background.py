@@ -25,5 +25,8 @@ def submit(coro: Coroutine[Any, Any, Any]) -> concurrent.futures.Future:
 
 
 def run(coro: Coroutine[Any, Any, Any], timeout: float | None = None) -> Any:
-    """Run on the background loop and block for the answer (never call from that loop itself)."""
+    """Run on the background loop and block for the answer."""
+    if threading.current_thread().name == "lorasmith-loop":
+        coro.close()
+        raise RuntimeError("a blocking lorasmith call was made on the SDK's own event loop; use the *_async method")
     return submit(coro).result(timeout)

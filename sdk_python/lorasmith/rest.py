@@ -1,15 +1,15 @@
 """RestClient: runs and checkpoints (list, delete, publish, TTL, download)."""
 from __future__ import annotations
 
+import hashlib
 import tarfile
-import tempfile
 from pathlib import Path
 from typing import Any, Optional
 
 from ._internal import background
 from ._internal.download import download
 from ._internal.transport import Transport
-from .errors import LorasmithError
+from .errors import LorasmithError, NotFoundError
 from .futures import APIFuture
 
 
@@ -75,12 +75,19 @@ class RestClient:
 
     def download_checkpoint(self, tinker_path: str, dest_dir: str | Path, progress: bool = True) -> Path:
         """A sampler/external checkpoint as a PEFT directory (adapter_config.json +
-        adapter_model.safetensors) in `dest_dir`; resumable and checksum-verified."""
+        adapter_model.safetensors) in `dest_dir`. Checksum-verified; an interrupted download resumes
+        when called again with the same `dest_dir`. Servers without archives get the per-file URLs."""
         dest = Path(dest_dir)
         dest.mkdir(parents=True, exist_ok=True)
-        url = self.get_checkpoint_archive_url(tinker_path).result()["url"]
-        with tempfile.TemporaryDirectory(dir=dest) as scratch:
-            archive = download(url, Path(scratch) / "checkpoint.tar", progress=progress)
-            with tarfile.open(archive) as tar:
-                tar.extractall(dest, filter="data")
+        try:
+            url = self.get_checkpoint_archive_url(tinker_path).result()["url"]
+        except NotFoundError:
+            for relpath, file_url in self.get_external_weights_urls(tinker_path).result()["urls"].items():
+                download(file_url, dest / relpath, progress=progress)
+            return dest
+        key = hashlib.sha256(tinker_path.encode()).hexdigest()[:16]
+        archive = download(url, dest / f".lorasmith-{key}.tar", progress=progress)
+        with tarfile.open(archive) as tar:
+            tar.extractall(dest, filter="data")
+        archive.unlink()
         return dest

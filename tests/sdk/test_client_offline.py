@@ -304,3 +304,24 @@ def test_blocking_calls_on_the_sdk_loop_are_refused(service):
 
     with pytest.raises(RuntimeError, match="use the \\*_async method"):
         background.run(inside())
+
+
+def test_heartbeat_runs_in_the_background_until_the_session_is_gone(server, monkeypatch):
+    import lorasmith.service
+
+    monkeypatch.setattr(lorasmith.service, "HEARTBEAT_SECONDS", 0.01)
+    server.fail_next("session_heartbeat", httpx.Response(503, json={"detail": "blip"}))
+    beats = []
+
+    def heartbeat(body):  # two good beats, then the server has forgotten the session
+        beats.append(body)
+        if len(beats) == 2:
+            server.fail_next("session_heartbeat", httpx.Response(410, json={"detail": "session expired"}))
+        return {"type": "session_heartbeat"}
+
+    server.do_session_heartbeat = heartbeat
+    service = server.client()
+    service.create_sampling_client(base_model="tiny-llama")
+    service._heartbeat.result(timeout=10)  # the loop ends by itself on 410
+    assert beats[0] == {"session_id": "sess", "type": "session_heartbeat"}
+    assert [c.path for c in server.calls].count("session_heartbeat") == 4  # 503, ok, ok, 410

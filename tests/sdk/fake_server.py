@@ -33,9 +33,9 @@ class FakeServer:
     polls: dict[str, int] = field(default_factory=dict)
     forward_logprobs: Optional[Callable[[dict], list[float]]] = None
 
-    def client(self, **kwargs) -> lorasmith.ServiceClient:
+    def client(self, base_url: str = BASE_URL, **kwargs) -> lorasmith.ServiceClient:
         kwargs.setdefault("use_websocket", False)
-        return lorasmith.ServiceClient(base_url=BASE_URL, api_key=API_KEY,
+        return lorasmith.ServiceClient(base_url=base_url, api_key=API_KEY,
                                        http_transport=httpx.MockTransport(self.handle), **kwargs)
 
     def fail_next(self, path: str, *failures: Failure) -> None:

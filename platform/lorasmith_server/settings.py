@@ -83,7 +83,10 @@ if REDIS_URL:
     }
     CHANNEL_LAYERS = {"default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "prefix": os.environ.get("LORASMITH_REDIS_NAMESPACE", "lorasmith")},
+        # redis-py 8 reads with a 5 s socket timeout, the same as channels-redis's blocking BZPOPMIN:
+        # an idle WebSocket would crash with 1011 after 5 s. Reads may block longer than the pop.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                   "prefix": os.environ.get("LORASMITH_REDIS_NAMESPACE", "lorasmith")},
     }}
 else:
     DRAMATIQ_BROKER = {

@@ -183,6 +183,17 @@ def test_polling_reasks_until_the_result_is_ready(server, service):
     assert max(server.polls.values()) == 4
 
 
+def test_polling_waits_out_a_server_outage(server):
+    service = server.client(max_retries=1)
+    try:
+        training = service.create_lora_training_client("tiny-llama")
+        server.fail_next("retrieve_future", *[httpx.Response(503, json={"detail": "restarting"})] * 4,
+                         httpx.ConnectError("connection refused"))
+        assert training.forward([datum()]).result(timeout=10).metrics["loss:sum"] == 9.0
+    finally:
+        service.close()
+
+
 def test_custom_loss_sends_minus_the_gradient_as_weights(server, service):
     training = service.create_lora_training_client("tiny-llama")
     server.forward_logprobs = lambda d: [-0.5] * len(d["loss_fn_inputs"]["target_tokens"]["data"])

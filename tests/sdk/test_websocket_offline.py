@@ -15,11 +15,11 @@ from .fake_server import API_KEY, FakeServer
 
 
 class PushServer:
-    """Pushes each subscribed future's result, or with `cut_on_subscribe` drops the connection."""
+    """Pushes each subscribed future's result; the first `cuts` connections are dropped instead."""
 
-    def __init__(self, fake: FakeServer, cut_on_subscribe: bool = False):
+    def __init__(self, fake: FakeServer, cuts: int = 0):
         self.fake = fake
-        self.cut_on_subscribe = cut_on_subscribe
+        self.cuts = cuts
         self.headers: list[str] = []
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
@@ -36,7 +36,7 @@ class PushServer:
         assert socket.request.path == "/ws/v1/events"
         async for raw in socket:
             message = json.loads(raw)
-            if self.cut_on_subscribe:
+            if len(self.headers) <= self.cuts:
                 await socket.close()
                 return
             for request_id in message["request_ids"]:
@@ -76,7 +76,7 @@ def test_pushed_results_need_no_polling(fake):
 
 
 def test_a_cut_socket_falls_back_to_polling(fake):
-    push = PushServer(fake, cut_on_subscribe=True)
+    push = PushServer(fake, cuts=1000)
     service = _client(fake, push)
     try:
         training = service.create_lora_training_client("tiny-llama")
@@ -94,3 +94,19 @@ def test_no_websocket_server_means_polling(fake):
         assert service.create_lora_training_client("tiny-llama").forward([_datum()]).result(10).metrics["loss:sum"] == 9.0
     finally:
         service.close()
+
+
+def test_a_new_socket_is_tried_after_a_cut(fake, monkeypatch):
+    from lorasmith._internal import transport
+
+    monkeypatch.setattr(transport, "RECONNECT_SECONDS", 0.0)
+    push = PushServer(fake, cuts=1)
+    service = _client(fake, push)
+    try:
+        training = service.create_lora_training_client("tiny-llama")  # its future: socket cut, polled
+        assert training.forward([_datum()]).result(timeout=10).metrics["loss:sum"] == 9.0  # pushed
+        assert [c.path for c in fake.calls].count("retrieve_future") == 1
+        assert len(push.headers) == 2
+    finally:
+        service.close()
+        push.stop()

@@ -13,11 +13,14 @@ from typing import Any, Optional
 
 import httpx
 
-from ..errors import APIConnectionError, RequestFailedError, error_for_status
+from ..errors import (APIConnectionError, InternalServerError, RateLimitError, RequestFailedError,
+                      error_for_status)
 
 log = logging.getLogger("lorasmith")
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
 SDK_VERSION = "lorasmith-0.1.0"
+OUTAGE_SECONDS = 300.0  # how long a pending future keeps polling through server/network errors
+RECONNECT_SECONDS = 30.0  # after the WebSocket drops, futures poll; a new one is tried after this
 
 
 class Transport:
@@ -72,9 +75,21 @@ class Transport:
         return _raise_if_failed(await self.poll(request_id), request_id)
 
     async def poll(self, request_id: str) -> dict:
+        """Long-poll until done; an accepted request is durable on the server, so a server or network
+        outage is waited out (up to OUTAGE_SECONDS) rather than failing the future."""
+        outage_since: Optional[float] = None
         while True:
-            answer = await self.request("POST", "retrieve_future",
-                                        {"request_id": request_id, "allow_metadata_only": False})
+            try:
+                answer = await self.request("POST", "retrieve_future",
+                                            {"request_id": request_id, "allow_metadata_only": False})
+            except (APIConnectionError, InternalServerError, RateLimitError):
+                now = asyncio.get_running_loop().time()
+                outage_since = outage_since or now
+                if now - outage_since > OUTAGE_SECONDS:
+                    raise
+                await asyncio.sleep(_backoff(self.max_retries))
+                continue
+            outage_since = None
             if answer.get("type") != "try_again":
                 return answer
 
@@ -90,47 +105,51 @@ class EventStreamLost(Exception):
 
 
 class EventStream:
-    """One WebSocket per transport; futures wait on it and fail over when it drops."""
+    """One WebSocket per transport; futures wait on it and fail over to polling when it drops. A
+    dropped or refused socket is tried again RECONNECT_SECONDS later."""
 
     def __init__(self, transport: Transport):
         self.transport = transport
         self.waiters: dict[str, asyncio.Future] = {}
         self.socket = None
         self.reader: Optional[asyncio.Task] = None
-        self.broken = False
+        self.broken_at: Optional[float] = None
         self._connecting = asyncio.Lock()
 
     async def wait(self, request_id: str) -> dict:
-        await self._connect()
+        socket = await self._connect()
         waiter = self.waiters.get(request_id) or asyncio.get_running_loop().create_future()
         self.waiters[request_id] = waiter
         try:
-            await self.socket.send(json.dumps({"type": "subscribe_futures", "request_ids": [request_id]}))
+            await socket.send(json.dumps({"type": "subscribe_futures", "request_ids": [request_id]}))
         except Exception as error:  # noqa: BLE001
-            self._lost()
+            self._lost(socket)
             raise EventStreamLost() from error
         return await waiter
 
-    async def _connect(self) -> None:
+    async def _connect(self):
         async with self._connecting:
-            if self.broken:
+            now = asyncio.get_running_loop().time()
+            if self.broken_at is not None and now - self.broken_at < RECONNECT_SECONDS:
                 raise EventStreamLost()
             if self.socket is not None:
-                return
+                return self.socket
             import websockets
 
             url = self.transport.base_url.replace("http://", "ws://").replace("https://", "wss://") + "/ws/v1/events"
             try:
-                self.socket = await websockets.connect(url, additional_headers={"X-API-Key": self.transport.api_key},
-                                                       open_timeout=10)
+                socket = await websockets.connect(url, additional_headers={"X-API-Key": self.transport.api_key},
+                                                  open_timeout=10)
             except Exception as error:  # noqa: BLE001
-                self.broken = True
+                self.broken_at = now
                 raise EventStreamLost() from error
-            self.reader = asyncio.ensure_future(self._read())
+            self.socket, self.broken_at = socket, None
+            self.reader = asyncio.ensure_future(self._read(socket))
+            return socket
 
-    async def _read(self) -> None:
+    async def _read(self, socket) -> None:
         try:
-            async for raw in self.socket:
+            async for raw in socket:
                 message = json.loads(raw)
                 if message.get("type") == "future":
                     waiter = self.waiters.pop(message["request_id"], None)
@@ -138,10 +157,13 @@ class EventStream:
                         waiter.set_result(message["result"])
         except Exception:  # noqa: BLE001 - any failure means: fall back to polling
             pass
-        self._lost()
+        self._lost(socket)
 
-    def _lost(self) -> None:
-        self.broken = True
+    def _lost(self, socket) -> None:
+        if socket is not self.socket:
+            return  # an older connection, already replaced
+        self.socket = None
+        self.broken_at = asyncio.get_running_loop().time()
         for waiter in self.waiters.values():
             if not waiter.done():
                 waiter.set_exception(EventStreamLost())
@@ -149,11 +171,12 @@ class EventStream:
 
     async def close(self) -> None:
         """Also used by tests to cut the connection: pending futures then resolve by polling."""
-        if self.socket is not None:
-            await self.socket.close()
+        socket = self.socket
+        if socket is not None:
+            await socket.close()
         if self.reader is not None:
             await asyncio.gather(self.reader, return_exceptions=True)
-        self._lost()
+        self._lost(socket)
 
 
 def _raise_if_failed(answer: dict, request_id: str) -> dict:

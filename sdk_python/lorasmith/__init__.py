@@ -9,7 +9,7 @@ from . import types
 from .errors import (APIConnectionError, APIError, AuthenticationError, BadRequestError, ConflictError,
                      InternalServerError, LorasmithError, NotFoundError, PermissionDeniedError, RateLimitError,
                      RequestFailedError, RequestTooLargeError)
-from .futures import APIFuture
+from .futures import APIFuture, wait_all
 from .rest import RestClient
 from .sampling import SamplingClient
 from .service import ServiceClient
@@ -22,5 +22,5 @@ __all__ = [
     "ConflictError", "Datum", "EncodedTextChunk", "ForwardBackwardOutput", "InternalServerError", "LorasmithError",
     "ModelInput", "NotFoundError", "OptimStepResponse", "PermissionDeniedError", "RateLimitError",
     "RequestFailedError", "RequestTooLargeError", "RestClient", "SampleResponse", "SampledSequence",
-    "SamplingClient", "SamplingParams", "ServiceClient", "TensorData", "TrainingClient", "types",
+    "SamplingClient", "SamplingParams", "ServiceClient", "TensorData", "TrainingClient", "types", "wait_all",
 ]

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Any, Callable, Generic, Optional, TypeVar
+from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
 
 T = TypeVar("T")
 
@@ -21,7 +21,10 @@ class APIFuture(Generic[T]):
             await asyncio.wrap_future(self.accepted)
         return self
 
-    def result(self, timeout: Optional[float] = None) -> T:
+    def result(self, timeout: Optional[float] = None, progress: bool = False) -> T:
+        """Block for the value; `progress=True` shows a tqdm bar of the elapsed wait."""
+        if progress:
+            return wait_all([self], timeout, progress=True, desc="waiting")[0]
         value = self._future.result(timeout)
         return self._convert(value) if self._convert else value
 
@@ -37,3 +40,21 @@ class APIFuture(Generic[T]):
 
     def future(self) -> concurrent.futures.Future:
         return self._future
+
+
+def wait_all(futures: Sequence[APIFuture], timeout: Optional[float] = None, progress: bool = True,
+             desc: str = "requests") -> list:
+    """The results of `futures` in their order, with a tqdm bar counting completions (long waits)."""
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(futures), desc=desc, unit="req")
+    try:
+        for _ in concurrent.futures.as_completed([f.future() for f in futures], timeout):
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    return [f.result() for f in futures]

@@ -1,6 +1,7 @@
 """SamplingClient: sampling and prompt scoring against a base model or sampler weights."""
 from __future__ import annotations
 
+import asyncio
 import itertools
 import threading
 from typing import Optional
@@ -62,3 +63,6 @@ class SamplingClient:
         from .tokenizer import load_tokenizer
 
         return load_tokenizer(self.transport, self.get_base_model())
+
+    async def get_tokenizer_async(self):
+        return await asyncio.to_thread(self.get_tokenizer)

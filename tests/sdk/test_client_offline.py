@@ -336,3 +336,12 @@ def test_heartbeat_runs_in_the_background_until_the_session_is_gone(server, monk
     service._heartbeat.result(timeout=10)  # the loop ends by itself on 410
     assert beats[0] == {"session_id": "sess", "type": "session_heartbeat"}
     assert [c.path for c in server.calls].count("session_heartbeat") == 4  # 503, ok, ok, 410
+
+
+def test_wait_all_gives_results_in_order_with_a_progress_bar(server, service, capsys):
+    training = service.create_lora_training_client("tiny-llama")
+    futures = [training.forward([datum(n)]) for n in (1, 2, 3)]
+    results = lorasmith.wait_all(futures, timeout=10, desc="forwards")
+    assert [r.metrics["loss:sum"] for r in results] == [2.0, 5.0, 9.0]
+    assert "forwards: 100%" in capsys.readouterr().err
+    assert training.optim_step().result(timeout=10, progress=True).metrics == {"grad_norm:mean": 1.0}

@@ -1,0 +1,40 @@
+"""SamplingClient against the live server: seeded sampling repeats, sampled-token logprobs at
+temperature 1 equal compute_logprobs of the same tokens, prompt and top-k prompt logprobs."""
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from lorasmith import ModelInput, SamplingParams
+
+from .reference import SEQUENCE
+
+PROMPT = ModelInput.from_ints(SEQUENCE[:6])
+
+
+def test_sampling_is_seeded_and_scored_like_compute_logprobs(service):
+    sampler = service.create_sampling_client(base_model="tiny-llama")
+    params = SamplingParams(max_tokens=5, seed=11)
+    first = sampler.sample(PROMPT, 2, params).result(timeout=60)
+    again = asyncio.run(sampler.sample_async(PROMPT, 2, params))
+    assert [s.tokens for s in first.sequences] == [s.tokens for s in again.sequences]
+    assert all(len(s.tokens) == 5 and s.stop_reason == "length" for s in first.sequences)
+    assert all(s.sequence_id for s in first.sequences)
+
+    sequence = first.sequences[0]
+    scored = sampler.compute_logprobs(ModelInput.from_ints(PROMPT.to_ints() + sequence.tokens)).result(timeout=60)
+    assert scored[0] is None and len(scored) == PROMPT.length + 5
+    assert scored[PROMPT.length:] == pytest.approx(sequence.logprobs, abs=1e-4)
+
+
+def test_prompt_logprobs_and_topk(service):
+    sampler = service.create_sampling_client(base_model="tiny-llama")
+    response = sampler.sample(PROMPT, 1, SamplingParams(max_tokens=1, temperature=0.0),
+                              include_prompt_logprobs=True, topk_prompt_logprobs=3).result(timeout=60)
+    assert response.prompt_logprobs[0] is None and len(response.prompt_logprobs) == PROMPT.length
+    topk = response.topk_prompt_logprobs
+    assert topk[0] is None and all(len(row) == 3 for row in topk[1:])
+    for row, own in zip(topk[1:], response.prompt_logprobs[1:]):
+        values = [logprob for _, logprob in row]
+        assert values == sorted(values, reverse=True) and values[0] >= own - 1e-5

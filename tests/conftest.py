@@ -98,6 +98,13 @@ class LiveServer:
             time.sleep(0.3)
         raise AssertionError(f"server did not start; see {self.logs}")
 
+    def restart_runner(self) -> None:
+        """Stop the runner process (its engine and adapters die with it) and start a fresh one."""
+        runner = self.processes.pop()
+        runner.terminate()
+        runner.wait(timeout=60)
+        self.processes.append(self._spawn("runner-restarted", "runner"))
+
     def make_api_key(self, username: str) -> str:
         return self._manage("issue_api_key", username).strip().splitlines()[-1]
 

@@ -214,12 +214,18 @@ def checkpoint_ttl(request, run_id: str, checkpoint_id: str):
     return Response(serializers.checkpoint(checkpoint))
 
 
-@api_view(["GET"])
-def external_weights_urls(request, run_id: str, checkpoint_id: str):
-    checkpoint = access.readable_checkpoint(request.user, run_id, checkpoint_id)
+def _downloadable(user, run_id: str, checkpoint_id: str) -> Checkpoint:
+    """Sampler and external checkpoints download; training state (with optimizer) does not."""
+    checkpoint = access.readable_checkpoint(user, run_id, checkpoint_id)
     if checkpoint.checkpoint_type == Checkpoint.Type.TRAINING:
         raise BadRequest("training checkpoints are not downloadable; export with save_weights_external",
                          field="checkpoint_id")
+    return checkpoint
+
+
+@api_view(["GET"])
+def external_weights_urls(request, run_id: str, checkpoint_id: str):
+    checkpoint = _downloadable(request.user, run_id, checkpoint_id)
     urls, expires = {}, None
     for file in sorted(Path(checkpoint.directory).iterdir()):
         urls[file.name], expires = storage.signed_url(request, file)
@@ -228,10 +234,7 @@ def external_weights_urls(request, run_id: str, checkpoint_id: str):
 
 @api_view(["GET"])
 def checkpoint_archive(request, run_id: str, checkpoint_id: str):
-    checkpoint = access.readable_checkpoint(request.user, run_id, checkpoint_id)
-    if checkpoint.checkpoint_type == Checkpoint.Type.TRAINING:
-        raise BadRequest("training checkpoints are not downloadable; export with save_weights_external",
-                         field="checkpoint_id")
+    checkpoint = _downloadable(request.user, run_id, checkpoint_id)
     url, expires = storage.signed_url(request, storage.archive_of(checkpoint.directory))
     return Response({"url": url, "expires": expires.isoformat()})
 

@@ -7,32 +7,27 @@ from .errors import NotFound
 from .models import Checkpoint, Operation, SamplingSession, Session, TrainingRun
 
 
+def _owned(model, user, object_id: str, label: str, field: str):
+    found = model.objects.filter(id=object_id, owner=user).first()
+    if found is None:
+        raise NotFound(f"{label} {object_id!r} not found", field=field)
+    return found
+
+
 def session_of(user, session_id: str) -> Session:
-    session = Session.objects.filter(id=session_id, owner=user).first()
-    if session is None:
-        raise NotFound(f"session {session_id!r} not found", field="session_id")
-    return session
+    return _owned(Session, user, session_id, "session", "session_id")
 
 
 def training_run_of(user, model_id: str) -> TrainingRun:
-    run = TrainingRun.objects.filter(id=model_id, owner=user).first()
-    if run is None:
-        raise NotFound(f"model {model_id!r} not found", field="model_id")
-    return run
+    return _owned(TrainingRun, user, model_id, "model", "model_id")
 
 
 def sampling_session_of(user, sampling_session_id: str) -> SamplingSession:
-    sampler = SamplingSession.objects.filter(id=sampling_session_id, owner=user).first()
-    if sampler is None:
-        raise NotFound(f"sampling session {sampling_session_id!r} not found", field="sampling_session_id")
-    return sampler
+    return _owned(SamplingSession, user, sampling_session_id, "sampling session", "sampling_session_id")
 
 
 def operation_of(user, request_id: str) -> Operation:
-    op = Operation.objects.filter(id=request_id, owner=user).first()
-    if op is None:
-        raise NotFound(f"future {request_id!r} not found", field="request_id")
-    return op
+    return _owned(Operation, user, request_id, "future", "request_id")
 
 
 def readable_checkpoints(user):

@@ -7,7 +7,7 @@ import httpx
 import torch
 
 from gpu_runner import Engine
-from gpu_runner.types import AdamParams, Datum, ForwardBackward, LoraSpec, OptimStep
+from gpu_runner.types import AdamParams, Datum, ExportPeft, ForwardBackward, LoraSpec, OptimStep
 
 from .wire import Wire, datum_json
 
@@ -16,15 +16,18 @@ STEPS = 10
 LR = 1e-2
 
 
-def engine_losses(data_dir: Path) -> list[float]:
-    """The same training run in-process: what the service must reproduce."""
+def engine_losses(data_dir: Path, steps: int = STEPS, export_to: Path | None = None) -> list[float]:
+    """The same training run in-process: what the service must reproduce (optionally exporting
+    the final adapter as a PEFT directory)."""
     engine = Engine("tiny-llama", data_dir=data_dir)
     engine.create_adapter("reference", LoraSpec(rank=8, seed=1))
     datum = Datum(SEQUENCE[:-1], {"target_tokens": torch.tensor(SEQUENCE[1:]), "weights": torch.ones(len(SEQUENCE) - 1)})
     losses = []
-    for _ in range(STEPS):
+    for _ in range(steps):
         fb, _ = engine.run_cycle([ForwardBackward("reference", [datum]), OptimStep("reference", AdamParams(learning_rate=LR))])
         losses.append(fb.output.metrics["loss:sum"])
+    if export_to is not None:
+        engine.run_cycle([ExportPeft("reference", export_to)])
     return losses
 
 

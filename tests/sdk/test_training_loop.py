@@ -9,7 +9,7 @@ import torch
 
 from lorasmith import AdamParams, Datum, ModelInput
 
-from .reference import LR, SEQUENCE, adapter_tensors, engine_run
+from .reference import LR, SEQUENCE, adapter_tensors, engine_losses
 
 STEPS = 6
 
@@ -29,7 +29,7 @@ def _assert_same_adapter(training, rest, expected_dir, tmp_path):
 
 
 def test_sync_loop_matches_the_engine(live_server_embedded, service, tmp_path):
-    expected = engine_run(live_server_embedded.data_dir, STEPS, tmp_path / "expected")
+    expected = engine_losses(live_server_embedded.data_dir, STEPS, tmp_path / "expected")
     training = service.create_lora_training_client("tiny-llama", rank=8, seed=1)
     losses = []
     for _ in range(STEPS):
@@ -42,7 +42,7 @@ def test_sync_loop_matches_the_engine(live_server_embedded, service, tmp_path):
 
 
 def test_pipelined_async_loop_runs_twenty_requests_in_call_order(live_server_embedded, service, tmp_path):
-    expected = engine_run(live_server_embedded.data_dir, 10, tmp_path / "expected")
+    expected = engine_losses(live_server_embedded.data_dir, 10, tmp_path / "expected")
     training = service.create_lora_training_client("tiny-llama", rank=8, seed=1)
 
     async def loop():

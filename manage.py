@@ -6,6 +6,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path[:0] = [str(ROOT / "platform"), str(ROOT)]
+# Child processes (rundramatiq's `dramatiq` workers) need the same import roots.
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    [str(ROOT / "platform"), str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p])
 
 if __name__ == "__main__":
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lorasmith_server.settings")

@@ -49,8 +49,14 @@ class RestClient:
     def list_user_checkpoints(self, limit: int = 100, offset: int = 0) -> APIFuture[dict]:
         return self._call("GET", "checkpoints", params={"limit": limit, "offset": offset})
 
-    def delete_checkpoint(self, tinker_path: str) -> APIFuture[Any]:
-        return self._call("DELETE", self._checkpoint(tinker_path))
+    def get_training_run_by_tinker_path(self, tinker_path: str) -> APIFuture[dict]:
+        return self.get_training_run(split_tinker_path(tinker_path)[0])
+
+    def delete_checkpoint(self, tinker_path_or_run_id: str, checkpoint_id: Optional[str] = None) -> APIFuture[Any]:
+        """`delete_checkpoint("tinker://run/sampler_weights/x")`, or Tinker's `(run_id, checkpoint_id)`."""
+        if checkpoint_id is not None:
+            return self._call("DELETE", f"training_runs/{tinker_path_or_run_id}/checkpoints/{checkpoint_id}")
+        return self._call("DELETE", self._checkpoint(tinker_path_or_run_id))
 
     def publish_checkpoint(self, tinker_path: str) -> APIFuture[dict]:
         return self._call("POST", f"{self._checkpoint(tinker_path)}/publish")
@@ -72,6 +78,14 @@ class RestClient:
 
     def get_server_capabilities(self) -> APIFuture[dict]:
         return self._call("GET", "get_server_capabilities")
+
+    # Tinker's names for the same calls, so ported code runs unchanged
+    delete_checkpoint_from_tinker_path = delete_checkpoint
+    publish_checkpoint_from_tinker_path = publish_checkpoint
+    unpublish_checkpoint_from_tinker_path = unpublish_checkpoint
+    set_checkpoint_ttl_from_tinker_path = set_checkpoint_ttl
+    get_checkpoint_archive_url_from_tinker_path = get_checkpoint_archive_url
+    get_weights_info_by_tinker_path = get_weights_info
 
     def download_checkpoint(self, tinker_path: str, dest_dir: str | Path, progress: bool = True) -> Path:
         """A sampler/external checkpoint as a PEFT directory (adapter_config.json +

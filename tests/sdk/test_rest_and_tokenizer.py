@@ -41,9 +41,13 @@ def test_rest_client_manages_runs_and_checkpoints(service):
     assert (info["base_model"], info["lora_rank"]) == ("tiny-llama", 4)
     assert rest.get_checkpoint_archive_url(sampler).result()["url"].startswith("http")
 
+    assert rest.get_training_run_by_tinker_path(sampler).result()["training_run_id"] == training.model_id
     rest.delete_checkpoint(sampler).result()
     with pytest.raises(lorasmith.NotFoundError):
         rest.get_weights_info(sampler).result()
+    rest.delete_checkpoint(training.model_id, "weights/s1").result()  # Tinker's (run_id, checkpoint_id) form
+    with pytest.raises(lorasmith.NotFoundError):
+        rest.get_weights_info_by_tinker_path(state).result()
     with pytest.raises(lorasmith.LorasmithError, match="not a checkpoint path"):
         rest.delete_checkpoint("weights/nothing")
 

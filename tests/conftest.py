@@ -7,6 +7,7 @@ once per test session. Under CI=true a missing PostgreSQL/Redis fails loudly ins
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -59,7 +60,7 @@ def _redis_ok() -> bool:
 class LiveServer:
     """A running Lorasmith (web + runner) on a loopback port."""
 
-    def __init__(self, env: dict, data_dir: Path, with_runner: bool):
+    def __init__(self, env: dict, data_dir: Path, with_runner: bool, runner_args: tuple[str, ...] = ("runner",)):
         self.env = env
         self.data_dir = data_dir
         self.port = free_port()
@@ -67,12 +68,17 @@ class LiveServer:
         self.logs = data_dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.processes: list[subprocess.Popen] = []
+        self.runner_args = runner_args
         self._manage("migrate", "--verbosity", "0")
-        self.processes.append(self._spawn("web", "serve", "--host", "127.0.0.1", "--port", str(self.port)))
-        if with_runner:
-            self.processes.append(self._spawn("runner", "runner"))
-        self._wait_ready()
-        self.api_key = self.make_api_key("alice")
+        try:
+            self.processes.append(self._spawn("web", "serve", "--host", "127.0.0.1", "--port", str(self.port)))
+            if with_runner:
+                self.processes.append(self._spawn("runner", *runner_args))
+            self._wait_ready()
+            self.api_key = self.make_api_key("alice")
+        except BaseException:
+            self.stop()  # never leak server processes from a failed start
+            raise
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
         log = open(self.logs / f"{name}.log", "w")
@@ -103,7 +109,7 @@ class LiveServer:
         runner = self.processes.pop()
         runner.terminate()
         runner.wait(timeout=60)
-        self.processes.append(self._spawn("runner-restarted", "runner"))
+        self.processes.append(self._spawn("runner-restarted", *self.runner_args))
 
     def make_api_key(self, username: str) -> str:
         return self._manage("issue_api_key", username).strip().splitlines()[-1]
@@ -141,8 +147,10 @@ def live_server_embedded(tmp_path_factory):
     server.stop()
 
 
-@pytest.fixture(scope="session")
-def live_server_redis(tmp_path_factory):
+@contextlib.contextmanager
+def redis_server(data_dir: Path, runner_args: tuple[str, ...] = ("runner",)):
+    """A web process + a runner process on a fresh PostgreSQL database and a fresh Redis namespace,
+    both dropped afterwards. Skips (fails under CI=true) when the services are unreachable."""
     _require("PostgreSQL", _postgres_ok())
     _require("Redis", _redis_ok())
     import psycopg
@@ -150,12 +158,21 @@ def live_server_redis(tmp_path_factory):
     db_name = f"lorasmith_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db_name}"')
-    data_dir = tmp_path_factory.mktemp("redis")
     env = _base_env(data_dir)
     env.update({"DATABASE_URL": PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db_name}", "REDIS_URL": REDIS_TEST_URL,
                 "LORASMITH_REDIS_NAMESPACE": f"lorasmith-test-{uuid.uuid4().hex[:8]}"})
-    server = LiveServer(env, data_dir, with_runner=True)
-    yield server
-    server.stop()
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+    server = None
+    try:
+        server = LiveServer(env, data_dir, with_runner=True, runner_args=runner_args)
+        yield server
+    finally:
+        if server is not None:
+            server.stop()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def live_server_redis(tmp_path_factory):
+    with redis_server(tmp_path_factory.mktemp("redis")) as server:
+        yield server

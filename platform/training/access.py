@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from django.db.models import Q
+from django.utils import timezone
 
 from .errors import NotFound
 from .models import Checkpoint, Operation, SamplingSession, Session, TrainingRun
@@ -44,6 +45,7 @@ def readable_checkpoint(user, run_id: str, checkpoint_id: str) -> Checkpoint:
 
 
 def _find_checkpoint(queryset, run_id: str, checkpoint_id: str) -> Checkpoint:
+    queryset = queryset.exclude(expires_at__lt=timezone.now())  # past its TTL: gone for everyone
     segment, _, name = checkpoint_id.partition("/")
     kinds = {v: k for k, v in Checkpoint.SEGMENTS.items()}
     checkpoint = None

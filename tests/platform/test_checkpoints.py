@@ -103,3 +103,21 @@ def test_duplicate_checkpoint_name_is_refused(trained):
     wire = trained["wire"]
     response = wire.client.post("save_weights", json={"model_id": trained["model_id"], "seq_id": 30, "path": "step2"})
     assert response.status_code == 400 and response.json()["field"] == "path"
+
+
+
+def test_expired_checkpoints_are_gone(live_server_embedded, trained):
+    import sqlite3
+
+    wire = trained["wire"]
+    model_id = wire.model(trained["session"], 8, seed=14)
+    saved = wire.result(wire.post("save_weights_for_sampler", {"model_id": model_id, "seq_id": 1, "path": "brief",
+                                                               "ttl_seconds": 3600}))
+    checkpoint = f"training_runs/{model_id}/checkpoints/sampler_weights/brief"
+    assert wire.client.get(f"{checkpoint}/archive").status_code == 200
+    with sqlite3.connect(live_server_embedded.data_dir / "lorasmith.sqlite3") as db:  # let the hour pass
+        db.execute("UPDATE training_checkpoint SET expires_at = '2000-01-01 00:00:00' WHERE name = 'brief'")
+    assert wire.client.get(f"{checkpoint}/archive").status_code == 404
+    refused = wire.client.post("create_sampling_session", json={"session_id": trained["session"],
+                                                                "sampling_session_seq_id": 50, "model_path": saved["path"]})
+    assert refused.status_code == 404

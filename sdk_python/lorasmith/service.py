@@ -39,6 +39,7 @@ class ServiceClient:
                                    http_transport=http_transport)
         self.user_metadata = user_metadata or {}
         self._session_id: Optional[str] = None
+        self.client_config: dict = {}  # the server's answer to client/config (chunk limits, flags)
         self._session_lock = threading.Lock()
         self._model_seq = itertools.count()
         self._sampler_seq = itertools.count()
@@ -50,7 +51,8 @@ class ServiceClient:
     def session_id(self) -> str:
         with self._session_lock:
             if self._session_id is None:
-                background.run(self.transport.request("POST", "client/config", {"sdk_version": SDK_VERSION}))
+                self.client_config = background.run(
+                    self.transport.request("POST", "client/config", {"sdk_version": SDK_VERSION})) or {}
                 answer = background.run(self.transport.request(
                     "POST", "create_session", {"tags": [], "user_metadata": self.user_metadata,
                                                "sdk_version": SDK_VERSION, "type": "create_session"}))

@@ -15,7 +15,7 @@ from .types import (AdamParams, Datum, ForwardBackwardOutput, GetInfoResponse, O
                     TensorData, reduce_metrics)
 
 MAX_CHUNK_DATUMS = 1024
-MAX_CHUNK_BYTES = 5_000_000  # well under the server's request body limit
+MAX_CHUNK_BYTES = 4_000_000  # of JSON; under a 4 MiB request body limit
 
 
 class TrainingClient:
@@ -77,6 +77,23 @@ class TrainingClient:
 
         return APIFuture(background.submit(go()), convert, accepted=accepted)
 
+    def _chunks(self, data: list[dict]) -> list[list[dict]]:
+        """Split a batch into requests within the server's chunk limits (its client/config may set
+        `fwdbwd_max_chunk_len` and `fwdbwd_max_chunk_bytes_count`, as Tinker's does)."""
+        config = self.service.client_config
+        max_datums = config.get("fwdbwd_max_chunk_len") or MAX_CHUNK_DATUMS
+        max_bytes = config.get("fwdbwd_max_chunk_bytes_count") or MAX_CHUNK_BYTES
+        chunks: list[list[dict]] = [[]]
+        size = 0
+        for datum in data:
+            datum_size = len(json.dumps(datum))
+            if chunks[-1] and (len(chunks[-1]) >= max_datums or size + datum_size > max_bytes):
+                chunks.append([])
+                size = 0
+            chunks[-1].append(datum)
+            size += datum_size
+        return chunks
+
     # ---- primitives -------------------------------------------------------------------------
 
     def forward_backward(self, data: Sequence[Datum], loss_fn: str = "cross_entropy",
@@ -88,7 +105,7 @@ class TrainingClient:
         return self._forward(data, loss_fn, loss_fn_config, forward_only=True)
 
     def _forward(self, data, loss_fn, loss_fn_config, forward_only: bool) -> APIFuture[ForwardBackwardOutput]:
-        chunks = _chunks([(d if isinstance(d, Datum) else Datum(**d)).model_dump(mode="json") for d in data])
+        chunks = self._chunks([(d if isinstance(d, Datum) else Datum(**d)).model_dump(mode="json") for d in data])
         with self._lock:  # the chunks of one call get consecutive seq ids even with other threads calling
             parts = [self._submit("forward_backward", {
                 "data": chunk, "loss_fn": loss_fn, "loss_fn_config": loss_fn_config, "forward_only": forward_only,
@@ -144,45 +161,53 @@ class TrainingClient:
             self.service, answer["sampling_session_id"], base_model=base_model))
 
     def forward_backward_custom(self, data: Sequence[Datum], loss_fn) -> APIFuture[ForwardBackwardOutput]:
-        """DESIGN §4: forward, the user's torch loss on the logprobs, then a cross_entropy pass with
-        weights = -dloss/dlogprobs, which gives the adapter exactly the custom loss's gradient.
-        `loss_fn(data, logprobs_list) -> (loss, metrics)`."""
+        """DESIGN §4 / TINKER_WIRE §8.5: a forward pass, the user's torch loss on the logprobs, then a
+        cross_entropy pass with weights = -dloss/dlogprobs, which gives the adapter exactly the custom
+        loss's gradient. `loss_fn(data, logprobs_list) -> (loss, metrics)`. Both passes use the same
+        chunks; their 2 x chunks seq ids are reserved now."""
         import torch
 
         data = [d if isinstance(d, Datum) else Datum(**d) for d in data]
-        first, second = self._reserve(2)
+
+        def stripped(d: Datum, weights: TensorData) -> dict:
+            return {"model_input": d.model_input.model_dump(mode="json"),
+                    "loss_fn_inputs": {"target_tokens": d.loss_fn_inputs["target_tokens"].model_dump(mode="json"),
+                                       "weights": weights.model_dump(mode="json")}}
+
+        zeros = [stripped(d, TensorData.from_numpy(0 * d.loss_fn_inputs["target_tokens"].to_numpy().astype("float32")))
+                 for d in data]
+        chunks = self._chunks(zeros)
+        seqs = self._reserve(2 * len(chunks))
+        forward_seqs, backward_seqs = seqs[:len(chunks)], seqs[len(chunks):]
         accepted: concurrent.futures.Future = concurrent.futures.Future()
 
-        def stripped(weights_of):
-            return [{"model_input": d.model_input.model_dump(mode="json"),
-                     "loss_fn_inputs": {"target_tokens": d.loss_fn_inputs["target_tokens"].model_dump(mode="json"),
-                                        "weights": weights_of(i, d).model_dump(mode="json")}} for i, d in enumerate(data)]
+        async def post_all(seq_ids, chunk_data, forward_only: bool) -> list[dict]:
+            return [await self._post_in_order(seq, "forward_backward", {
+                "data": chunk, "loss_fn": "cross_entropy", "forward_only": forward_only, "type": "forward_backward"})
+                for seq, chunk in zip(seq_ids, chunk_data)]
 
-        def zeros(i, d):
-            return TensorData.from_numpy(0 * d.loss_fn_inputs["target_tokens"].to_numpy().astype("float32"))
+        async def results(handles: list[dict]) -> list[dict]:
+            return [await self.transport.wait_result(h["request_id"]) for h in handles]
 
         async def go():
-            handle = await _accept(accepted, self._post_in_order(first, "forward_backward", {
-                "data": stripped(zeros), "loss_fn": "cross_entropy", "forward_only": True}))
+            handles = await _accept(accepted, post_all(forward_seqs, chunks, True))
             try:
-                forward = await self.transport.wait_result(handle["request_id"])
-                logprobs = [TensorData(**o["logprobs"]).to_torch().float().requires_grad_(True)
-                            for o in forward["loss_fn_outputs"]]
+                outputs = [o for out in await results(handles) for o in out["loss_fn_outputs"]]
+                logprobs = [TensorData(**o["logprobs"]).to_torch().float().requires_grad_(True) for o in outputs]
                 loss, metrics = loss_fn(data, logprobs)
                 grads = torch.autograd.grad(loss, logprobs, allow_unused=True)
             except BaseException:
-                # fill the reserved second seq with a no-op so later requests of the model still run
-                await self._post_in_order(second, "forward_backward", {
-                    "data": stripped(zeros), "loss_fn": "cross_entropy", "forward_only": True})
+                await post_all(backward_seqs, chunks, True)  # no-ops fill the reserved seqs: the model goes on
                 raise
-            weights = [(-g if g is not None else torch.zeros_like(lp)).detach() for g, lp in zip(grads, logprobs)]
-            handle = await self._post_in_order(second, "forward_backward", {
-                "data": stripped(lambda i, d: TensorData.from_torch(weights[i])), "loss_fn": "cross_entropy",
-                "forward_only": False})
-            backward = await self.transport.wait_result(handle["request_id"])
+            weighted = iter([stripped(d, TensorData.from_torch(-g if g is not None else torch.zeros_like(lp)))
+                             for d, g, lp in zip(data, grads, logprobs)])
+            backward = await results(await post_all(backward_seqs, [[next(weighted) for _ in c] for c in chunks],
+                                                    False))
+            server = reduce_metrics([b["metrics"] for b in backward], [len(c) for c in chunks])
             merged = {**{k: float(v) for k, v in (metrics or {}).items()},
-                      "loss:sum": float(loss.detach()), "surrogate_loss:sum": backward["metrics"]["loss:sum"]}
-            return {**backward, "metrics": merged}
+                      "loss:sum": float(loss.detach()), "surrogate_loss:sum": server.pop("loss:sum")}
+            return {"loss_fn_output_type": "ArrayRecord",
+                    "loss_fn_outputs": [o for b in backward for o in b["loss_fn_outputs"]], "metrics": merged}
 
         return APIFuture(background.submit(go()), ForwardBackwardOutput.model_validate, accepted=accepted)
 
@@ -234,20 +259,6 @@ class TrainingClient:
 
     async def get_tokenizer_async(self):
         return await asyncio.to_thread(self.get_tokenizer)
-
-
-def _chunks(data: list[dict]) -> list[list[dict]]:
-    """Split a batch into requests of at most MAX_CHUNK_DATUMS datums and ~MAX_CHUNK_BYTES of JSON."""
-    chunks: list[list[dict]] = [[]]
-    size = 0
-    for datum in data:
-        datum_size = len(json.dumps(datum))
-        if chunks[-1] and (len(chunks[-1]) >= MAX_CHUNK_DATUMS or size + datum_size > MAX_CHUNK_BYTES):
-            chunks.append([])
-            size = 0
-        chunks[-1].append(datum)
-        size += datum_size
-    return chunks
 
 
 async def _accept(accepted: concurrent.futures.Future, post) -> dict:

@@ -113,6 +113,17 @@ def test_big_batches_are_chunked_with_consecutive_seq_ids_and_merged(server, ser
     assert step.metrics == {"grad_norm:mean": 1.0}
 
 
+def test_chunk_limits_come_from_the_servers_client_config(server):
+    server.do_client_config = lambda body: {"fwdbwd_max_chunk_len": 3, "fwdbwd_max_chunk_bytes_count": 10**6}
+    service = server.client()
+    try:
+        training = service.create_lora_training_client("tiny-llama")
+        assert len(training.forward([datum() for _ in range(7)]).result(timeout=10).loss_fn_outputs) == 7
+        assert [len(b["data"]) for b in server.bodies("forward_backward")] == [3, 3, 1]
+    finally:
+        service.close()
+
+
 def test_large_payloads_are_chunked_by_size(server, service, monkeypatch):
     import lorasmith.training
 
@@ -275,6 +286,24 @@ def test_a_rejected_request_fails_later_ones_instead_of_hanging(server, service)
     with pytest.raises(lorasmith.LorasmithError, match="was not sent: an earlier request .* unknown loss_fn 'nope'"):
         later.result(timeout=10)
     assert server.bodies("optim_step") == []
+
+
+def test_custom_loss_chunks_both_passes_alike(server, service, monkeypatch):
+    import lorasmith.training
+
+    monkeypatch.setattr(lorasmith.training, "MAX_CHUNK_DATUMS", 2)
+    training = service.create_lora_training_client("tiny-llama")
+    out = training.forward_backward_custom([datum(1), datum(2), datum(3)],
+                                           lambda data, lps: (sum(lp.sum() for lp in lps), {})).result(timeout=10)
+    after = training.optim_step()
+    bodies = server.bodies("forward_backward")
+    assert [(b["seq_id"], b["forward_only"], len(b["data"])) for b in bodies] == [
+        (1, True, 2), (2, True, 1), (3, False, 2), (4, False, 1)]
+    assert [d["loss_fn_inputs"]["weights"]["data"] for b in bodies[2:] for d in b["data"]] == [
+        [-1.0], [-1.0, -1.0], [-1.0, -1.0, -1.0]]
+    assert out.metrics["loss:sum"] == -(2 + 2 + 3 + 2 + 3 + 4)  # the custom loss: sum of the logprobs
+    assert out.metrics["surrogate_loss:sum"] == (2 + 2 + 3) + (2 + 3 + 4)  # the fake's loss:sum, added over chunks
+    assert len(out.loss_fn_outputs) == 3 and after.result(timeout=10) and training_seqs(server)[-1] == 5
 
 
 def test_a_failing_custom_loss_fills_its_seq_so_the_model_goes_on(server, service):

@@ -160,6 +160,9 @@ class TrainingClient:
         return self._submit("save_weights_for_sampler", body, lambda answer: SamplingClient.for_session(
             self.service, answer["sampling_session_id"], base_model=base_model))
 
+    def create_sampling_client(self, model_path: str):
+        return self.service.create_sampling_client(model_path=model_path)
+
     def forward_backward_custom(self, data: Sequence[Datum], loss_fn) -> APIFuture[ForwardBackwardOutput]:
         """DESIGN §4 / TINKER_WIRE §8.5: a forward pass, the user's torch loss on the logprobs, then a
         cross_entropy pass with weights = -dloss/dlogprobs, which gives the adapter exactly the custom

@@ -18,6 +18,7 @@ PAYLOAD = bytes(range(256)) * 400  # 102,400 bytes
 class FileServer:
     def __init__(self):
         self.honour_range = True
+        self.refuse = False
         self.checksum = hashlib.sha256(PAYLOAD).hexdigest()
         self.drop_first_after: int | None = None  # bytes sent before the first response is cut
         self.ranges: list[str | None] = []
@@ -28,6 +29,12 @@ class FileServer:
                 pass
 
             def do_GET(self):
+                if server.refuse:
+                    self.send_response(403)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"no")
+                    return
                 requested = self.headers.get("Range")
                 server.ranges.append(requested)
                 start = int(requested[6:-1]) if requested and server.honour_range else 0
@@ -84,6 +91,12 @@ def test_checksum_mismatch_is_an_error_and_drops_the_part(files, tmp_path):
     with pytest.raises(lorasmith.LorasmithError, match="checksum mismatch"):
         download(files.url, tmp_path / "file.bin")
     assert not (tmp_path / "file.bin.part").exists() and not (tmp_path / "file.bin").exists()
+
+
+def test_an_expired_link_is_permission_denied(files, tmp_path):
+    files.refuse = True
+    with pytest.raises(lorasmith.PermissionDeniedError, match="expired or invalid"):
+        download(files.url, tmp_path / "file.bin")
 
 
 def test_without_a_checksum_header_the_size_is_still_checked(files, tmp_path):

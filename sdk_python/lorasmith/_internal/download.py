@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from ..errors import APIConnectionError, LorasmithError
+from ..errors import APIConnectionError, LorasmithError, PermissionDeniedError
 
 ATTEMPTS = 5
 CONTENT_RANGE = re.compile(r"^bytes (\d+)-(\d+)/(\d+)$")
@@ -42,7 +42,7 @@ def _fetch(url: str, partial: Path, progress: bool, timeout: float) -> str | Non
     headers = {"Range": f"bytes={offset}-"} if offset else {}
     with httpx.stream("GET", url, headers=headers, timeout=timeout, follow_redirects=True) as response:
         if response.status_code == 403:
-            raise LorasmithError(f"download link refused (expired or invalid): {response.read().decode()}")
+            raise PermissionDeniedError(f"download link refused (expired or invalid): {response.read().decode()}", 403)
         if response.status_code == 416:  # our .part is not a prefix of this file: start over
             partial.unlink()
             return _fetch(url, partial, progress, timeout)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import os
 import threading
 from typing import Any, Optional
@@ -14,6 +15,7 @@ from .errors import LorasmithError, NotFoundError
 from .types import LoraConfig
 
 HEARTBEAT_SECONDS = 10.0
+log = logging.getLogger("lorasmith")
 
 
 def _setting(explicit: Optional[str], *names: str) -> Optional[str]:
@@ -44,12 +46,15 @@ class ServiceClient:
         self._model_seq = itertools.count()
         self._sampler_seq = itertools.count()
         self._heartbeat: Optional[Any] = None
+        self._closed = False
 
     # ---- session ---------------------------------------------------------------------------
 
     @property
     def session_id(self) -> str:
         with self._session_lock:
+            if self._closed:
+                raise LorasmithError("this ServiceClient is closed; make a new one")
             if self._session_id is None:
                 self.client_config = background.run(
                     self.transport.request("POST", "client/config", {"sdk_version": SDK_VERSION})) or {}
@@ -72,18 +77,30 @@ class ServiceClient:
                 continue
 
     def close(self, status: str = "success", detail: Optional[str] = None) -> None:
+        """Finish the session (`status`: success | errored | interrupted). Idempotent; a server that
+        cannot be reached is logged, not raised, so leaving a `with` block never hides your error."""
+        if self._closed:
+            return
+        self._closed = True
         if self._heartbeat is not None:
             self._heartbeat.cancel()
-        if self._session_id is not None:
-            background.run(self.transport.request("POST", f"sessions/{self._session_id}/finish",
-                                                  {"reason": {"type": status}, "detail": detail}))
-        background.run(self.transport.close())
+        try:
+            if self._session_id is not None:
+                background.run(self.transport.request("POST", f"sessions/{self._session_id}/finish",
+                                                      {"reason": {"type": status}, "detail": detail}))
+        except LorasmithError as error:
+            log.warning("could not finish session %s: %s", self._session_id, error)
+        finally:
+            background.run(self.transport.close())
 
     def __enter__(self) -> "ServiceClient":
         return self
 
-    def __exit__(self, exc_type, *_) -> None:
-        self.close("success" if exc_type is None else "errored")
+    def __exit__(self, exc_type, exc, _) -> None:
+        if exc_type is None:
+            self.close("success")
+        else:
+            self.close("interrupted" if issubclass(exc_type, KeyboardInterrupt) else "errored", detail=repr(exc))
 
     # ---- factories -------------------------------------------------------------------------
 

@@ -261,11 +261,26 @@ def test_settings_come_from_the_environment(monkeypatch, server):
         lorasmith.ServiceClient()
 
 
-def test_close_finishes_the_session(server):
+def test_close_finishes_the_session_once(server):
     with server.client() as service:
         service.create_lora_training_client("tiny-llama")
     assert server.calls[-1].path == "sessions/sess/finish"
     assert server.calls[-1].body == {"reason": {"type": "success"}, "detail": None}
+    service.close()
+    assert [c.path for c in server.calls].count("sessions/sess/finish") == 1
+    with pytest.raises(lorasmith.LorasmithError, match="closed"):
+        service.create_lora_training_client("tiny-llama")
+
+
+def test_leaving_with_an_error_reports_it_and_keeps_it(server):
+    with pytest.raises(KeyError):
+        with server.client() as service:
+            service.create_lora_training_client("tiny-llama")
+            server.fail_next("sessions/sess/finish", httpx.ConnectError("gone"), httpx.ConnectError("gone"),
+                             httpx.ConnectError("gone"), httpx.ConnectError("gone"), httpx.ConnectError("gone"),
+                             httpx.ConnectError("gone"))
+            raise KeyError("user bug")
+    assert server.calls[-1].body == {"reason": {"type": "errored"}, "detail": "KeyError('user bug')"}
 
 
 def test_datum_accepts_torch_and_numpy_inputs():

@@ -55,7 +55,7 @@ class FakeServer:
             return failure
         if "seq_id" in body and body["seq_id"] in self.delays and path != "asample":
             await asyncio.sleep(self.delays[body["seq_id"]])
-        answer = getattr(self, "do_" + path.replace("/", "_"), None)
+        answer = getattr(self, "do_" + path.replace("/", "_").replace("-", "_"), None)
         if answer is None:
             return httpx.Response(404, json={"detail": f"fake server has no {path}"})
         return httpx.Response(200, json=answer(body))

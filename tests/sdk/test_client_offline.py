@@ -389,3 +389,13 @@ def test_wait_all_gives_results_in_order_with_a_progress_bar(server, service, ca
     assert [r.metrics["loss:sum"] for r in results] == [2.0, 5.0, 9.0]
     assert "forwards: 100%" in capsys.readouterr().err
     assert training.optim_step().result(timeout=10, progress=True).metrics == {"grad_norm:mean": 1.0}
+
+
+def test_tokenizer_by_hub_id(server, service, monkeypatch):
+    import transformers
+
+    server.do_base_models_tiny_llama_tokenizer = lambda body: {"hub_id": "org/tokenizer"}
+    loaded = []
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda name: loaded.append(name) or "tok")
+    assert service.create_lora_training_client("tiny-llama").get_tokenizer() == "tok"
+    assert loaded == ["org/tokenizer"]

@@ -10,6 +10,7 @@ class LorasmithError(Exception):
 
 class APIError(LorasmithError):
     status_code: int = 0
+    retry_after: Optional[float] = None  # seconds, from the server's retry-after header
 
     def __init__(self, message: str, status_code: Optional[int] = None, field: Optional[str] = None):
         super().__init__(message)

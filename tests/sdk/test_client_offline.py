@@ -399,3 +399,13 @@ def test_tokenizer_by_hub_id(server, service, monkeypatch):
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda name: loaded.append(name) or "tok")
     assert service.create_lora_training_client("tiny-llama").get_tokenizer() == "tok"
     assert loaded == ["org/tokenizer"]
+
+
+def test_polling_treats_408_as_pending_and_stops_on_a_client_error(server, service):
+    training = service.create_lora_training_client("tiny-llama")
+    server.fail_next("retrieve_future", httpx.Response(408, json={"detail": "still queued"}),
+                     httpx.Response(429, json={"detail": "slow"}, headers={"retry-after": "0.01"}))
+    assert training.forward([datum()]).result(timeout=10).metrics["loss:sum"] == 9.0
+    server.fail_next("retrieve_future", httpx.Response(404, json={"detail": "unknown future"}))
+    with pytest.raises(lorasmith.NotFoundError, match="unknown future"):
+        training.forward([datum()]).result(timeout=10)

@@ -13,8 +13,7 @@ from typing import Any, Optional
 
 import httpx
 
-from ..errors import (APIConnectionError, InternalServerError, RateLimitError, RequestFailedError,
-                      error_for_status)
+from ..errors import APIConnectionError, LorasmithError, RequestFailedError, error_for_status
 
 log = logging.getLogger("lorasmith")
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
@@ -75,21 +74,29 @@ class Transport:
         return _raise_if_failed(await self.poll(request_id), request_id)
 
     async def poll(self, request_id: str) -> dict:
-        """Long-poll until done; an accepted request is durable on the server, so a server or network
-        outage is waited out (up to OUTAGE_SECONDS) rather than failing the future."""
+        """Long-poll until done (no HTTP-layer retries: this loop is the retry). 408 means "still
+        pending"; an accepted request is durable on the server, so server and network errors are
+        waited out with backoff for up to OUTAGE_SECONDS rather than failing the future."""
         outage_since: Optional[float] = None
+        failures = 0
         while True:
             try:
                 answer = await self.request("POST", "retrieve_future",
-                                            {"request_id": request_id, "allow_metadata_only": False})
-            except (APIConnectionError, InternalServerError, RateLimitError):
+                                            {"request_id": request_id, "allow_metadata_only": False}, retry=False)
+            except LorasmithError as error:
+                status = getattr(error, "status_code", None)
+                if status == 408:
+                    continue
+                if not isinstance(error, APIConnectionError) and status not in RETRY_STATUSES:
+                    raise
                 now = asyncio.get_running_loop().time()
                 outage_since = outage_since or now
                 if now - outage_since > OUTAGE_SECONDS:
                     raise
-                await asyncio.sleep(_backoff(self.max_retries))
+                await asyncio.sleep(getattr(error, "retry_after", None) or _backoff(min(failures, 5)))
+                failures += 1
                 continue
-            outage_since = None
+            outage_since, failures = None, 0
             if answer.get("type") != "try_again":
                 return answer
 
@@ -191,7 +198,9 @@ def _error(response: httpx.Response):
     except ValueError:
         body = {}
     message = body.get("error") or body.get("detail") or response.text or f"HTTP {response.status_code}"
-    return error_for_status(response.status_code, str(message), body.get("field"))
+    error = error_for_status(response.status_code, str(message), body.get("field"))
+    error.retry_after = _retry_after(response)
+    return error
 
 
 def _backoff(attempt: int) -> float:

@@ -4,14 +4,17 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: demo test test-fast bench serve clean-venv
 
 $(STAMP): requirements.txt $(wildcard sdk_python/pyproject.toml)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# CPU torch first, pinned, so nothing below can pull a CUDA build
-	$(PY) -m pip install -q torch==2.13.0
+	# CPU torch first, pinned, so nothing below can pull a CUDA build. PyTorch's CPU index offers
+	# 2.13.0+cpu, which outranks PyPI's CUDA 2.13.0; where that index is unreachable, local wheels serve.
+	$(PY) -m pip install -q --retries 1 --extra-index-url $(TORCH_INDEX) torch==2.13.0
+	$(PY) -c "import sys, torch; sys.exit(torch.version.cuda and 'refusing a CUDA build of torch: ' + torch.__version__)"
 	$(PY) -m pip install -q -r requirements.txt
 	if [ -f sdk_python/pyproject.toml ]; then $(PY) -m pip install -q -e sdk_python; fi
 	touch $(STAMP)

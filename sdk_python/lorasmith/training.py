@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import json
 import threading
 from typing import Any, Callable, Optional, Sequence
 
 from ._internal import background
-from .errors import LorasmithError
+from .errors import APIError, LorasmithError
 from .futures import APIFuture
 from .types import (AdamParams, Datum, ForwardBackwardOutput, GetInfoResponse, OptimStepResponse, SaveWeightsResponse,
                     TensorData, reduce_metrics)
 
 MAX_CHUNK_DATUMS = 1024
 MAX_CHUNK_BYTES = 4_000_000  # of JSON; under a 4 MiB request body limit
+# fills the seq of a rejected request: one token, forward only, zero weight
+NO_OP = {"data": [{"model_input": {"chunks": [{"type": "encoded_text", "tokens": [0]}]},
+                   "loss_fn_inputs": {"target_tokens": {"data": [0], "dtype": "int64", "shape": [1]},
+                                      "weights": {"data": [0.0], "dtype": "float32", "shape": [1]}}}],
+         "loss_fn": "cross_entropy", "loss_fn_config": None, "forward_only": True, "type": "forward_backward"}
 
 
 class TrainingClient:
@@ -47,9 +53,12 @@ class TrainingClient:
         return self._accepted.setdefault(seq, asyncio.Event())
 
     async def _post_in_order(self, seq: int, path: str, body: dict) -> dict:
-        """POST once every lower seq of this model has been accepted by the server. A request that
-        is never accepted leaves a gap the server waits on forever, so it poisons the client: every
-        later request fails at once with the reason instead of hanging."""
+        """POST once every lower seq of this model has been accepted by the server.
+
+        The server runs a model's requests only without gaps, and a request it rejects (400 etc.)
+        is not stored, so its seq would stay a gap forever. The SDK then fills that seq with a
+        forward-only no-op (no gradient, no state change) and raises the rejection; if even that
+        fails, the client is poisoned: every later request fails at once instead of hanging."""
         if seq > self._first_seq:
             await self._event(seq - 1).wait()
         try:
@@ -59,13 +68,27 @@ class TrainingClient:
                     f"not accepted ({self._poisoned}), and the server runs a model's requests only without gaps. "
                     "Continue with a new client (e.g. create_training_client_from_state of your last save_state).")
             try:
-                return await self.transport.request("POST", path, {**body, "model_id": self.model_id, "seq_id": seq})
+                return await self._post(seq, path, body)
+            except APIError as rejected:
+                if rejected.status_code >= 500 or not await self._fill_gap(seq):
+                    self._poisoned = f"{type(rejected).__name__}: {rejected}"
+                raise
             except BaseException as error:
                 self._poisoned = f"{type(error).__name__}: {error}"
                 raise
         finally:
             self._event(seq).set()
             self._accepted.pop(seq - 1, None)
+
+    async def _post(self, seq: int, path: str, body: dict) -> dict:
+        return await self.transport.request("POST", path, {**body, "model_id": self.model_id, "seq_id": seq})
+
+    async def _fill_gap(self, seq: int) -> bool:
+        try:
+            await self._post(seq, "forward_backward", NO_OP)
+            return True
+        except LorasmithError:
+            return False
 
     def _submit(self, path: str, body: dict, convert: Callable[[dict], Any]) -> APIFuture:
         (seq,) = self._reserve()
@@ -184,23 +207,32 @@ class TrainingClient:
         forward_seqs, backward_seqs = seqs[:len(chunks)], seqs[len(chunks):]
         accepted: concurrent.futures.Future = concurrent.futures.Future()
 
+        posted: set[int] = set()
+
         async def post_all(seq_ids, chunk_data, forward_only: bool) -> list[dict]:
-            return [await self._post_in_order(seq, "forward_backward", {
-                "data": chunk, "loss_fn": "cross_entropy", "forward_only": forward_only, "type": "forward_backward"})
-                for seq, chunk in zip(seq_ids, chunk_data)]
+            handles = []
+            for seq, chunk in zip(seq_ids, chunk_data):
+                posted.add(seq)
+                handles.append(await self._post_in_order(seq, "forward_backward", {
+                    "data": chunk, "loss_fn": "cross_entropy", "forward_only": forward_only,
+                    "type": "forward_backward"}))
+            return handles
 
         async def results(handles: list[dict]) -> list[dict]:
             return [await self.transport.wait_result(h["request_id"]) for h in handles]
 
         async def go():
-            handles = await _accept(accepted, post_all(forward_seqs, chunks, True))
             try:
+                handles = await _accept(accepted, post_all(forward_seqs, chunks, True))
                 outputs = [o for out in await results(handles) for o in out["loss_fn_outputs"]]
                 logprobs = [TensorData(**o["logprobs"]).to_torch().float().requires_grad_(True) for o in outputs]
                 loss, metrics = loss_fn(data, logprobs)
                 grads = torch.autograd.grad(loss, logprobs, allow_unused=True)
             except BaseException:
-                await post_all(backward_seqs, chunks, True)  # no-ops fill the reserved seqs: the model goes on
+                for seq in seqs:  # no-ops fill the reserved seqs not sent: the model's later requests still run
+                    if seq not in posted:
+                        with contextlib.suppress(LorasmithError):  # if it fails, the client is poisoned
+                            await self._post_in_order(seq, "forward_backward", NO_OP)
                 raise
             weighted = iter([stripped(d, TensorData.from_torch(-g if g is not None else torch.zeros_like(lp)))
                              for d, g, lp in zip(data, grads, logprobs)])

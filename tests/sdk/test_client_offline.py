@@ -292,33 +292,28 @@ def test_datum_accepts_torch_and_numpy_inputs():
     assert wire["weights"] == {"data": [0.5, 0.5, 1.0, 0.0], "dtype": "float32", "shape": [2, 2]}
 
 
-def test_a_rejected_request_fails_later_ones_instead_of_hanging(server, service):
+def test_a_rejected_request_leaves_no_gap(server, service):
     training = service.create_lora_training_client("tiny-llama")
     server.fail_next("forward_backward", httpx.Response(400, json={"error": "unknown loss_fn 'nope'"}))
     rejected, later = training.forward_backward([datum()], "nope"), training.optim_step()
-    with pytest.raises(lorasmith.BadRequestError):
+    with pytest.raises(lorasmith.BadRequestError, match="unknown loss_fn 'nope'"):
         rejected.result(timeout=10)
-    with pytest.raises(lorasmith.LorasmithError, match="was not sent: an earlier request .* unknown loss_fn 'nope'"):
+    assert later.result(timeout=10).metrics == {"grad_norm:mean": 1.0}
+    rejected_body, filler = server.bodies("forward_backward")
+    assert (rejected_body["seq_id"], filler["seq_id"], filler["forward_only"]) == (1, 1, True)
+    assert filler["data"][0]["loss_fn_inputs"]["weights"]["data"] == [0.0]
+    assert training_seqs(server)[-1] == 2
+
+
+def test_when_the_gap_cannot_be_filled_later_requests_fail_instead_of_hanging(server, service):
+    training = service.create_lora_training_client("tiny-llama")
+    server.fail_next("forward_backward", *[httpx.Response(404, json={"detail": "model not found"})] * 2)
+    rejected, later = training.forward_backward([datum()]), training.optim_step()
+    with pytest.raises(lorasmith.NotFoundError):
+        rejected.result(timeout=10)
+    with pytest.raises(lorasmith.LorasmithError, match="was not sent: an earlier request .* model not found"):
         later.result(timeout=10)
     assert server.bodies("optim_step") == []
-
-
-def test_custom_loss_chunks_both_passes_alike(server, service, monkeypatch):
-    import lorasmith.training
-
-    monkeypatch.setattr(lorasmith.training, "MAX_CHUNK_DATUMS", 2)
-    training = service.create_lora_training_client("tiny-llama")
-    out = training.forward_backward_custom([datum(1), datum(2), datum(3)],
-                                           lambda data, lps: (sum(lp.sum() for lp in lps), {})).result(timeout=10)
-    after = training.optim_step()
-    bodies = server.bodies("forward_backward")
-    assert [(b["seq_id"], b["forward_only"], len(b["data"])) for b in bodies] == [
-        (1, True, 2), (2, True, 1), (3, False, 2), (4, False, 1)]
-    assert [d["loss_fn_inputs"]["weights"]["data"] for b in bodies[2:] for d in b["data"]] == [
-        [-1.0], [-1.0, -1.0], [-1.0, -1.0, -1.0]]
-    assert out.metrics["loss:sum"] == -(2 + 2 + 3 + 2 + 3 + 4)  # the custom loss: sum of the logprobs
-    assert out.metrics["surrogate_loss:sum"] == (2 + 2 + 3) + (2 + 3 + 4)  # the fake's loss:sum, added over chunks
-    assert len(out.loss_fn_outputs) == 3 and after.result(timeout=10) and training_seqs(server)[-1] == 5
 
 
 def test_a_failing_custom_loss_fills_its_seq_so_the_model_goes_on(server, service):
@@ -332,6 +327,15 @@ def test_a_failing_custom_loss_fills_its_seq_so_the_model_goes_on(server, servic
     assert training.optim_step().result(timeout=10).metrics == {"grad_norm:mean": 1.0}
     assert training_seqs(server) == [1, 2, 3]
     assert [b["forward_only"] for b in server.bodies("forward_backward")] == [True, True]
+
+
+def test_a_rejected_custom_loss_pass_leaves_no_gap(server, service):
+    training = service.create_lora_training_client("tiny-llama")
+    server.fail_next("forward_backward", httpx.Response(413, json={"error": "request body too large"}))
+    with pytest.raises(lorasmith.RequestTooLargeError):
+        training.forward_backward_custom([datum()], lambda d, lps: (lps[0].sum(), {})).result(timeout=10)
+    assert training.optim_step().result(timeout=10).metrics == {"grad_norm:mean": 1.0}
+    assert training_seqs(server) == [1, 1, 2, 3]  # rejected, its filler, the other reserved seq, the step
 
 
 def test_async_twins_of_saving_and_sampling(server, service):

@@ -5,6 +5,9 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 
+import pytest
+
+import lorasmith
 from lorasmith import AdamParams, Datum, ModelInput
 
 from .reference import SEQUENCE
@@ -33,3 +36,12 @@ def test_twenty_async_requests_arrive_and_run_in_call_order(live_server_embedded
     assert arrived == sorted(arrived), "the SDK POSTed out of call order"
     finished = [done for *_, done in log]
     assert finished == sorted(finished), "the server ran the model's requests out of order"
+
+
+def test_a_rejected_request_does_not_stall_the_model(service):
+    training = service.create_lora_training_client("tiny-llama", rank=4, seed=8)
+    datum = Datum(model_input=ModelInput.from_ints(SEQUENCE[:-1]), loss_fn_inputs={"target_tokens": SEQUENCE[1:]})
+    with pytest.raises(lorasmith.BadRequestError, match="nope"):
+        training.forward_backward([datum], "nope").result(timeout=60)
+    assert training.forward_backward([datum]).result(timeout=60).metrics["loss:sum"] > 0
+    assert training.optim_step().result(timeout=60) is not None

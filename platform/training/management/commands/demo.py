@@ -62,12 +62,15 @@ class Command(BaseCommand):
                         raise RuntimeError(answer["error"])
                     return answer
 
-        for _ in range(120):
+        for _ in range(240):  # the server migrates and loads the engine first
             try:
                 if client.get(f"{base}/healthz").status_code == 200:
                     break
             except httpx.TransportError:
-                time.sleep(0.5)
+                pass
+            time.sleep(0.5)
+        else:
+            raise RuntimeError("the embedded service did not come up")
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir("tiny-llama", settings.DATA_DIR))

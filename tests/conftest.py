@@ -97,7 +97,9 @@ class LiveServer:
             for p in self.processes:
                 assert p.poll() is None, f"server process exited; see {self.logs}"
             try:
-                if httpx.get(f"{self.base_url}/api/v1/healthz", timeout=2).status_code == 200:
+                health = httpx.get(f"{self.base_url}/api/v1/healthz", timeout=2)
+                # our web process, not some other server that grabbed the port first
+                if health.status_code == 200 and health.json().get("pid") == self.processes[0].pid:
                     return
             except httpx.TransportError:
                 pass

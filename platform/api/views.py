@@ -1,6 +1,7 @@
 """The /api/v1 JSON endpoints (TINKER_WIRE.md §3-§7). Views parse and authorise; actions decide."""
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -45,7 +46,8 @@ def client_dynamic_config(request):
 @api_view(["GET"])
 @permission_classes([AllowAny])
 def healthz(request):
-    return Response({"status": "ok"})
+    # the pid lets a supervisor (or a test) tell this server from another one holding the port
+    return Response({"status": "ok", "pid": os.getpid()})
 
 
 @api_view(["GET"])

@@ -16,7 +16,8 @@ from training.errors import ApiError, BadRequest
 from . import serializers
 from .errors import error_body, json_error, parse_json
 
-POLL_INTERVAL = 0.05
+POLL_INTERVAL = 0.05  # first re-check; most cycles finish within a few of these
+MAX_POLL_INTERVAL = 0.5  # later re-checks back off: many idle long-polls stay cheap
 retrieve_count = 0  # test hook: proves futures resolved over the WebSocket, not by polling
 
 
@@ -49,13 +50,16 @@ async def retrieve_future(request):
             return JsonResponse(error_body(error.message, error.field), status=401)
         return json_error(error)
     deadline = time.monotonic() + settings.LORASMITH["LONG_POLL_SECONDS"]
+    interval = POLL_INTERVAL
     while True:
         state = await sync_to_async(_state)(user, request_id)
         if state is not None:
             return JsonResponse(state)
-        if time.monotonic() >= deadline:
+        left = deadline - time.monotonic()
+        if left <= 0:
             return JsonResponse({"type": "try_again", "request_id": request_id, "queue_state": "active"})
-        await asyncio.sleep(POLL_INTERVAL)
+        await asyncio.sleep(min(interval, left))
+        interval = min(interval * 1.5, MAX_POLL_INTERVAL)
 
 
 def counters(request):

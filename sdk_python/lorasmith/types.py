@@ -7,6 +7,8 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FLOAT_INPUTS = {"weights", "advantages", "logprobs", "clip_low_threshold", "clip_high_threshold"}
+LossFnType = Literal["cross_entropy", "importance_sampling", "ppo", "cispo", "dro"]
+StopReason = Literal["stop", "length"]
 
 
 class EncodedTextChunk(BaseModel):
@@ -131,7 +133,7 @@ class OptimStepResponse(BaseModel):
 class SampledSequence(BaseModel):
     tokens: list[int]
     logprobs: Optional[list[float]] = None
-    stop_reason: Literal["stop", "length"]
+    stop_reason: StopReason
     sequence_id: Optional[str] = None
 
 

@@ -77,11 +77,46 @@ def _run(base_model: str, ops: list[Operation]) -> None:
             pending.append(None)  # helper ops (imports) have no future of their own
         engine_ops.append(built[-1][0])
         pending.append(Pending(op, built[-1][1]))
-    results = engine.run_cycle(engine_ops) if engine_ops else []
+    if not engine_ops:
+        return
+    try:
+        results = engine.run_cycle(engine_ops)
+        _maybe_force_cycle_failure([item.op for item in pending if item is not None])
+    except Exception as error:  # noqa: BLE001 - the cycle's futures fail; the runner goes on
+        log.error("engine cycle failed: %s", traceback.format_exc())
+        _forget_adapters(engine, engine_ops)
+        message = f"runner failure during the cycle: {type(error).__name__}: {error}"
+        for item in pending:
+            if item is not None:
+                _fail(item.op, message, "server")
+        return
     for item, result in zip(pending, results):
         if item is None:
             continue
         _record(item, result)
+
+
+def _forget_adapters(engine, engine_ops: list) -> None:
+    """After a cycle died part-way, its adapters' state is unknown (half-accumulated gradients, a
+    step applied or not): drop them, so the next request rebuilds each from the op log's finished
+    operations (`_restore`) and the failed ones leave no trace."""
+    for adapter_id in {getattr(o, "adapter_id", None) for o in engine_ops} - {None}:
+        try:
+            if engine.has_adapter(adapter_id):
+                engine.remove_adapter(adapter_id)
+        except Exception:  # noqa: BLE001
+            log.exception("could not drop adapter %s", adapter_id)
+
+
+def _maybe_force_cycle_failure(ops: list[Operation]) -> None:
+    """Test hook (LORASMITH_TEST_HOOKS=1): a run whose user_metadata names `force_cycle_failure_seq`
+    makes the cycle holding that seq raise after the engine ran it, as a crash mid-cycle would."""
+    if not settings.LORASMITH["TEST_HOOKS"]:
+        return
+    for op in ops:
+        run = op.training_run
+        if run is not None and str(run.user_metadata.get("force_cycle_failure_seq")) == str(op.seq_id):
+            raise RuntimeError(f"forced cycle failure at seq {op.seq_id} (test hook)")
 
 
 def _record(item: Pending, result: OpResult) -> None:

@@ -1,7 +1,7 @@
 """Settings from environment variables, with defaults that run the whole service on a laptop.
 
 DATABASE_URL (default: SQLite in the data dir), REDIS_URL (unset: in-process broker and channel
-layer), LORASMITH_DATA_DIR, LORASMITH_BASE_MODELS, SECRET_KEY, DEBUG, ALLOWED_HOSTS.
+layer), LORASMITH_BROKER_URL (redis:// or amqp://; default REDIS_URL), LORASMITH_DATA_DIR, LORASMITH_BASE_MODELS, SECRET_KEY, DEBUG, ALLOWED_HOSTS.
 """
 import os
 import sys
@@ -75,12 +75,29 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 REDIS_URL = os.environ.get("REDIS_URL", "")
 DRAMATIQ_MIDDLEWARE = ["dramatiq.middleware.AgeLimit", "dramatiq.middleware.TimeLimit", "dramatiq.middleware.Callbacks",
                        "dramatiq.middleware.Retries", "django_dramatiq.middleware.DbConnectionsMiddleware"]
-if REDIS_URL:
+# The Dramatiq broker: LORASMITH_BROKER_URL (redis:// or amqp:// for RabbitMQ), else REDIS_URL; with
+# neither, an in-process broker (embedded mode). Push between processes always rides on Redis.
+BROKER_URL = os.environ.get("LORASMITH_BROKER_URL", "") or REDIS_URL
+if BROKER_URL.startswith(("amqp://", "amqps://")):
+    if not REDIS_URL:
+        from django.core.exceptions import ImproperlyConfigured
+
+        raise ImproperlyConfigured("a RabbitMQ LORASMITH_BROKER_URL needs REDIS_URL too (the Channels layer for push)")
+    DRAMATIQ_BROKER = {"BROKER": "dramatiq.brokers.rabbitmq.RabbitmqBroker", "OPTIONS": {"url": BROKER_URL},
+                       "MIDDLEWARE": DRAMATIQ_MIDDLEWARE}
+elif BROKER_URL:
     DRAMATIQ_BROKER = {
         "BROKER": "dramatiq.brokers.redis.RedisBroker",
-        "OPTIONS": {"url": REDIS_URL, "namespace": os.environ.get("LORASMITH_REDIS_NAMESPACE", "lorasmith")},
+        "OPTIONS": {"url": BROKER_URL, "namespace": os.environ.get("LORASMITH_REDIS_NAMESPACE", "lorasmith")},
         "MIDDLEWARE": DRAMATIQ_MIDDLEWARE,
     }
+else:
+    DRAMATIQ_BROKER = {
+        "BROKER": "dramatiq.brokers.stub.StubBroker",
+        "OPTIONS": {},
+        "MIDDLEWARE": DRAMATIQ_MIDDLEWARE,
+    }
+if REDIS_URL:
     CHANNEL_LAYERS = {"default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # redis-py 8 reads with a 5 s socket timeout, the same as channels-redis's blocking BZPOPMIN:
@@ -89,11 +106,6 @@ if REDIS_URL:
                    "prefix": os.environ.get("LORASMITH_REDIS_NAMESPACE", "lorasmith")},
     }}
 else:
-    DRAMATIQ_BROKER = {
-        "BROKER": "dramatiq.brokers.stub.StubBroker",
-        "OPTIONS": {},
-        "MIDDLEWARE": DRAMATIQ_MIDDLEWARE,
-    }
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
 
@@ -114,6 +126,8 @@ LORASMITH = {
     "SIGNED_URL_SECONDS": int(os.environ.get("LORASMITH_SIGNED_URL_SECONDS", "3600")),
     "MAX_BODY_BYTES": int(os.environ.get("LORASMITH_MAX_BODY_BYTES", str(64 * 1024 * 1024))),
     "TEST_HOOKS": os.environ.get("LORASMITH_TEST_HOOKS", "") == "1",
+    # prefixed to the per-base-model queue names, so deployments (or test runs) can share a broker
+    "QUEUE_PREFIX": os.environ.get("LORASMITH_QUEUE_PREFIX", ""),
 }
 if "tiny-llama" not in LORASMITH["BASE_MODELS"]:
     LORASMITH["BASE_MODELS"].insert(0, "tiny-llama")

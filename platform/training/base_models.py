@@ -28,4 +28,4 @@ def served_info(name: str, field: str = "base_model") -> BaseModelInfo:
 
 def queue_name(base_model: str) -> str:
     """One Dramatiq queue per base model, so runner machines can each take their own."""
-    return "runner." + re.sub(r"[^A-Za-z0-9._-]", "_", base_model)
+    return settings.LORASMITH["QUEUE_PREFIX"] + "runner." + re.sub(r"[^A-Za-z0-9._-]", "_", base_model)

@@ -1,4 +1,4 @@
-"""`manage.py serve --host H --port P`: migrations + the ASGI server (daphne). Without REDIS_URL it
+"""`manage.py serve --host H --port P`: migrations + the ASGI server (daphne). Without a broker URL it
 also runs the runner in-process, so one command is the whole service on a laptop."""
 from django.conf import settings
 from django.core.management import call_command
@@ -6,7 +6,7 @@ from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Serve the API and WebSockets; in embedded mode (no REDIS_URL) also run the runner in-process."
+    help = "Serve the API and WebSockets; in embedded mode (no REDIS_URL / LORASMITH_BROKER_URL) also run the runner in-process."
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
@@ -22,7 +22,7 @@ class Command(BaseCommand):
         from training.worker import start_worker
 
         call_command("migrate", interactive=False, verbosity=0)
-        embedded = not settings.REDIS_URL and not no_runner
+        embedded = not settings.BROKER_URL and not no_runner
         if embedded:
             start_worker(served_models())
         mode = "embedded (in-process runner)" if embedded else "web only"

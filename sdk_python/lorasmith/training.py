@@ -7,9 +7,10 @@ import concurrent.futures
 import contextlib
 import json
 import threading
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, AsyncIterator, Callable, Optional, Sequence
 
 from ._internal import background
+from ._internal.transport import EventStreamLost
 from .errors import APIError, LorasmithError
 from .futures import APIFuture
 from .types import (AdamParams, Datum, ForwardBackwardOutput, GetInfoResponse, OptimStepResponse, SaveWeightsResponse,
@@ -278,6 +279,26 @@ class TrainingClient:
 
     async def save_weights_and_get_sampling_client_async(self, name: Optional[str] = None):
         return await self._ephemeral_sampler()
+
+    # ---- live metrics --------------------------------------------------------------------------
+
+    async def subscribe_metrics(self) -> AsyncIterator[dict]:
+        """The model's metrics as the server records them, pushed over the WebSocket. Subscribed
+        when this returns, so steps submitted afterwards are all seen:
+        `points = await training.subscribe_metrics(); async for p in points: print(p["step"], p["metrics"])`.
+        The stream ends when the connection drops."""
+        if self.transport.events is None:
+            raise LorasmithError("subscribe_metrics needs the WebSocket; this ServiceClient has use_websocket=False")
+        try:
+            queue = await asyncio.wrap_future(background.submit(self.transport.events.subscribe_run(self.model_id)))
+        except EventStreamLost:
+            raise LorasmithError(f"cannot stream metrics: no WebSocket to {self.transport.base_url}") from None
+
+        async def points():
+            while (point := await asyncio.wrap_future(background.submit(queue.get()))) is not None:
+                yield point
+
+        return points()
 
     # ---- info ------------------------------------------------------------------------------
 

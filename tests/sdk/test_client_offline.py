@@ -413,3 +413,9 @@ def test_polling_treats_408_as_pending_and_stops_on_a_client_error(server, servi
     server.fail_next("retrieve_future", httpx.Response(404, json={"detail": "unknown future"}))
     with pytest.raises(lorasmith.NotFoundError, match="unknown future"):
         training.forward([datum()]).result(timeout=10)
+
+
+def test_metrics_stream_needs_the_websocket(server, service):
+    training = service.create_lora_training_client("tiny-llama")
+    with pytest.raises(lorasmith.LorasmithError, match="use_websocket=False"):
+        asyncio.run(training.subscribe_metrics())

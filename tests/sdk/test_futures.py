@@ -37,3 +37,23 @@ def test_cut_websocket_falls_back_to_polling(live_server_embedded, service):
         assert other.forward([_datum()]).result() == pushed
     finally:
         no_ws.close()
+
+
+def test_metrics_are_pushed_live(service):
+    import asyncio
+
+    training = service.create_lora_training_client("tiny-llama", rank=4, seed=3)
+
+    async def watch():
+        stream = await training.subscribe_metrics()
+        await training.forward_backward([_datum()])
+        await training.optim_step()
+        points = []
+        async for point in stream:
+            points.append(point)
+            if point["step"] == 1 and "loss:sum" not in point["metrics"]:  # the optimizer step's point
+                return points
+
+    points = asyncio.run(asyncio.wait_for(watch(), 60))
+    assert points[0]["metrics"]["loss:sum"] > 0 and points[0]["step"] == 0
+    assert points[-1]["step"] == 1

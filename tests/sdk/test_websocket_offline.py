@@ -21,6 +21,7 @@ class PushServer:
         self.fake = fake
         self.cuts = cuts
         self.headers: list[str] = []
+        self.run_subscriptions: list[str] = []
         self.loop = asyncio.new_event_loop()
         threading.Thread(target=self.loop.run_forever, daemon=True).start()
         self.port = asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
@@ -39,12 +40,22 @@ class PushServer:
             if len(self.headers) <= self.cuts:
                 await socket.close()
                 return
+            if message["type"] == "subscribe_run":
+                self.run_subscriptions.append(message["model_id"])
+                for step, loss in ((1, 3.0), (2, 2.0)):
+                    await socket.send(json.dumps({"type": "metrics", "model_id": message["model_id"], "step": step,
+                                                  "metrics": {"loss:sum": loss}}))
+                continue
             for request_id in message["request_ids"]:
                 await socket.send(json.dumps({"type": "future", "request_id": request_id, "status": "completed",
                                               "result": self.fake.results[request_id]}))
 
     def stop(self) -> None:
-        self.server.close()
+        async def close():
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(close(), self.loop).result(10)
         self.loop.call_soon_threadsafe(self.loop.stop)
 
 
@@ -107,6 +118,28 @@ def test_a_new_socket_is_tried_after_a_cut(fake, monkeypatch):
         assert training.forward([_datum()]).result(timeout=10).metrics["loss:sum"] == 9.0  # pushed
         assert [c.path for c in fake.calls].count("retrieve_future") == 1
         assert len(push.headers) == 2
+    finally:
+        service.close()
+        push.stop()
+
+
+def test_metrics_stream_until_the_socket_closes(fake):
+    push = PushServer(fake)
+    service = _client(fake, push)
+    try:
+        training = service.create_lora_training_client("tiny-llama")
+
+        async def first_two():
+            points = []
+            async for point in await training.subscribe_metrics():
+                points.append(point)
+                if len(points) == 2:
+                    break
+            return points
+
+        assert asyncio.run(first_two()) == [{"step": 1, "metrics": {"loss:sum": 3.0}},
+                                            {"step": 2, "metrics": {"loss:sum": 2.0}}]
+        assert push.run_subscriptions == ["sess:train:0"]
     finally:
         service.close()
         push.stop()

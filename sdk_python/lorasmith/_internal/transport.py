@@ -118,6 +118,7 @@ class EventStream:
     def __init__(self, transport: Transport):
         self.transport = transport
         self.waiters: dict[str, asyncio.Future] = {}
+        self.run_queues: dict[str, list[asyncio.Queue]] = {}  # model_id -> live metrics subscribers
         self.socket = None
         self.reader: Optional[asyncio.Task] = None
         self.broken_at: Optional[float] = None
@@ -133,6 +134,14 @@ class EventStream:
             self._lost(socket)
             raise EventStreamLost() from error
         return await waiter
+
+    async def subscribe_run(self, model_id: str) -> asyncio.Queue:
+        """A queue of the model's metrics pushes ({"step", "metrics"}); None marks the socket's end."""
+        socket = await self._connect()
+        queue: asyncio.Queue = asyncio.Queue()
+        self.run_queues.setdefault(model_id, []).append(queue)
+        await socket.send(json.dumps({"type": "subscribe_run", "model_id": model_id}))
+        return queue
 
     async def _connect(self):
         async with self._connecting:
@@ -162,6 +171,9 @@ class EventStream:
                     waiter = self.waiters.pop(message["request_id"], None)
                     if waiter is not None and not waiter.done():
                         waiter.set_result(message["result"])
+                elif message.get("type") == "metrics":
+                    for queue in self.run_queues.get(message["model_id"], []):
+                        queue.put_nowait({"step": message["step"], "metrics": message["metrics"]})
         except Exception:  # noqa: BLE001 - any failure means: fall back to polling
             pass
         self._lost(socket)
@@ -175,6 +187,10 @@ class EventStream:
             if not waiter.done():
                 waiter.set_exception(EventStreamLost())
         self.waiters.clear()
+        for queues in self.run_queues.values():
+            for queue in queues:
+                queue.put_nowait(None)
+        self.run_queues.clear()
 
     async def close(self) -> None:
         """Also used by tests to cut the connection: pending futures then resolve by polling."""

@@ -29,8 +29,8 @@ def _setting(explicit: Optional[str], *names: str) -> Optional[str]:
 
 class ServiceClient:
     def __init__(self, base_url: Optional[str] = None, api_key: Optional[str] = None, *, use_websocket: bool = True,
-                 user_metadata: Optional[dict] = None, max_retries: int = 5,
-                 http_transport: Optional[Any] = None):
+                 user_metadata: Optional[dict] = None, display_name: Optional[str] = None,
+                 project_id: Optional[str] = None, max_retries: int = 5, http_transport: Optional[Any] = None):
         base_url = _setting(base_url, "LORASMITH_BASE_URL", "TINKER_BASE_URL")
         api_key = _setting(api_key, "LORASMITH_API_KEY", "TINKER_API_KEY")
         if not base_url:
@@ -40,6 +40,7 @@ class ServiceClient:
         self.transport = Transport(base_url, api_key, use_websocket=use_websocket, max_retries=max_retries,
                                    http_transport=http_transport)
         self.user_metadata = user_metadata or {}
+        self.session_extras = {k: v for k, v in (("display_name", display_name), ("project_id", project_id)) if v}
         self._session_id: Optional[str] = None
         self.client_config: dict = {}  # the server's answer to client/config (chunk limits, flags)
         self._session_lock = threading.Lock()
@@ -60,8 +61,13 @@ class ServiceClient:
                     self.transport.request("POST", "client/config", {"sdk_version": SDK_VERSION})) or {}
                 answer = background.run(self.transport.request(
                     "POST", "create_session", {"tags": [], "user_metadata": self.user_metadata,
-                                               "sdk_version": SDK_VERSION, "type": "create_session"}))
+                                               "sdk_version": SDK_VERSION, "type": "create_session",
+                                               **self.session_extras}))
                 self._session_id = answer["session_id"]
+                for level, key in ((logging.INFO, "info_message"), (logging.WARNING, "warning_message"),
+                                   (logging.ERROR, "error_message")):
+                    if answer.get(key):
+                        log.log(level, "server: %s", answer[key])
                 self._heartbeat = background.submit(self._beat())
             return self._session_id
 

@@ -55,6 +55,20 @@ def test_bootstrap_creates_a_session_and_a_model(server, service):
     assert training.get_info().model_data["tokenizer_id"] == "tiny-llama"
 
 
+def test_session_carries_display_name_and_logs_server_messages(server, caplog):
+    server.do_create_session = lambda body: {"session_id": "sess", "warning_message": "maintenance at 5pm"}
+    service = server.client(display_name="nightly", project_id="p1", user_metadata={"team": "a"})
+    try:
+        with caplog.at_level("INFO", logger="lorasmith"):
+            assert service.session_id == "sess"
+        assert server.bodies("create_session")[0] == {"tags": [], "user_metadata": {"team": "a"},
+                                                      "sdk_version": "lorasmith-0.1.0", "type": "create_session",
+                                                      "display_name": "nightly", "project_id": "p1"}
+        assert "server: maintenance at 5pm" in caplog.text
+    finally:
+        service.close()
+
+
 def test_seq_ids_start_at_one_and_follow_call_order(server, service):
     training = service.create_lora_training_client("tiny-llama")
     futures = [training.forward_backward([datum()]), training.optim_step(AdamParams(learning_rate=0.5)),

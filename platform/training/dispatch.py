@@ -27,27 +27,32 @@ STALE_CYCLE = timedelta(minutes=30)  # a runner that died mid-cycle frees its sl
 def dispatch(base_model: str) -> None:
     """Start a cycle for `base_model` if none is in flight and work is ready."""
     for _ in range(3):  # bounded: a dispatcher racing us will pick up what we leave
-        if not _claim_slot(base_model):
-            return
         cycle_id = uuid.uuid4().hex
+        if not _claim_slot(base_model, cycle_id):
+            return
         op_ids = _take_ready(base_model, cycle_id)
         if op_ids:
             _send(base_model, cycle_id, op_ids)
             return
-        release_slot(base_model)
+        release_slot(base_model, cycle_id)
         if not _ready(base_model)[0]:  # re-check: a submit may have landed while we held the slot
             return
 
 
-def release_slot(base_model: str) -> None:
-    DispatchSlot.objects.filter(base_model=base_model).update(busy=False, busy_since=None)
+def release_slot(base_model: str, cycle_id: str | None = None) -> None:
+    """Free the slot; given a cycle id, only if that cycle still holds it (a stale message of a
+    re-queued cycle must not free the slot of the cycle now in flight)."""
+    slot = DispatchSlot.objects.filter(base_model=base_model)
+    if cycle_id is not None:
+        slot = slot.filter(cycle_id=cycle_id)
+    slot.update(busy=False, busy_since=None, cycle_id="")
 
 
-def _claim_slot(base_model: str) -> bool:
+def _claim_slot(base_model: str, cycle_id: str) -> bool:
     DispatchSlot.objects.get_or_create(base_model=base_model)
     now = timezone.now()
     claimed = DispatchSlot.objects.filter(base_model=base_model).filter(
-        Q(busy=False) | Q(busy_since__lt=now - STALE_CYCLE)).update(busy=True, busy_since=now)
+        Q(busy=False) | Q(busy_since__lt=now - STALE_CYCLE)).update(busy=True, busy_since=now, cycle_id=cycle_id)
     return claimed == 1
 
 
@@ -92,7 +97,7 @@ def _send(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
     except Exception:
         log.exception("could not enqueue cycle %s; its operations go back to the queue", cycle_id)
         requeue(cycle_id)
-        release_slot(base_model)
+        release_slot(base_model, cycle_id)
         raise
 
 

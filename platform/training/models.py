@@ -132,3 +132,4 @@ class DispatchSlot(models.Model):
     base_model = models.CharField(primary_key=True, max_length=200)
     busy = models.BooleanField(default=False)
     busy_since = models.DateTimeField(null=True)
+    cycle_id = models.CharField(max_length=64, blank=True, default="")  # the cycle holding the slot

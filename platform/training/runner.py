@@ -37,7 +37,8 @@ class Pending:
 
 def execute_cycle(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
     try:
-        ops = list(Operation.objects.filter(id__in=op_ids, status=Operation.Status.RUNNING)
+        # only operations this cycle still owns: a re-queued cycle's stale message does nothing
+        ops = list(Operation.objects.filter(id__in=op_ids, cycle_id=cycle_id, status=Operation.Status.RUNNING)
                    .select_related("training_run", "sampling_session"))
         ops.sort(key=lambda o: (o.training_run_id or "", o.seq_id, o.created_at))
         _run(base_model, ops)
@@ -46,7 +47,7 @@ def execute_cycle(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
         for op in Operation.objects.filter(cycle_id=cycle_id, status=Operation.Status.RUNNING):
             _fail(op, f"runner failure: {type(error).__name__}: {error}", "server")
     finally:
-        dispatch.release_slot(base_model)
+        dispatch.release_slot(base_model, cycle_id)
         dispatch.dispatch(base_model)
 
 

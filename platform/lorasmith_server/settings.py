@@ -74,7 +74,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
 DRAMATIQ_MIDDLEWARE = ["dramatiq.middleware.AgeLimit", "dramatiq.middleware.TimeLimit", "dramatiq.middleware.Callbacks",
-                       "dramatiq.middleware.Retries", "django_dramatiq.middleware.DbConnectionsMiddleware"]
+                       "dramatiq.middleware.Retries", "django_dramatiq.middleware.DbConnectionsMiddleware",
+                       "training.middleware.RecoverOnBoot"]
 # The Dramatiq broker: LORASMITH_BROKER_URL (redis:// or amqp:// for RabbitMQ), else REDIS_URL; with
 # neither, an in-process broker (embedded mode). Push between processes always rides on Redis.
 BROKER_URL = os.environ.get("LORASMITH_BROKER_URL", "") or REDIS_URL

@@ -41,7 +41,8 @@ def execute_cycle(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
         ops = list(Operation.objects.filter(id__in=op_ids, cycle_id=cycle_id, status=Operation.Status.RUNNING)
                    .select_related("training_run", "sampling_session"))
         ops.sort(key=lambda o: (o.training_run_id or "", o.seq_id, o.created_at))
-        _run(base_model, ops)
+        if ops:
+            _run(base_model, ops)
     except Exception as error:  # noqa: BLE001 - whatever happens, no future may hang
         log.error("cycle %s failed: %s\n%s", cycle_id, error, traceback.format_exc())
         for op in Operation.objects.filter(cycle_id=cycle_id, status=Operation.Status.RUNNING):

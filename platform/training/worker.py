@@ -31,6 +31,7 @@ def start_worker(base_models: list[str]) -> dramatiq.Worker:
     for queue in queues:
         broker.declare_queue(queue)
     worker = dramatiq.Worker(broker, queues=queues, worker_threads=1)
+    worker.lorasmith_managed = True  # recovers below; RecoverOnBoot leaves it alone
     worker.start()
     recover_interrupted(base_models)
     for base_model in base_models:

@@ -1,0 +1,48 @@
+"""DESIGN §6 at the dispatcher: a runner that boots puts back the cycles a dead runner left running
+and dispatches them again; a stale message of the old cycle then runs nothing and frees nothing."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+from django.contrib.auth.models import User
+
+from training import dispatch, runner
+from training.middleware import RecoverOnBoot
+from training.models import DispatchSlot, Operation, Session, TrainingRun
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def interrupted():
+    """seq 1 and 2 of a model were in flight in cycle `dead` when its runner died."""
+    user = User.objects.create(username="alice")
+    session = Session.objects.create(id="s", owner=user)
+    run = TrainingRun.objects.create(id="s:train:0", session=session, owner=user, base_model="tiny-llama", rank=4,
+                                     seed=1, dispatched_seq=2)
+    for seq in (1, 2):
+        Operation.objects.create(id=f"op{seq}", owner=user, kind="optim_step", base_model="tiny-llama",
+                                 training_run=run, seq_id=seq, payload={}, status=Operation.Status.RUNNING,
+                                 cycle_id="dead")
+    DispatchSlot.objects.create(base_model="tiny-llama", busy=True, cycle_id="dead")
+    return run
+
+
+def test_booting_worker_requeues_and_redispatches(interrupted, monkeypatch):
+    sent = []
+    monkeypatch.setattr(dispatch, "_send", lambda base_model, cycle_id, op_ids: sent.append((cycle_id, op_ids)))
+    RecoverOnBoot().after_worker_boot(None, SimpleNamespace(consumer_whitelist={"runner.tiny-llama"}))
+    [(cycle_id, op_ids)] = sent
+    assert op_ids == ["op1", "op2"] and cycle_id != "dead"
+    assert set(Operation.objects.values_list("cycle_id", "status")) == {(cycle_id, "running")}
+    assert DispatchSlot.objects.get().cycle_id == cycle_id
+
+    runner.execute_cycle("tiny-llama", "dead", ["op1", "op2"])  # the dead runner's message, delivered late
+    assert set(Operation.objects.values_list("cycle_id", "status")) == {(cycle_id, "running")}
+    assert DispatchSlot.objects.get().busy and DispatchSlot.objects.get().cycle_id == cycle_id
+
+
+def test_workers_of_other_queues_leave_it_alone(interrupted):
+    RecoverOnBoot().after_worker_boot(None, SimpleNamespace(consumer_whitelist={"runner.tiny-qwen3"}))
+    assert set(Operation.objects.values_list("cycle_id", "status")) == {("dead", "running")}

@@ -14,7 +14,7 @@ from rest_framework.response import Response
 
 from training import access, base_models, storage, submit, wire
 from training.errors import BadRequest, TooLarge
-from training.models import Checkpoint, TrainingRun
+from training.models import Checkpoint, Session, TrainingRun
 
 from . import serializers
 from .errors import parse_json
@@ -159,6 +159,29 @@ def _page(request, default_limit: int) -> tuple[int, int]:
     if not 1 <= limit <= 1000 or offset < 0:
         raise BadRequest("limit must be 1-1000 and offset >= 0", field="limit")
     return limit, offset
+
+
+@api_view(["GET"])
+def sessions(request):
+    limit, offset = _page(request, 20)
+    found = Session.objects.filter(owner=request.user).order_by("-created_at")
+    return Response({"sessions": list(found.values_list("id", flat=True)[offset:offset + limit])})
+
+
+@api_view(["GET"])
+def session_detail(request, session_id: str):
+    session = access.session_of(request.user, session_id)
+    return Response({"session_id": session.id,
+                     "training_run_ids": list(session.training_runs.order_by("created_at").values_list("id", flat=True)),
+                     "sampler_ids": list(session.sampling_sessions.order_by("created_at").values_list("id", flat=True)),
+                     "user_metadata": session.user_metadata or None, "tags": session.tags,
+                     "finished_reason": session.finished_reason or None})
+
+
+@api_view(["POST"])
+def cancel_future(request):
+    request_id = wire.require(body_of(request), "request_id", str)
+    return Response({"request_id": request_id, "cancelled": submit.cancel_future(request.user, request_id)})
 
 
 @api_view(["GET"])

@@ -233,6 +233,20 @@ def submit_sample(user, body: dict) -> Operation:
     return op
 
 
+def cancel_future(user, request_id: str) -> bool:
+    """Cancel a sampling request that has not started (TINKER_WIRE §5.3). Training operations are
+    never cancelled: a hole in a model's seq_id chain would hold every later request forever."""
+    op = access.operation_of(user, request_id)
+    cancelled = Operation.objects.filter(pk=op.pk, status=Operation.Status.QUEUED, sampling_session__isnull=False).update(
+        status=Operation.Status.CANCELLED, error="cancelled by the client", error_category="user",
+        finished_at=timezone.now())
+    if cancelled:
+        from . import events
+
+        events.future_finished(user.id, op.id)
+    return bool(cancelled)
+
+
 def sample_sequence_ids(op: Operation) -> list[str]:
     return [f"{op.id}:{i}" for i in range(op.payload.get("num_samples", 1))]
 

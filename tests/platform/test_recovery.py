@@ -1,5 +1,6 @@
-"""DESIGN §6 at the dispatcher: a runner that boots puts back the cycles a dead runner left running
-and dispatches them again; a stale message of the old cycle then runs nothing and frees nothing."""
+"""Op-log state changes outside a cycle. DESIGN §6: a runner that boots puts back the cycles a dead runner left running
+and dispatches them again; a stale message of the old cycle then runs nothing and frees nothing.
+TINKER_WIRE §5.3: a queued sample can be cancelled."""
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -46,3 +47,18 @@ def test_booting_worker_requeues_and_redispatches(interrupted, monkeypatch):
 def test_workers_of_other_queues_leave_it_alone(interrupted):
     RecoverOnBoot().after_worker_boot(None, SimpleNamespace(consumer_whitelist={"runner.tiny-qwen3"}))
     assert set(Operation.objects.values_list("cycle_id", "status")) == {("dead", "running")}
+
+
+def test_a_queued_sample_can_be_cancelled_once(interrupted):
+    from training import submit
+    from training.models import SamplingSession
+
+    user = interrupted.owner
+    sampler = SamplingSession.objects.create(id="s:sample:0", session=interrupted.session, owner=user,
+                                             base_model="tiny-llama")
+    Operation.objects.create(id="sample1", owner=user, kind="sample", base_model="tiny-llama",
+                             sampling_session=sampler, seq_id=0, payload={})
+    assert submit.cancel_future(user, "sample1") is True
+    assert submit.cancel_future(user, "sample1") is False
+    op = Operation.objects.get(id="sample1")
+    assert (op.status, op.error_category) == ("cancelled", "user")

@@ -30,3 +30,27 @@ def test_openapi_schema_lists_the_api(live_server_embedded):
     assert schema.status_code == 200
     paths = schema.json()["paths"]
     assert "/api/v1/forward_backward" in paths and "/api/v1/create_model" in paths
+
+
+def test_sessions_list_and_detail(live_server_embedded):
+    wire = Wire(live_server_embedded.client())
+    session = wire.session()
+    model_id = wire.model(session, 0)
+    sampler = wire.post("create_sampling_session", {"session_id": session, "sampling_session_seq_id": 0,
+                                                    "base_model": "tiny-llama"})["sampling_session_id"]
+    assert wire.get("sessions?limit=1") == {"sessions": [session]}
+    detail = wire.get(f"sessions/{session}")
+    assert detail["training_run_ids"] == [model_id] and detail["sampler_ids"] == [sampler]
+    bob = Wire(live_server_embedded.client(live_server_embedded.make_api_key("bob-sessions")))
+    assert session not in bob.get("sessions")["sessions"]
+    assert bob.client.get(f"sessions/{session}").status_code == 404
+
+
+def test_cancel_future_leaves_training_and_finished_work_alone(live_server_embedded):
+    wire = Wire(live_server_embedded.client())
+    model_id = wire.model(wire.session(), 0)
+    step = wire.optim_step(model_id, 1)
+    assert wire.post("cancel_future", {"request_id": step["request_id"]})["cancelled"] is False
+    assert "metrics" in wire.result(step)
+    assert wire.client.post("cancel_future", json={"request_id": "nope"}).status_code == 404
+    assert wire.client.post("cancel_future", json={}).json()["field"] == "request_id"

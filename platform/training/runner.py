@@ -41,6 +41,10 @@ def execute_cycle(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
         ops = list(Operation.objects.filter(id__in=op_ids, cycle_id=cycle_id, status=Operation.Status.RUNNING)
                    .select_related("training_run", "sampling_session"))
         ops.sort(key=lambda o: (o.training_run_id or "", o.seq_id, o.created_at))
+        runs: dict[str, TrainingRun] = {}
+        for op in ops:  # one instance per model, so step counts carry across its ops in this cycle
+            if op.training_run_id:
+                op.training_run = runs.setdefault(op.training_run_id, op.training_run)
         if ops:
             _run(base_model, ops)
     except Exception as error:  # noqa: BLE001 - whatever happens, no future may hang

@@ -46,3 +46,16 @@ def test_repeated_seq_id_returns_the_original_future(live_server_embedded):
             "prompt": {"chunks": [{"type": "encoded_text", "tokens": FIRST}]}}
     assert wire.post("asample", body)["request_id"] == wire.post("asample", body)["request_id"]
     assert len(wire.result(once)["loss_fn_outputs"]) == 1
+
+
+def test_two_steps_in_one_cycle_count_as_two(live_server_embedded):
+    """seq 2-4 wait for seq 1, so all four run in one cycle: the run's step and the pushed metrics'
+    steps must still advance once per optim_step."""
+    wire = Wire(live_server_embedded.client())
+    model_id = wire.model(wire.session(), seed=3)
+    later = [wire.optim_step(model_id, 2), wire.forward_backward(model_id, 3, [datum_json(SECOND)]),
+             wire.optim_step(model_id, 4)]
+    first = wire.forward_backward(model_id, 1, [datum_json(FIRST)])
+    for handle in [first, *later]:
+        assert "error" not in wire.result(handle)
+    assert wire.get(f"training_runs/{model_id}")["step"] == 2

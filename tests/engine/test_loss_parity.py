@@ -90,6 +90,7 @@ def test_engine_matches_peft_reference(engine, tmp_path, loss_fn, config, two_d)
     actual = engine_lora_tensors(engine, adapter_id)
     assert set(actual) == set(expected)
     for name in expected:
-        # atol: Adam divides by sqrt(v), so float noise in a near-zero gradient grows to ~1e-6 absolute
-        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=1e-5)
+        # atol is 1% of one Adam step (lr): Adam divides by sqrt(v), so float noise in a near-zero
+        # gradient element grows to ~1e-5 absolute, while a real error moves elements by ~lr per step.
+        torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=0.01 * ADAM.learning_rate)
     assert any(not torch.equal(t, torch.zeros_like(t)) for n, t in actual.items() if "lora_B" in n)

@@ -161,6 +161,13 @@ def _page(request, default_limit: int) -> tuple[int, int]:
     return limit, offset
 
 
+def _paginated(request, key: str, queryset, serialize, default_limit: int) -> Response:
+    """One page of `queryset` under `key`, with the cursor the Tinker REST client reads."""
+    limit, offset = _page(request, default_limit)
+    return Response({key: [serialize(item) for item in queryset[offset:offset + limit]],
+                     "cursor": {"offset": offset, "limit": limit, "total_count": queryset.count()}})
+
+
 @api_view(["GET"])
 def sessions(request):
     limit, offset = _page(request, 20)
@@ -186,10 +193,8 @@ def cancel_future(request):
 
 @api_view(["GET"])
 def training_runs(request):
-    limit, offset = _page(request, 20)
     runs = TrainingRun.objects.filter(owner=request.user).order_by("-created_at")
-    return Response({"training_runs": [serializers.training_run(r) for r in runs[offset:offset + limit]],
-                     "cursor": {"offset": offset, "limit": limit, "total_count": runs.count()}})
+    return _paginated(request, "training_runs", runs, serializers.training_run, 20)
 
 
 @api_view(["GET"])
@@ -205,10 +210,8 @@ def run_checkpoints(request, run_id: str):
 
 @api_view(["GET"])
 def user_checkpoints(request):
-    limit, offset = _page(request, 100)
     checkpoints = Checkpoint.objects.filter(owner=request.user).order_by("-created_at")
-    return Response({"checkpoints": [serializers.checkpoint(c) for c in checkpoints[offset:offset + limit]],
-                     "cursor": {"offset": offset, "limit": limit, "total_count": checkpoints.count()}})
+    return _paginated(request, "checkpoints", checkpoints, serializers.checkpoint, 100)
 
 
 @api_view(["DELETE"])

@@ -11,16 +11,18 @@ from rest_framework.views import exception_handler as drf_handler
 from training.errors import ApiError
 
 
-def error_body(message: str, field: str = "") -> dict:
+def error_body(message: str, field: str = "", consumed_seq_id: int | None = None) -> dict:
     body = {"error": message, "detail": message}
     if field:
         body["field"] = field
+    if consumed_seq_id is not None:
+        body["consumed_seq_id"] = consumed_seq_id
     return body
 
 
 def exception_handler(exc, context):
     if isinstance(exc, ApiError):
-        return Response(error_body(exc.message, exc.field), status=exc.status)
+        return Response(error_body(exc.message, exc.field, exc.consumed_seq_id), status=exc.status)
     if isinstance(exc, exceptions.ParseError):
         return Response(error_body(f"request body is not valid JSON: {exc.detail}", "body"), status=400)
     response = drf_handler(exc, context)
@@ -31,7 +33,7 @@ def exception_handler(exc, context):
 
 
 def json_error(exc: ApiError) -> JsonResponse:
-    return JsonResponse(error_body(exc.message, exc.field), status=exc.status)
+    return JsonResponse(error_body(exc.message, exc.field, exc.consumed_seq_id), status=exc.status)
 
 
 def parse_json(raw: bytes) -> dict:

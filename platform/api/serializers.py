@@ -37,6 +37,6 @@ def future_state(op: Operation) -> dict | None:
     """What retrieve_future (and the WebSocket push) answers for a finished op; None if pending."""
     if op.status == Operation.Status.DONE:
         return op.result
-    if op.status in (Operation.Status.FAILED, Operation.Status.CANCELLED):
+    if op.status in (Operation.Status.FAILED, Operation.Status.CANCELLED, Operation.Status.REJECTED):
         return {"error": op.error or "cancelled", "category": op.error_category or "unknown"}
     return None

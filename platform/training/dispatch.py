@@ -2,7 +2,8 @@
 runner is free and something is ready (continuous batching, no clock).
 
 Ready means: for each training model, its queued operations that continue its seq_id sequence
-without a gap (early arrivals wait); every queued sampling operation (they never wait for gaps).
+without a gap (early arrivals wait; a request rejected at the door fills its seq without running);
+every queued sampling operation (they never wait for gaps).
 """
 from __future__ import annotations
 
@@ -63,14 +64,16 @@ def _ready(base_model: str) -> tuple[list[str], dict[str, int]]:
                  .values_list("id", flat=True)[:CYCLE_LIMIT])
     positions: dict[str, int] = {}
     run_ids = set(queued.filter(training_run__isnull=False).values_list("training_run_id", flat=True))
+    chain = Operation.objects.filter(status__in=(Operation.Status.QUEUED, Operation.Status.REJECTED))
     for run in TrainingRun.objects.filter(id__in=run_ids).order_by("last_request_at"):
         next_seq = run.dispatched_seq + 1
-        for op_id, seq_id in (queued.filter(training_run=run, seq_id__gte=next_seq)
-                              .order_by("seq_id").values_list("id", "seq_id")):
+        for op_id, seq_id, status in (chain.filter(training_run=run, seq_id__gte=next_seq)
+                                      .order_by("seq_id").values_list("id", "seq_id", "status")):
             if seq_id != next_seq or len(taken) >= CYCLE_LIMIT:
                 break  # a gap: later arrivals wait for it to fill
-            taken.append(op_id)
-            next_seq += 1
+            if status == Operation.Status.QUEUED:
+                taken.append(op_id)
+            next_seq += 1  # a rejected request only holds its seq: step over it
         if next_seq - 1 != run.dispatched_seq:
             positions[run.id] = next_seq - 1
     return taken, positions if taken else {}

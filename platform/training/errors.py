@@ -4,6 +4,7 @@ from __future__ import annotations
 
 class ApiError(Exception):
     status = 400
+    consumed_seq_id: int | None = None  # set when a rejected training request still used up its seq_id
 
     def __init__(self, message: str, field: str = ""):
         super().__init__(message)

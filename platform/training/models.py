@@ -56,6 +56,7 @@ class Operation(models.Model):
         DONE = "done"
         FAILED = "failed"
         CANCELLED = "cancelled"
+        REJECTED = "rejected"  # refused at the door; holds its seq_id so later requests of the model still run
 
     id = models.CharField(primary_key=True, max_length=64)  # the future's request_id
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="operations")

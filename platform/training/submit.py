@@ -16,7 +16,7 @@ from gpu_runner import validate_forward_backward, validate_sample
 from gpu_runner.errors import EngineInputError
 
 from . import access, base_models, dispatch, wire
-from .errors import BadRequest, Gone
+from .errors import ApiError, BadRequest, Gone
 from .models import Checkpoint, Operation, SamplingSession, Session, TrainingRun
 
 TRAINING_KINDS = ("forward_backward", "optim_step", "save_weights", "save_weights_for_sampler",
@@ -104,16 +104,23 @@ def _first_operation(user, model_id: str, make_run: Callable[[], TrainingRun], k
     return op
 
 
-def load_weights(user, body: dict) -> Operation:
-    path = wire.require(body, "path", str)
-    run_id, segment, name = wire.parse_tinker_path(path)
+def _readable_training_checkpoint(user, body: dict) -> Checkpoint:
+    run_id, segment, name = wire.parse_tinker_path(wire.require(body, "path", str))
     if segment != "weights":
         raise BadRequest("load_weights needs a training checkpoint (tinker://.../weights/<name>)", field="path")
-    checkpoint = access.readable_checkpoint(user, run_id, f"{segment}/{name}")
-    optimizer = bool(body.get("optimizer", False))
-    payload = {"path": path, "directory": checkpoint.directory, "optimizer": optimizer}
+    return access.readable_checkpoint(user, run_id, f"{segment}/{name}")
+
+
+def _load_payload(checkpoint: Checkpoint, body: dict) -> dict:
+    return {"path": body["path"], "directory": checkpoint.directory, "optimizer": bool(body.get("optimizer", False))}
+
+
+def load_weights(user, body: dict) -> Operation:
     if "model_id" in body:  # legacy: load into an existing model at its seq_id
-        return submit_training(user, "load_weights", body, payload=payload)
+        return submit_training(user, "load_weights", body, build_payload=lambda run: _load_payload(
+            _readable_training_checkpoint(user, body), body))
+    checkpoint = _readable_training_checkpoint(user, body)
+    payload = _load_payload(checkpoint, body)
     session = _open_session(user, body)
     model_seq_id = wire.require(body, "model_seq_id", int)
     source = checkpoint.training_run
@@ -128,23 +135,61 @@ def load_weights(user, body: dict) -> Operation:
     return _first_operation(user, model_id, make, "load_weights", {**payload, "model_id": model_id})
 
 
-def submit_training(user, kind: str, body: dict, payload: dict | None = None) -> Operation:
+def submit_training(user, kind: str, body: dict,
+                    build_payload: Callable[[TrainingRun], dict] | None = None) -> Operation:
+    """Store a training request under its seq_id.
+
+    A request refused at the door still uses up its seq_id (a REJECTED row), as Tinker's SDK has
+    already moved on to the next seq: otherwise every later request of the model would wait
+    forever for the gap. Its repeat gets the same refusal."""
     run = access.training_run_of(user, wire.require(body, "model_id", str))
     seq_id = wire.require(body, "seq_id", int)
     if seq_id < 1:
         raise BadRequest("seq_id must be >= 1 (0 is the model's creation)", field="seq_id")
     existing = Operation.objects.filter(training_run=run, seq_id=seq_id).first()
     if existing is not None:
-        return existing
-    payload = payload if payload is not None else _training_payload(run, kind, body)
+        return _repeat(existing)
     try:
-        with transaction.atomic():
-            op = Operation.objects.create(id=_request_id(), owner=user, kind=kind, base_model=run.base_model,
-                                          training_run=run, seq_id=seq_id, payload=payload)
-    except IntegrityError:
-        return Operation.objects.get(training_run=run, seq_id=seq_id)
+        payload = build_payload(run) if build_payload else _training_payload(run, kind, body)
+    except ApiError as refusal:
+        _hold_seq(user, kind, run, seq_id, refusal)
+        raise
+    op = _store(Operation(id=_request_id(), owner=user, kind=kind, base_model=run.base_model, training_run=run,
+                          seq_id=seq_id, payload=payload))
+    if op.status == Operation.Status.REJECTED:
+        return _repeat(op)
     dispatch.dispatch(run.base_model)
     return op
+
+
+def _store(op: Operation) -> Operation:
+    """Insert `op`; if a racing request took its (run, seq_id) first, that one wins."""
+    try:
+        with transaction.atomic():
+            op.save(force_insert=True)
+            return op
+    except IntegrityError:
+        return Operation.objects.get(training_run=op.training_run, seq_id=op.seq_id)
+
+
+def _hold_seq(user, kind: str, run: TrainingRun, seq_id: int, refusal: ApiError) -> None:
+    held = _store(Operation(
+        id=_request_id(), owner=user, kind=kind, base_model=run.base_model, training_run=run, seq_id=seq_id,
+        payload={"rejected": {"status": refusal.status, "field": refusal.field}}, status=Operation.Status.REJECTED,
+        error=refusal.message, error_category="user", finished_at=timezone.now()))
+    if held.status == Operation.Status.REJECTED:
+        refusal.consumed_seq_id = seq_id
+        dispatch.dispatch(run.base_model)  # requests already waiting behind this seq can go now
+
+
+def _repeat(existing: Operation) -> Operation:
+    """A repeated seq_id gets what the first request got: its future, or its refusal."""
+    if existing.status != Operation.Status.REJECTED:
+        return existing
+    refusal = ApiError(existing.error, field=existing.payload["rejected"]["field"])
+    refusal.status = existing.payload["rejected"]["status"]
+    refusal.consumed_seq_id = existing.seq_id
+    raise refusal
 
 
 def _training_payload(run: TrainingRun, kind: str, body: dict) -> dict:

@@ -11,6 +11,7 @@ class LorasmithError(Exception):
 class APIError(LorasmithError):
     status_code: int = 0
     retry_after: Optional[float] = None  # seconds, from the server's retry-after header
+    consumed_seq_id: Optional[int] = None  # a refused training request that still used up its seq_id
 
     def __init__(self, message: str, status_code: Optional[int] = None, field: Optional[str] = None):
         super().__init__(message)

@@ -18,13 +18,11 @@ from .types import (AdamParams, Datum, ForwardBackwardOutput, GetInfoResponse, O
 
 MAX_CHUNK_DATUMS = 1024
 MAX_CHUNK_BYTES = 4_000_000  # of JSON; under a 4 MiB request body limit
-# fills the seq of a rejected request: one token, forward only, zero weight
+# fills a seq reserved but never sent (a custom loss that raised): one token, forward only, zero weight
 NO_OP = {"data": [{"model_input": {"chunks": [{"type": "encoded_text", "tokens": [0]}]},
                    "loss_fn_inputs": {"target_tokens": {"data": [0], "dtype": "int64", "shape": [1]},
                                       "weights": {"data": [0.0], "dtype": "float32", "shape": [1]}}}],
          "loss_fn": "cross_entropy", "loss_fn_config": None, "forward_only": True, "type": "forward_backward"}
-
-
 class TrainingClient:
     def __init__(self, service, model_id: str, info: dict, next_seq: int = 1):
         self.service = service
@@ -56,10 +54,10 @@ class TrainingClient:
     async def _post_in_order(self, seq: int, path: str, body: dict) -> dict:
         """POST once every lower seq of this model has been accepted by the server.
 
-        The server runs a model's requests only without gaps, and a request it rejects (400 etc.)
-        is not stored, so its seq would stay a gap forever. The SDK then fills that seq with a
-        forward-only no-op (no gradient, no state change) and raises the rejection; if even that
-        fails, the client is poisoned: every later request fails at once instead of hanging."""
+        The server runs a model's requests only without gaps. A request it refuses at the door
+        still uses up its seq (the answer says `consumed_seq_id`), so later requests go on; any
+        other failure leaves the seq's fate unknown, and the client is poisoned: every later
+        request fails at once instead of waiting forever behind a gap."""
         if seq > self._first_seq:
             await self._event(seq - 1).wait()
         try:
@@ -68,28 +66,21 @@ class TrainingClient:
                     f"request {seq} of {self.model_id} was not sent: an earlier request of this TrainingClient was "
                     f"not accepted ({self._poisoned}), and the server runs a model's requests only without gaps. "
                     "Continue with a new client (e.g. create_training_client_from_state of your last save_state).")
-            try:
-                return await self._post(seq, path, body)
-            except APIError as rejected:
-                if rejected.status_code >= 500 or not await self._fill_gap(seq):
-                    self._poisoned = f"{type(rejected).__name__}: {rejected}"
-                raise
-            except BaseException as error:
+            return await self._post(seq, path, body)
+        except APIError as refused:
+            if refused.consumed_seq_id != seq:
+                self._poisoned = f"{type(refused).__name__}: {refused}"
+            raise
+        except BaseException as error:
+            if self._poisoned is None:
                 self._poisoned = f"{type(error).__name__}: {error}"
-                raise
+            raise
         finally:
             self._event(seq).set()
             self._accepted.pop(seq - 1, None)
 
     async def _post(self, seq: int, path: str, body: dict) -> dict:
         return await self.transport.request("POST", path, {**body, "model_id": self.model_id, "seq_id": seq})
-
-    async def _fill_gap(self, seq: int) -> bool:
-        try:
-            await self._post(seq, "forward_backward", NO_OP)
-            return True
-        except LorasmithError:
-            return False
 
     def _submit(self, path: str, body: dict, convert: Callable[[dict], Any]) -> APIFuture:
         (seq,) = self._reserve()

@@ -1,5 +1,6 @@
-"""Bad input is answered 4xx with a JSON body naming the field, before anything is stored, and
-leaves earlier accepted work intact."""
+"""Bad input is answered 4xx with a JSON body naming the field, before any work is stored, and
+leaves earlier accepted work intact. A refused training request still uses up its seq_id, so the
+model's later requests run (Tinker's SDK has moved on to the next seq)."""
 from __future__ import annotations
 
 import pytest
@@ -44,25 +45,42 @@ def accepted(live_server_embedded):
     return wire, model_id, wire.forward_backward(model_id, 1, [datum_json(GOOD)])
 
 
-@pytest.mark.parametrize("name,changes,field,message", CASES, ids=[c[0] for c in CASES])
-def test_forward_backward_rejects_bad_input(accepted, name, changes, field, message):
+@pytest.mark.parametrize("index,name,changes,field,message", [(i, *c) for i, c in enumerate(CASES)],
+                         ids=[c[0] for c in CASES])
+def test_forward_backward_rejects_bad_input(accepted, index, name, changes, field, message):
     wire, model_id, _ = accepted
-    body = {"model_id": model_id, "seq_id": 2, "data": [datum_json(GOOD)], "loss_fn": "cross_entropy", **changes}
+    body = {"model_id": model_id, "seq_id": 2 + index, "data": [datum_json(GOOD)], "loss_fn": "cross_entropy",
+            **changes}
     response = wire.client.post("forward_backward", json={k: v for k, v in body.items() if v is not None})
     assert response.status_code == 400
     assert response.json()["field"] == field and message in response.json()["error"]
 
 
-def test_earlier_work_survives_and_the_seq_is_still_free(accepted):
-    wire, model_id, first = accepted
-    second = wire.forward_backward(model_id, 2, [datum_json(GOOD)])
-    assert second["request_id"] != first["request_id"]
-    assert wire.result(first)["metrics"]["loss:sum"] == pytest.approx(wire.result(second)["metrics"]["loss:sum"])
+def test_a_refused_request_uses_up_its_seq_and_later_work_runs(live_server_embedded, accepted):
+    wire, _, first = accepted
+    model_id = wire.model(wire.session(), seed=9)
+    waiting = wire.forward_backward(model_id, 3, [datum_json(GOOD)])  # arrives early: waits for seq 1 and 2
+    bad = {"model_id": model_id, "seq_id": 1, "data": [datum_json(GOOD)], "loss_fn": "nope"}
+    refused = wire.client.post("forward_backward", json=bad)
+    assert refused.status_code == 400 and refused.json()["consumed_seq_id"] == 1
+    bad_step = wire.client.post("optim_step", json={"model_id": model_id, "seq_id": 2,
+                                                   "adam_params": {"learning_rate": -1}})
+    assert bad_step.status_code == 400 and bad_step.json()["consumed_seq_id"] == 2
+    # the early arrival ran on the untouched adapter: same loss as the other model's first request (same seed)
+    assert wire.result(waiting)["metrics"]["loss:sum"] == pytest.approx(wire.result(first)["metrics"]["loss:sum"])
+    # a repeat of a refused seq gets the same refusal, even with a now-valid body: the seq is spent
+    repeat = wire.client.post("forward_backward", json={**bad, "loss_fn": "cross_entropy"})
+    assert repeat.status_code == 400 and repeat.json() == refused.json()
+    # a request with no readable seq_id uses up nothing
+    no_seq = wire.client.post("forward_backward", json={"model_id": model_id, "data": [datum_json(GOOD)]})
+    assert no_seq.status_code == 400 and "consumed_seq_id" not in no_seq.json()
+    later = wire.forward_backward(model_id, 4, [datum_json(GOOD)])
+    assert wire.result(later)["metrics"]["loss:sum"] == pytest.approx(wire.result(first)["metrics"]["loss:sum"])
 
 
 def test_other_classes(live_server_embedded, accepted):
     wire, model_id, _ = accepted
-    bad_path = wire.client.post("load_weights", json={"model_id": model_id, "seq_id": 3, "path": "tinker://x/y"})
+    bad_path = wire.client.post("load_weights", json={"model_id": model_id, "seq_id": 100, "path": "tinker://x/y"})
     assert bad_path.status_code == 400 and bad_path.json()["field"] == "path"
     big = wire.client.post("forward_backward", content=b"{" + b" " * (5 * 1024 * 1024) + b"}",
                            headers={"Content-Type": "application/json"})

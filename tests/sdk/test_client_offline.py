@@ -306,22 +306,21 @@ def test_datum_accepts_torch_and_numpy_inputs():
     assert wire["weights"] == {"data": [0.5, 0.5, 1.0, 0.0], "dtype": "float32", "shape": [2, 2]}
 
 
-def test_a_rejected_request_leaves_no_gap(server, service):
+def test_a_refused_request_that_used_up_its_seq_leaves_no_gap(server, service):
     training = service.create_lora_training_client("tiny-llama")
-    server.fail_next("forward_backward", httpx.Response(400, json={"error": "unknown loss_fn 'nope'"}))
+    server.fail_next("forward_backward", httpx.Response(400, json={"error": "unknown loss_fn 'nope'",
+                                                                   "consumed_seq_id": 1}))
     rejected, later = training.forward_backward([datum()], "nope"), training.optim_step()
-    with pytest.raises(lorasmith.BadRequestError, match="unknown loss_fn 'nope'"):
+    with pytest.raises(lorasmith.BadRequestError, match="unknown loss_fn 'nope'") as refusal:
         rejected.result(timeout=10)
+    assert refusal.value.consumed_seq_id == 1
     assert later.result(timeout=10).metrics == {"grad_norm:mean": 1.0}
-    rejected_body, filler = server.bodies("forward_backward")
-    assert (rejected_body["seq_id"], filler["seq_id"], filler["forward_only"]) == (1, 1, True)
-    assert filler["data"][0]["loss_fn_inputs"]["weights"]["data"] == [0.0]
-    assert training_seqs(server)[-1] == 2
+    assert training_seqs(server) == [1, 2]  # nothing sent in between: the server holds seq 1 itself
 
 
-def test_when_the_gap_cannot_be_filled_later_requests_fail_instead_of_hanging(server, service):
+def test_a_refusal_that_left_a_gap_makes_later_requests_fail_instead_of_hanging(server, service):
     training = service.create_lora_training_client("tiny-llama")
-    server.fail_next("forward_backward", *[httpx.Response(404, json={"detail": "model not found"})] * 2)
+    server.fail_next("forward_backward", httpx.Response(404, json={"detail": "model not found"}))
     rejected, later = training.forward_backward([datum()]), training.optim_step()
     with pytest.raises(lorasmith.NotFoundError):
         rejected.result(timeout=10)
@@ -343,13 +342,14 @@ def test_a_failing_custom_loss_fills_its_seq_so_the_model_goes_on(server, servic
     assert [b["forward_only"] for b in server.bodies("forward_backward")] == [True, True]
 
 
-def test_a_rejected_custom_loss_pass_leaves_no_gap(server, service):
+def test_a_refused_custom_loss_pass_leaves_no_gap(server, service):
     training = service.create_lora_training_client("tiny-llama")
-    server.fail_next("forward_backward", httpx.Response(413, json={"error": "request body too large"}))
-    with pytest.raises(lorasmith.RequestTooLargeError):
+    server.fail_next("forward_backward", httpx.Response(400, json={"error": "weights too long",
+                                                                   "consumed_seq_id": 1}))
+    with pytest.raises(lorasmith.BadRequestError):
         training.forward_backward_custom([datum()], lambda d, lps: (lps[0].sum(), {})).result(timeout=10)
     assert training.optim_step().result(timeout=10).metrics == {"grad_norm:mean": 1.0}
-    assert training_seqs(server) == [1, 1, 2, 3]  # rejected, its filler, the other reserved seq, the step
+    assert training_seqs(server) == [1, 2, 3]  # refused (seq held by the server), filler of the unsent pass, step
 
 
 def test_async_twins_of_saving_and_sampling(server, service):

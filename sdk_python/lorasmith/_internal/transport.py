@@ -216,6 +216,7 @@ def _error(response: httpx.Response):
     message = body.get("error") or body.get("detail") or response.text or f"HTTP {response.status_code}"
     error = error_for_status(response.status_code, str(message), body.get("field"))
     error.retry_after = _retry_after(response)
+    error.consumed_seq_id = body.get("consumed_seq_id")
     return error
 
 

@@ -301,9 +301,10 @@ class Engine:
         params = adapter.parameters()
         p = op.params
         grads = [q.grad for q in params if q.grad is not None]
-        grad_norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) if grads else 0.0
+        total_norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
         if p.grad_clip_norm > 0 and grads:
-            torch.nn.utils.clip_grad_norm_(params, p.grad_clip_norm)
+            torch.nn.utils.clip_grads_with_norm_(params, p.grad_clip_norm, total_norm, foreach=True)
+        grad_norm = float(total_norm)
         for group in adapter.optimizer.param_groups:
             group.update(lr=p.learning_rate, betas=(p.beta1, p.beta2), eps=p.eps, weight_decay=p.weight_decay)
         started = time.perf_counter()

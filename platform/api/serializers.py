@@ -1,6 +1,7 @@
 """JSON shapes of resources (TINKER_WIRE.md §6)."""
 from __future__ import annotations
 
+from training.access import unexpired
 from training.models import Checkpoint, Operation, TrainingRun
 
 
@@ -13,7 +14,7 @@ def future_handle(op: Operation, **extra) -> dict:
 
 
 def training_run(run: TrainingRun) -> dict:
-    last = {kind: run.checkpoints.filter(checkpoint_type=kind).order_by("-created_at").first()
+    last = {kind: unexpired(run.checkpoints.filter(checkpoint_type=kind)).order_by("-created_at").first()
             for kind in ("training", "sampler")}
     return {
         "training_run_id": run.id, "base_model": run.base_model, "model_owner": run.owner.username,

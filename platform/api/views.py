@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 from django.conf import settings
@@ -12,7 +11,7 @@ from rest_framework.decorators import api_view, permission_classes
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
-from training import access, base_models, storage, submit, wire
+from training import access, base_models, retention, storage, submit, wire
 from training.errors import BadRequest, TooLarge
 from training.models import Checkpoint, Session, TrainingRun
 
@@ -205,20 +204,19 @@ def training_run(request, run_id: str):
 @api_view(["GET"])
 def run_checkpoints(request, run_id: str):
     run = access.training_run_of(request.user, run_id)
-    return Response({"checkpoints": [serializers.checkpoint(c) for c in run.checkpoints.order_by("-created_at")]})
+    checkpoints = access.unexpired(run.checkpoints.all()).order_by("-created_at")
+    return Response({"checkpoints": [serializers.checkpoint(c) for c in checkpoints]})
 
 
 @api_view(["GET"])
 def user_checkpoints(request):
-    checkpoints = Checkpoint.objects.filter(owner=request.user).order_by("-created_at")
+    checkpoints = access.unexpired(Checkpoint.objects.filter(owner=request.user)).order_by("-created_at")
     return _paginated(request, "checkpoints", checkpoints, serializers.checkpoint, 100)
 
 
 @api_view(["DELETE"])
 def delete_checkpoint(request, run_id: str, checkpoint_id: str):
-    checkpoint = access.owned_checkpoint(request.user, run_id, checkpoint_id)
-    shutil.rmtree(checkpoint.directory, ignore_errors=True)
-    checkpoint.delete()
+    retention.delete_checkpoint(access.owned_checkpoint(request.user, run_id, checkpoint_id))
     return Response(status=204)
 
 

@@ -44,8 +44,13 @@ def readable_checkpoint(user, run_id: str, checkpoint_id: str) -> Checkpoint:
     return _find_checkpoint(readable_checkpoints(user), run_id, checkpoint_id)
 
 
+def unexpired(checkpoints):
+    """A checkpoint past its TTL is gone for everyone, even before the purge deletes its files."""
+    return checkpoints.exclude(expires_at__lt=timezone.now())
+
+
 def _find_checkpoint(queryset, run_id: str, checkpoint_id: str) -> Checkpoint:
-    queryset = queryset.exclude(expires_at__lt=timezone.now())  # past its TTL: gone for everyone
+    queryset = unexpired(queryset)
     segment, _, name = checkpoint_id.partition("/")
     kinds = {v: k for k, v in Checkpoint.SEGMENTS.items()}
     checkpoint = None

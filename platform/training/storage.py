@@ -59,10 +59,16 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def archive_of(directory: Path) -> Path:
-    """A `.tar` of a checkpoint directory, built once next to it."""
+def archive_path(directory: Path) -> Path:
+    """Where the `.tar` of a checkpoint directory lives: next to it."""
     directory = Path(directory)
-    target = directory.with_name(directory.name + ".tar")
+    return directory.with_name(directory.name + ".tar")
+
+
+def archive_of(directory: Path) -> Path:
+    """A `.tar` of a checkpoint directory, built once."""
+    directory = Path(directory)
+    target = archive_path(directory)
     if not target.exists():
         partial = target.with_suffix(".tar.part")
         with tarfile.open(partial, "w") as tar:

@@ -93,7 +93,9 @@ def test_listing_ttl_info_archive_and_delete(live_server_embedded, trained):
     with tarfile.open(fileobj=io.BytesIO(httpx.get(archive["url"]).content)) as tar:
         assert sorted(tar.getnames()) == ["adapter_config.json", "adapter_model.safetensors"]
     assert exported["path"].endswith("/external_weights/x")
+    tar = next((live_server_embedded.data_dir / "checkpoints").rglob("x.tar"))
     assert wire.client.delete(f"training_runs/{model_id}/checkpoints/external_weights/x").status_code == 204
+    assert not tar.exists() and not tar.with_suffix("").exists()  # the archive goes with the files
     assert wire.client.get(f"training_runs/{model_id}/checkpoints/external_weights/x/archive").status_code == 404
     everything = wire.get("checkpoints")
     assert trained["path"] in [c["tinker_path"] for c in everything["checkpoints"]]
@@ -118,6 +120,7 @@ def test_expired_checkpoints_are_gone(live_server_embedded, trained):
     with sqlite3.connect(live_server_embedded.data_dir / "lorasmith.sqlite3") as db:  # let the hour pass
         db.execute("UPDATE training_checkpoint SET expires_at = '2000-01-01 00:00:00' WHERE name = 'brief'")
     assert wire.client.get(f"{checkpoint}/archive").status_code == 404
+    assert "brief" not in str(wire.get(f"training_runs/{model_id}/checkpoints")) + str(wire.get("checkpoints"))
     refused = wire.client.post("create_sampling_session", json={"session_id": trained["session"],
                                                                 "sampling_session_seq_id": 50, "model_path": saved["path"]})
     assert refused.status_code == 404

@@ -125,6 +125,8 @@ LORASMITH = {
     "BASE_MODELS": [m for m in os.environ.get("LORASMITH_BASE_MODELS", "tiny-llama").split(",") if m],
     "LONG_POLL_SECONDS": float(os.environ.get("LORASMITH_LONG_POLL_SECONDS", "25")),
     "SIGNED_URL_SECONDS": int(os.environ.get("LORASMITH_SIGNED_URL_SECONDS", "3600")),
+    # a session with no heartbeat for this long is finished and its queued samples cancelled
+    "SESSION_TIMEOUT_SECONDS": int(os.environ.get("LORASMITH_SESSION_TIMEOUT_SECONDS", "600")),
     "MAX_BODY_BYTES": int(os.environ.get("LORASMITH_MAX_BODY_BYTES", str(64 * 1024 * 1024))),
     "TEST_HOOKS": os.environ.get("LORASMITH_TEST_HOOKS", "") == "1",
     # prefixed to the per-base-model queue names, so deployments (or test runs) can share a broker

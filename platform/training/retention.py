@@ -1,13 +1,12 @@
 """Checkpoint removal, by the owner (DELETE) or when its TTL runs out: the files go with the row.
 
 Access already treats an expired checkpoint as gone (`access.unexpired`); the purge frees its disk.
-Runners purge at most once a minute after a cycle; `manage.py purge_checkpoints` does it from cron.
+Runners purge between cycles (`housekeeping`); `manage.py purge_checkpoints` does it from cron.
 """
 from __future__ import annotations
 
 import logging
 import shutil
-import time
 from pathlib import Path
 
 from django.utils import timezone
@@ -16,10 +15,6 @@ from . import storage
 from .models import Checkpoint
 
 log = logging.getLogger(__name__)
-
-PURGE_INTERVAL_SECONDS = 60.0
-_last_purge = float("-inf")
-
 
 def delete_checkpoint(checkpoint: Checkpoint) -> None:
     directory = Path(checkpoint.directory)
@@ -37,14 +32,3 @@ def purge_expired() -> int:
         log.info("purged %d expired checkpoints", len(expired))
     return len(expired)
 
-
-def purge_expired_if_due() -> None:
-    """`purge_expired` at most once per interval in this process; never raises (callers are cycles)."""
-    global _last_purge
-    if time.monotonic() - _last_purge < PURGE_INTERVAL_SECONDS:
-        return
-    _last_purge = time.monotonic()
-    try:
-        purge_expired()
-    except Exception:  # noqa: BLE001 - a failed purge is retried next interval; the cycle must not fail
-        log.exception("purging expired checkpoints failed")

@@ -20,7 +20,7 @@ from gpu_runner.errors import EngineInputError
 from gpu_runner.types import (ExportPeft, ForwardBackward, ImportPeft, LoadState, LoraSpec, OpResult,
                               OptimStep, Sample, SaveState)
 
-from . import dispatch, events, retention, storage, wire
+from . import dispatch, events, housekeeping, storage, wire
 from .engines import engine_for
 from .models import Checkpoint, MetricPoint, Operation, SamplingSession, TrainingRun
 
@@ -54,7 +54,7 @@ def execute_cycle(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
     finally:
         dispatch.release_slot(base_model, cycle_id)
         dispatch.dispatch(base_model)
-        retention.purge_expired_if_due()
+        housekeeping.run_if_due()
 
 
 def adapter_spec(run: TrainingRun) -> LoraSpec:

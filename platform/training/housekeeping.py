@@ -1,0 +1,54 @@
+"""Chores a runner does between cycles, at most once per interval per process: purge checkpoints
+past their TTL, and end sessions whose heartbeat stopped (TINKER_WIRE §3.4: the server ends silent
+sessions and drops their queued sampling work; accepted training work still runs)."""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from . import events, retention
+from .models import Operation, Session
+
+log = logging.getLogger(__name__)
+
+INTERVAL_SECONDS = 60.0
+_last_run = float("-inf")
+
+
+def run_if_due() -> None:
+    """Never raises: callers are cycles, and a failed chore is retried next interval."""
+    global _last_run
+    if time.monotonic() - _last_run < INTERVAL_SECONDS:
+        return
+    _last_run = time.monotonic()
+    for chore in (retention.purge_expired, expire_silent_sessions):
+        try:
+            chore()
+        except Exception:  # noqa: BLE001
+            log.exception("housekeeping: %s failed", chore.__name__)
+
+
+def expire_silent_sessions() -> int:
+    """Finish sessions with no heartbeat for SESSION_TIMEOUT_SECONDS; cancel their queued samples."""
+    cutoff = timezone.now() - timedelta(seconds=settings.LORASMITH["SESSION_TIMEOUT_SECONDS"])
+    with transaction.atomic():
+        silent = list(Session.objects.select_for_update().filter(finished_reason="", last_heartbeat_at__lt=cutoff)
+                      .values_list("id", flat=True))
+        Session.objects.filter(id__in=silent).update(finished_reason="expired",
+                                                     finished_detail="no heartbeat within the session timeout")
+        dropped = list(Operation.objects.select_for_update()
+                       .filter(sampling_session__session_id__in=silent, status=Operation.Status.QUEUED)
+                       .values_list("id", "owner_id"))
+        Operation.objects.filter(id__in=[op_id for op_id, _ in dropped]).update(
+            status=Operation.Status.CANCELLED, error="session expired: no heartbeat", error_category="user",
+            finished_at=timezone.now())
+    for op_id, owner_id in dropped:
+        events.future_finished(owner_id, op_id)
+    if silent:
+        log.info("expired %d silent sessions, cancelled %d queued samples", len(silent), len(dropped))
+    return len(silent)

@@ -216,7 +216,8 @@ class Engine:
                 owner.append(op_index)
         order = sorted(range(len(rows)), key=lambda i: (rows[i].adapter is not None, id(rows[i].adapter)))
         ordered = [rows[i] for i in order]
-        generate(self.model, ordered, self._set_sample_segments, self._decode, self.pad_id, self.device)
+        with self._routed(self._sample_segments(ordered)):
+            generate(self.model, ordered, self._decode, self.pad_id, self.device)
         outputs = [SampleOutput(sequences=[]) for _ in ops]
         for row, op_index in zip(rows, owner):
             outputs[op_index].sequences.append(row.result())
@@ -225,14 +226,15 @@ class Engine:
             self._fill_prompt_logprobs([ops[i] for i in wanting], [outputs[i] for i in wanting])
         return outputs
 
-    def _set_sample_segments(self, rows: list[SampleRow]) -> None:
+    @staticmethod
+    def _sample_segments(rows: list[SampleRow]) -> list[Segment]:
         segments: list[Segment] = []
         for i, row in enumerate(rows):
             if segments and segments[-1].adapter is row.adapter:
                 segments[-1].stop = i + 1
             else:
                 segments.append(Segment(row.adapter, i, i + 1))
-        self.routing.segments = segments
+        return segments
 
     def _fill_prompt_logprobs(self, ops: list[Sample], outputs: list[SampleOutput]) -> None:
         """Prompt scoring is a plain forward pass, so it equals `forward`/`compute_logprobs` exactly."""

@@ -7,7 +7,7 @@ only ever touch that adapter's tensors, so gradients land exactly where they bel
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Optional, Protocol
 
 import torch
@@ -27,11 +27,24 @@ class Segment:
     stop: int
 
 
-@dataclass
 class Routing:
-    """Row segments of the batch now in flight; shared by every wrapped module of one model."""
+    """Row segments of the batch now in flight; shared by every wrapped module of one model.
 
-    segments: list[Segment] = field(default_factory=list)
+    Also keeps each module's stacked LoRA tensors for these segments while no gradient is taken,
+    so the decode steps of one sampling batch stack them once, not once per token."""
+
+    def __init__(self) -> None:
+        self._segments: list[Segment] = []
+        self.stacks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def segments(self) -> list[Segment]:
+        return self._segments
+
+    @segments.setter
+    def segments(self, segments: list[Segment]) -> None:
+        self._segments = segments
+        self.stacks = {}
 
 
 class MultiLoraLinear(nn.Module):
@@ -66,6 +79,30 @@ class MultiLoraLinear(nn.Module):
     def _grouped_delta(self, x: torch.Tensor, segments: list[Segment]) -> Optional[torch.Tensor]:
         """All adapters in two batched matmuls: ranks zero-padded to the largest (zeros add
         nothing), the scale folded into B, and each row picking its adapter's slice."""
+        if torch.is_grad_enabled():
+            stacked = self._stack(segments)  # part of this pass's autograd graph: never reused
+        else:
+            if self.module_name not in self.routing.stacks:
+                self.routing.stacks[self.module_name] = self._stack(segments)
+            stacked = self.routing.stacks[self.module_name]
+        if stacked is None:
+            return None
+        lora_a, lora_b = stacked  # (S, r, d_in), (S, d_out, r)
+        d_out, d_in = self.base.out_features, self.base.in_features
+        dtype, device = lora_a.dtype, lora_a.device
+        sizes = [seg.stop - seg.start for seg in segments]
+        xs = x.to(dtype)
+        if len(set(sizes)) == 1:  # equal segments: a free view, no per-row copies
+            grouped = xs.reshape(len(segments), -1, d_in)  # (S, b*T, d_in)
+            delta = torch.bmm(torch.bmm(grouped, lora_a.transpose(1, 2)), lora_b.transpose(1, 2))
+            return delta.reshape(x.shape[0], x.shape[1], d_out)
+        owner = torch.repeat_interleave(torch.arange(len(segments), device=device),
+                                        torch.tensor(sizes, device=device))
+        hidden = torch.bmm(xs, lora_a[owner].transpose(1, 2))  # (B, T, r)
+        return torch.bmm(hidden, lora_b[owner].transpose(1, 2))  # (B, T, d_out)
+
+
+    def _stack(self, segments: list[Segment]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
         pairs = [seg.adapter.pair(self.module_name) if seg.adapter is not None else None for seg in segments]
         present = [p for p in pairs if p is not None]
         if not present:
@@ -83,17 +120,7 @@ class MultiLoraLinear(nn.Module):
             pad = rank - lora_a.shape[0]
             stacked_a.append(nn.functional.pad(lora_a, (0, 0, 0, pad)) if pad else lora_a)
             stacked_b.append(nn.functional.pad(lora_b * seg.adapter.scale, (0, pad)))
-        lora_a, lora_b = torch.stack(stacked_a), torch.stack(stacked_b)  # (S, r, d_in), (S, d_out, r)
-        sizes = [seg.stop - seg.start for seg in segments]
-        xs = x.to(dtype)
-        if len(set(sizes)) == 1:  # equal segments: a free view, no per-row copies
-            grouped = xs.reshape(len(segments), -1, d_in)  # (S, b*T, d_in)
-            delta = torch.bmm(torch.bmm(grouped, lora_a.transpose(1, 2)), lora_b.transpose(1, 2))
-            return delta.reshape(x.shape[0], x.shape[1], d_out)
-        owner = torch.repeat_interleave(torch.arange(len(segments), device=device),
-                                        torch.tensor(sizes, device=device))
-        hidden = torch.bmm(xs, lora_a[owner].transpose(1, 2))  # (B, T, r)
-        return torch.bmm(hidden, lora_b[owner].transpose(1, 2))  # (B, T, d_out)
+        return torch.stack(stacked_a), torch.stack(stacked_b)
 
 
 ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")

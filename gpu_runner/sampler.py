@@ -79,9 +79,10 @@ def _truncate(logprobs: torch.Tensor, top_k: list[int], top_p: list[float]) -> t
     return out
 
 
-def generate(model, rows: list[SampleRow], set_segments: Callable[[list[SampleRow]], None],
-             decode: Callable[[list[int]], str], pad_id: int, device: torch.device) -> None:
-    """Fill each row's tokens/logprobs/stop_reason in place. Rows must be grouped by adapter."""
+def generate(model, rows: list[SampleRow], decode: Callable[[list[int]], str], pad_id: int,
+             device: torch.device) -> None:
+    """Fill each row's tokens/logprobs/stop_reason in place. Rows must be grouped by adapter, and
+    the model's routing must already name their segments."""
     from transformers import DynamicCache
 
     width = max(len(r.prompt) for r in rows)
@@ -94,7 +95,6 @@ def generate(model, rows: list[SampleRow], set_segments: Callable[[list[SampleRo
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
     steps = max(r.params.max_tokens for r in rows)
-    set_segments(rows)
     with torch.no_grad():
         out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
                     cache=cache, use_cache=True, logits_to_keep=1)

@@ -118,8 +118,9 @@ class MultiLoraLinear(nn.Module):
                 continue
             lora_a, lora_b = pair
             pad = rank - lora_a.shape[0]
+            lora_b = lora_b * seg.adapter.scale
             stacked_a.append(nn.functional.pad(lora_a, (0, 0, 0, pad)) if pad else lora_a)
-            stacked_b.append(nn.functional.pad(lora_b * seg.adapter.scale, (0, pad)))
+            stacked_b.append(nn.functional.pad(lora_b, (0, pad)) if pad else lora_b)
         return torch.stack(stacked_a), torch.stack(stacked_b)
 
 

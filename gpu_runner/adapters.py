@@ -13,7 +13,7 @@ from typing import Iterable, Optional
 import torch
 
 from .errors import UnknownAdapterError
-from .lora_layer import MultiLoraLinear, module_kind
+from .lora_layer import MultiLoraLinear
 from .types import LoraSpec
 
 
@@ -39,7 +39,7 @@ class Adapter:
         generator = torch.Generator().manual_seed(seed)
         weights = {}
         for name, layer in layers.items():
-            if not enabled[module_kind(name)]:
+            if not enabled[layer.kind]:
                 continue
             d_out, d_in = layer.base.weight.shape
             bound = 1.0 / math.sqrt(d_in)

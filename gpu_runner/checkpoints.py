@@ -18,7 +18,6 @@ from safetensors.torch import load_file, save_file
 
 from .adapters import Adapter
 from .errors import EngineInputError
-from .lora_layer import ATTENTION_MODULES, MLP_MODULES, UNEMBED_MODULES
 from .types import LoraSpec
 
 SPEC_FILE = "lora_spec.json"
@@ -90,7 +89,8 @@ def export_peft(adapter: Adapter, directory: Path, base_model_name: str) -> None
     save_file(tensors, str(directory / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
 
 
-def import_peft(adapter_id: str, directory: Path, device: torch.device) -> Adapter:
+def import_peft(adapter_id: str, directory: Path, device: torch.device, kinds: dict[str, str]) -> Adapter:
+    """`kinds`: the engine's LoRA-taking modules and their kind, to tell which parts the adapter trains."""
     directory = Path(directory)
     if not (directory / PEFT_CONFIG_FILE).exists() or not (directory / PEFT_WEIGHTS_FILE).exists():
         raise EngineInputError(f"{directory} is not a PEFT adapter directory", field="path")
@@ -102,12 +102,9 @@ def import_peft(adapter_id: str, directory: Path, device: torch.device) -> Adapt
             suffix = f".{part}.weight"
             if module.endswith(suffix):
                 named[f"{module[: -len(suffix)]}.{part}"] = tensor
-    shorts = {name.rsplit(".", 2)[-2] for name in named}
-    spec = LoraSpec(
-        rank=int(config["r"]), alpha=float(config.get("lora_alpha", config["r"])),
-        train_attn=bool(shorts & set(ATTENTION_MODULES)), train_mlp=bool(shorts & set(MLP_MODULES)),
-        train_unembed=bool(shorts & set(UNEMBED_MODULES)),
-    )
+    present = {kinds.get(name.rsplit(".", 1)[0]) for name in named}
+    spec = LoraSpec(rank=int(config["r"]), alpha=float(config.get("lora_alpha", config["r"])),
+                    train_attn="attn" in present, train_mlp="mlp" in present, train_unembed="unembed" in present)
     return _adapter_from_named(adapter_id, spec, named, device)
 
 

@@ -285,7 +285,8 @@ class Engine:
             self.adapters.put(adapter)
             return CheckpointOutput(Path(op.directory), checkpoints.directory_size(op.directory))
         if isinstance(op, ImportPeft):
-            adapter = checkpoints.import_peft(op.adapter_id, op.directory, self.device)
+            adapter = checkpoints.import_peft(op.adapter_id, op.directory, self.device,
+                                              {name: layer.kind for name, layer in self.layers.items()})
             self._check_shapes(adapter)
             self.adapters.put(adapter)
             return CheckpointOutput(Path(op.directory), checkpoints.directory_size(op.directory))

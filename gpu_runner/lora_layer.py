@@ -48,10 +48,11 @@ class Routing:
 
 
 class MultiLoraLinear(nn.Module):
-    def __init__(self, base: nn.Linear, module_name: str, routing: Routing):
+    def __init__(self, base: nn.Linear, module_name: str, kind: str, routing: Routing):
         super().__init__()
         self.base = base
         self.module_name = module_name
+        self.kind = kind  # "attn", "mlp" or "unembed": which LoraSpec flag trains it
         self.routing = routing
 
     @property
@@ -124,32 +125,43 @@ class MultiLoraLinear(nn.Module):
         return torch.stack(stacked_a), torch.stack(stacked_b)
 
 
-ATTENTION_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
-UNEMBED_MODULES = ("lm_head",)
+# substrings of an enclosing module's name that mark an attention block or an MLP block
+ATTENTION_SCOPES = ("attn", "attention")
+MLP_SCOPES = ("mlp", "feed_forward", "ffn", "moe", "experts")
+KINDS = ("attn", "mlp", "unembed")
+
+
+def layer_kinds(model: nn.Module) -> dict[str, str]:
+    """Which Linear modules take LoRA, and as what: those inside an attention block ("attn"), inside
+    an MLP block ("mlp"), and the output embedding ("unembed"). Found by the enclosing blocks' names,
+    so any decoder's naming fits (q_proj or qkv_proj or query_key_value; gate_up_proj, fc1,
+    dense_h_to_4h...), like PEFT's "all-linear"."""
+    output = model.get_output_embeddings()
+    kinds: dict[str, str] = {}
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear):
+            continue
+        scopes = [part.lower() for part in name.split(".")[:-1]]
+        if module is output:
+            kinds[name] = "unembed"
+        elif any(word in scope for scope in scopes for word in ATTENTION_SCOPES):
+            kinds[name] = "attn"
+        elif any(word in scope for scope in scopes for word in MLP_SCOPES):
+            kinds[name] = "mlp"
+    return kinds
 
 
 def wrap_model(model: nn.Module, routing: Routing) -> dict[str, MultiLoraLinear]:
-    """Replace every trainable-kind Linear by a MultiLoraLinear; returns them by module name."""
-    wanted = set(ATTENTION_MODULES + MLP_MODULES + UNEMBED_MODULES)
-    targets = [
-        (name, module) for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and name.rsplit(".", 1)[-1] in wanted
-    ]
+    """Replace every LoRA-taking Linear by a MultiLoraLinear; returns them by module name."""
+    kinds = layer_kinds(model)
+    if not any(kind == "attn" for kind in kinds.values()) or not any(kind == "mlp" for kind in kinds.values()):
+        raise ValueError(f"found no attention or no MLP Linear layers in {type(model).__name__}; "
+                         f"LoRA targets found: {sorted(kinds)[:8]}")
     wrapped: dict[str, MultiLoraLinear] = {}
-    for name, module in targets:
+    for name, kind in kinds.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        layer = MultiLoraLinear(module, name, routing)
+        layer = MultiLoraLinear(model.get_submodule(name), name, kind, routing)
         setattr(parent, child, layer)
         wrapped[name] = layer
     return wrapped
-
-
-def module_kind(module_name: str) -> str:
-    short = module_name.rsplit(".", 1)[-1]
-    if short in ATTENTION_MODULES:
-        return "attn"
-    if short in MLP_MODULES:
-        return "mlp"
-    return "unembed"

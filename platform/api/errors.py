@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 from django.http import JsonResponse
 from rest_framework import exceptions
@@ -20,9 +21,20 @@ def error_body(message: str, field: str = "", consumed_seq_id: int | None = None
     return body
 
 
+def _api_error_response(exc: ApiError, response_class):
+    body = error_body(exc.message, exc.field, exc.consumed_seq_id)
+    retry_after = getattr(exc, "retry_after_seconds", None)
+    if retry_after is not None:
+        body["retry_after_seconds"] = retry_after
+    response = response_class(body, status=exc.status)
+    if retry_after is not None:
+        response["Retry-After"] = str(math.ceil(retry_after))
+    return response
+
+
 def exception_handler(exc, context):
     if isinstance(exc, ApiError):
-        return Response(error_body(exc.message, exc.field, exc.consumed_seq_id), status=exc.status)
+        return _api_error_response(exc, Response)
     if isinstance(exc, exceptions.ParseError):
         return Response(error_body(f"request body is not valid JSON: {exc.detail}", "body"), status=400)
     response = drf_handler(exc, context)
@@ -33,7 +45,7 @@ def exception_handler(exc, context):
 
 
 def json_error(exc: ApiError) -> JsonResponse:
-    return JsonResponse(error_body(exc.message, exc.field, exc.consumed_seq_id), status=exc.status)
+    return _api_error_response(exc, JsonResponse)
 
 
 def parse_json(raw: bytes) -> dict:

@@ -128,6 +128,10 @@ LORASMITH = {
     # a session with no heartbeat for this long is finished and its queued samples cancelled
     "SESSION_TIMEOUT_SECONDS": int(os.environ.get("LORASMITH_SESSION_TIMEOUT_SECONDS", "600")),
     "MAX_BODY_BYTES": int(os.environ.get("LORASMITH_MAX_BODY_BYTES", str(64 * 1024 * 1024))),
+    # per-user quotas (0 = unlimited); beyond them requests are answered 429 with Retry-After
+    "MAX_ACTIVE_RUNS": int(os.environ.get("LORASMITH_MAX_ACTIVE_RUNS", "64")),
+    "MAX_PENDING_OPERATIONS": int(os.environ.get("LORASMITH_MAX_PENDING_OPERATIONS", "4096")),
+    "MAX_PENDING_BYTES": int(os.environ.get("LORASMITH_MAX_PENDING_BYTES", str(1024 ** 3))),
     "TEST_HOOKS": os.environ.get("LORASMITH_TEST_HOOKS", "") == "1",
     # prefixed to the per-base-model queue names, so deployments (or test runs) can share a broker
     "QUEUE_PREFIX": os.environ.get("LORASMITH_QUEUE_PREFIX", ""),

@@ -28,3 +28,14 @@ class Gone(ApiError):
 
 class TooLarge(ApiError):
     status = 413
+
+
+class RateLimited(ApiError):
+    """Over a per-user quota: nothing was stored, so the same request (same seq_id) may be sent
+    again after `retry_after_seconds`."""
+
+    status = 429
+
+    def __init__(self, message: str, field: str, retry_after_seconds: float):
+        super().__init__(message, field)
+        self.retry_after_seconds = retry_after_seconds

@@ -66,6 +66,7 @@ class Operation(models.Model):
     sampling_session = models.ForeignKey(SamplingSession, null=True, on_delete=models.CASCADE, related_name="operations")
     seq_id = models.BigIntegerField()
     payload = models.JSONField()
+    payload_bytes = models.BigIntegerField(default=0)  # size of the stored payload, for the per-user quota
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
     result = models.JSONField(null=True)
     error = models.TextField(blank=True)

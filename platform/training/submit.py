@@ -15,7 +15,7 @@ from django.utils import timezone
 from gpu_runner import validate_forward_backward, validate_sample
 from gpu_runner.errors import EngineInputError
 
-from . import access, base_models, dispatch, wire
+from . import access, base_models, dispatch, quotas, wire
 from .errors import ApiError, BadRequest, Gone
 from .models import Checkpoint, Operation, SamplingSession, Session, TrainingRun
 
@@ -93,11 +93,14 @@ def _first_operation(user, model_id: str, make_run: Callable[[], TrainingRun], k
         return existing
     if TrainingRun.objects.filter(id=model_id).exists():
         raise BadRequest(f"model {model_id} already exists", field="model_seq_id")
+    quotas.check_active_runs(user)
+    size = quotas.payload_size(payload)
+    quotas.check_pending(user, size)
     try:
         with transaction.atomic():
             run = make_run()
             op = Operation.objects.create(id=_request_id(), owner=user, kind=kind, base_model=run.base_model,
-                                          training_run=run, seq_id=0, payload=payload)
+                                          training_run=run, seq_id=0, payload=payload, payload_bytes=size)
     except IntegrityError:
         return Operation.objects.get(training_run_id=model_id, seq_id=0)
     dispatch.dispatch(run.base_model)
@@ -151,11 +154,14 @@ def submit_training(user, kind: str, body: dict,
         return _repeat(existing)
     try:
         payload = build_payload(run) if build_payload else _training_payload(run, kind, body)
+        size = quotas.payload_size(payload)
+        quotas.check_size(size)
     except ApiError as refusal:
         _hold_seq(user, kind, run, seq_id, refusal)
         raise
+    quotas.check_pending(user, size, run, seq_id)  # over quota: nothing stored, the same seq may come again
     op = _store(Operation(id=_request_id(), owner=user, kind=kind, base_model=run.base_model, training_run=run,
-                          seq_id=seq_id, payload=payload))
+                          seq_id=seq_id, payload=payload, payload_bytes=size))
     if op.status == Operation.Status.REJECTED:
         return _repeat(op)
     dispatch.dispatch(run.base_model)
@@ -268,10 +274,14 @@ def submit_sample(user, body: dict) -> Operation:
         raise BadRequest(str(error), field=error.field) from None
     payload = {"prompt": prompt, "num_samples": num_samples, "sampling_params": body.get("sampling_params") or {},
                "prompt_logprobs": bool(body.get("prompt_logprobs", False)), "topk_prompt_logprobs": topk}
+    size = quotas.payload_size(payload)
+    quotas.check_size(size)
+    quotas.check_pending(user, size)
     try:
         with transaction.atomic():
             op = Operation.objects.create(id=_request_id(), owner=user, kind="sample", base_model=sampler.base_model,
-                                          sampling_session=sampler, seq_id=seq_id, payload=payload)
+                                          sampling_session=sampler, seq_id=seq_id, payload=payload,
+                                          payload_bytes=size)
     except IntegrityError:
         return Operation.objects.get(sampling_session=sampler, seq_id=seq_id)
     dispatch.dispatch(sampler.base_model)

@@ -30,7 +30,8 @@ def _setting(explicit: Optional[str], *names: str) -> Optional[str]:
 class ServiceClient:
     def __init__(self, base_url: Optional[str] = None, api_key: Optional[str] = None, *, use_websocket: bool = True,
                  user_metadata: Optional[dict] = None, display_name: Optional[str] = None,
-                 project_id: Optional[str] = None, max_retries: int = 5, http_transport: Optional[Any] = None):
+                 project_id: Optional[str] = None, max_retries: int = 5, rate_limit_patience: float = 300.0,
+                 http_transport: Optional[Any] = None):
         base_url = _setting(base_url, "LORASMITH_BASE_URL", "TINKER_BASE_URL")
         api_key = _setting(api_key, "LORASMITH_API_KEY", "TINKER_API_KEY")
         if not base_url:
@@ -38,7 +39,7 @@ class ServiceClient:
         if not api_key or not api_key.startswith("tml-"):
             raise LorasmithError("no valid API key: pass api_key= or set LORASMITH_API_KEY (keys start with 'tml-')")
         self.transport = Transport(base_url, api_key, use_websocket=use_websocket, max_retries=max_retries,
-                                   http_transport=http_transport)
+                                   rate_limit_patience=rate_limit_patience, http_transport=http_transport)
         self.user_metadata = user_metadata or {}
         self.session_extras = {k: v for k, v in (("display_name", display_name), ("project_id", project_id)) if v}
         self._session_id: Optional[str] = None

@@ -160,6 +160,21 @@ def test_retries_resend_the_same_seq_id(server, service, failure):
     assert result.metrics["loss:sum"] == 9.0
 
 
+def test_a_full_quota_is_waited_out_beyond_max_retries(server, caplog):
+    """429 = over a quota, nothing stored: retried (same seq_id) until the patience runs out."""
+    service = server.client(max_retries=0, rate_limit_patience=30.0)
+    try:
+        training = service.create_lora_training_client("tiny-llama")
+        full = httpx.Response(429, json={"error": "you have 9 operations pending"}, headers={"retry-after-ms": "1"})
+        server.fail_next("forward_backward", *[full] * 4)
+        with caplog.at_level("WARNING", logger="lorasmith"):
+            assert training.forward_backward([datum()]).result(timeout=10).metrics["loss:sum"] == 9.0
+        assert [b["seq_id"] for b in server.bodies("forward_backward")] == [1] * 5
+        assert "you have 9 operations pending" in caplog.text
+    finally:
+        service.close()
+
+
 @pytest.mark.parametrize("status, body, error, message", [
     (400, {"error": "unknown loss_fn 'nope'", "field": "loss_fn"}, lorasmith.BadRequestError, "unknown loss_fn 'nope'"),
     (422, {"detail": "weights must be float32"}, lorasmith.BadRequestError, "weights must be float32"),
@@ -171,7 +186,7 @@ def test_retries_resend_the_same_seq_id(server, service, failure):
     (500, {"detail": "boom"}, lorasmith.InternalServerError, "boom"),
 ])
 def test_http_errors_are_typed_with_the_server_message(server, status, body, error, message):
-    service = server.client(max_retries=1)
+    service = server.client(max_retries=1, rate_limit_patience=0.0)
     try:
         training = service.create_lora_training_client("tiny-llama")
         server.fail_next("forward_backward", *[httpx.Response(status, json=body)] * 2)

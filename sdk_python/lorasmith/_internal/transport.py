@@ -24,11 +24,13 @@ RECONNECT_SECONDS = 30.0  # after the WebSocket drops, futures poll; a new one i
 
 class Transport:
     def __init__(self, base_url: str, api_key: str, use_websocket: bool = True, max_retries: int = 5,
-                 timeout: float = 60.0, http_transport: Optional[httpx.AsyncBaseTransport] = None):
+                 timeout: float = 60.0, rate_limit_patience: float = 300.0,
+                 http_transport: Optional[httpx.AsyncBaseTransport] = None):
         self.base_url = base_url.rstrip("/")
         self.http_transport = http_transport  # e.g. httpx.MockTransport in tests, or a proxy
         self.api_key = api_key
         self.max_retries = max_retries
+        self.rate_limit_patience = rate_limit_patience  # 429s are retried this long, as Tinker's SDK does
         self.timeout = timeout
         self._http: Optional[httpx.AsyncClient] = None
         self.events = EventStream(self) if use_websocket else None
@@ -44,25 +46,37 @@ class Transport:
     async def request(self, method: str, path: str, body: Optional[dict] = None, params: Optional[dict] = None,
                       retry: bool = True) -> Any:
         """JSON in, JSON out; 408/429/5xx and connection errors are retried with backoff (a retried
-        submit carries the same seq_id, so the server de-duplicates it)."""
+        submit carries the same seq_id, so the server de-duplicates it). A 429 means a quota is
+        full and nothing was stored: it is retried, at the server's Retry-After, for up to
+        `rate_limit_patience` seconds whatever `max_retries` says."""
         attempts = self.max_retries + 1 if retry else 1
-        for attempt in range(attempts):
+        attempt, limited_since = 0, None
+        while True:
             try:
                 response = await self.http.request(method, path, json=body, params=params)
             except httpx.TransportError as error:
-                if attempt + 1 >= attempts:
+                attempt += 1
+                if attempt >= attempts:
                     raise APIConnectionError(
                         f"cannot reach the Lorasmith server at {self.base_url} ({type(error).__name__}: {error}); "
                         "is it running, and is LORASMITH_BASE_URL right?") from error
-                await asyncio.sleep(_backoff(attempt))
+                await asyncio.sleep(_backoff(attempt - 1))
                 continue
-            if response.status_code in RETRY_STATUSES and attempt + 1 < attempts:
+            if response.status_code == 429 and retry:
+                now = asyncio.get_running_loop().time()
+                if limited_since is None:
+                    limited_since = now
+                    log.warning("%s: %s; retrying for up to %.0f s", path, _error(response), self.rate_limit_patience)
+                if now - limited_since < self.rate_limit_patience:
+                    await asyncio.sleep(_retry_after(response) or _backoff(min(attempt, 5)))
+                    continue
+            elif response.status_code in RETRY_STATUSES and attempt + 1 < attempts:
                 await asyncio.sleep(_retry_after(response) or _backoff(attempt))
+                attempt += 1
                 continue
             if response.status_code >= 400:
                 raise _error(response)
             return response.json() if response.content else None
-        raise AssertionError("unreachable")
 
     async def wait_result(self, request_id: str) -> dict:
         """The finished future's body: from the WebSocket push when it works, else by polling."""

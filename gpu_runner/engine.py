@@ -61,6 +61,10 @@ class Engine:
     def remove_adapter(self, adapter_id: str) -> None:
         self.adapters.remove(adapter_id)
 
+    def adapter_ids(self) -> list[str]:
+        """Every adapter the engine holds, resident or spilled."""
+        return self.adapters.ids()
+
     def has_adapter(self, adapter_id: str) -> bool:
         return adapter_id in self.adapters
 

@@ -128,6 +128,13 @@ LORASMITH = {
     # a session with no heartbeat for this long is finished and its queued samples cancelled
     "SESSION_TIMEOUT_SECONDS": int(os.environ.get("LORASMITH_SESSION_TIMEOUT_SECONDS", "600")),
     "MAX_BODY_BYTES": int(os.environ.get("LORASMITH_MAX_BODY_BYTES", str(64 * 1024 * 1024))),
+    # ephemeral sampler snapshots (save_weights_and_get_sampling_client) kept per training run;
+    # older ones are deleted (sampling them answers 410); all go when their session finishes
+    "EPHEMERAL_SAMPLERS_KEPT": int(os.environ.get("LORASMITH_EPHEMERAL_SAMPLERS_KEPT", "8")),
+    # adapter bytes a runner keeps in (GPU) memory per base model; beyond, the least recently used
+    # spill to disk. Unset: no limit
+    "ADAPTER_MEMORY_BYTES": int(os.environ["LORASMITH_ADAPTER_MEMORY_BYTES"])
+    if os.environ.get("LORASMITH_ADAPTER_MEMORY_BYTES") else None,
     # per-user quotas (0 = unlimited); beyond them requests are answered 429 with Retry-After
     "MAX_ACTIVE_RUNS": int(os.environ.get("LORASMITH_MAX_ACTIVE_RUNS", "64")),
     "MAX_PENDING_OPERATIONS": int(os.environ.get("LORASMITH_MAX_PENDING_OPERATIONS", "4096")),

@@ -1,6 +1,7 @@
 """Chores a runner does between cycles, at most once per interval per process: purge checkpoints
-past their TTL, and end sessions whose heartbeat stopped (TINKER_WIRE §3.4: the server ends silent
-sessions and drops their queued sampling work; accepted training work still runs)."""
+past their TTL, end sessions whose heartbeat stopped (TINKER_WIRE §3.4: the server ends silent
+sessions and drops their queued sampling work; accepted training work still runs), then free what
+finished sessions held: their ephemeral sampler snapshots on disk and their adapters in memory."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from . import events, retention
+from . import engines, events, retention
 from .models import Operation, Session
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ def run_if_due() -> None:
     if time.monotonic() - _last_run < INTERVAL_SECONDS:
         return
     _last_run = time.monotonic()
-    for chore in (retention.purge_expired, expire_silent_sessions):
+    for chore in (retention.purge_expired, expire_silent_sessions, retention.release_finished_sessions_weights,
+                  engines.release_idle_adapters):
         try:
             chore()
         except Exception:  # noqa: BLE001

@@ -46,6 +46,7 @@ class SamplingSession(models.Model):
     base_model = models.CharField(max_length=200)
     model_path = models.CharField(max_length=400, blank=True)
     weights_dir = models.CharField(max_length=500, blank=True)
+    released_at = models.DateTimeField(null=True, blank=True)  # its ephemeral weights were deleted
     created_at = models.DateTimeField(auto_now_add=True)
 
 

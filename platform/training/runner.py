@@ -20,7 +20,7 @@ from gpu_runner.errors import EngineInputError
 from gpu_runner.types import (ExportPeft, ForwardBackward, ImportPeft, LoadState, LoraSpec, OpResult,
                               OptimStep, Sample, SaveState)
 
-from . import dispatch, events, housekeeping, storage, wire
+from . import dispatch, events, housekeeping, retention, storage, wire
 from .engines import engine_for
 from .models import Checkpoint, MetricPoint, Operation, SamplingSession, TrainingRun
 
@@ -213,10 +213,11 @@ def _checkpoint_saved(op: Operation, kind: str, name: str, out) -> dict:
 def _ephemeral_sampler(op: Operation, out) -> dict:
     run = op.training_run
     seq = op.payload.get("sampling_session_seq_id")
-    sampler_id = f"{run.session_id}:sample:{seq if seq is not None else 'w' + str(op.seq_id)}"
+    sampler_id = f"{run.session_id}:sample:{seq if seq is not None else op.id}"
     SamplingSession.objects.update_or_create(
         id=sampler_id, defaults={"session_id": run.session_id, "owner_id": op.owner_id, "base_model": run.base_model,
-                                 "weights_dir": str(out.directory), "model_path": ""})
+                                 "weights_dir": str(out.directory), "model_path": "", "released_at": None})
+    retention.release_ephemeral_weights(Path(out.directory).parent, settings.LORASMITH["EPHEMERAL_SAMPLERS_KEPT"])
     return {"path": None, "sampling_session_id": sampler_id, "type": "save_weights_for_sampler"}
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from pathlib import Path
 from typing import Callable
 
 from django.db import IntegrityError, transaction
@@ -264,6 +265,7 @@ def submit_sample(user, body: dict) -> Operation:
     existing = Operation.objects.filter(sampling_session=sampler, seq_id=seq_id).first()
     if existing is not None:
         return existing
+    _check_weights_present(sampler)
     prompt = wire.model_input_tokens(body.get("prompt"), "prompt")
     num_samples = wire.optional(body, "num_samples", int, 1)
     params = wire.sampling_params(body.get("sampling_params") or {})
@@ -286,6 +288,14 @@ def submit_sample(user, body: dict) -> Operation:
         return Operation.objects.get(sampling_session=sampler, seq_id=seq_id)
     dispatch.dispatch(sampler.base_model)
     return op
+
+
+def _check_weights_present(sampler: SamplingSession) -> None:
+    if sampler.released_at is not None or (sampler.weights_dir and not Path(sampler.weights_dir).is_dir()):
+        raise Gone(f"the weights of sampling session {sampler.id} are no longer kept (a snapshot is dropped once "
+                   "newer ones of its model replace it or its session ends, a checkpoint when deleted or past its "
+                   "TTL); sample from a newer sampling client, or keep weights with save_weights_for_sampler(name)",
+                   field="sampling_session_id")
 
 
 def cancel_future(user, request_id: str) -> bool:

@@ -1,11 +1,13 @@
 """SamplingClient against the live server: seeded sampling repeats, sampled-token logprobs at
-temperature 1 equal compute_logprobs of the same tokens, prompt and top-k prompt logprobs."""
+temperature 1 equal compute_logprobs of the same tokens, prompt and top-k prompt logprobs; old
+ephemeral snapshots are released."""
 from __future__ import annotations
 
 import asyncio
 
 import pytest
 
+import lorasmith
 from lorasmith import ModelInput, SamplingParams
 
 from .reference import SEQUENCE
@@ -38,3 +40,17 @@ def test_prompt_logprobs_and_topk(service):
     for row, own in zip(topk[1:], response.prompt_logprobs[1:]):
         values = [logprob for _, logprob in row]
         assert values == sorted(values, reverse=True) and values[0] >= own - 1e-5
+
+
+def test_old_ephemeral_snapshots_are_released_and_sampling_them_says_so(service, live_server_embedded):
+    """An RL loop makes a sampler snapshot per step: only the newest 8 of a run stay on disk."""
+    training = service.create_lora_training_client("tiny-llama", rank=2)
+    samplers = [training.save_weights_and_get_sampling_client() for _ in range(10)]
+    params = SamplingParams(max_tokens=2, seed=1)
+    assert len(samplers[-1].sample(PROMPT, 1, params).result(timeout=60).sequences[0].tokens) == 2
+    assert samplers[2].sample(PROMPT, 1, params).result(timeout=60).sequences
+    with pytest.raises(lorasmith.NotFoundError, match="no longer kept"):
+        samplers[1].sample(PROMPT, 1, params).result(timeout=60)
+    run_dir = training.model_id.replace(":", "_")
+    kept = list(live_server_embedded.data_dir.glob(f"checkpoints/*/{run_dir}/ephemeral/seq-*"))
+    assert len(kept) == 8

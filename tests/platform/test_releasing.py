@@ -1,0 +1,105 @@
+"""What finished or superseded work held is freed: old ephemeral sampler snapshots of a run are
+deleted (all of them once the session ends) unless a pending sample still needs them, sampling a
+released one is a clear 410; the runner drops adapters of finished sessions and released samplers
+from its engine, keeping those with pending work."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.conf import settings as django_settings
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from accounts.services import ensure_user, issue_api_key
+from gpu_runner import Engine
+from gpu_runner.types import LoraSpec
+from training import dispatch, engines, retention
+from training.models import Operation, SamplingSession, Session, TrainingRun
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def snapshots(tmp_path):
+    """Five ephemeral snapshots of one run, each with its sampler; a sample is pending on the first."""
+    user = ensure_user("rl-user")
+    session = Session.objects.create(id="s1", owner=user)
+    root = tmp_path / "ephemeral"
+    samplers = []
+    for seq in range(1, 6):
+        directory = root / f"seq-{seq}"
+        directory.mkdir(parents=True)
+        (directory / "adapter_model.safetensors").write_bytes(b"w")
+        samplers.append(SamplingSession.objects.create(id=f"s1:sample:{seq}", session=session, owner=user,
+                                                       base_model="tiny-llama", weights_dir=str(directory)))
+    named = tmp_path / "named"
+    named.mkdir()
+    samplers.append(SamplingSession.objects.create(id="s1:sample:named", session=session, owner=user,
+                                                   base_model="tiny-llama", weights_dir=str(named),
+                                                   model_path="tinker://s1:train:0/sampler_weights/named"))
+    Operation.objects.create(id="pending-sample", owner=user, kind="sample", base_model="tiny-llama",
+                             sampling_session=samplers[0], seq_id=0, payload={})
+    return user, session, root, samplers
+
+
+def _exists(root: Path) -> list[int]:
+    return sorted(int(d.name[4:]) for d in root.glob("seq-*"))
+
+
+def _released(samplers) -> list[str]:
+    return sorted(SamplingSession.objects.filter(id__in=[s.id for s in samplers], released_at__isnull=False)
+                  .values_list("id", flat=True))
+
+
+def test_old_snapshots_go_unless_a_pending_sample_needs_them(snapshots, monkeypatch):
+    user, _, root, samplers = snapshots
+    assert retention.release_ephemeral_weights(root, keep=2) == 2
+    assert _exists(root) == [1, 4, 5]
+    assert _released(samplers) == ["s1:sample:2", "s1:sample:3"]
+
+    monkeypatch.setattr(dispatch, "dispatch", lambda base_model: None)
+    api = APIClient()
+    api.credentials(HTTP_X_API_KEY=issue_api_key(user, "t"))
+
+    def sample(sampler_id: str):
+        return api.post("/api/v1/asample", {"sampling_session_id": sampler_id, "seq_id": 1, "num_samples": 1,
+                                            "prompt": {"chunks": [{"type": "encoded_text", "tokens": [3, 320]}]},
+                                            "sampling_params": {"max_tokens": 2}}, format="json")
+
+    refused = sample("s1:sample:2")
+    assert refused.status_code == 410 and refused.json()["field"] == "sampling_session_id"
+    assert "no longer kept" in refused.json()["error"]
+    assert sample("s1:sample:5").status_code == 200
+
+
+def test_a_finished_session_releases_every_snapshot_once_nothing_waits(snapshots):
+    _, session, root, samplers = snapshots
+    Session.objects.filter(pk=session.pk).update(finished_reason="success")
+    assert retention.release_finished_sessions_weights() == 4
+    assert _exists(root) == [1]  # its sample is still pending
+    Operation.objects.filter(id="pending-sample").update(status=Operation.Status.DONE)
+    assert retention.release_finished_sessions_weights() == 1
+    assert _exists(root) == [] and retention.release_finished_sessions_weights() == 0
+    assert _released(samplers) == [f"s1:sample:{i}" for i in range(1, 6)]  # a named checkpoint's sampler stays
+    assert Path(samplers[-1].weights_dir).is_dir()
+
+
+def test_idle_adapters_leave_the_engine_and_busy_ones_stay(monkeypatch):
+    user = ensure_user("engine-user")
+    finished, live = (Session.objects.create(id=i, owner=user, finished_reason=r) for i, r in
+                      (("fin", "expired"), ("live", "")))
+    runs = {i: TrainingRun.objects.create(id=i, session=s, owner=user, base_model="tiny-llama", rank=2, seed=1)
+            for i, s in (("fin:train:0", finished), ("fin:train:1", finished), ("live:train:0", live))}
+    Operation.objects.create(id="queued-step", owner=user, kind="optim_step", base_model="tiny-llama",
+                             training_run=runs["fin:train:1"], seq_id=1, payload={})
+    for seq, released in ((3, True), (4, False)):
+        SamplingSession.objects.create(id=f"live:sample:{seq}", session=live, owner=user, base_model="tiny-llama",
+                                       weights_dir="/nowhere", released_at=timezone.now() if released else None)
+    engine = Engine("tiny-llama", data_dir=django_settings.DATA_DIR)
+    ids = ["fin:train:0", "fin:train:1", "live:train:0", "live:sample:3", "live:sample:4"]
+    for adapter_id in ids:
+        engine.create_adapter(adapter_id, LoraSpec(rank=2, seed=1))
+    monkeypatch.setattr(engines, "_engines", {"tiny-llama": engine})
+    assert engines.release_idle_adapters() == 2
+    assert sorted(engine.adapter_ids()) == ["fin:train:1", "live:sample:4", "live:train:0"]

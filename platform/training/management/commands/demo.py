@@ -90,7 +90,7 @@ class Command(BaseCommand):
             fb = call("forward_backward", {"model_id": model_id, "seq_id": seq, "data": [datum],
                                            "loss_fn": "cross_entropy"})
             opt = call("optim_step", {"model_id": model_id, "seq_id": seq + 1,
-                                      "adam_params": {"learning_rate": 1e-2}})
+                                      "adam_params": {"learning_rate": 5e-3}})
             seq += 2
             loss = result(fb)["metrics"]["loss:sum"]
             result(opt)

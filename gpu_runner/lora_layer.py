@@ -79,7 +79,8 @@ class MultiLoraLinear(nn.Module):
 
     def _grouped_delta(self, x: torch.Tensor, segments: list[Segment]) -> Optional[torch.Tensor]:
         """All adapters in two batched matmuls: ranks zero-padded to the largest (zeros add
-        nothing), the scale folded into B, and each row picking its adapter's slice."""
+        nothing), each row picking its adapter's slice; the scale is applied once to the result
+        (per segment only where adapters' scales differ), as the single-adapter path does."""
         if torch.is_grad_enabled():
             stacked = self._stack(segments)  # part of this pass's autograd graph: never reused
         else:
@@ -88,22 +89,21 @@ class MultiLoraLinear(nn.Module):
             stacked = self.routing.stacks[self.module_name]
         if stacked is None:
             return None
-        lora_a, lora_b = stacked  # (S, r, d_in), (S, d_out, r)
+        lora_a, lora_b, scale = stacked  # (S, r, d_in), (S, d_out, r), float or (S, 1, 1)
         d_out, d_in = self.base.out_features, self.base.in_features
-        dtype, device = lora_a.dtype, lora_a.device
         sizes = [seg.stop - seg.start for seg in segments]
-        xs = x.to(dtype)
+        xs = x.to(lora_a.dtype)
         if len(set(sizes)) == 1:  # equal segments: a free view, no per-row copies
             grouped = xs.reshape(len(segments), -1, d_in)  # (S, b*T, d_in)
-            delta = torch.bmm(torch.bmm(grouped, lora_a.transpose(1, 2)), lora_b.transpose(1, 2))
+            delta = torch.bmm(torch.bmm(grouped, lora_a.transpose(1, 2)), lora_b.transpose(1, 2)) * scale
             return delta.reshape(x.shape[0], x.shape[1], d_out)
-        owner = torch.repeat_interleave(torch.arange(len(segments), device=device),
-                                        torch.tensor(sizes, device=device))
+        owner = torch.repeat_interleave(torch.arange(len(segments), device=lora_a.device),
+                                        torch.tensor(sizes, device=lora_a.device))
         hidden = torch.bmm(xs, lora_a[owner].transpose(1, 2))  # (B, T, r)
-        return torch.bmm(hidden, lora_b[owner].transpose(1, 2))  # (B, T, d_out)
+        delta = torch.bmm(hidden, lora_b[owner].transpose(1, 2))  # (B, T, d_out)
+        return delta * (scale if isinstance(scale, float) else scale[owner])
 
-
-    def _stack(self, segments: list[Segment]) -> Optional[tuple[torch.Tensor, torch.Tensor]]:
+    def _stack(self, segments: list[Segment]) -> Optional[tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]]:
         pairs = [seg.adapter.pair(self.module_name) if seg.adapter is not None else None for seg in segments]
         present = [p for p in pairs if p is not None]
         if not present:
@@ -111,7 +111,7 @@ class MultiLoraLinear(nn.Module):
         rank = max(a.shape[0] for a, _ in present)
         d_out, d_in = self.base.out_features, self.base.in_features
         dtype, device = present[0][0].dtype, present[0][0].device
-        stacked_a, stacked_b = [], []
+        stacked_a, stacked_b, scales = [], [], []
         for seg, pair in zip(segments, pairs):
             if pair is None:
                 stacked_a.append(torch.zeros(rank, d_in, dtype=dtype, device=device))
@@ -119,10 +119,15 @@ class MultiLoraLinear(nn.Module):
                 continue
             lora_a, lora_b = pair
             pad = rank - lora_a.shape[0]
-            lora_b = lora_b * seg.adapter.scale
+            scales.append(seg.adapter.scale)
             stacked_a.append(nn.functional.pad(lora_a, (0, 0, 0, pad)) if pad else lora_a)
             stacked_b.append(nn.functional.pad(lora_b, (0, pad)) if pad else lora_b)
-        return torch.stack(stacked_a), torch.stack(stacked_b)
+        if len(set(scales)) == 1:
+            scale: float | torch.Tensor = float(scales[0])
+        else:  # rows without an adapter have zero A and B: any scale will do
+            per_segment = [seg.adapter.scale if pair is not None else 0.0 for seg, pair in zip(segments, pairs)]
+            scale = torch.tensor(per_segment, dtype=dtype, device=device).view(-1, 1, 1)
+        return torch.stack(stacked_a), torch.stack(stacked_b), scale
 
 
 # substrings of an enclosing module's name that mark an attention block or an MLP block

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from django.http import FileResponse, HttpResponse, JsonResponse
+from django.http import FileResponse, JsonResponse
 
 from training import storage
 
@@ -22,9 +22,9 @@ def signed_file(request, token: str, filename: str):
     match = RANGE.match(request.headers.get("Range", ""))
     if match and int(match[1]) < size:
         start = int(match[1])
-        with open(path, "rb") as f:
-            f.seek(start)
-            response = HttpResponse(f.read(), status=206, content_type="application/octet-stream")
+        handle = open(path, "rb")
+        handle.seek(start)  # streamed from here; FileResponse sets Content-Length to what is left
+        response = FileResponse(handle, status=206, content_type="application/octet-stream")
         response["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
     else:
         response = FileResponse(open(path, "rb"), as_attachment=True, filename=path.name)

@@ -40,6 +40,6 @@ urlpatterns = [
     re_path(rf"^training_runs/{RUN}/checkpoints/{CHECKPOINT}/archive$", views.checkpoint_archive),
     path("checkpoints", views.user_checkpoints),
     path("weights_info", views.weights_info),
-    path("base_models/<str:name>/tokenizer", views.tokenizer_files),
+    re_path(r"^base_models/(?P<name>.+)/tokenizer$", views.tokenizer_files),  # hub ids and paths have slashes
     path("_test/counters", futures.counters),
 ]

@@ -17,7 +17,23 @@ DATA_DIR = Path(os.environ.get("LORASMITH_DATA_DIR", REPO_ROOT / ".data")).resol
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("LORASMITH_DATA_DIR", str(DATA_DIR))
 
-SECRET_KEY = os.environ.get("SECRET_KEY", "lorasmith-dev-only-secret-change-me")
+
+
+def _persistent_secret(path: Path) -> str:
+    """SECRET_KEY signs download URLs: never a public default. Without the variable, a random key
+    is made once and kept in the data dir (0600), so every process sharing that dir agrees."""
+    import secrets
+
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_text().strip()
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(50))
+    return path.read_text().strip()
+
+
+SECRET_KEY = os.environ.get("SECRET_KEY") or _persistent_secret(DATA_DIR / "secret_key")
 DEBUG = os.environ.get("DEBUG", "false").lower() in ("1", "true", "yes")
 ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "*").split(",") if h]
 

@@ -24,7 +24,7 @@ def delete_checkpoint(checkpoint: Checkpoint) -> None:
     directory = Path(checkpoint.directory)
     checkpoint.delete()
     shutil.rmtree(directory, ignore_errors=True)
-    storage.archive_path(directory).unlink(missing_ok=True)
+    storage.discard_archive(directory)
 
 
 def purge_expired() -> int:

@@ -199,6 +199,7 @@ def _plan_save(op: Operation):
 
 
 def _checkpoint_saved(op: Operation, kind: str, name: str, out) -> dict:
+    storage.discard_archive(out.directory)  # an overwrite must not leave the old weights' .tar behind
     ttl = op.payload.get("ttl_seconds")
     checkpoint, _ = Checkpoint.objects.update_or_create(
         training_run=op.training_run, checkpoint_type=kind, name=name,

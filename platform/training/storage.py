@@ -1,15 +1,19 @@
 """Where checkpoint files live, and signed, expiring URLs that serve them without an API key."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import tarfile
 import time
+import uuid
 from datetime import datetime, timezone as dt_timezone
 from pathlib import Path
 
 from django.conf import settings
 from django.core import signing
+
+from .base_models import info, served_models
 
 SALT = "lorasmith.files"
 
@@ -24,12 +28,22 @@ def internal_sampler_directory(owner_id: int, run_id: str, seq_id: int) -> Path:
 
 
 def sign_file(path: Path, seconds: int | None = None) -> tuple[str, datetime]:
-    """A token for `path` (relative to the data dir) valid for `seconds`; returns (token, expiry)."""
+    """A token for `path` (under a `servable_roots` directory) valid for `seconds`; returns (token, expiry)."""
     seconds = seconds or settings.LORASMITH["SIGNED_URL_SECONDS"]
     expires = int(time.time()) + seconds
-    relative = str(Path(path).resolve().relative_to(settings.DATA_DIR))
-    token = signing.dumps({"p": relative, "e": expires}, salt=SALT, compress=True)
+    token = signing.dumps({"p": str(Path(path).resolve()), "e": expires}, salt=SALT, compress=True)
     return token, datetime.fromtimestamp(expires, tz=dt_timezone.utc)
+
+
+def servable_roots() -> list[Path]:
+    """Where signed URLs may point: checkpoints, and the directories of served local base models
+    (for their tokenizer files). Never the rest of the data dir (database, secret key)."""
+    roots = [(settings.DATA_DIR / "checkpoints").resolve()]
+    for name in served_models():
+        directory = Path(info(name).model_dir)
+        if directory.is_dir():
+            roots.append(directory.resolve())
+    return roots
 
 
 def signed_url(request, path: Path, seconds: int | None = None) -> tuple[str, datetime]:
@@ -45,18 +59,25 @@ def open_signed(token: str) -> Path | None:
         return None
     if claim.get("e", 0) < time.time():
         return None
-    path = (settings.DATA_DIR / claim["p"]).resolve()
-    if settings.DATA_DIR not in path.parents or not path.is_file():
+    path = Path(claim["p"]).resolve()
+    if not path.is_file() or not any(root in path.parents for root in servable_roots()):
         return None
     return path
 
 
-def sha256(path: Path) -> str:
+@functools.lru_cache(maxsize=1024)
+def _sha256(path: str, mtime_ns: int, size: int) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256(path: Path) -> str:
+    """Hashed once per file version, not on every (resumed) download."""
+    stat = Path(path).stat()
+    return _sha256(str(path), stat.st_mtime_ns, stat.st_size)
 
 
 def archive_path(directory: Path) -> Path:
@@ -66,13 +87,18 @@ def archive_path(directory: Path) -> Path:
 
 
 def archive_of(directory: Path) -> Path:
-    """A `.tar` of a checkpoint directory, built once."""
+    """A `.tar` of a checkpoint directory, built once (again after the checkpoint is overwritten,
+    see `discard_archive`); concurrent builders each write their own part file."""
     directory = Path(directory)
     target = archive_path(directory)
     if not target.exists():
-        partial = target.with_suffix(".tar.part")
+        partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.part")
         with tarfile.open(partial, "w") as tar:
             for file in sorted(directory.iterdir()):
                 tar.add(file, arcname=file.name)
-        partial.rename(target)
+        partial.replace(target)
     return target
+
+
+def discard_archive(directory: Path) -> None:
+    archive_path(directory).unlink(missing_ok=True)

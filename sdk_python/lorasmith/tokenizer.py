@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
+from urllib.parse import quote
 
 from ._internal import background
 from ._internal.download import download
@@ -16,7 +17,7 @@ def cache_dir() -> Path:
 def load_tokenizer(transport, name: str):
     from transformers import AutoTokenizer
 
-    answer = background.run(transport.request("GET", f"base_models/{name}/tokenizer"))
+    answer = background.run(transport.request("GET", f"base_models/{quote(name, safe='')}/tokenizer"))
     if "hub_id" in answer:
         return AutoTokenizer.from_pretrained(answer["hub_id"])
     safe_host = re.sub(r"[^A-Za-z0-9]", "_", transport.base_url)

@@ -124,3 +124,21 @@ def test_expired_checkpoints_are_gone(live_server_embedded, trained):
     refused = wire.client.post("create_sampling_session", json={"session_id": trained["session"],
                                                                 "sampling_session_seq_id": 50, "model_path": saved["path"]})
     assert refused.status_code == 404
+
+
+def test_an_overwritten_checkpoint_archives_its_new_weights(live_server_embedded):
+    wire = Wire(live_server_embedded.client())
+    model_id = wire.model(wire.session(), seed=3)
+    archive_url = f"training_runs/{model_id}/checkpoints/external_weights/y/archive"
+
+    def archived_weights() -> bytes:
+        with tarfile.open(fileobj=io.BytesIO(httpx.get(wire.get(archive_url)["url"]).content)) as tar:
+            return tar.extractfile("adapter_model.safetensors").read()
+
+    wire.result(wire.post("save_weights_external", {"model_id": model_id, "seq_id": 1, "path": "y"}))
+    before = archived_weights()
+    _train(wire, model_id, 2, 1)
+    wire.result(wire.post("save_weights_external", {"model_id": model_id, "seq_id": 4, "path": "y", "overwrite": True}))
+    after = archived_weights()
+    on_disk = next((live_server_embedded.data_dir / "checkpoints").rglob("external_weights/y/adapter_model.safetensors"))
+    assert after != before and after == on_disk.read_bytes()

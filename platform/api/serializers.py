@@ -31,6 +31,7 @@ def checkpoint(ckpt: Checkpoint) -> dict:
         "checkpoint_id": ckpt.checkpoint_id, "checkpoint_type": ckpt.checkpoint_type,
         "time": ckpt.created_at.isoformat(), "tinker_path": ckpt.tinker_path, "size_bytes": ckpt.size_bytes,
         "public": ckpt.public, "expires_at": ckpt.expires_at.isoformat() if ckpt.expires_at else None,
+        "user_metadata": ckpt.user_metadata or None,
     }
 
 

@@ -100,6 +100,7 @@ class Checkpoint(models.Model):
     directory = models.CharField(max_length=500)
     size_bytes = models.BigIntegerField(default=0)
     public = models.BooleanField(default=False)
+    user_metadata = models.JSONField(default=dict, blank=True)
     expires_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 

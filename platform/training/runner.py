@@ -177,7 +177,8 @@ def _plan_sample(engine, op: Operation, imported: set[str]):
             imported.add(adapter_id)
     sample = Sample(adapter_id, payload["prompt"], payload["num_samples"], wire.sampling_params(payload["sampling_params"]),
                     payload["prompt_logprobs"], payload["topk_prompt_logprobs"])
-    return helpers + [(sample, lambda out: {**wire.sample_json(out), "type": "sample"})]
+    last_n = payload.get("prompt_logprobs_last_n")
+    return helpers + [(sample, lambda out: {**wire.sample_json(out, last_n), "type": "sample"})]
 
 
 def _plan_save(op: Operation):
@@ -204,6 +205,7 @@ def _checkpoint_saved(op: Operation, kind: str, name: str, out) -> dict:
     checkpoint, _ = Checkpoint.objects.update_or_create(
         training_run=op.training_run, checkpoint_type=kind, name=name,
         defaults={"owner_id": op.owner_id, "directory": str(out.directory), "size_bytes": out.size_bytes,
+                  "user_metadata": op.payload.get("user_metadata") or {},
                   "expires_at": timezone.now() + timezone.timedelta(seconds=ttl) if ttl else None})
     result = {"path": checkpoint.tinker_path, "type": op.kind}
     if kind == "external":

@@ -20,6 +20,8 @@ from . import access, base_models, dispatch, quotas, wire
 from .errors import ApiError, BadRequest, Gone
 from .models import Checkpoint, Operation, SamplingSession, Session, TrainingRun
 
+# Tinker sample options this server does not implement, with the value that means "off"
+UNSUPPORTED_SAMPLE_OPTIONS = {"topk_sample_logprobs": 0, "prompt_alt_tokens_k": 0, "target_prompt_logprobs": None}
 TRAINING_KINDS = ("forward_backward", "optim_step", "save_weights", "save_weights_for_sampler",
                   "save_weights_external", "load_weights")
 
@@ -205,6 +207,9 @@ def _training_payload(run: TrainingRun, kind: str, body: dict) -> dict:
     if kind == "optim_step":
         wire.adam_params(body)
         return {"adam_params": body.get("adam_params") or {}}
+    if kind == "save_weights_external" and body.get("age_encryption_recipients"):
+        raise BadRequest("age encryption of external weights is not supported by this server",
+                         field="age_encryption_recipients")
     name = None if kind == "save_weights_for_sampler" and not body.get("path") else wire.checkpoint_name(body)
     ttl = wire.optional(body, "ttl_seconds", int, None)
     if ttl is not None and not 3600 <= ttl <= 10 * 365 * 86400:
@@ -216,7 +221,8 @@ def _training_payload(run: TrainingRun, kind: str, body: dict) -> dict:
                 and not body.get("overwrite"):
             raise BadRequest(f"checkpoint {name!r} already exists for this model", field="path")
     return {"name": name, "ttl_seconds": ttl, "overwrite": bool(body.get("overwrite", False)),
-            "sampling_session_seq_id": body.get("sampling_session_seq_id")}
+            "sampling_session_seq_id": body.get("sampling_session_seq_id"),
+            "user_metadata": wire.optional(body, "user_metadata", dict, {})}
 
 
 def _forward_backward_payload(run: TrainingRun, body: dict) -> dict:
@@ -274,8 +280,15 @@ def submit_sample(user, body: dict) -> Operation:
         validate_sample(base_models.info(sampler.base_model), prompt, num_samples, params, topk)
     except EngineInputError as error:
         raise BadRequest(str(error), field=error.field) from None
+    for option, default in UNSUPPORTED_SAMPLE_OPTIONS.items():
+        if body.get(option, default) not in (default, None):
+            raise BadRequest(f"{option} is not supported by this server; leave it at {default!r}", field=option)
+    last_n = wire.optional(body, "prompt_logprobs_last_n", int, None)
+    if last_n is not None and last_n < 0:
+        raise BadRequest("prompt_logprobs_last_n must be >= 0", field="prompt_logprobs_last_n")
     payload = {"prompt": prompt, "num_samples": num_samples, "sampling_params": body.get("sampling_params") or {},
-               "prompt_logprobs": bool(body.get("prompt_logprobs", False)), "topk_prompt_logprobs": topk}
+               "prompt_logprobs": bool(body.get("prompt_logprobs", False)), "topk_prompt_logprobs": topk,
+               "prompt_logprobs_last_n": last_n}
     size = quotas.payload_size(payload)
     quotas.check_size(size)
     quotas.check_pending(user, size)

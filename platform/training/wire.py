@@ -158,11 +158,21 @@ def forward_backward_json(output: ForwardBackwardOutput) -> dict:
     }
 
 
-def sample_json(output: SampleOutput) -> dict:
+def sample_json(output: SampleOutput, prompt_logprobs_last_n: int | None = None) -> dict:
+    """With `prompt_logprobs_last_n`, prompt positions before the last N carry None (TINKER_WIRE §8.8)."""
+    prompt_lp, topk = output.prompt_logprobs, output.topk_prompt_logprobs
+    if prompt_logprobs_last_n is not None:
+        def last_n(values: list | None) -> list | None:
+            if values is None:
+                return None
+            cut = max(len(values) - prompt_logprobs_last_n, 0)
+            return [None] * cut + values[cut:]
+
+        prompt_lp, topk = last_n(prompt_lp), last_n(topk)
     return {
         "sequences": [{"tokens": s.tokens, "logprobs": s.logprobs, "stop_reason": s.stop_reason} for s in output.sequences],
-        "prompt_logprobs": output.prompt_logprobs,
-        "topk_prompt_logprobs": None if output.topk_prompt_logprobs is None else [
-            None if row is None else [[t, lp] for t, lp in row] for row in output.topk_prompt_logprobs],
+        "prompt_logprobs": prompt_lp,
+        "topk_prompt_logprobs": None if topk is None else [
+            None if row is None else [[t, lp] for t, lp in row] for row in topk],
         "prompt_cache_hit_tokens": 0,
     }

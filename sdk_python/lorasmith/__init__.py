@@ -6,9 +6,10 @@
     training.forward_backward(data, "cross_entropy").result()
 """
 from . import types
-from .errors import (APIConnectionError, APIError, AuthenticationError, BadRequestError, ConflictError,
-                     InternalServerError, LorasmithError, NotFoundError, PermissionDeniedError, RateLimitError,
-                     RequestFailedError, RequestTooLargeError)
+from .errors import (APIConnectionError, APIError, APIStatusError, APITimeoutError, AuthenticationError,
+                     BadRequestError, ConflictError, InternalServerError, LorasmithError, NotFoundError,
+                     PermissionDeniedError, RateLimitError, RequestFailedError, RequestTooLargeError,
+                     UnprocessableEntityError)
 from .futures import APIFuture, wait_all
 from .rest import RestClient
 from .sampling import SamplingClient
@@ -18,9 +19,10 @@ from .types import (AdamParams, Datum, EncodedTextChunk, ForwardBackwardOutput, 
                     SampledSequence, SampleResponse, SamplingParams, TensorData)
 
 __all__ = [
-    "APIConnectionError", "APIError", "APIFuture", "AdamParams", "AuthenticationError", "BadRequestError",
+    "APIConnectionError", "APIError", "APIFuture", "APIStatusError", "APITimeoutError", "AdamParams", "AuthenticationError", "BadRequestError",
     "ConflictError", "Datum", "EncodedTextChunk", "ForwardBackwardOutput", "InternalServerError", "LorasmithError",
     "ModelInput", "NotFoundError", "OptimStepResponse", "PermissionDeniedError", "RateLimitError",
     "RequestFailedError", "RequestTooLargeError", "RestClient", "SampleResponse", "SampledSequence",
-    "SamplingClient", "SamplingParams", "ServiceClient", "TensorData", "TrainingClient", "types", "wait_all",
+    "SamplingClient", "SamplingParams", "ServiceClient", "TensorData", "TrainingClient", "UnprocessableEntityError", "types",
+    "wait_all",
 ]

@@ -21,8 +21,15 @@ class APIError(LorasmithError):
             self.status_code = status_code
 
 
+APIStatusError = APIError  # Tinker's (Stainless) name for "the server answered with an error status"
+
+
 class BadRequestError(APIError):
     status_code = 400
+
+
+class UnprocessableEntityError(BadRequestError):
+    status_code = 422
 
 
 class AuthenticationError(APIError):
@@ -57,6 +64,10 @@ class APIConnectionError(LorasmithError):
     """The server could not be reached (after retries)."""
 
 
+class APITimeoutError(APIConnectionError):
+    """A request timed out (after retries)."""
+
+
 class RequestFailedError(LorasmithError):
     """The server accepted the request but could not carry it out."""
 
@@ -68,7 +79,7 @@ class RequestFailedError(LorasmithError):
 
 
 STATUS_ERRORS = {400: BadRequestError, 401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
-                 409: ConflictError, 410: NotFoundError, 413: RequestTooLargeError, 422: BadRequestError,
+                 409: ConflictError, 410: NotFoundError, 413: RequestTooLargeError, 422: UnprocessableEntityError,
                  429: RateLimitError}
 
 

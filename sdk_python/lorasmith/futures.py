@@ -58,3 +58,17 @@ def wait_all(futures: Sequence[APIFuture], timeout: Optional[float] = None, prog
         if bar is not None:
             bar.close()
     return [f.result() for f in futures]
+
+
+class ClientFutureCompat:
+    """Tinker's client factories return a future of the client; ours return the client itself,
+    which also answers `.result()` and `await` with itself, so both styles of code run."""
+
+    def result(self, timeout: Optional[float] = None):
+        return self
+
+    def __await__(self):
+        async def itself():
+            return self
+
+        return itself().__await__()

@@ -150,7 +150,10 @@ class ServiceClient:
 
         return background.run(load())
 
-    def create_sampling_client(self, model_path: Optional[str] = None, base_model: Optional[str] = None):
+    def create_sampling_client(self, model_path: Optional[str] = None, base_model: Optional[str] = None,
+                               retry_config: Any = None, record_stability_info: bool = False):
+        """`retry_config` and `record_stability_info` are accepted for Tinker compatibility; this
+        SDK's retries are set on the ServiceClient (`max_retries`, `rate_limit_patience`)."""
         from .sampling import SamplingClient
 
         if not model_path and not base_model:
@@ -184,8 +187,9 @@ class ServiceClient:
                                                                      user_metadata: Optional[dict] = None):
         return await asyncio.to_thread(self.create_training_client_from_state_with_optimizer, path, user_metadata)
 
-    async def create_sampling_client_async(self, model_path: Optional[str] = None, base_model: Optional[str] = None):
-        return await asyncio.to_thread(self.create_sampling_client, model_path, base_model)
+    async def create_sampling_client_async(self, model_path: Optional[str] = None, base_model: Optional[str] = None,
+                                           **options):
+        return await asyncio.to_thread(self.create_sampling_client, model_path, base_model, **options)
 
     async def get_server_capabilities_async(self) -> dict:
         return await asyncio.to_thread(self.get_server_capabilities)

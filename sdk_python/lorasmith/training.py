@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Callable, Optional, Sequence
 from ._internal import background
 from ._internal.transport import EventStreamLost
 from .errors import APIError, LorasmithError
-from .futures import APIFuture
+from .futures import APIFuture, ClientFutureCompat
 from .types import (AdamParams, Datum, ForwardBackwardOutput, GetInfoResponse, OptimStepResponse, SaveWeightsResponse,
                     TensorData, reduce_metrics)
 
@@ -23,7 +23,7 @@ NO_OP = {"data": [{"model_input": {"chunks": [{"type": "encoded_text", "tokens":
                    "loss_fn_inputs": {"target_tokens": {"data": [0], "dtype": "int64", "shape": [1]},
                                       "weights": {"data": [0.0], "dtype": "float32", "shape": [1]}}}],
          "loss_fn": "cross_entropy", "loss_fn_config": None, "forward_only": True, "type": "forward_backward"}
-class TrainingClient:
+class TrainingClient(ClientFutureCompat):
     def __init__(self, service, model_id: str, info: dict, next_seq: int = 1):
         self.service = service
         self.transport = service.transport
@@ -143,8 +143,10 @@ class TrainingClient:
         return self._submit("optim_step", {"adam_params": params, "type": "optim_step"},
                             OptimStepResponse.model_validate)
 
-    def save_state(self, name: str, ttl_seconds: Optional[int] = None) -> APIFuture[SaveWeightsResponse]:
-        return self._submit("save_weights", {"path": name, "ttl_seconds": ttl_seconds, "type": "save_weights"},
+    def save_state(self, name: str, ttl_seconds: Optional[int] = None, overwrite: bool = False,
+                   user_metadata: Optional[dict] = None) -> APIFuture[SaveWeightsResponse]:
+        return self._submit("save_weights", {"path": name, "ttl_seconds": ttl_seconds, "overwrite": overwrite,
+                                             "user_metadata": user_metadata or {}, "type": "save_weights"},
                             SaveWeightsResponse.model_validate)
 
     def load_state(self, path: str) -> APIFuture[dict]:
@@ -153,17 +155,26 @@ class TrainingClient:
     def load_state_with_optimizer(self, path: str) -> APIFuture[dict]:
         return self._submit("load_weights", {"path": path, "optimizer": True, "type": "load_weights"}, _identity)
 
-    def save_weights_for_sampler(self, name: str, ttl_seconds: Optional[int] = None) -> APIFuture[SaveWeightsResponse]:
+    def save_weights_for_sampler(self, name: str, ttl_seconds: Optional[int] = None,
+                                 user_metadata: Optional[dict] = None) -> APIFuture[SaveWeightsResponse]:
         return self._submit("save_weights_for_sampler", {"path": name, "ttl_seconds": ttl_seconds, "kind": "snapshot",
+                                                         "user_metadata": user_metadata or {},
                                                          "type": "save_weights_for_sampler"},
                             SaveWeightsResponse.model_validate)
 
-    def save_weights_external(self, name: str, ttl_seconds: Optional[int] = None) -> APIFuture[dict]:
-        return self._submit("save_weights_external", {"path": name, "ttl_seconds": ttl_seconds,
-                                                      "type": "save_weights_external"}, _identity)
+    def save_weights_external(self, name: str, ttl_seconds: Optional[int] = None,
+                              age_encryption_recipients: Optional[list[str]] = None) -> APIFuture[dict]:
+        """PEFT weights for use outside the service (the server refuses encryption it cannot do)."""
+        body = {"path": name, "ttl_seconds": ttl_seconds, "type": "save_weights_external"}
+        if age_encryption_recipients:
+            body["age_encryption_recipients"] = list(age_encryption_recipients)
+        return self._submit("save_weights_external", body, _identity)
 
-    def save_weights_and_get_sampling_client(self, name: Optional[str] = None):
-        """An ephemeral sampler on the current weights (`name` is accepted for Tinker compatibility)."""
+    def save_weights_and_get_sampling_client(self, name: Optional[str] = None, retry_config: Any = None,
+                                             record_stability_info: bool = False, kind: str = "snapshot"):
+        """An ephemeral sampler on the current weights. `name`, `retry_config`,
+        `record_stability_info` and `kind` are accepted for Tinker compatibility (Tinker ignores
+        `name` too; this SDK's retries are set on the ServiceClient)."""
         return self._ephemeral_sampler().result()
 
     def _ephemeral_sampler(self) -> APIFuture:
@@ -175,7 +186,7 @@ class TrainingClient:
         return self._submit("save_weights_for_sampler", body, lambda answer: SamplingClient.for_session(
             self.service, answer["sampling_session_id"], base_model=base_model))
 
-    def create_sampling_client(self, model_path: str):
+    def create_sampling_client(self, model_path: str, retry_config: Any = None, record_stability_info: bool = False):
         return self.service.create_sampling_client(model_path=model_path)
 
     def forward_backward_custom(self, data: Sequence[Datum], loss_fn) -> APIFuture[ForwardBackwardOutput]:
@@ -253,8 +264,8 @@ class TrainingClient:
     async def optim_step_async(self, adam_params: Optional[AdamParams] = None) -> APIFuture:
         return await self.optim_step(adam_params).submitted()
 
-    async def save_state_async(self, name: str, ttl_seconds: Optional[int] = None) -> APIFuture:
-        return await self.save_state(name, ttl_seconds).submitted()
+    async def save_state_async(self, name: str, ttl_seconds: Optional[int] = None, **options) -> APIFuture:
+        return await self.save_state(name, ttl_seconds, **options).submitted()
 
     async def load_state_async(self, path: str) -> APIFuture:
         return await self.load_state(path).submitted()
@@ -262,13 +273,14 @@ class TrainingClient:
     async def load_state_with_optimizer_async(self, path: str) -> APIFuture:
         return await self.load_state_with_optimizer(path).submitted()
 
-    async def save_weights_for_sampler_async(self, name: str, ttl_seconds: Optional[int] = None) -> APIFuture:
-        return await self.save_weights_for_sampler(name, ttl_seconds).submitted()
+    async def save_weights_for_sampler_async(self, name: str, ttl_seconds: Optional[int] = None,
+                                             **options) -> APIFuture:
+        return await self.save_weights_for_sampler(name, ttl_seconds, **options).submitted()
 
-    async def save_weights_external_async(self, name: str, ttl_seconds: Optional[int] = None) -> APIFuture:
-        return await self.save_weights_external(name, ttl_seconds).submitted()
+    async def save_weights_external_async(self, name: str, ttl_seconds: Optional[int] = None, **options) -> APIFuture:
+        return await self.save_weights_external(name, ttl_seconds, **options).submitted()
 
-    async def save_weights_and_get_sampling_client_async(self, name: Optional[str] = None):
+    async def save_weights_and_get_sampling_client_async(self, name: Optional[str] = None, **options):
         return await self._ephemeral_sampler()
 
     # ---- live metrics --------------------------------------------------------------------------

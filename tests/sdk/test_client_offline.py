@@ -182,6 +182,7 @@ def test_a_full_quota_is_waited_out_beyond_max_retries(server, caplog):
     (403, {"detail": "not yours"}, lorasmith.PermissionDeniedError, "not yours"),
     (404, {"detail": "model not found"}, lorasmith.NotFoundError, "model not found"),
     (409, {"detail": "conflict"}, lorasmith.ConflictError, "conflict"),
+    (422, {"detail": "unprocessable"}, lorasmith.UnprocessableEntityError, "unprocessable"),
     (429, {"detail": "quota: 100 queued operations"}, lorasmith.RateLimitError, "quota"),
     (500, {"detail": "boom"}, lorasmith.InternalServerError, "boom"),
 ])
@@ -195,6 +196,22 @@ def test_http_errors_are_typed_with_the_server_message(server, status, body, err
         assert raised.value.status_code == status
         if "field" in body:
             assert raised.value.field == "loss_fn"
+    finally:
+        service.close()
+
+
+def test_error_classes_carry_tinkers_names():
+    assert lorasmith.APIStatusError is lorasmith.APIError
+    assert issubclass(lorasmith.UnprocessableEntityError, lorasmith.BadRequestError)
+    assert issubclass(lorasmith.APITimeoutError, lorasmith.APIConnectionError)
+
+
+def test_a_timeout_is_typed_as_such(server):
+    service = server.client(max_retries=0)
+    try:
+        server.fail_next("create_session", httpx.ReadTimeout("slow"))
+        with pytest.raises(lorasmith.APITimeoutError, match="cannot reach"):
+            service.session_id
     finally:
         service.close()
 

@@ -16,7 +16,7 @@ def _datum() -> Datum:
 
 def test_rest_client_manages_runs_and_checkpoints(service):
     training = service.create_lora_training_client("tiny-llama", rank=4, seed=2, user_metadata={"purpose": "rest"})
-    state = training.save_state("s1").result().path
+    state = training.save_state("s1", user_metadata={"epoch": 1}).result().path
     sampler = training.save_weights_for_sampler("w1").result().path
     rest = service.create_rest_client()
 
@@ -28,6 +28,7 @@ def test_rest_client_manages_runs_and_checkpoints(service):
     listed = {c["tinker_path"]: c for c in rest.list_checkpoints(training.model_id).result()["checkpoints"]}
     assert {state, sampler} <= set(listed)
     assert listed[sampler]["checkpoint_type"] == "sampler"
+    assert (listed[state]["user_metadata"], listed[sampler]["user_metadata"]) == ({"epoch": 1}, None)
     assert sampler in [c["tinker_path"] for c in rest.list_user_checkpoints().result()["checkpoints"]]
 
     rest.publish_checkpoint(sampler).result()
@@ -83,3 +84,20 @@ def test_tokenizer_comes_from_the_server(service, tmp_path, monkeypatch):
 
 def _checkpoint(rest, run_id: str, path: str) -> dict:
     return next(c for c in rest.list_checkpoints(run_id).result()["checkpoints"] if c["tinker_path"] == path)
+
+
+def test_tinker_call_styles_and_refused_options(service):
+    """Code written for Tinker: client factories used as futures, its extra keyword arguments;
+    options this server does not implement are refused by name, never silently ignored."""
+    training = service.create_lora_training_client("tiny-llama", rank=2).result()
+    sampler = training.save_weights_and_get_sampling_client(record_stability_info=False)
+    assert sampler.result() is sampler
+    with pytest.raises(lorasmith.BadRequestError, match="age encryption") as refused:
+        training.save_weights_external("enc", age_encryption_recipients=["age1xyz"]).result()
+    assert refused.value.field == "age_encryption_recipients"
+    saved = training.save_state("again").result().path
+    assert training.save_state("again", overwrite=True).result().path == saved
+    with pytest.raises(lorasmith.BadRequestError) as refused:
+        sampler.sample(ModelInput.from_ints(SEQUENCE[:4]), 1, lorasmith.SamplingParams(max_tokens=1),
+                       topk_sample_logprobs=3).result()
+    assert refused.value.field == "topk_sample_logprobs"

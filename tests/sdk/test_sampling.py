@@ -30,6 +30,13 @@ def test_sampling_is_seeded_and_scored_like_compute_logprobs(service):
     assert scored[PROMPT.length:] == pytest.approx(sequence.logprobs, abs=1e-4)
 
 
+def test_prompt_logprobs_of_the_last_n_positions(service):
+    sampler = service.create_sampling_client(base_model="tiny-llama")
+    full = sampler.compute_logprobs(PROMPT).result(timeout=60)
+    last_two = sampler.compute_logprobs(PROMPT, prompt_logprobs_last_n=2).result(timeout=60)
+    assert last_two == [None] * (PROMPT.length - 2) + full[-2:]
+
+
 def test_prompt_logprobs_and_topk(service):
     sampler = service.create_sampling_client(base_model="tiny-llama")
     response = sampler.sample(PROMPT, 1, SamplingParams(max_tokens=1, temperature=0.0),

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import httpx
 
-from ..errors import APIConnectionError, LorasmithError, RequestFailedError, error_for_status
+from ..errors import APIConnectionError, APITimeoutError, LorasmithError, RequestFailedError, error_for_status
 
 log = logging.getLogger("lorasmith")
 RETRY_STATUSES = {408, 429, 500, 502, 503, 504}
@@ -57,7 +57,8 @@ class Transport:
             except httpx.TransportError as error:
                 attempt += 1
                 if attempt >= attempts:
-                    raise APIConnectionError(
+                    kind = APITimeoutError if isinstance(error, httpx.TimeoutException) else APIConnectionError
+                    raise kind(
                         f"cannot reach the Lorasmith server at {self.base_url} ({type(error).__name__}: {error}); "
                         "is it running, and is LORASMITH_BASE_URL right?") from error
                 await asyncio.sleep(_backoff(attempt - 1))

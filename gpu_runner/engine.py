@@ -108,12 +108,34 @@ class Engine:
         samples = [i for i in heads if isinstance(ops[i], Sample)]
         singles = [i for i in heads if i not in passes and i not in samples]
         if passes:
-            self._guarded(passes, results, lambda: self._forward_backward([ops[i] for i in passes]))
+            self._fused_passes(ops, passes, results)
         if samples:
             self._guarded(samples, results, lambda: self._sample([ops[i] for i in samples]))
         for i in singles:
             self._guarded([i], results, lambda: [self._run_single(ops[i])])
         self.adapters.enforce_budget()  # between waves no adapter is in use, so any may go
+
+    def _fused_passes(self, ops: Sequence[Operation], passes: list[int], results: list) -> None:
+        """One batched pass for these forward/backward ops. If it fails (e.g. one request's
+        activations exhaust device memory), the ops whose adapters held no gradient before are
+        run again one by one, their gradients reset first, so only the culprit fails. An adapter
+        that was accumulating may hold a partial gradient now, so its op fails with the pass."""
+        fresh = {ops[i].adapter_id for i in passes
+                 if all(p.grad is None for p in self.adapter(ops[i].adapter_id).parameters())}
+        self._guarded(passes, results, lambda: self._forward_backward([ops[i] for i in passes]))
+        if len(passes) == 1 or results[passes[0]].ok:
+            return
+        self._clear_grads(fresh)
+        for i in passes:
+            if ops[i].adapter_id in fresh:
+                self._guarded([i], results, lambda: self._forward_backward([ops[i]]))
+                if not results[i].ok:
+                    self._clear_grads([ops[i].adapter_id])  # the culprit leaves no gradient behind
+
+    def _clear_grads(self, adapter_ids) -> None:
+        for adapter_id in adapter_ids:
+            for parameter in self.adapter(adapter_id).parameters():
+                parameter.grad = None
 
     def _guarded(self, indices: list[int], results: list, work) -> None:
         """Run `work` for these ops; a failure fails exactly these ops and nothing else."""

@@ -98,3 +98,29 @@ def test_an_exception_inside_a_pass_fails_only_that_pass(engine, monkeypatch):
     monkeypatch.setattr(engine, "_forward_backward", original)
     (ok,) = engine.run_cycle([ForwardBackward(adapter_id, [GOOD])])
     assert ok.ok
+
+
+def test_a_failing_fused_pass_is_retried_one_by_one_so_only_the_culprit_fails(engine, monkeypatch):
+    """As when one request's activations exhaust device memory: the others still get exactly
+    what they get alone, with no gradient counted twice; an adapter that was accumulating fails
+    with the pass (its gradient could be partial)."""
+    good, culprit, accumulating, reference = (new_adapter(engine, rank=4, seed=s) for s in (5, 6, 7, 5))
+    engine.run_cycle([ForwardBackward(accumulating, [GOOD])])
+    original = engine._forward_backward
+
+    def fails_with_the_culprit(ops):
+        outputs = original(ops)  # gradients land first, as a late failure would leave them
+        if any(op.adapter_id == culprit for op in ops):
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return outputs
+
+    monkeypatch.setattr(engine, "_forward_backward", fails_with_the_culprit)
+    results = engine.run_cycle([ForwardBackward(a, [GOOD]) for a in (good, culprit, accumulating)])
+    monkeypatch.setattr(engine, "_forward_backward", original)
+    assert results[0].ok and "out of memory" in results[1].error and results[1].category == "server"
+    assert "out of memory" in results[2].error
+    assert all(p.grad is None for p in engine.adapter(culprit).parameters())
+    (alone,) = engine.run_cycle([ForwardBackward(reference, [GOOD])])
+    assert results[0].output.metrics["loss:sum"] == pytest.approx(alone.output.metrics["loss:sum"], rel=1e-6)
+    for got, expected in zip(engine.adapter(good).parameters(), engine.adapter(reference).parameters()):
+        torch.testing.assert_close(got.grad, expected.grad, rtol=1e-5, atol=1e-7)

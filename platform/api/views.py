@@ -181,6 +181,7 @@ def session_detail(request, session_id: str):
                      "training_run_ids": list(session.training_runs.order_by("created_at").values_list("id", flat=True)),
                      "sampler_ids": list(session.sampling_sessions.order_by("created_at").values_list("id", flat=True)),
                      "user_metadata": session.user_metadata or None, "tags": session.tags,
+                     "display_name": session.display_name or None, "project_id": session.project_id or None,
                      "finished_reason": session.finished_reason or None})
 
 

@@ -31,8 +31,14 @@ TRAINING_KINDS = ("forward_backward", "optim_step", "save_weights", "save_weight
 def create_session(user, body: dict) -> Session:
     tags = wire.optional(body, "tags", list, [])
     metadata = wire.optional(body, "user_metadata", dict, {})
+    display_name = wire.optional(body, "display_name", str, "")
+    project_id = wire.optional(body, "project_id", str, "")
+    if len(display_name) > 200 or len(project_id) > 200:
+        raise BadRequest("display_name and project_id are at most 200 characters",
+                         field="display_name" if len(display_name) > 200 else "project_id")
     return Session.objects.create(id=str(uuid.uuid4()), owner=user, tags=tags, user_metadata=metadata,
-                                  sdk_version=str(body.get("sdk_version", ""))[:40])
+                                  sdk_version=str(body.get("sdk_version", ""))[:40], display_name=display_name,
+                                  project_id=project_id)
 
 
 def heartbeat(user, session_id: str) -> Session:

@@ -44,6 +44,11 @@ def test_sessions_list_and_detail(live_server_embedded):
     bob = Wire(live_server_embedded.client(live_server_embedded.make_api_key("bob-sessions")))
     assert session not in bob.get("sessions")["sessions"]
     assert bob.client.get(f"sessions/{session}").status_code == 404
+    named = wire.post("create_session", {"display_name": "nightly sweep", "project_id": "p7"})["session_id"]
+    assert {k: wire.get(f"sessions/{named}")[k] for k in ("display_name", "project_id")} == {
+        "display_name": "nightly sweep", "project_id": "p7"}
+    refused = wire.client.post("create_session", json={"display_name": 5})
+    assert refused.status_code == 400 and refused.json()["field"] == "display_name"
 
 
 def test_cancel_future_leaves_training_and_finished_work_alone(live_server_embedded):

@@ -15,7 +15,7 @@ from training import access, base_models, retention, storage, submit, wire
 from training.errors import BadRequest, TooLarge
 from training.models import Checkpoint, Session, TrainingRun
 
-from . import serializers
+from . import schema, serializers
 from .errors import parse_json
 
 
@@ -29,6 +29,7 @@ def body_of(request) -> dict:
 
 # ---- service / session ------------------------------------------------------------------------
 
+@schema.free_form()
 @api_view(["POST"])
 @permission_classes([AllowAny])
 def client_config(request):
@@ -36,12 +37,14 @@ def client_config(request):
                      "sample_use_retrieve_futures": False, "custom_loss_server_side": False})
 
 
+@schema.free_form()
 @api_view(["POST"])
 @permission_classes([AllowAny])
 def client_dynamic_config(request):
     return Response({"refresh_interval_sec": 300, "sample_cancel_enabled": False, "sample_cancel_max_batch_size": 64})
 
 
+@schema.free_form()
 @api_view(["GET"])
 @permission_classes([AllowAny])
 def healthz(request):
@@ -49,6 +52,7 @@ def healthz(request):
     return Response({"status": "ok", "pid": os.getpid()})
 
 
+@schema.free_form()
 @api_view(["GET"])
 def server_capabilities(request):
     models = []
@@ -59,24 +63,28 @@ def server_capabilities(request):
     return Response({"supported_models": models})
 
 
+@schema.accepts(schema.CreateSession, summary="Start a session (heartbeat it; finish it when done)")
 @api_view(["POST"])
 def create_session(request):
     session = submit.create_session(request.user, body_of(request))
     return Response({"session_id": session.id, "type": "create_session"})
 
 
+@schema.free_form()
 @api_view(["POST"])
 def session_heartbeat(request):
     submit.heartbeat(request.user, wire.require(body_of(request), "session_id", str))
     return Response({"type": "session_heartbeat"})
 
 
+@schema.free_form()
 @api_view(["POST"])
 def finish_session(request, session_id: str):
     submit.finish_session(request.user, session_id, body_of(request))
     return Response({"session_id": session_id})
 
 
+@schema.free_form()
 @api_view(["POST"])
 def telemetry(request):
     return Response({"status": "accepted"})
@@ -84,12 +92,14 @@ def telemetry(request):
 
 # ---- training ---------------------------------------------------------------------------------
 
+@schema.accepts(schema.CreateModel, summary="Create a LoRA training model: a future of its model_id")
 @api_view(["POST"])
 def create_model(request):
     op = submit.create_model(request.user, body_of(request))
     return Response(serializers.future_handle(op))
 
 
+@schema.free_form()
 @api_view(["POST"])
 def get_info(request):
     run = access.training_run_of(request.user, wire.require(body_of(request), "model_id", str))
@@ -101,7 +111,8 @@ def get_info(request):
     })
 
 
-def _training_view(kind: str, forced: dict | None = None):
+def _training_view(kind: str, request_schema, summary: str, forced: dict | None = None):
+    @schema.accepts(request_schema, summary=summary)
     @api_view(["POST"])
     def view(request):
         body = {**body_of(request), **(forced or {})}
@@ -112,14 +123,19 @@ def _training_view(kind: str, forced: dict | None = None):
     return view
 
 
-forward_backward = _training_view("forward_backward")
-forward = _training_view("forward_backward", {"forward_only": True})
-optim_step = _training_view("optim_step")
-save_weights = _training_view("save_weights")
-save_weights_for_sampler = _training_view("save_weights_for_sampler")
-save_weights_external = _training_view("save_weights_external")
+forward_backward = _training_view("forward_backward", schema.ForwardBackward,
+                                  "Forward and backward pass with a loss; gradients accumulate until optim_step")
+forward = _training_view("forward_backward", schema.ForwardBackward, "Forward pass only (no gradients)",
+                         {"forward_only": True})
+optim_step = _training_view("optim_step", schema.OptimStep, "One AdamW step on the accumulated gradients")
+save_weights = _training_view("save_weights", schema.SaveWeights, "Save adapter and optimizer state (tinker://.../weights/)")
+save_weights_for_sampler = _training_view("save_weights_for_sampler", schema.SaveWeights,
+                                          "Export sampler weights (named, or ephemeral with a sampling session)")
+save_weights_external = _training_view("save_weights_external", schema.SaveWeights,
+                                       "Export a PEFT adapter for download (external_weights_urls, archive)")
 
 
+@schema.accepts(schema.LoadWeights, summary="Load a training checkpoint (create-via-load, or into a model)")
 @api_view(["POST"])
 def load_weights(request):
     op = submit.load_weights(request.user, body_of(request))
@@ -128,12 +144,14 @@ def load_weights(request):
 
 # ---- sampling ---------------------------------------------------------------------------------
 
+@schema.accepts(schema.CreateSamplingSession, summary="A sampler on a base model or sampler weights")
 @api_view(["POST"])
 def create_sampling_session(request):
     sampler = submit.create_sampling_session(request.user, body_of(request))
     return Response({"sampling_session_id": sampler.id, "type": "create_sampling_session"})
 
 
+@schema.free_form()
 @api_view(["GET"])
 def get_sampler(request, sampler_id: str):
     sampler = access.sampling_session_of(request.user, sampler_id)
@@ -141,6 +159,7 @@ def get_sampler(request, sampler_id: str):
                      "model_path": sampler.model_path or None})
 
 
+@schema.accepts(schema.Sample, schema.SampleHandle, summary="Sample completions: a future of a SampleResponse")
 @api_view(["POST"])
 def asample(request):
     op = submit.submit_sample(request.user, body_of(request))
@@ -167,6 +186,7 @@ def _paginated(request, key: str, queryset, serialize, default_limit: int) -> Re
                      "cursor": {"offset": offset, "limit": limit, "total_count": queryset.count()}})
 
 
+@schema.free_form()
 @api_view(["GET"])
 def sessions(request):
     limit, offset = _page(request, 20)
@@ -174,6 +194,7 @@ def sessions(request):
     return Response({"sessions": list(found.values_list("id", flat=True)[offset:offset + limit])})
 
 
+@schema.free_form()
 @api_view(["GET"])
 def session_detail(request, session_id: str):
     session = access.session_of(request.user, session_id)
@@ -185,23 +206,27 @@ def session_detail(request, session_id: str):
                      "finished_reason": session.finished_reason or None})
 
 
+@schema.free_form()
 @api_view(["POST"])
 def cancel_future(request):
     request_id = wire.require(body_of(request), "request_id", str)
     return Response({"request_id": request_id, "cancelled": submit.cancel_future(request.user, request_id)})
 
 
+@schema.free_form()
 @api_view(["GET"])
 def training_runs(request):
     runs = TrainingRun.objects.filter(owner=request.user).order_by("-created_at")
     return _paginated(request, "training_runs", runs, serializers.training_run, 20)
 
 
+@schema.free_form()
 @api_view(["GET"])
 def training_run(request, run_id: str):
     return Response(serializers.training_run(access.training_run_of(request.user, run_id)))
 
 
+@schema.free_form()
 @api_view(["GET"])
 def run_checkpoints(request, run_id: str):
     run = access.training_run_of(request.user, run_id)
@@ -209,18 +234,21 @@ def run_checkpoints(request, run_id: str):
     return Response({"checkpoints": [serializers.checkpoint(c) for c in checkpoints]})
 
 
+@schema.free_form()
 @api_view(["GET"])
 def user_checkpoints(request):
     checkpoints = access.unexpired(Checkpoint.objects.filter(owner=request.user)).order_by("-created_at")
     return _paginated(request, "checkpoints", checkpoints, serializers.checkpoint, 100)
 
 
+@schema.free_form()
 @api_view(["DELETE"])
 def delete_checkpoint(request, run_id: str, checkpoint_id: str):
     retention.delete_checkpoint(access.owned_checkpoint(request.user, run_id, checkpoint_id))
     return Response(status=204)
 
 
+@schema.free_form()
 @api_view(["POST", "DELETE"])
 def publish_checkpoint(request, run_id: str, checkpoint_id: str):
     checkpoint = access.owned_checkpoint(request.user, run_id, checkpoint_id)
@@ -229,6 +257,7 @@ def publish_checkpoint(request, run_id: str, checkpoint_id: str):
     return Response(serializers.checkpoint(checkpoint))
 
 
+@schema.free_form()
 @api_view(["PUT"])
 def checkpoint_ttl(request, run_id: str, checkpoint_id: str):
     checkpoint = access.owned_checkpoint(request.user, run_id, checkpoint_id)
@@ -250,6 +279,7 @@ def _downloadable(user, run_id: str, checkpoint_id: str) -> Checkpoint:
     return checkpoint
 
 
+@schema.free_form()
 @api_view(["GET"])
 def external_weights_urls(request, run_id: str, checkpoint_id: str):
     checkpoint = _downloadable(request.user, run_id, checkpoint_id)
@@ -259,6 +289,7 @@ def external_weights_urls(request, run_id: str, checkpoint_id: str):
     return Response({"urls": urls, "expires": expires.isoformat() if expires else None})
 
 
+@schema.free_form()
 @api_view(["GET"])
 def checkpoint_archive(request, run_id: str, checkpoint_id: str):
     checkpoint = _downloadable(request.user, run_id, checkpoint_id)
@@ -266,6 +297,7 @@ def checkpoint_archive(request, run_id: str, checkpoint_id: str):
     return Response({"url": url, "expires": expires.isoformat()})
 
 
+@schema.free_form()
 @api_view(["POST"])
 def weights_info(request):
     run_id, segment, name = wire.parse_tinker_path(wire.require(body_of(request), "tinker_path", str), "tinker_path")
@@ -276,6 +308,7 @@ def weights_info(request):
                      "optimizer_config": {"type": "adamw"}})
 
 
+@schema.free_form()
 @api_view(["GET"])
 def tokenizer_files(request, name: str):
     info = base_models.served_info(name, field="name")

@@ -133,8 +133,11 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "api.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
-SPECTACULAR_SETTINGS = {"TITLE": "Lorasmith API", "VERSION": "1.0.0",
-                        "DESCRIPTION": "Tinker-compatible LoRA fine-tuning service (JSON form)."}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Lorasmith API", "VERSION": "1.0.0",
+    "DESCRIPTION": "Tinker-compatible LoRA fine-tuning service (JSON form).",
+    "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.schema.add_retrieve_future"],
+}
 
 LORASMITH = {
     # base models this deployment serves (hub ids or local paths); tiny-llama is always served

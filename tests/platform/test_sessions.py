@@ -28,8 +28,16 @@ def test_openapi_schema_lists_the_api(live_server_embedded):
 
     schema = httpx.get(f"{live_server_embedded.base_url}/api/schema?format=json")
     assert schema.status_code == 200
-    paths = schema.json()["paths"]
-    assert "/api/v1/forward_backward" in paths and "/api/v1/create_model" in paths
+    document = schema.json()
+    paths, components = document["paths"], document["components"]
+    assert {"/api/v1/forward_backward", "/api/v1/create_model", "/api/v1/asample", "/api/v1/retrieve_future",
+            "/api/v1/training_runs/{run_id}"} <= set(paths)
+    body = paths["/api/v1/forward_backward"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    forward_backward = components["schemas"][body["$ref"].rsplit("/", 1)[1]]
+    assert {"model_id", "seq_id", "data", "loss_fn"} <= set(forward_backward["properties"])
+    assert components["schemas"]["Datum"]["properties"]["loss_fn_inputs"]["additionalProperties"]
+    assert "429" in paths["/api/v1/forward_backward"]["post"]["responses"]
+    assert components["securitySchemes"]["ApiKey"] == {"type": "apiKey", "in": "header", "name": "X-API-Key"}
 
 
 def test_sessions_list_and_detail(live_server_embedded):

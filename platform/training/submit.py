@@ -211,6 +211,8 @@ def _training_payload(run: TrainingRun, kind: str, body: dict) -> dict:
     if kind == "forward_backward":
         return _forward_backward_payload(run, body)
     if kind == "optim_step":
+        if body.get("optimizer_params") is not None:
+            raise BadRequest("only AdamW is supported here: send adam_params", field="optimizer_params")
         wire.adam_params(body)
         return {"adam_params": body.get("adam_params") or {}}
     if kind == "save_weights_external" and body.get("age_encryption_recipients"):

@@ -138,8 +138,10 @@ class TrainingClient(ClientFutureCompat):
         return APIFuture(background.submit(combine()), ForwardBackwardOutput.model_validate,
                          accepted=parts[-1].accepted)
 
-    def optim_step(self, adam_params: Optional[AdamParams] = None) -> APIFuture[OptimStepResponse]:
-        params = (adam_params or AdamParams()).model_dump()
+    def optim_step(self, optim_params: Optional[AdamParams] = None, *,
+                   adam_params: Optional[AdamParams] = None) -> APIFuture[OptimStepResponse]:
+        """Tinker's signature: the parameters positionally or as `adam_params=` (AdamW only)."""
+        params = (optim_params or adam_params or AdamParams()).model_dump()
         return self._submit("optim_step", {"adam_params": params, "type": "optim_step"},
                             OptimStepResponse.model_validate)
 
@@ -261,8 +263,9 @@ class TrainingClient(ClientFutureCompat):
     async def forward_backward_custom_async(self, data, loss_fn) -> APIFuture:
         return await self.forward_backward_custom(data, loss_fn).submitted()
 
-    async def optim_step_async(self, adam_params: Optional[AdamParams] = None) -> APIFuture:
-        return await self.optim_step(adam_params).submitted()
+    async def optim_step_async(self, optim_params: Optional[AdamParams] = None, *,
+                               adam_params: Optional[AdamParams] = None) -> APIFuture:
+        return await self.optim_step(optim_params, adam_params=adam_params).submitted()
 
     async def save_state_async(self, name: str, ttl_seconds: Optional[int] = None, **options) -> APIFuture:
         return await self.save_state(name, ttl_seconds, **options).submitted()

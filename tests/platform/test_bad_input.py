@@ -66,6 +66,9 @@ def test_a_refused_request_uses_up_its_seq_and_later_work_runs(live_server_embed
     bad_step = wire.client.post("optim_step", json={"model_id": model_id, "seq_id": 2,
                                                    "adam_params": {"learning_rate": -1}})
     assert bad_step.status_code == 400 and bad_step.json()["consumed_seq_id"] == 2
+    other_optimizer = wire.client.post("optim_step", json={"model_id": model_id, "seq_id": 90,
+                                                          "optimizer_params": {"type": "sgd", "learning_rate": 0.1}})
+    assert other_optimizer.status_code == 400 and other_optimizer.json()["field"] == "optimizer_params"
     # the early arrival ran on the untouched adapter: same loss as the other model's first request (same seed)
     assert wire.result(waiting)["metrics"]["loss:sum"] == pytest.approx(wire.result(first)["metrics"]["loss:sum"])
     # a repeat of a refused seq gets the same refusal, even with a now-valid body: the seq is spent

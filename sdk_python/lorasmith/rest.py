@@ -76,6 +76,15 @@ class RestClient:
     def get_weights_info(self, tinker_path: str) -> APIFuture[dict]:
         return self._call("POST", "weights_info", {"tinker_path": tinker_path})
 
+    def list_sessions(self, limit: int = 20, offset: int = 0) -> APIFuture[dict]:
+        return self._call("GET", "sessions", params={"limit": limit, "offset": offset})
+
+    def get_session(self, session_id: str) -> APIFuture[dict]:
+        return self._call("GET", f"sessions/{session_id}")
+
+    def get_sampler(self, sampler_id: str) -> APIFuture[dict]:
+        return self._call("GET", f"samplers/{sampler_id}")
+
     def get_server_capabilities(self) -> APIFuture[dict]:
         return self._call("GET", "get_server_capabilities")
 

@@ -23,6 +23,8 @@ def test_rest_client_manages_runs_and_checkpoints(service):
     runs = rest.list_training_runs(limit=100).result()
     assert training.model_id in [r["training_run_id"] for r in runs["training_runs"]]
     assert runs["cursor"]["total_count"] >= 1
+    assert service.session_id in rest.list_sessions(limit=5).result()["sessions"]
+    assert training.model_id in rest.get_session(service.session_id).result()["training_run_ids"]
     run = rest.get_training_run(training.model_id).result()
     assert (run["lora_rank"], run["user_metadata"]) == (4, {"purpose": "rest"})
     listed = {c["tinker_path"]: c for c in rest.list_checkpoints(training.model_id).result()["checkpoints"]}
@@ -92,6 +94,7 @@ def test_tinker_call_styles_and_refused_options(service):
     training = service.create_lora_training_client("tiny-llama", rank=2).result()
     sampler = training.save_weights_and_get_sampling_client(record_stability_info=False)
     assert sampler.result() is sampler
+    assert service.create_rest_client().get_sampler(sampler.sampling_session_id).result()["base_model"] == "tiny-llama"
     with pytest.raises(lorasmith.BadRequestError, match="age encryption") as refused:
         training.save_weights_external("enc", age_encryption_recipients=["age1xyz"]).result()
     assert refused.value.field == "age_encryption_recipients"

@@ -172,6 +172,9 @@ def _plan_sample(engine, op: Operation, imported: set[str]):
     adapter_id = None
     if sampler.weights_dir:
         adapter_id = sampler.id
+        if not engine.has_adapter(adapter_id) and not Path(sampler.weights_dir).is_dir():
+            raise EngineInputError(f"the weights of sampling session {sampler.id} are no longer kept "
+                                   "(released while this request was queued)", field="sampling_session_id")
         if not engine.has_adapter(adapter_id) and adapter_id not in imported:
             helpers.append(ImportPeft(adapter_id, Path(sampler.weights_dir)))
             imported.add(adapter_id)

@@ -103,3 +103,20 @@ def test_idle_adapters_leave_the_engine_and_busy_ones_stay(monkeypatch):
     monkeypatch.setattr(engines, "_engines", {"tiny-llama": engine})
     assert engines.release_idle_adapters() == 2
     assert sorted(engine.adapter_ids()) == ["fin:train:1", "live:sample:4", "live:train:0"]
+
+
+def test_a_queued_sample_whose_snapshot_went_meanwhile_fails_as_a_user_error(snapshots):
+    from gpu_runner.errors import EngineInputError
+    from training import runner
+
+    user, _, root, samplers = snapshots
+    retention.release_ephemeral_weights(root, keep=0)  # spares seq-1: its sample is pending
+    op = Operation.objects.create(id="raced", owner=user, kind="sample", base_model="tiny-llama",
+                                  sampling_session=samplers[1], seq_id=0, payload={})
+
+    class NoAdapters:
+        def has_adapter(self, adapter_id: str) -> bool:
+            return False
+
+    with pytest.raises(EngineInputError, match="no longer kept"):
+        runner._plan_sample(NoAdapters(), op, set())

@@ -6,6 +6,7 @@
 
 Usage: python bench/engine_bench.py [--model tiny-llama] [--device cpu|cuda] [--repeats 5]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu_runner import Engine  # noqa: E402
-from gpu_runner.types import AdamParams, Datum, ExportPeft, ForwardBackward, LoraSpec, OptimStep, Sample, SamplingParams  # noqa: E402
+from gpu_runner import Engine
+from gpu_runner.types import AdamParams, Datum, ExportPeft, ForwardBackward, LoraSpec, OptimStep, Sample, SamplingParams
 
 
 def _once(fn) -> float:
@@ -39,8 +40,11 @@ def compare(fn_a, fn_b, repeats: int) -> tuple[float, float, float]:
     Returns the median seconds of A, of B, and the median of the per-pair ratios B/A."""
     fn_a(), fn_b()
     pairs = [(_once(fn_a), _once(fn_b)) for _ in range(repeats)]
-    return (statistics.median(a for a, _ in pairs), statistics.median(b for _, b in pairs),
-            statistics.median(b / a for a, b in pairs))
+    return (
+        statistics.median(a for a, _ in pairs),
+        statistics.median(b for _, b in pairs),
+        statistics.median(b / a for a, b in pairs),
+    )
 
 
 def batch(n: int, length: int, seed: int, vocab: int) -> list[Datum]:
@@ -79,7 +83,10 @@ def bench_training_step(engine: Engine, args) -> float:
         optimizer.zero_grad()
 
     t_engine, t_peft, ratio = compare(engine_step, peft_step, args.repeats)
-    print(f"[1] training step: engine {t_engine * 1e3:.1f} ms, bare PEFT {t_peft * 1e3:.1f} ms -> {ratio:.2f}x (goal >= 0.95x)")
+    print(
+        f"[1] training step: engine {t_engine * 1e3:.1f} ms, bare PEFT {t_peft * 1e3:.1f} ms"
+        f" -> {ratio:.2f}x (goal >= 0.95x)"
+    )
     return ratio
 
 
@@ -99,8 +106,10 @@ def bench_multi_adapter_training(engine: Engine, args, per_adapter: int, length:
             engine.run_cycle([ForwardBackward(a, data[a]), OptimStep(a)])
 
     t_cycle, t_seq, ratio = compare(one_cycle, one_by_one, args.repeats)
-    print(f"[2] 8 adapters x {per_adapter} seqs x {length} tokens: one cycle {tokens / t_cycle:,.0f} tok/s, one by one "
-          f"{tokens / t_seq:,.0f} tok/s -> {ratio:.2f}x (goal >= 2x)")
+    print(
+        f"[2] 8 adapters x {per_adapter} seqs x {length} tokens: one cycle {tokens / t_cycle:,.0f} tok/s, one by one "
+        f"{tokens / t_seq:,.0f} tok/s -> {ratio:.2f}x (goal >= 2x)"
+    )
     return ratio
 
 
@@ -124,13 +133,22 @@ def bench_sampling(engine: Engine, args) -> tuple[float, float]:
 
     def hf_generate():
         with torch.no_grad():
-            peft.generate(input_ids=input_ids, do_sample=True, num_return_sequences=n, max_new_tokens=args.new_tokens,
-                          min_new_tokens=args.new_tokens, top_k=0, pad_token_id=0)
+            peft.generate(
+                input_ids=input_ids,
+                do_sample=True,
+                num_return_sequences=n,
+                max_new_tokens=args.new_tokens,
+                min_new_tokens=args.new_tokens,
+                top_k=0,
+                pad_token_id=0,
+            )
 
     tokens = n * args.new_tokens
     t_engine, t_hf, vs_hf = compare(engine_sample, hf_generate, args.repeats)
-    print(f"[3a] sampling {n} x {args.new_tokens} tokens: engine {tokens / t_engine:,.0f} tok/s, HF generate "
-          f"{tokens / t_hf:,.0f} tok/s -> {vs_hf:.2f}x (goal >= 1x)")
+    print(
+        f"[3a] sampling {n} x {args.new_tokens} tokens: engine {tokens / t_engine:,.0f} tok/s, HF generate "
+        f"{tokens / t_hf:,.0f} tok/s -> {vs_hf:.2f}x (goal >= 1x)"
+    )
 
     ids = [f"multi-{i}" for i in range(8)]
     per_adapter = SamplingParams(max_tokens=args.new_tokens, temperature=1.0, seed=2, stop=[])
@@ -143,8 +161,10 @@ def bench_sampling(engine: Engine, args) -> tuple[float, float]:
             engine.run_cycle([Sample(a, prompt, 1, per_adapter)])
 
     t_batched, t_seq, multi = compare(batched, sequential, args.repeats)
-    print(f"[3b] sampling 8 adapters: batched {8 * args.new_tokens / t_batched:,.0f} tok/s, sequential "
-          f"{8 * args.new_tokens / t_seq:,.0f} tok/s -> {multi:.2f}x (goal >= 3x)")
+    print(
+        f"[3b] sampling 8 adapters: batched {8 * args.new_tokens / t_batched:,.0f} tok/s, sequential "
+        f"{8 * args.new_tokens / t_seq:,.0f} tok/s -> {multi:.2f}x (goal >= 3x)"
+    )
     return vs_hf, multi
 
 

@@ -3,12 +3,12 @@
 A name is a built-in tiny model, a local directory, or a hub id (read from the hub cache;
 `HF_HUB_OFFLINE` is respected by transformers itself). bf16 on CUDA, fp32 on CPU.
 """
+
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 
@@ -28,16 +28,16 @@ class BaseModelInfo:
     vocab_size: int
     max_context: int
     arch: str
-    eos_token_id: Optional[int]
+    eos_token_id: int | None
 
 
-def resolve_model_dir(name: str, data_dir: Optional[Path] = None) -> str:
+def resolve_model_dir(name: str, data_dir: Path | None = None) -> str:
     if tiny_models.is_builtin(name):
         return str(tiny_models.materialise(name, (data_dir or default_data_dir()) / "models"))
     return name  # a local path or a hub id: transformers resolves both
 
 
-def describe_base_model(name: str, data_dir: Optional[Path] = None) -> BaseModelInfo:
+def describe_base_model(name: str, data_dir: Path | None = None) -> BaseModelInfo:
     from transformers import AutoConfig
 
     model_dir = resolve_model_dir(name, data_dir)
@@ -56,7 +56,7 @@ def describe_base_model(name: str, data_dir: Optional[Path] = None) -> BaseModel
     )
 
 
-def pick_device(device: Optional[str] = None) -> torch.device:
+def pick_device(device: str | None = None) -> torch.device:
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -6,6 +6,7 @@ Two formats:
 - PEFT adapter (`export_peft`/`import_peft`): `adapter_config.json` + `adapter_model.safetensors`
   with PEFT's key names, loadable by `peft.PeftModel.from_pretrained` and vLLM.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -37,7 +38,9 @@ def save_state(adapter: Adapter, directory: Path, include_optimizer: bool = True
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / SPEC_FILE).write_text(json.dumps(dataclasses.asdict(adapter.spec)))
-    save_file({k: v.detach().contiguous().cpu() for k, v in adapter.named_tensors().items()}, str(directory / WEIGHTS_FILE))
+    save_file(
+        {k: v.detach().contiguous().cpu() for k, v in adapter.named_tensors().items()}, str(directory / WEIGHTS_FILE)
+    )
     if include_optimizer:
         save_file(_optimizer_tensors(adapter), str(directory / OPTIMIZER_FILE))
 
@@ -78,8 +81,13 @@ def export_peft(adapter: Adapter, directory: Path, base_model_name: str) -> None
     directory.mkdir(parents=True, exist_ok=True)
     targets = sorted({name.rsplit(".", 1)[-1] for name in adapter.weights})
     config = LoraConfig(
-        r=adapter.spec.rank, lora_alpha=adapter.spec.alpha, target_modules=targets, lora_dropout=0.0,
-        bias="none", task_type="CAUSAL_LM", base_model_name_or_path=base_model_name,
+        r=adapter.spec.rank,
+        lora_alpha=adapter.spec.alpha,
+        target_modules=targets,
+        lora_dropout=0.0,
+        bias="none",
+        task_type="CAUSAL_LM",
+        base_model_name_or_path=base_model_name,
     )
     config.save_pretrained(str(directory))
     tensors = {}
@@ -103,8 +111,13 @@ def import_peft(adapter_id: str, directory: Path, device: torch.device, kinds: d
             if module.endswith(suffix):
                 named[f"{module[: -len(suffix)]}.{part}"] = tensor
     present = {kinds.get(name.rsplit(".", 1)[0]) for name in named}
-    spec = LoraSpec(rank=int(config["r"]), alpha=float(config.get("lora_alpha", config["r"])),
-                    train_attn="attn" in present, train_mlp="mlp" in present, train_unembed="unembed" in present)
+    spec = LoraSpec(
+        rank=int(config["r"]),
+        alpha=float(config.get("lora_alpha", config["r"])),
+        train_attn="attn" in present,
+        train_mlp="mlp" in present,
+        train_unembed="unembed" in present,
+    )
     return _adapter_from_named(adapter_id, spec, named, device)
 
 
@@ -112,11 +125,15 @@ def copy_directory(source: Path, target: Path) -> None:
     shutil.copytree(source, target, dirs_exist_ok=True)
 
 
-def _adapter_from_named(adapter_id: str, spec: LoraSpec, named: dict[str, torch.Tensor], device: torch.device) -> Adapter:
+def _adapter_from_named(
+    adapter_id: str, spec: LoraSpec, named: dict[str, torch.Tensor], device: torch.device
+) -> Adapter:
     modules = sorted({key.rsplit(".", 1)[0] for key in named})
     weights = {
-        m: (named[f"{m}.lora_A"].to(device, torch.float32).requires_grad_(True),
-            named[f"{m}.lora_B"].to(device, torch.float32).requires_grad_(True))
+        m: (
+            named[f"{m}.lora_A"].to(device, torch.float32).requires_grad_(True),
+            named[f"{m}.lora_B"].to(device, torch.float32).requires_grad_(True),
+        )
         for m in modules
     }
     return Adapter(adapter_id, spec, weights)
@@ -135,6 +152,4 @@ def _restore_optimizer(adapter: Adapter, tensors: dict[str, torch.Tensor], devic
     for i, p in enumerate(adapter.parameters()):
         state = {key.split(".", 1)[1]: t for key, t in tensors.items() if key.split(".", 1)[0] == str(i)}
         if state:
-            adapter.optimizer.state[p] = {
-                k: (v if k == "step" else v.to(device)) for k, v in state.items()
-            }
+            adapter.optimizer.state[p] = {k: (v if k == "step" else v.to(device)) for k, v in state.items()}

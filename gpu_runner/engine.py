@@ -5,6 +5,7 @@ different adapters advance together in *waves*: each wave takes the next operati
 adapter, runs all forward/forward_backward ones as ONE padded batch with per-row adapter routing,
 all sample ones as ONE generation batch, and the rest (optimizer steps, checkpoint I/O) one by one.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -13,8 +14,8 @@ import tempfile
 import time
 import traceback
 from collections import OrderedDict, deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
 
 import torch
 
@@ -25,17 +26,36 @@ from .errors import EngineError, EngineInputError
 from .lora_layer import Routing, Segment, wrap_model
 from .losses import LOSSES
 from .sampler import SampleRow, generate, row_generator
-from .types import (CheckpointOutput, Datum, ExportPeft, ForwardBackward, ForwardBackwardOutput, ImportPeft,
-                    LoadState, LoraSpec, Operation, OpResult, OptimStep, OptimStepOutput, Sample, SampleOutput,
-                    SaveState)
+from .types import (
+    CheckpointOutput,
+    Datum,
+    ExportPeft,
+    ForwardBackward,
+    ForwardBackwardOutput,
+    ImportPeft,
+    LoadState,
+    LoraSpec,
+    Operation,
+    OpResult,
+    OptimStep,
+    OptimStepOutput,
+    Sample,
+    SampleOutput,
+    SaveState,
+)
 from .validation import validate_forward_backward, validate_sample
 
 log = logging.getLogger(__name__)
 
 
 class Engine:
-    def __init__(self, base_model: str, data_dir: Optional[Path] = None, device: Optional[str] = None,
-                 memory_budget_bytes: Optional[int] = None):
+    def __init__(
+        self,
+        base_model: str,
+        data_dir: Path | None = None,
+        device: str | None = None,
+        memory_budget_bytes: int | None = None,
+    ):
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.info: BaseModelInfo = describe_base_model(base_model, self.data_dir)
         self.device = pick_device(device)
@@ -53,8 +73,9 @@ class Engine:
         if spec.rank < 1:
             raise EngineInputError("rank must be at least 1", field="lora_config.rank")
         if not (spec.train_attn or spec.train_mlp or spec.train_unembed):
-            raise EngineInputError("at least one of train_attn, train_mlp, train_unembed must be true",
-                                   field="lora_config")
+            raise EngineInputError(
+                "at least one of train_attn, train_mlp, train_unembed must be true", field="lora_config"
+            )
         self.adapters.put(Adapter.initialise(adapter_id, spec, self.layers, self.device))
         self.adapters.enforce_budget(pinned=[adapter_id])
 
@@ -83,8 +104,8 @@ class Engine:
     # ---- cycles -------------------------------------------------------------------------------
 
     def run_cycle(self, ops: Sequence[Operation]) -> list[OpResult]:
-        results: list[Optional[OpResult]] = [None] * len(ops)
-        queues: "OrderedDict[str, deque[int]]" = OrderedDict()
+        results: list[OpResult | None] = [None] * len(ops)
+        queues: OrderedDict[str, deque[int]] = OrderedDict()
         created: set[str] = set()  # adapters that an earlier op of this cycle loads into existence
         for index, op in enumerate(ops):
             try:
@@ -101,7 +122,9 @@ class Engine:
             for key in [k for k, q in queues.items() if not q]:
                 del queues[key]
             self._run_wave(ops, heads, results)
-        return [r if r is not None else OpResult(error="operation was not executed", category="server") for r in results]
+        return [
+            r if r is not None else OpResult(error="operation was not executed", category="server") for r in results
+        ]
 
     def _run_wave(self, ops: Sequence[Operation], heads: list[int], results: list) -> None:
         passes = [i for i in heads if isinstance(ops[i], ForwardBackward)]
@@ -112,7 +135,7 @@ class Engine:
         if samples:
             self._guarded(samples, results, lambda: self._sample([ops[i] for i in samples]))
         for i in singles:
-            self._guarded([i], results, lambda: [self._run_single(ops[i])])
+            self._guarded([i], results, lambda i=i: [self._run_single(ops[i])])
         self.adapters.enforce_budget()  # between waves no adapter is in use, so any may go
 
     def _fused_passes(self, ops: Sequence[Operation], passes: list[int], results: list) -> None:
@@ -120,15 +143,18 @@ class Engine:
         activations exhaust device memory), the ops whose adapters held no gradient before are
         run again one by one, their gradients reset first, so only the culprit fails. An adapter
         that was accumulating may hold a partial gradient now, so its op fails with the pass."""
-        fresh = {ops[i].adapter_id for i in passes
-                 if all(p.grad is None for p in self.adapter(ops[i].adapter_id).parameters())}
+        fresh = {
+            ops[i].adapter_id
+            for i in passes
+            if all(p.grad is None for p in self.adapter(ops[i].adapter_id).parameters())
+        }
         self._guarded(passes, results, lambda: self._forward_backward([ops[i] for i in passes]))
         if len(passes) == 1 or results[passes[0]].ok:
             return
         self._clear_grads(fresh)
         for i in passes:
             if ops[i].adapter_id in fresh:
-                self._guarded([i], results, lambda: self._forward_backward([ops[i]]))
+                self._guarded([i], results, lambda i=i: self._forward_backward([ops[i]]))
                 if not results[i].ok:
                     self._clear_grads([ops[i].adapter_id])  # the culprit leaves no gradient behind
 
@@ -158,10 +184,11 @@ class Engine:
             validate_forward_backward(self.info, op.data, op.loss_fn, op.loss_fn_config)
         elif isinstance(op, Sample):
             validate_sample(self.info, op.prompt, op.num_samples, op.params, op.topk_prompt_logprobs)
-        if isinstance(op, (ForwardBackward, OptimStep, SaveState, ExportPeft)) or (
-                isinstance(op, Sample) and op.adapter_id is not None):
-            if op.adapter_id not in self.adapters and op.adapter_id not in created:
-                raise EngineInputError(f"unknown model {op.adapter_id!r}", field="model_id")
+        needs_adapter = isinstance(op, (ForwardBackward, OptimStep, SaveState, ExportPeft)) or (
+            isinstance(op, Sample) and op.adapter_id is not None
+        )
+        if needs_adapter and op.adapter_id not in self.adapters and op.adapter_id not in created:
+            raise EngineInputError(f"unknown model {op.adapter_id!r}", field="model_id")
 
     @contextlib.contextmanager
     def _routed(self, segments: list[Segment]) -> Iterator[None]:
@@ -194,8 +221,9 @@ class Engine:
             per_datum = []
             for datum in op.data:
                 target_lp = target_logprobs[row]
-                inputs = {k: v.to(self.device, torch.float32) for k, v in datum.loss_fn_inputs.items()
-                          if k != "target_tokens"}
+                inputs = {
+                    k: v.to(self.device, torch.float32) for k, v in datum.loss_fn_inputs.items() if k != "target_tokens"
+                }
                 op_loss = op_loss + spec.fn(target_lp, inputs, config)
                 per_datum.append({"logprobs": target_lp.detach().float().cpu()})
                 row += 1
@@ -216,8 +244,10 @@ class Engine:
         for i, t in enumerate(targets):
             index[i, : t.shape[0]] = t.reshape(t.shape[0], -1).long()
         gathered = logprobs.gather(-1, index.to(self.device))  # (B, T, K)
-        return [gathered[i, : t.shape[0], 0] if t.dim() == 1 else gathered[i, : t.shape[0], : t.shape[1]]
-                for i, t in enumerate(targets)]
+        return [
+            gathered[i, : t.shape[0], 0] if t.dim() == 1 else gathered[i, : t.shape[0], : t.shape[1]]
+            for i, t in enumerate(targets)
+        ]
 
     def _token_logprobs(self, rows: list[list[int]]) -> torch.Tensor:
         """Right-padded batch; causal attention means padding never reaches real positions."""
@@ -237,8 +267,11 @@ class Engine:
             adapter = self.adapter(op.adapter_id) if op.adapter_id is not None else None
             stop_ids, stop_strings = self._stops(op.params.stop)
             for k in range(op.num_samples):
-                rows.append(SampleRow(adapter, list(op.prompt), op.params, row_generator(op.params.seed, k),
-                                      stop_ids, stop_strings))
+                rows.append(
+                    SampleRow(
+                        adapter, list(op.prompt), op.params, row_generator(op.params.seed, k), stop_ids, stop_strings
+                    )
+                )
                 owner.append(op_index)
         order = sorted(range(len(rows)), key=lambda i: (rows[i].adapter is not None, id(rows[i].adapter)))
         ordered = [rows[i] for i in order]
@@ -264,8 +297,9 @@ class Engine:
 
     def _fill_prompt_logprobs(self, ops: list[Sample], outputs: list[SampleOutput]) -> None:
         """Prompt scoring is a plain forward pass, so it equals `forward`/`compute_logprobs` exactly."""
-        segments = [Segment(self.adapter(op.adapter_id) if op.adapter_id else None, i, i + 1)
-                    for i, op in enumerate(ops)]
+        segments = [
+            Segment(self.adapter(op.adapter_id) if op.adapter_id else None, i, i + 1) for i, op in enumerate(ops)
+        ]
         with torch.no_grad(), self._routed(segments):
             logprobs = self._token_logprobs([op.prompt for op in ops])
         for i, (op, output) in enumerate(zip(ops, outputs)):
@@ -278,7 +312,8 @@ class Engine:
             if op.topk_prompt_logprobs:
                 values, tokens = torch.topk(lp, min(op.topk_prompt_logprobs, lp.shape[-1]), dim=-1)
                 output.topk_prompt_logprobs = [None] + [
-                    list(zip(t.tolist(), v.tolist())) for t, v in zip(tokens.cpu(), values.cpu())]
+                    list(zip(t.tolist(), v.tolist())) for t, v in zip(tokens.cpu(), values.cpu())
+                ]
 
     def _stops(self, stop) -> tuple[frozenset[int], tuple[str, ...]]:
         if stop is None:
@@ -311,8 +346,9 @@ class Engine:
             self.adapters.put(adapter)
             return CheckpointOutput(Path(op.directory), checkpoints.directory_size(op.directory))
         if isinstance(op, ImportPeft):
-            adapter = checkpoints.import_peft(op.adapter_id, op.directory, self.device,
-                                              {name: layer.kind for name, layer in self.layers.items()})
+            adapter = checkpoints.import_peft(
+                op.adapter_id, op.directory, self.device, {name: layer.kind for name, layer in self.layers.items()}
+            )
             self._check_shapes(adapter)
             self.adapters.put(adapter)
             return CheckpointOutput(Path(op.directory), checkpoints.directory_size(op.directory))
@@ -322,8 +358,9 @@ class Engine:
         for name, (lora_a, lora_b) in adapter.weights.items():
             layer = self.layers.get(name)
             if layer is None or lora_a.shape[1] != layer.base.in_features or lora_b.shape[0] != layer.base.out_features:
-                raise EngineInputError(f"checkpoint does not fit base model {self.info.name} (module {name})",
-                                       field="path")
+                raise EngineInputError(
+                    f"checkpoint does not fit base model {self.info.name} (module {name})", field="path"
+                )
 
     def _optim_step(self, op: OptimStep) -> OptimStepOutput:
         adapter = self.adapter(op.adapter_id)
@@ -339,8 +376,13 @@ class Engine:
         started = time.perf_counter()
         adapter.optimizer.step()
         adapter.optimizer.zero_grad(set_to_none=True)
-        return OptimStepOutput({"grad_norm:mean": grad_norm, "learning_rate:mean": p.learning_rate,
-                                "optim_seconds:sum": time.perf_counter() - started})
+        return OptimStepOutput(
+            {
+                "grad_norm:mean": grad_norm,
+                "learning_rate:mean": p.learning_rate,
+                "optim_seconds:sum": time.perf_counter() - started,
+            }
+        )
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

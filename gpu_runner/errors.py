@@ -1,7 +1,6 @@
 """Typed engine errors. `EngineInputError` is the caller's fault (HTTP 400 / category `user`)."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 
 class EngineError(Exception):
@@ -11,7 +10,7 @@ class EngineError(Exception):
 class EngineInputError(EngineError, ValueError):
     """Bad input; `field` names the offending field, `datum` its index when there is one."""
 
-    def __init__(self, message: str, field: str = "", datum: Optional[int] = None):
+    def __init__(self, message: str, field: str = "", datum: int | None = None):
         where = f" (datum {datum})" if datum is not None else ""
         super().__init__(f"{message}{where}")
         self.field = field

@@ -5,10 +5,11 @@ the segments in a `Routing`; each wrapped Linear then adds, per contiguous segme
 `scale * (x @ A.T) @ B.T` with that adapter's A (r, d_in) and B (d_out, r). Rows of one adapter
 only ever touch that adapter's tensors, so gradients land exactly where they belong.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Protocol
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -17,12 +18,12 @@ from torch import nn
 class LoraWeights(Protocol):
     scale: float
 
-    def pair(self, module_name: str) -> Optional[tuple[torch.Tensor, torch.Tensor]]: ...
+    def pair(self, module_name: str) -> tuple[torch.Tensor, torch.Tensor] | None: ...
 
 
 @dataclass
 class Segment:
-    adapter: Optional[LoraWeights]  # None: rows run on the bare base model
+    adapter: LoraWeights | None  # None: rows run on the bare base model
     start: int
     stop: int
 
@@ -70,14 +71,14 @@ class MultiLoraLinear(nn.Module):
             delta = self._grouped_delta(x, segments)
         return out if delta is None else out + delta.to(out.dtype)
 
-    def _single_delta(self, x: torch.Tensor, seg: Segment) -> Optional[torch.Tensor]:
+    def _single_delta(self, x: torch.Tensor, seg: Segment) -> torch.Tensor | None:
         pair = seg.adapter.pair(self.module_name) if seg.adapter is not None else None
         if pair is None:
             return None
         lora_a, lora_b = pair
         return ((x.to(lora_a.dtype) @ lora_a.t()) @ lora_b.t()) * seg.adapter.scale  # (B, T, d_out)
 
-    def _grouped_delta(self, x: torch.Tensor, segments: list[Segment]) -> Optional[torch.Tensor]:
+    def _grouped_delta(self, x: torch.Tensor, segments: list[Segment]) -> torch.Tensor | None:
         """All adapters in two batched matmuls: ranks zero-padded to the largest (zeros add
         nothing), each row picking its adapter's slice; the scale is applied once to the result
         (per segment only where adapters' scales differ), as the single-adapter path does."""
@@ -97,13 +98,14 @@ class MultiLoraLinear(nn.Module):
             grouped = xs.reshape(len(segments), -1, d_in)  # (S, b*T, d_in)
             delta = torch.bmm(torch.bmm(grouped, lora_a.transpose(1, 2)), lora_b.transpose(1, 2)) * scale
             return delta.reshape(x.shape[0], x.shape[1], d_out)
-        owner = torch.repeat_interleave(torch.arange(len(segments), device=lora_a.device),
-                                        torch.tensor(sizes, device=lora_a.device))
+        owner = torch.repeat_interleave(
+            torch.arange(len(segments), device=lora_a.device), torch.tensor(sizes, device=lora_a.device)
+        )
         hidden = torch.bmm(xs, lora_a[owner].transpose(1, 2))  # (B, T, r)
         delta = torch.bmm(hidden, lora_b[owner].transpose(1, 2))  # (B, T, d_out)
         return delta * (scale if isinstance(scale, float) else scale[owner])
 
-    def _stack(self, segments: list[Segment]) -> Optional[tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]]:
+    def _stack(self, segments: list[Segment]) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor] | None:
         pairs = [seg.adapter.pair(self.module_name) if seg.adapter is not None else None for seg in segments]
         present = [p for p in pairs if p is not None]
         if not present:
@@ -160,8 +162,10 @@ def wrap_model(model: nn.Module, routing: Routing) -> dict[str, MultiLoraLinear]
     """Replace every LoRA-taking Linear by a MultiLoraLinear; returns them by module name."""
     kinds = layer_kinds(model)
     if not any(kind == "attn" for kind in kinds.values()) or not any(kind == "mlp" for kind in kinds.values()):
-        raise ValueError(f"found no attention or no MLP Linear layers in {type(model).__name__}; "
-                         f"LoRA targets found: {sorted(kinds)[:8]}")
+        raise ValueError(
+            f"found no attention or no MLP Linear layers in {type(model).__name__}; "
+            f"LoRA targets found: {sorted(kinds)[:8]}"
+        )
     wrapped: dict[str, MultiLoraLinear] = {}
     for name, kind in kinds.items():
         parent_name, _, child = name.rpartition(".")

@@ -3,10 +3,11 @@
 p = the trainer's logprob of each target token, q = `logprobs` input (the sampler's),
 A = `advantages`, r = exp(p - q). Every loss is a SUM over tokens; normalisation is the caller's job.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 

@@ -4,10 +4,11 @@ All rows (every sample of every request) go through the model together: prompts 
 rows are grouped by adapter so each LoRA layer sees contiguous segments, and each row draws from its
 own seeded generator so a request's output does not depend on what else shares the batch.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, Optional
 
 import torch
 
@@ -24,7 +25,7 @@ class SampleRow:
     stop_strings: tuple[str, ...]
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
-    stop_reason: Optional[str] = None
+    stop_reason: str | None = None
 
     def finished(self) -> bool:
         return self.stop_reason is not None
@@ -33,7 +34,7 @@ class SampleRow:
         return SampledSequence(tokens=self.tokens, logprobs=self.logprobs, stop_reason=self.stop_reason or "length")
 
 
-def row_generator(seed: Optional[int], sample_index: int) -> torch.Generator:
+def row_generator(seed: int | None, sample_index: int) -> torch.Generator:
     """Sample i of a seeded request draws from its own stream: reproducible, independent of batching."""
     generator = torch.Generator()
     if seed is None:
@@ -79,8 +80,9 @@ def _truncate(logprobs: torch.Tensor, top_k: list[int], top_p: list[float]) -> t
     return out
 
 
-def generate(model, rows: list[SampleRow], decode: Callable[[list[int]], str], pad_id: int,
-             device: torch.device) -> None:
+def generate(
+    model, rows: list[SampleRow], decode: Callable[[list[int]], str], pad_id: int, device: torch.device
+) -> None:
     """Fill each row's tokens/logprobs/stop_reason in place. Rows must be grouped by adapter, and
     the model's routing must already name their segments."""
     from transformers import DynamicCache
@@ -89,15 +91,21 @@ def generate(model, rows: list[SampleRow], decode: Callable[[list[int]], str], p
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, row in enumerate(rows):
-        input_ids[i, width - len(row.prompt):] = torch.tensor(row.prompt)
-        mask[i, width - len(row.prompt):] = 1
+        input_ids[i, width - len(row.prompt) :] = torch.tensor(row.prompt)
+        mask[i, width - len(row.prompt) :] = 1
     input_ids, mask = input_ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
     steps = max(r.params.max_tokens for r in rows)
     with torch.no_grad():
-        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
-                    cache=cache, use_cache=True, logits_to_keep=1)
+        out = model(
+            input_ids=input_ids,
+            attention_mask=mask,
+            position_ids=positions,
+            cache=cache,
+            use_cache=True,
+            logits_to_keep=1,
+        )
         for step in range(steps):
             tokens, logprobs = next_tokens(out.logits[:, -1, :].float(), rows)  # (B, V) -> B picks
             chosen = []
@@ -113,17 +121,24 @@ def generate(model, rows: list[SampleRow], decode: Callable[[list[int]], str], p
                 break
             mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
             positions = positions[:, -1:] + 1
-            out = model(input_ids=torch.tensor(chosen, device=device)[:, None], attention_mask=mask,
-                        position_ids=positions, cache=cache, use_cache=True)
+            out = model(
+                input_ids=torch.tensor(chosen, device=device)[:, None],
+                attention_mask=mask,
+                position_ids=positions,
+                cache=cache,
+                use_cache=True,
+            )
     for row in rows:
         if row.stop_reason is None:
             row.stop_reason = "length"
 
 
 def _update_stop(row: SampleRow, decode: Callable[[list[int]], str]) -> None:
-    if row.tokens[-1] in row.stop_token_ids:
-        row.stop_reason = "stop"
-    elif row.stop_strings and any(s in decode(row.tokens) for s in row.stop_strings):
+    if (
+        row.tokens[-1] in row.stop_token_ids
+        or row.stop_strings
+        and any(s in decode(row.tokens) for s in row.stop_strings)
+    ):
         row.stop_reason = "stop"
     elif len(row.tokens) >= row.params.max_tokens:
         row.stop_reason = "length"

@@ -4,12 +4,13 @@ No machine here can download weights, so tests, the demo and the benchmarks run 
 ordinary `save_pretrained` directories (config, safetensors weights, tokenizer files with a chat
 template), so they go through exactly the loading path of a real hub model.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from filelock import FileLock
@@ -34,9 +35,16 @@ def _llama_config(token_ids: dict, vocab_size: int):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=352, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        tie_word_embeddings=False, torch_dtype="float32", **token_ids,
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=352,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+        **token_ids,
     )
 
 
@@ -44,9 +52,17 @@ def _qwen3_config(token_ids: dict, vocab_size: int):
     from transformers import Qwen3Config
 
     return Qwen3Config(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=320, num_hidden_layers=3,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=512,
-        tie_word_embeddings=False, torch_dtype="float32", **token_ids,
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=320,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=32,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+        **token_ids,
     )
 
 
@@ -69,12 +85,17 @@ def build_tokenizer():
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS, show_progress=False,
+        vocab_size=VOCAB_SIZE,
+        special_tokens=SPECIAL_TOKENS,
+        show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     bpe.train_from_iterator(CORPUS.read_text().splitlines(keepends=True), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=bpe, pad_token="<|pad|>", bos_token="<|bos|>", eos_token="<|im_end|>",
+        tokenizer_object=bpe,
+        pad_token="<|pad|>",
+        bos_token="<|bos|>",
+        eos_token="<|im_end|>",
         additional_special_tokens=["<|eos|>", "<|im_start|>"],
     )
     tokenizer.chat_template = CHAT_TEMPLATE

@@ -3,11 +3,12 @@
 These are the engine's whole public vocabulary. They hold torch tensors and Python scalars only,
 so the platform converts its wire JSON into them and back without the engine knowing about HTTP.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Optional, Union
+from typing import Literal
 
 import torch
 
@@ -21,7 +22,7 @@ class LoraSpec:
 
     rank: int = 32
     alpha: float = 32.0
-    seed: Optional[int] = None
+    seed: int | None = None
     train_attn: bool = True
     train_mlp: bool = True
     train_unembed: bool = True
@@ -47,8 +48,8 @@ class SamplingParams:
     temperature: float = 1.0
     top_k: int = -1
     top_p: float = 1.0
-    stop: Optional[Union[list[str], list[int]]] = None
-    seed: Optional[int] = None
+    stop: list[str] | list[int] | None = None
+    seed: int | None = None
 
 
 @dataclass
@@ -67,7 +68,7 @@ class ForwardBackward:
     adapter_id: str
     data: list[Datum]
     loss_fn: str = "cross_entropy"
-    loss_fn_config: Optional[dict[str, float]] = None
+    loss_fn_config: dict[str, float] | None = None
     forward_only: bool = False
 
 
@@ -81,7 +82,7 @@ class OptimStep:
 class Sample:
     """Sampling from `adapter_id` (None = the bare base model)."""
 
-    adapter_id: Optional[str]
+    adapter_id: str | None
     prompt: list[int]
     num_samples: int = 1
     params: SamplingParams = field(default_factory=SamplingParams)
@@ -123,7 +124,7 @@ class ImportPeft:
     directory: Path
 
 
-Operation = Union[ForwardBackward, OptimStep, Sample, SaveState, LoadState, ExportPeft, ImportPeft]
+Operation = ForwardBackward | OptimStep | Sample | SaveState | LoadState | ExportPeft | ImportPeft
 
 
 # ---- outputs ---------------------------------------------------------------------------------
@@ -152,8 +153,8 @@ class SampledSequence:
 @dataclass
 class SampleOutput:
     sequences: list[SampledSequence]
-    prompt_logprobs: Optional[list[Optional[float]]] = None
-    topk_prompt_logprobs: Optional[list[Optional[list[tuple[int, float]]]]] = None
+    prompt_logprobs: list[float | None] | None = None
+    topk_prompt_logprobs: list[list[tuple[int, float]] | None] | None = None
 
 
 @dataclass
@@ -162,16 +163,16 @@ class CheckpointOutput:
     size_bytes: int
 
 
-Output = Union[ForwardBackwardOutput, OptimStepOutput, SampleOutput, CheckpointOutput]
+Output = ForwardBackwardOutput | OptimStepOutput | SampleOutput | CheckpointOutput
 
 
 @dataclass
 class OpResult:
     """Outcome of one operation: `output` when ok, else `error` (+ who is to blame)."""
 
-    output: Optional[Output] = None
-    error: Optional[str] = None
-    category: Optional[ErrorCategory] = None
+    output: Output | None = None
+    error: str | None = None
+    category: ErrorCategory | None = None
 
     @property
     def ok(self) -> bool:

@@ -1,9 +1,10 @@
 """Checks every request must pass before it touches the model: the platform calls these at the
 door (so HTTP 400s and the engine agree), and the engine calls them again as a last defence.
 """
+
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -13,13 +14,15 @@ from .losses import LOSSES
 from .types import Datum, SamplingParams
 
 
-def validate_tokens(tokens: Sequence[int], info: BaseModelInfo, field: str, datum: Optional[int] = None) -> None:
+def validate_tokens(tokens: Sequence[int], info: BaseModelInfo, field: str, datum: int | None = None) -> None:
     if len(tokens) == 0:
         raise EngineInputError(f"{field} is empty", field=field, datum=datum)
     if len(tokens) > info.max_context:
         raise EngineInputError(
             f"{field} has {len(tokens)} tokens, more than the model context of {info.max_context}",
-            field=field, datum=datum)
+            field=field,
+            datum=datum,
+        )
     try:
         ids = torch.as_tensor(tokens)
     except (TypeError, ValueError, RuntimeError):
@@ -31,11 +34,14 @@ def validate_tokens(tokens: Sequence[int], info: BaseModelInfo, field: str, datu
         position = int(bad[0])
         raise EngineInputError(
             f"{field}[{position}] = {int(ids[position])} is outside the vocabulary [0, {info.vocab_size})",
-            field=field, datum=datum)
+            field=field,
+            datum=datum,
+        )
 
 
-def validate_forward_backward(info: BaseModelInfo, data: Sequence[Datum], loss_fn: str,
-                              loss_fn_config: Optional[dict]) -> None:
+def validate_forward_backward(
+    info: BaseModelInfo, data: Sequence[Datum], loss_fn: str, loss_fn_config: dict | None
+) -> None:
     spec = LOSSES.get(loss_fn)
     if spec is None:
         raise EngineInputError(f"unknown loss_fn {loss_fn!r}; expected one of {sorted(LOSSES)}", field="loss_fn")
@@ -46,13 +52,14 @@ def validate_forward_backward(info: BaseModelInfo, data: Sequence[Datum], loss_f
         _validate_datum(info, datum, index, loss_fn, spec)
 
 
-def _validate_loss_config(loss_fn: str, config: Optional[dict], spec) -> None:
+def _validate_loss_config(loss_fn: str, config: dict | None, spec) -> None:
     allowed = {name for name, _ in spec.config_defaults} | set(spec.required_config)
     for key, value in (config or {}).items():
         if key not in allowed:
             raise EngineInputError(
                 f"loss_fn_config key {key!r} is not used by {loss_fn}; allowed: {sorted(allowed) or 'none'}",
-                field=f"loss_fn_config.{key}")
+                field=f"loss_fn_config.{key}",
+            )
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise EngineInputError(f"loss_fn_config.{key} must be a number", field=f"loss_fn_config.{key}")
     for key in spec.required_config:
@@ -66,28 +73,36 @@ def _validate_datum(info: BaseModelInfo, datum: Datum, index: int, loss_fn: str,
     inputs = datum.loss_fn_inputs
     for name in spec.required:
         if name not in inputs:
-            raise EngineInputError(f"{loss_fn} needs loss_fn_inputs.{name}", field=f"loss_fn_inputs.{name}", datum=index)
+            raise EngineInputError(
+                f"{loss_fn} needs loss_fn_inputs.{name}", field=f"loss_fn_inputs.{name}", datum=index
+            )
     known = set(spec.required) | set(spec.optional)
     for name, tensor in inputs.items():
         field = f"loss_fn_inputs.{name}"
         if name not in known:
-            raise EngineInputError(f"{field} is not an input of {loss_fn}; expected {sorted(known)}", field=field, datum=index)
+            raise EngineInputError(
+                f"{field} is not an input of {loss_fn}; expected {sorted(known)}", field=field, datum=index
+            )
         if not torch.is_tensor(tensor):
             raise EngineInputError(f"{field} must be a tensor", field=field, datum=index)
         max_dims = 2 if spec.allows_2d_targets else 1
         if tensor.dim() < 1 or tensor.dim() > max_dims:
             raise EngineInputError(
                 f"{field} has shape {list(tensor.shape)}; expected ({n},)" + (f" or ({n}, K)" if max_dims == 2 else ""),
-                field=field, datum=index)
+                field=field,
+                datum=index,
+            )
         if tensor.shape[0] != n:
             raise EngineInputError(
-                f"{field} has {tensor.shape[0]} entries but model_input has {n} tokens", field=field, datum=index)
+                f"{field} has {tensor.shape[0]} entries but model_input has {n} tokens", field=field, datum=index
+            )
         if name == "target_tokens":
             if tensor.dtype.is_floating_point or tensor.dtype == torch.bool:
                 raise EngineInputError(f"{field} must be int64, got {tensor.dtype}", field=field, datum=index)
             if tensor.numel() and (int(tensor.min()) < 0 or int(tensor.max()) >= info.vocab_size):
                 raise EngineInputError(
-                    f"{field} holds a token id outside the vocabulary [0, {info.vocab_size})", field=field, datum=index)
+                    f"{field} holds a token id outside the vocabulary [0, {info.vocab_size})", field=field, datum=index
+                )
         else:
             if not tensor.dtype.is_floating_point:
                 raise EngineInputError(f"{field} must be float32, got {tensor.dtype}", field=field, datum=index)
@@ -98,11 +113,14 @@ def _validate_datum(info: BaseModelInfo, datum: Datum, index: int, loss_fn: str,
         if name != "target_tokens" and tuple(tensor.shape) != tuple(targets.shape):
             raise EngineInputError(
                 f"loss_fn_inputs.{name} has shape {list(tensor.shape)} but target_tokens has {list(targets.shape)}",
-                field=f"loss_fn_inputs.{name}", datum=index)
+                field=f"loss_fn_inputs.{name}",
+                datum=index,
+            )
 
 
-def validate_sample(info: BaseModelInfo, prompt: Sequence[int], num_samples: int, params: SamplingParams,
-                    topk_prompt_logprobs: int = 0) -> None:
+def validate_sample(
+    info: BaseModelInfo, prompt: Sequence[int], num_samples: int, params: SamplingParams, topk_prompt_logprobs: int = 0
+) -> None:
     validate_tokens(prompt, info, "prompt")
     if not 1 <= num_samples <= 128:
         raise EngineInputError(f"num_samples must be between 1 and 128, got {num_samples}", field="num_samples")
@@ -111,13 +129,17 @@ def validate_sample(info: BaseModelInfo, prompt: Sequence[int], num_samples: int
     if len(prompt) + params.max_tokens > info.max_context:
         raise EngineInputError(
             f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the model context of "
-            f"{info.max_context}", field="sampling_params.max_tokens")
+            f"{info.max_context}",
+            field="sampling_params.max_tokens",
+        )
     if params.temperature < 0:
         raise EngineInputError("sampling_params.temperature must be >= 0", field="sampling_params.temperature")
     if not 0 < params.top_p <= 1:
         raise EngineInputError("sampling_params.top_p must be in (0, 1]", field="sampling_params.top_p")
     if params.top_k == 0 or params.top_k < -1:
-        raise EngineInputError("sampling_params.top_k must be -1 (off) or a positive integer", field="sampling_params.top_k")
+        raise EngineInputError(
+            "sampling_params.top_k must be -1 (off) or a positive integer", field="sampling_params.top_k"
+        )
     if not 0 <= topk_prompt_logprobs <= 100:
         raise EngineInputError("topk_prompt_logprobs must be between 0 and 100", field="topk_prompt_logprobs")
     for stop in params.stop or []:

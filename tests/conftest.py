@@ -5,6 +5,7 @@
 PostgreSQL and Redis. Both are loopback subprocesses with their own data dir and database, started
 once per test session. Under CI=true a missing PostgreSQL/Redis fails loudly instead of skipping.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -44,7 +45,7 @@ def _postgres_ok() -> bool:
 
         psycopg.connect(PG_ADMIN_URL, connect_timeout=3).close()
         return True
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means "not reachable"
         return False
 
 
@@ -53,7 +54,7 @@ def _redis_ok() -> bool:
         import redis
 
         return bool(redis.Redis.from_url(REDIS_TEST_URL, socket_timeout=3).ping())
-    except Exception:
+    except Exception:  # noqa: BLE001 - any failure means "not reachable"
         return False
 
 
@@ -81,13 +82,15 @@ class LiveServer:
             raise
 
     def _spawn(self, name: str, *args: str) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "w")
-        return subprocess.Popen([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env,
-                                stdout=log, stderr=subprocess.STDOUT)
+        log = open(self.logs / f"{name}.log", "w")  # noqa: SIM115 - the child process writes it
+        return subprocess.Popen(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT
+        )
 
     def _manage(self, *args: str) -> str:
-        done = subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True,
-                              text=True, timeout=300)
+        done = subprocess.run(
+            [sys.executable, "manage.py", *args], cwd=ROOT, env=self.env, capture_output=True, text=True, timeout=300
+        )
         assert done.returncode == 0, done.stderr
         return done.stdout
 
@@ -120,8 +123,9 @@ class LiveServer:
         return httpx.get(f"{self.base_url}/api/v1/_test/counters").json()["retrieve_future"]
 
     def client(self, api_key: str | None = None) -> httpx.Client:
-        return httpx.Client(base_url=f"{self.base_url}/api/v1", headers={"X-API-Key": api_key or self.api_key},
-                            timeout=60)
+        return httpx.Client(
+            base_url=f"{self.base_url}/api/v1", headers={"X-API-Key": api_key or self.api_key}, timeout=60
+        )
 
     def stop(self) -> None:
         for p in self.processes:
@@ -135,9 +139,15 @@ class LiveServer:
 
 def _base_env(data_dir: Path) -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "DJANGO_SETTINGS_MODULE")}
-    env.update({"LORASMITH_DATA_DIR": str(data_dir), "LORASMITH_TEST_HOOKS": "1",
-                "LORASMITH_LONG_POLL_SECONDS": "3", "LORASMITH_MAX_BODY_BYTES": str(4 * 1024 * 1024),
-                "PYTHONUNBUFFERED": "1"})
+    env.update(
+        {
+            "LORASMITH_DATA_DIR": str(data_dir),
+            "LORASMITH_TEST_HOOKS": "1",
+            "LORASMITH_LONG_POLL_SECONDS": "3",
+            "LORASMITH_MAX_BODY_BYTES": str(4 * 1024 * 1024),
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
     return env
 
 
@@ -161,8 +171,13 @@ def redis_server(data_dir: Path, runner_args: tuple[str, ...] = ("runner",)):
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db_name}"')
     env = _base_env(data_dir)
-    env.update({"DATABASE_URL": PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db_name}", "REDIS_URL": REDIS_TEST_URL,
-                "LORASMITH_REDIS_NAMESPACE": f"lorasmith-test-{uuid.uuid4().hex[:8]}"})
+    env.update(
+        {
+            "DATABASE_URL": PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db_name}",
+            "REDIS_URL": REDIS_TEST_URL,
+            "LORASMITH_REDIS_NAMESPACE": f"lorasmith-test-{uuid.uuid4().hex[:8]}",
+        }
+    )
     server = None
     try:
         server = LiveServer(env, data_dir, with_runner=True, runner_args=runner_args)

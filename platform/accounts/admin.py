@@ -1,4 +1,5 @@
 """Django admin for API keys: listed by prefix, revocable; the hash is never shown or editable."""
+
 from django.contrib import admin
 from django.utils import timezone
 

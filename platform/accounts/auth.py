@@ -1,4 +1,5 @@
 """DRF authentication by the `X-API-Key` header (Tinker's scheme)."""
+
 from __future__ import annotations
 
 from rest_framework import authentication, exceptions

@@ -1,4 +1,5 @@
 """API keys: random secrets shown once, stored as a SHA-256 hash, listed by prefix, revocable."""
+
 from __future__ import annotations
 
 from django.conf import settings

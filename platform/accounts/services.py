@@ -1,10 +1,10 @@
 """Issuing, checking and revoking API keys. Only `issue_api_key` ever sees a plain secret."""
+
 from __future__ import annotations
 
 import hashlib
 import secrets
 from datetime import timedelta
-from typing import Optional
 
 from django.contrib.auth import get_user_model
 from django.utils import timezone
@@ -31,7 +31,7 @@ def ensure_user(username: str):
     return user
 
 
-def user_for_key(key: Optional[str]):
+def user_for_key(key: str | None):
     """The active user a presented key belongs to, or None; records when the key was last used."""
     if not key or not key.startswith(KEY_PREFIX):
         return None

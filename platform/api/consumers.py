@@ -1,5 +1,6 @@
 """WebSocket push: a client subscribes to its futures and runs, the runner's events arrive through
 the Channels layer, and each future's push carries exactly what retrieve_future would answer."""
+
 from __future__ import annotations
 
 from urllib.parse import parse_qs
@@ -17,7 +18,9 @@ from . import serializers
 class EventsConsumer(AsyncJsonWebsocketConsumer):
     async def connect(self):
         headers = {k.decode().lower(): v.decode() for k, v in self.scope.get("headers", [])}
-        key = headers.get("x-api-key") or parse_qs(self.scope.get("query_string", b"").decode()).get("api_key", [None])[0]
+        key = (
+            headers.get("x-api-key") or parse_qs(self.scope.get("query_string", b"").decode()).get("api_key", [None])[0]
+        )
         self.user = await database_sync_to_async(user_for_key)(key)
         if self.user is None:
             await self.close(code=4401)
@@ -53,8 +56,9 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
 
     async def run_metrics(self, event):
         if event["model_id"] in self.runs:
-            await self.send_json({"type": "metrics", "model_id": event["model_id"], "step": event["step"],
-                                  "metrics": event["metrics"]})
+            await self.send_json(
+                {"type": "metrics", "model_id": event["model_id"], "step": event["step"], "metrics": event["metrics"]}
+            )
 
     async def _push_future(self, request_id: str):
         op = await database_sync_to_async(Operation.objects.filter(id=request_id, owner=self.user).first)()

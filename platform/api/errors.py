@@ -1,4 +1,5 @@
 """The one place where errors become HTTP answers. Every 4xx carries a JSON body naming the field."""
+
 from __future__ import annotations
 
 import json

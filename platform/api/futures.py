@@ -1,4 +1,5 @@
 """`retrieve_future`: an async long-poll, so a waiting client holds no worker thread."""
+
 from __future__ import annotations
 
 import asyncio

@@ -3,6 +3,7 @@
 Validation lives in `training.wire`/`training.submit` (one place, messages naming the field);
 these serializers only describe the shapes of TINKER_WIRE.md's JSON forms to the schema.
 """
+
 from __future__ import annotations
 
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -80,8 +81,9 @@ class ForwardBackward(s.Serializer):
     model_id = s.CharField()
     seq_id = s.IntegerField(min_value=1)
     data = Datum(many=True)
-    loss_fn = s.ChoiceField(choices=["cross_entropy", "importance_sampling", "ppo", "cispo", "dro"],
-                            default="cross_entropy")
+    loss_fn = s.ChoiceField(
+        choices=["cross_entropy", "importance_sampling", "ppo", "cispo", "dro"], default="cross_entropy"
+    )
     loss_fn_config = s.DictField(child=s.FloatField(), required=False)
     forward_only = s.BooleanField(default=False)
 
@@ -167,22 +169,41 @@ def add_retrieve_future(result: dict, generator, request, public) -> dict:
 
 def free_form(summary: str = ""):
     """A JSON object in and out (see TINKER_WIRE.md for its fields)."""
-    return extend_schema(request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, **ERRORS},
-                         summary=summary or None)
+    return extend_schema(
+        request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary=summary or None
+    )
 
 
 RETRIEVE_FUTURE_PATH = {
-    "/api/v1/retrieve_future": {"post": {
-        "operationId": "retrieve_future",
-        "summary": "Long-poll a future: its result, {type: try_again, queue_state}, or {error, category}",
-        "tags": ["api"],
-        "security": [{"ApiKey": []}],
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {
-            "type": "object", "required": ["request_id"],
-            "properties": {"request_id": {"type": "string"}, "allow_metadata_only": {"type": "boolean"}}}}}},
-        "responses": {"200": {"description": "the operation's result (ForwardBackwardOutput, SampleResponse, ...), "
-                                             "a try_again answer, or a failure with category user|server"},
-                      "401": {"description": "missing or invalid X-API-Key"},
-                      "404": {"description": "no such future (or not yours)"}},
-    }},
+    "/api/v1/retrieve_future": {
+        "post": {
+            "operationId": "retrieve_future",
+            "summary": "Long-poll a future: its result, {type: try_again, queue_state}, or {error, category}",
+            "tags": ["api"],
+            "security": [{"ApiKey": []}],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["request_id"],
+                            "properties": {
+                                "request_id": {"type": "string"},
+                                "allow_metadata_only": {"type": "boolean"},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "200": {
+                    "description": "the operation's result (ForwardBackwardOutput, SampleResponse, ...), "
+                    "a try_again answer, or a failure with category user|server"
+                },
+                "401": {"description": "missing or invalid X-API-Key"},
+                "404": {"description": "no such future (or not yours)"},
+            },
+        }
+    },
 }

@@ -1,4 +1,5 @@
 """JSON shapes of resources (TINKER_WIRE.md §6)."""
+
 from __future__ import annotations
 
 from training.access import unexpired
@@ -14,12 +15,19 @@ def future_handle(op: Operation, **extra) -> dict:
 
 
 def training_run(run: TrainingRun) -> dict:
-    last = {kind: unexpired(run.checkpoints.filter(checkpoint_type=kind)).order_by("-created_at").first()
-            for kind in ("training", "sampler")}
+    last = {
+        kind: unexpired(run.checkpoints.filter(checkpoint_type=kind)).order_by("-created_at").first()
+        for kind in ("training", "sampler")
+    }
     return {
-        "training_run_id": run.id, "base_model": run.base_model, "model_owner": run.owner.username,
-        "is_lora": True, "lora_rank": run.rank, "corrupted": False,
-        "last_request_time": run.last_request_at.isoformat(), "user_metadata": run.user_metadata or None,
+        "training_run_id": run.id,
+        "base_model": run.base_model,
+        "model_owner": run.owner.username,
+        "is_lora": True,
+        "lora_rank": run.rank,
+        "corrupted": False,
+        "last_request_time": run.last_request_at.isoformat(),
+        "user_metadata": run.user_metadata or None,
         "last_checkpoint": checkpoint(last["training"]) if last["training"] else None,
         "last_sampler_checkpoint": checkpoint(last["sampler"]) if last["sampler"] else None,
         "step": run.step,
@@ -28,9 +36,13 @@ def training_run(run: TrainingRun) -> dict:
 
 def checkpoint(ckpt: Checkpoint) -> dict:
     return {
-        "checkpoint_id": ckpt.checkpoint_id, "checkpoint_type": ckpt.checkpoint_type,
-        "time": ckpt.created_at.isoformat(), "tinker_path": ckpt.tinker_path, "size_bytes": ckpt.size_bytes,
-        "public": ckpt.public, "expires_at": ckpt.expires_at.isoformat() if ckpt.expires_at else None,
+        "checkpoint_id": ckpt.checkpoint_id,
+        "checkpoint_type": ckpt.checkpoint_type,
+        "time": ckpt.created_at.isoformat(),
+        "tinker_path": ckpt.tinker_path,
+        "size_bytes": ckpt.size_bytes,
+        "public": ckpt.public,
+        "expires_at": ckpt.expires_at.isoformat() if ckpt.expires_at else None,
         "user_metadata": ckpt.user_metadata or None,
     }
 

@@ -1,4 +1,5 @@
 """The /api/v1 JSON endpoints (TINKER_WIRE.md §3-§7). Views parse and authorise; actions decide."""
+
 from __future__ import annotations
 
 import os
@@ -29,12 +30,20 @@ def body_of(request) -> dict:
 
 # ---- service / session ------------------------------------------------------------------------
 
+
 @schema.free_form()
 @api_view(["POST"])
 @permission_classes([AllowAny])
 def client_config(request):
-    return Response({"pjwt_auth_enabled": False, "proto_compress_fwdbwd": False, "parallel_fwdbwd_chunks": True,
-                     "sample_use_retrieve_futures": False, "custom_loss_server_side": False})
+    return Response(
+        {
+            "pjwt_auth_enabled": False,
+            "proto_compress_fwdbwd": False,
+            "parallel_fwdbwd_chunks": True,
+            "sample_use_retrieve_futures": False,
+            "custom_loss_server_side": False,
+        }
+    )
 
 
 @schema.free_form()
@@ -58,8 +67,15 @@ def server_capabilities(request):
     models = []
     for name in base_models.served_models():
         info = base_models.info(name)
-        models.append({"model_name": name, "max_context_length": info.max_context, "trainable": True,
-                       "sampleable": True, "arch": info.arch})
+        models.append(
+            {
+                "model_name": name,
+                "max_context_length": info.max_context,
+                "trainable": True,
+                "sampleable": True,
+                "arch": info.arch,
+            }
+        )
     return Response({"supported_models": models})
 
 
@@ -92,6 +108,7 @@ def telemetry(request):
 
 # ---- training ---------------------------------------------------------------------------------
 
+
 @schema.accepts(schema.CreateModel, summary="Create a LoRA training model: a future of its model_id")
 @api_view(["POST"])
 def create_model(request):
@@ -104,11 +121,17 @@ def create_model(request):
 def get_info(request):
     run = access.training_run_of(request.user, wire.require(body_of(request), "model_id", str))
     info = base_models.info(run.base_model)
-    return Response({
-        "model_id": run.id, "model_name": run.base_model, "is_lora": True, "lora_rank": run.rank,
-        "model_data": {"arch": info.arch, "model_name": run.base_model, "tokenizer_id": run.base_model},
-        "optimizer_config": {"type": "adamw"}, "type": "get_info",
-    })
+    return Response(
+        {
+            "model_id": run.id,
+            "model_name": run.base_model,
+            "is_lora": True,
+            "lora_rank": run.rank,
+            "model_data": {"arch": info.arch, "model_name": run.base_model, "tokenizer_id": run.base_model},
+            "optimizer_config": {"type": "adamw"},
+            "type": "get_info",
+        }
+    )
 
 
 def _training_view(kind: str, request_schema, summary: str, forced: dict | None = None):
@@ -123,16 +146,26 @@ def _training_view(kind: str, request_schema, summary: str, forced: dict | None 
     return view
 
 
-forward_backward = _training_view("forward_backward", schema.ForwardBackward,
-                                  "Forward and backward pass with a loss; gradients accumulate until optim_step")
-forward = _training_view("forward_backward", schema.ForwardBackward, "Forward pass only (no gradients)",
-                         {"forward_only": True})
+forward_backward = _training_view(
+    "forward_backward",
+    schema.ForwardBackward,
+    "Forward and backward pass with a loss; gradients accumulate until optim_step",
+)
+forward = _training_view(
+    "forward_backward", schema.ForwardBackward, "Forward pass only (no gradients)", {"forward_only": True}
+)
 optim_step = _training_view("optim_step", schema.OptimStep, "One AdamW step on the accumulated gradients")
-save_weights = _training_view("save_weights", schema.SaveWeights, "Save adapter and optimizer state (tinker://.../weights/)")
-save_weights_for_sampler = _training_view("save_weights_for_sampler", schema.SaveWeights,
-                                          "Export sampler weights (named, or ephemeral with a sampling session)")
-save_weights_external = _training_view("save_weights_external", schema.SaveWeights,
-                                       "Export a PEFT adapter for download (external_weights_urls, archive)")
+save_weights = _training_view(
+    "save_weights", schema.SaveWeights, "Save adapter and optimizer state (tinker://.../weights/)"
+)
+save_weights_for_sampler = _training_view(
+    "save_weights_for_sampler",
+    schema.SaveWeights,
+    "Export sampler weights (named, or ephemeral with a sampling session)",
+)
+save_weights_external = _training_view(
+    "save_weights_external", schema.SaveWeights, "Export a PEFT adapter for download (external_weights_urls, archive)"
+)
 
 
 @schema.accepts(schema.LoadWeights, summary="Load a training checkpoint (create-via-load, or into a model)")
@@ -143,6 +176,7 @@ def load_weights(request):
 
 
 # ---- sampling ---------------------------------------------------------------------------------
+
 
 @schema.accepts(schema.CreateSamplingSession, summary="A sampler on a base model or sampler weights")
 @api_view(["POST"])
@@ -155,8 +189,9 @@ def create_sampling_session(request):
 @api_view(["GET"])
 def get_sampler(request, sampler_id: str):
     sampler = access.sampling_session_of(request.user, sampler_id)
-    return Response({"sampler_id": sampler.id, "base_model": sampler.base_model,
-                     "model_path": sampler.model_path or None})
+    return Response(
+        {"sampler_id": sampler.id, "base_model": sampler.base_model, "model_path": sampler.model_path or None}
+    )
 
 
 @schema.accepts(schema.Sample, schema.SampleHandle, summary="Sample completions: a future of a SampleResponse")
@@ -167,6 +202,7 @@ def asample(request):
 
 
 # ---- runs and checkpoints ---------------------------------------------------------------------
+
 
 def _page(request, default_limit: int) -> tuple[int, int]:
     try:
@@ -182,8 +218,12 @@ def _page(request, default_limit: int) -> tuple[int, int]:
 def _paginated(request, key: str, queryset, serialize, default_limit: int) -> Response:
     """One page of `queryset` under `key`, with the cursor the Tinker REST client reads."""
     limit, offset = _page(request, default_limit)
-    return Response({key: [serialize(item) for item in queryset[offset:offset + limit]],
-                     "cursor": {"offset": offset, "limit": limit, "total_count": queryset.count()}})
+    return Response(
+        {
+            key: [serialize(item) for item in queryset[offset : offset + limit]],
+            "cursor": {"offset": offset, "limit": limit, "total_count": queryset.count()},
+        }
+    )
 
 
 @schema.free_form()
@@ -191,19 +231,25 @@ def _paginated(request, key: str, queryset, serialize, default_limit: int) -> Re
 def sessions(request):
     limit, offset = _page(request, 20)
     found = Session.objects.filter(owner=request.user).order_by("-created_at")
-    return Response({"sessions": list(found.values_list("id", flat=True)[offset:offset + limit])})
+    return Response({"sessions": list(found.values_list("id", flat=True)[offset : offset + limit])})
 
 
 @schema.free_form()
 @api_view(["GET"])
 def session_detail(request, session_id: str):
     session = access.session_of(request.user, session_id)
-    return Response({"session_id": session.id,
-                     "training_run_ids": list(session.training_runs.order_by("created_at").values_list("id", flat=True)),
-                     "sampler_ids": list(session.sampling_sessions.order_by("created_at").values_list("id", flat=True)),
-                     "user_metadata": session.user_metadata or None, "tags": session.tags,
-                     "display_name": session.display_name or None, "project_id": session.project_id or None,
-                     "finished_reason": session.finished_reason or None})
+    return Response(
+        {
+            "session_id": session.id,
+            "training_run_ids": list(session.training_runs.order_by("created_at").values_list("id", flat=True)),
+            "sampler_ids": list(session.sampling_sessions.order_by("created_at").values_list("id", flat=True)),
+            "user_metadata": session.user_metadata or None,
+            "tags": session.tags,
+            "display_name": session.display_name or None,
+            "project_id": session.project_id or None,
+            "finished_reason": session.finished_reason or None,
+        }
+    )
 
 
 @schema.free_form()
@@ -274,8 +320,9 @@ def _downloadable(user, run_id: str, checkpoint_id: str) -> Checkpoint:
     """Sampler and external checkpoints download; training state (with optimizer) does not."""
     checkpoint = access.readable_checkpoint(user, run_id, checkpoint_id)
     if checkpoint.checkpoint_type == Checkpoint.Type.TRAINING:
-        raise BadRequest("training checkpoints are not downloadable; export with save_weights_external",
-                         field="checkpoint_id")
+        raise BadRequest(
+            "training checkpoints are not downloadable; export with save_weights_external", field="checkpoint_id"
+        )
     return checkpoint
 
 
@@ -303,9 +350,17 @@ def weights_info(request):
     run_id, segment, name = wire.parse_tinker_path(wire.require(body_of(request), "tinker_path", str), "tinker_path")
     checkpoint = access.readable_checkpoint(request.user, run_id, f"{segment}/{name}")
     run = checkpoint.training_run
-    return Response({"base_model": run.base_model, "is_lora": True, "lora_rank": run.rank,
-                     "train_unembed": run.train_unembed, "train_mlp": run.train_mlp, "train_attn": run.train_attn,
-                     "optimizer_config": {"type": "adamw"}})
+    return Response(
+        {
+            "base_model": run.base_model,
+            "is_lora": True,
+            "lora_rank": run.rank,
+            "train_unembed": run.train_unembed,
+            "train_mlp": run.train_mlp,
+            "train_attn": run.train_attn,
+            "optimizer_config": {"type": "adamw"},
+        }
+    )
 
 
 @schema.free_form()

@@ -1,4 +1,5 @@
 """ASGI entry: HTTP through Django, WebSockets through Channels (`/ws/v1/events`)."""
+
 import asyncio
 import os
 import sys
@@ -7,20 +8,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lorasmith_server.settings")
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from django.core.asgi import get_asgi_application  # noqa: E402
-from django.urls import path  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter
+from django.core.asgi import get_asgi_application
+from django.urls import path
 
 django_app = get_asgi_application()
 
 from api.consumers import EventsConsumer  # noqa: E402
-
 from training import events  # noqa: E402
 
-router = ProtocolTypeRouter({
-    "http": django_app,
-    "websocket": URLRouter([path("ws/v1/events", EventsConsumer.as_asgi())]),
-})
+router = ProtocolTypeRouter(
+    {
+        "http": django_app,
+        "websocket": URLRouter([path("ws/v1/events", EventsConsumer.as_asgi())]),
+    }
+)
 
 
 async def application(scope, receive, send):

@@ -1,8 +1,10 @@
 """Settings from environment variables, with defaults that run the whole service on a laptop.
 
 DATABASE_URL (default: SQLite in the data dir), REDIS_URL (unset: in-process broker and channel
-layer), LORASMITH_BROKER_URL (redis:// or amqp://; default REDIS_URL), LORASMITH_DATA_DIR, LORASMITH_BASE_MODELS, SECRET_KEY, DEBUG, ALLOWED_HOSTS.
+layer), LORASMITH_BROKER_URL (redis:// or amqp://; default REDIS_URL), LORASMITH_DATA_DIR,
+LORASMITH_BASE_MODELS, SECRET_KEY, DEBUG, ALLOWED_HOSTS.
 """
+
 import os
 import sys
 from pathlib import Path
@@ -16,7 +18,6 @@ if str(REPO_ROOT) not in sys.path:
 DATA_DIR = Path(os.environ.get("LORASMITH_DATA_DIR", REPO_ROOT / ".data")).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("LORASMITH_DATA_DIR", str(DATA_DIR))
-
 
 
 def _persistent_secret(path: Path) -> str:
@@ -65,33 +66,44 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "lorasmith_server.urls"
 ASGI_APPLICATION = "lorasmith_server.asgi.application"
-TEMPLATES = [{
-    "BACKEND": "django.template.backends.django.DjangoTemplates",
-    "DIRS": [],
-    "APP_DIRS": True,
-    "OPTIONS": {"context_processors": [
-        "django.template.context_processors.request",
-        "django.contrib.auth.context_processors.auth",
-        "django.contrib.messages.context_processors.messages",
-    ]},
-}]
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
 
 DATABASES = {
     "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL", f"sqlite:///{DATA_DIR / 'lorasmith.sqlite3'}"), conn_max_age=0)
+        os.environ.get("DATABASE_URL", f"sqlite:///{DATA_DIR / 'lorasmith.sqlite3'}"), conn_max_age=0
+    )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # the web side and the in-process runner write concurrently: WAL + waiting instead of "locked"
     DATABASES["default"]["OPTIONS"] = {
-        "timeout": 30, "transaction_mode": "IMMEDIATE",
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = os.environ.get("REDIS_URL", "")
-DRAMATIQ_MIDDLEWARE = ["dramatiq.middleware.AgeLimit", "dramatiq.middleware.TimeLimit", "dramatiq.middleware.Callbacks",
-                       "dramatiq.middleware.Retries", "django_dramatiq.middleware.DbConnectionsMiddleware",
-                       "training.middleware.RecoverOnBoot"]
+DRAMATIQ_MIDDLEWARE = [
+    "dramatiq.middleware.AgeLimit",
+    "dramatiq.middleware.TimeLimit",
+    "dramatiq.middleware.Callbacks",
+    "dramatiq.middleware.Retries",
+    "django_dramatiq.middleware.DbConnectionsMiddleware",
+    "training.middleware.RecoverOnBoot",
+]
 # The Dramatiq broker: LORASMITH_BROKER_URL (redis:// or amqp:// for RabbitMQ), else REDIS_URL; with
 # neither, an in-process broker (embedded mode). Push between processes always rides on Redis.
 BROKER_URL = os.environ.get("LORASMITH_BROKER_URL", "") or REDIS_URL
@@ -100,8 +112,11 @@ if BROKER_URL.startswith(("amqp://", "amqps://")):
         from django.core.exceptions import ImproperlyConfigured
 
         raise ImproperlyConfigured("a RabbitMQ LORASMITH_BROKER_URL needs REDIS_URL too (the Channels layer for push)")
-    DRAMATIQ_BROKER = {"BROKER": "dramatiq.brokers.rabbitmq.RabbitmqBroker", "OPTIONS": {"url": BROKER_URL},
-                       "MIDDLEWARE": DRAMATIQ_MIDDLEWARE}
+    DRAMATIQ_BROKER = {
+        "BROKER": "dramatiq.brokers.rabbitmq.RabbitmqBroker",
+        "OPTIONS": {"url": BROKER_URL},
+        "MIDDLEWARE": DRAMATIQ_MIDDLEWARE,
+    }
 elif BROKER_URL:
     DRAMATIQ_BROKER = {
         "BROKER": "dramatiq.brokers.redis.RedisBroker",
@@ -115,13 +130,17 @@ else:
         "MIDDLEWARE": DRAMATIQ_MIDDLEWARE,
     }
 if REDIS_URL:
-    CHANNEL_LAYERS = {"default": {
-        "BACKEND": "channels_redis.core.RedisChannelLayer",
-        # redis-py 8 reads with a 5 s socket timeout, the same as channels-redis's blocking BZPOPMIN:
-        # an idle WebSocket would crash with 1011 after 5 s. Reads may block longer than the pop.
-        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
-                   "prefix": os.environ.get("LORASMITH_REDIS_NAMESPACE", "lorasmith")},
-    }}
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            # redis-py 8 reads with a 5 s socket timeout, the same as channels-redis's blocking BZPOPMIN:
+            # an idle WebSocket would crash with 1011 after 5 s. Reads may block longer than the pop.
+            "CONFIG": {
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
+                "prefix": os.environ.get("LORASMITH_REDIS_NAMESPACE", "lorasmith"),
+            },
+        }
+    }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
 DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
@@ -134,7 +153,8 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 SPECTACULAR_SETTINGS = {
-    "TITLE": "Lorasmith API", "VERSION": "1.0.0",
+    "TITLE": "Lorasmith API",
+    "VERSION": "1.0.0",
     "DESCRIPTION": "Tinker-compatible LoRA fine-tuning service (JSON form).",
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.schema.add_retrieve_future"],
 }
@@ -153,11 +173,12 @@ LORASMITH = {
     # adapter bytes a runner keeps in (GPU) memory per base model; beyond, the least recently used
     # spill to disk. Unset: no limit
     "ADAPTER_MEMORY_BYTES": int(os.environ["LORASMITH_ADAPTER_MEMORY_BYTES"])
-    if os.environ.get("LORASMITH_ADAPTER_MEMORY_BYTES") else None,
+    if os.environ.get("LORASMITH_ADAPTER_MEMORY_BYTES")
+    else None,
     # per-user quotas (0 = unlimited); beyond them requests are answered 429 with Retry-After
     "MAX_ACTIVE_RUNS": int(os.environ.get("LORASMITH_MAX_ACTIVE_RUNS", "64")),
     "MAX_PENDING_OPERATIONS": int(os.environ.get("LORASMITH_MAX_PENDING_OPERATIONS", "4096")),
-    "MAX_PENDING_BYTES": int(os.environ.get("LORASMITH_MAX_PENDING_BYTES", str(1024 ** 3))),
+    "MAX_PENDING_BYTES": int(os.environ.get("LORASMITH_MAX_PENDING_BYTES", str(1024**3))),
     "TEST_HOOKS": os.environ.get("LORASMITH_TEST_HOOKS", "") == "1",
     # prefixed to the per-base-model queue names, so deployments (or test runs) can share a broker
     "QUEUE_PREFIX": os.environ.get("LORASMITH_QUEUE_PREFIX", ""),

@@ -1,4 +1,5 @@
 """The one place that decides who may see what. Others' resources are 404, never 403."""
+
 from __future__ import annotations
 
 from django.db.models import Q

@@ -1,4 +1,5 @@
 """Dramatiq actors: thin shells over `training.runner`."""
+
 import dramatiq
 
 from . import runner

@@ -1,4 +1,5 @@
 """Which base models this deployment serves, and what the door needs to know about each."""
+
 from __future__ import annotations
 
 import functools
@@ -15,7 +16,7 @@ def served_models() -> list[str]:
     return list(settings.LORASMITH["BASE_MODELS"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def info(name: str) -> BaseModelInfo:
     return describe_base_model(name, settings.DATA_DIR)
 

@@ -5,6 +5,7 @@ Ready means: for each training model, its queued operations that continue its se
 without a gap (early arrivals wait; a request rejected at the door fills its seq without running);
 every queued sampling operation (they never wait for gaps).
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,23 +53,30 @@ def release_slot(base_model: str, cycle_id: str | None = None) -> None:
 def _claim_slot(base_model: str, cycle_id: str) -> bool:
     DispatchSlot.objects.get_or_create(base_model=base_model)
     now = timezone.now()
-    claimed = DispatchSlot.objects.filter(base_model=base_model).filter(
-        Q(busy=False) | Q(busy_since__lt=now - STALE_CYCLE)).update(busy=True, busy_since=now, cycle_id=cycle_id)
+    claimed = (
+        DispatchSlot.objects.filter(base_model=base_model)
+        .filter(Q(busy=False) | Q(busy_since__lt=now - STALE_CYCLE))
+        .update(busy=True, busy_since=now, cycle_id=cycle_id)
+    )
     return claimed == 1
 
 
 def _ready(base_model: str) -> tuple[list[str], dict[str, int]]:
     """Ready operation ids in cycle order, and each model's new dispatch position."""
     queued = Operation.objects.filter(base_model=base_model, status=Operation.Status.QUEUED)
-    taken = list(queued.filter(sampling_session__isnull=False).order_by("created_at")
-                 .values_list("id", flat=True)[:CYCLE_LIMIT])
+    taken = list(
+        queued.filter(sampling_session__isnull=False).order_by("created_at").values_list("id", flat=True)[:CYCLE_LIMIT]
+    )
     positions: dict[str, int] = {}
     run_ids = set(queued.filter(training_run__isnull=False).values_list("training_run_id", flat=True))
     chain = Operation.objects.filter(status__in=(Operation.Status.QUEUED, Operation.Status.REJECTED))
     for run in TrainingRun.objects.filter(id__in=run_ids).order_by("last_request_at"):
         next_seq = run.dispatched_seq + 1
-        for op_id, seq_id, status in (chain.filter(training_run=run, seq_id__gte=next_seq)
-                                      .order_by("seq_id").values_list("id", "seq_id", "status")):
+        for op_id, seq_id, status in (
+            chain.filter(training_run=run, seq_id__gte=next_seq)
+            .order_by("seq_id")
+            .values_list("id", "seq_id", "status")
+        ):
             if seq_id != next_seq or len(taken) >= CYCLE_LIMIT:
                 break  # a gap: later arrivals wait for it to fill
             if status == Operation.Status.QUEUED:
@@ -84,8 +92,9 @@ def _take_ready(base_model: str, cycle_id: str) -> list[str]:
         taken, positions = _ready(base_model)
         for run_id, position in positions.items():
             TrainingRun.objects.filter(pk=run_id).update(dispatched_seq=position)
-        Operation.objects.filter(id__in=taken).update(status=Operation.Status.RUNNING, cycle_id=cycle_id,
-                                                      started_at=timezone.now())
+        Operation.objects.filter(id__in=taken).update(
+            status=Operation.Status.RUNNING, cycle_id=cycle_id, started_at=timezone.now()
+        )
     return taken
 
 

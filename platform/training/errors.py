@@ -1,4 +1,5 @@
 """Errors a request can end in; `api.errors` maps them to HTTP in one place."""
+
 from __future__ import annotations
 
 

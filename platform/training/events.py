@@ -1,4 +1,5 @@
 """Push to the Channels layer: future completions and run metrics, per user group."""
+
 from __future__ import annotations
 
 import asyncio
@@ -36,7 +37,7 @@ def publish(user_id: int, message: dict) -> None:
             asyncio.run_coroutine_threadsafe(layer.group_send(user_group(user_id), message), loop).result(timeout=10)
         else:
             async_to_sync(layer.group_send)(user_group(user_id), message)
-    except Exception:  # noqa: BLE001 - push is best effort; polling stays correct
+    except Exception:
         log.exception("could not publish %s", message.get("type"))
 
 

@@ -2,6 +2,7 @@
 past their TTL, end sessions whose heartbeat stopped (TINKER_WIRE §3.4: the server ends silent
 sessions and drops their queued sampling work; accepted training work still runs), then free what
 finished sessions held: their ephemeral sampler snapshots on disk and their adapters in memory."""
+
 from __future__ import annotations
 
 import logging
@@ -27,11 +28,15 @@ def run_if_due() -> None:
     if time.monotonic() - _last_run < INTERVAL_SECONDS:
         return
     _last_run = time.monotonic()
-    for chore in (retention.purge_expired, expire_silent_sessions, retention.release_finished_sessions_weights,
-                  engines.release_idle_adapters):
+    for chore in (
+        retention.purge_expired,
+        expire_silent_sessions,
+        retention.release_finished_sessions_weights,
+        engines.release_idle_adapters,
+    ):
         try:
             chore()
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("housekeeping: %s failed", chore.__name__)
 
 
@@ -39,16 +44,25 @@ def expire_silent_sessions() -> int:
     """Finish sessions with no heartbeat for SESSION_TIMEOUT_SECONDS; cancel their queued samples."""
     cutoff = timezone.now() - timedelta(seconds=settings.LORASMITH["SESSION_TIMEOUT_SECONDS"])
     with transaction.atomic():
-        silent = list(Session.objects.select_for_update().filter(finished_reason="", last_heartbeat_at__lt=cutoff)
-                      .values_list("id", flat=True))
-        Session.objects.filter(id__in=silent).update(finished_reason="expired",
-                                                     finished_detail="no heartbeat within the session timeout")
-        dropped = list(Operation.objects.select_for_update()
-                       .filter(sampling_session__session_id__in=silent, status=Operation.Status.QUEUED)
-                       .values_list("id", "owner_id"))
+        silent = list(
+            Session.objects.select_for_update()
+            .filter(finished_reason="", last_heartbeat_at__lt=cutoff)
+            .values_list("id", flat=True)
+        )
+        Session.objects.filter(id__in=silent).update(
+            finished_reason="expired", finished_detail="no heartbeat within the session timeout"
+        )
+        dropped = list(
+            Operation.objects.select_for_update()
+            .filter(sampling_session__session_id__in=silent, status=Operation.Status.QUEUED)
+            .values_list("id", "owner_id")
+        )
         Operation.objects.filter(id__in=[op_id for op_id, _ in dropped]).update(
-            status=Operation.Status.CANCELLED, error="session expired: no heartbeat", error_category="user",
-            finished_at=timezone.now())
+            status=Operation.Status.CANCELLED,
+            error="session expired: no heartbeat",
+            error_category="user",
+            finished_at=timezone.now(),
+        )
     for op_id, owner_id in dropped:
         events.future_finished(owner_id, op_id)
     if silent:

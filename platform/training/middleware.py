@@ -4,6 +4,7 @@ When a worker boots, cycles a dead runner left `running` on its queues go back t
 dispatch starts again (DESIGN §6). Workers started by `training.worker.start_worker` recover
 themselves and are skipped here. Run one runner per base model: its adapters live in its engine.
 """
+
 from __future__ import annotations
 
 import logging
@@ -29,5 +30,5 @@ class RecoverOnBoot(dramatiq.Middleware):
             recover_interrupted(models)
             for model in models:
                 dispatch.dispatch(model)
-        except Exception:  # noqa: BLE001 - a worker must boot even if recovery cannot run now
+        except Exception:
             log.exception("recovery on worker boot failed for %s", models)

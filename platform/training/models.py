@@ -1,4 +1,5 @@
 """Tinker's resources. `Operation` is the durable op log: once a row exists, the request is safe."""
+
 from __future__ import annotations
 
 from django.conf import settings
@@ -66,7 +67,9 @@ class Operation(models.Model):
     kind = models.CharField(max_length=40)
     base_model = models.CharField(max_length=200, db_index=True)
     training_run = models.ForeignKey(TrainingRun, null=True, on_delete=models.CASCADE, related_name="operations")
-    sampling_session = models.ForeignKey(SamplingSession, null=True, on_delete=models.CASCADE, related_name="operations")
+    sampling_session = models.ForeignKey(
+        SamplingSession, null=True, on_delete=models.CASCADE, related_name="operations"
+    )
     seq_id = models.BigIntegerField()
     payload = models.JSONField()
     payload_bytes = models.BigIntegerField(default=0)  # size of the stored payload, for the per-user quota
@@ -81,10 +84,16 @@ class Operation(models.Model):
 
     class Meta:
         constraints = [
-            models.UniqueConstraint(fields=["training_run", "seq_id"], name="unique_training_seq",
-                                    condition=models.Q(training_run__isnull=False)),
-            models.UniqueConstraint(fields=["sampling_session", "seq_id"], name="unique_sampling_seq",
-                                    condition=models.Q(sampling_session__isnull=False)),
+            models.UniqueConstraint(
+                fields=["training_run", "seq_id"],
+                name="unique_training_seq",
+                condition=models.Q(training_run__isnull=False),
+            ),
+            models.UniqueConstraint(
+                fields=["sampling_session", "seq_id"],
+                name="unique_sampling_seq",
+                condition=models.Q(sampling_session__isnull=False),
+            ),
         ]
         indexes = [models.Index(fields=["base_model", "status"])]
 
@@ -109,8 +118,9 @@ class Checkpoint(models.Model):
     SEGMENTS = {"training": "weights", "sampler": "sampler_weights", "external": "external_weights"}
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["training_run", "checkpoint_type", "name"],
-                                               name="unique_checkpoint_name")]
+        constraints = [
+            models.UniqueConstraint(fields=["training_run", "checkpoint_type", "name"], name="unique_checkpoint_name")
+        ]
 
     @property
     def checkpoint_id(self) -> str:

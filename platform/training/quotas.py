@@ -5,6 +5,7 @@ client's retry of the same request (same seq_id) is accepted once there is room;
 accepted is touched. A request that fills a gap other requests of its model wait on is never
 refused: refusing it would hold the user's queue full forever.
 """
+
 from __future__ import annotations
 
 import json
@@ -37,15 +38,21 @@ def check_active_runs(user) -> None:
     if active >= limit:
         raise RateLimited(
             f"you have {active} active training runs, the most allowed is {limit}; finish a session "
-            "(sessions/{id}/finish) or wait for one to expire, then retry", "quota.active_runs", RETRY_RUNS_SECONDS)
+            "(sessions/{id}/finish) or wait for one to expire, then retry",
+            "quota.active_runs",
+            RETRY_RUNS_SECONDS,
+        )
 
 
 def check_size(payload_bytes: int) -> None:
     """A request bigger than the whole pending-bytes quota can never be accepted: 413, not 429."""
     max_bytes = _limit("MAX_PENDING_BYTES")
     if max_bytes and payload_bytes > max_bytes:
-        raise TooLarge(f"this request's payload is {payload_bytes} bytes, more than the {max_bytes} bytes a user "
-                       "may have pending; split it into smaller requests", "body")
+        raise TooLarge(
+            f"this request's payload is {payload_bytes} bytes, more than the {max_bytes} bytes a user "
+            "may have pending; split it into smaller requests",
+            "body",
+        )
 
 
 def check_pending(user, payload_bytes: int, run: TrainingRun | None = None, seq_id: int | None = None) -> None:
@@ -54,18 +61,26 @@ def check_pending(user, payload_bytes: int, run: TrainingRun | None = None, seq_
     if not (max_ops or max_bytes):
         return
     pending = Operation.objects.filter(owner=user, status__in=PENDING).aggregate(
-        count=Count("id"), size=Sum("payload_bytes"))
+        count=Count("id"), size=Sum("payload_bytes")
+    )
     size = pending["size"] or 0
     over_ops = max_ops and pending["count"] >= max_ops
     over_bytes = max_bytes and size + payload_bytes > max_bytes
     if not (over_ops or over_bytes) or (run is not None and _fills_gap(run, seq_id)):
         return
     if over_ops:
-        raise RateLimited(f"you have {pending['count']} operations pending, the most allowed is {max_ops}; "
-                          "retry when some have finished", "quota.pending_operations", RETRY_PENDING_SECONDS)
-    raise RateLimited(f"your pending operations hold {size} bytes and this request {payload_bytes} more, "
-                      f"over the {max_bytes} bytes allowed; retry when some have finished",
-                      "quota.pending_bytes", RETRY_PENDING_SECONDS)
+        raise RateLimited(
+            f"you have {pending['count']} operations pending, the most allowed is {max_ops}; "
+            "retry when some have finished",
+            "quota.pending_operations",
+            RETRY_PENDING_SECONDS,
+        )
+    raise RateLimited(
+        f"your pending operations hold {size} bytes and this request {payload_bytes} more, "
+        f"over the {max_bytes} bytes allowed; retry when some have finished",
+        "quota.pending_bytes",
+        RETRY_PENDING_SECONDS,
+    )
 
 
 def _fills_gap(run: TrainingRun, seq_id: int | None) -> bool:

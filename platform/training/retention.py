@@ -5,6 +5,7 @@ RL loop makes hundreds) are kept only while recent or in use.
 Access already treats an expired checkpoint as gone (`access.unexpired`); the purge frees its disk.
 Runners purge between cycles (`housekeeping`); `manage.py purge_checkpoints` does it from cron.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,18 +38,23 @@ def purge_expired() -> int:
     return len(expired)
 
 
-
 def release_ephemeral_weights(run_root: Path, keep: int) -> int:
     """Delete all but the newest `keep` ephemeral snapshots of one training run (the `seq-N`
     directories under `run_root`), sparing any a pending sample still needs; their sampling
     sessions are marked released, so sampling them is refused clearly. Returns how many went."""
-    snapshots = sorted((d for d in run_root.glob("seq-*") if d.is_dir() and d.name[4:].isdigit()),
-                       key=lambda d: int(d.name[4:]), reverse=True)
+    snapshots = sorted(
+        (d for d in run_root.glob("seq-*") if d.is_dir() and d.name[4:].isdigit()),
+        key=lambda d: int(d.name[4:]),
+        reverse=True,
+    )
     old = [str(d) for d in snapshots[keep:]]
     if not old:
         return 0
-    in_use = set(Operation.objects.filter(status__in=PENDING, sampling_session__weights_dir__in=old)
-                 .values_list("sampling_session__weights_dir", flat=True))
+    in_use = set(
+        Operation.objects.filter(status__in=PENDING, sampling_session__weights_dir__in=old).values_list(
+            "sampling_session__weights_dir", flat=True
+        )
+    )
     doomed = [d for d in old if d not in in_use]
     SamplingSession.objects.filter(weights_dir__in=doomed, released_at__isnull=True).update(released_at=timezone.now())
     for directory in doomed:
@@ -58,11 +64,17 @@ def release_ephemeral_weights(run_root: Path, keep: int) -> int:
 
 def release_finished_sessions_weights() -> int:
     """All ephemeral snapshots of finished sessions (named checkpoints stay until their TTL)."""
-    directories = set(SamplingSession.objects.filter(released_at__isnull=True, model_path="")
-                      .exclude(weights_dir="").exclude(session__finished_reason="").values_list("weights_dir", flat=True))
+    directories = set(
+        SamplingSession.objects.filter(released_at__isnull=True, model_path="")
+        .exclude(weights_dir="")
+        .exclude(session__finished_reason="")
+        .values_list("weights_dir", flat=True)
+    )
     released = sum(release_ephemeral_weights(root, keep=0) for root in {Path(d).parent for d in directories})
     vanished = [d for d in directories if not Path(d).exists()]  # e.g. a snapshot an older release took
-    SamplingSession.objects.filter(weights_dir__in=vanished, released_at__isnull=True).update(released_at=timezone.now())
+    SamplingSession.objects.filter(weights_dir__in=vanished, released_at__isnull=True).update(
+        released_at=timezone.now()
+    )
     if released:
         log.info("released %d ephemeral sampler snapshots of finished sessions", released)
     return released

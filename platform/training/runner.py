@@ -4,21 +4,31 @@ Each operation's outcome is written where it belongs (result or error + category
 recorded and pushed, and the dispatcher is called again so the next cycle starts at once.
 A failure converting or executing one operation fails that operation only.
 """
+
 from __future__ import annotations
 
 import logging
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
 from gpu_runner.errors import EngineInputError
-from gpu_runner.types import (ExportPeft, ForwardBackward, ImportPeft, LoadState, LoraSpec, OpResult,
-                              OptimStep, Sample, SaveState)
+from gpu_runner.types import (
+    ExportPeft,
+    ForwardBackward,
+    ImportPeft,
+    LoadState,
+    LoraSpec,
+    OpResult,
+    OptimStep,
+    Sample,
+    SaveState,
+)
 
 from . import dispatch, events, housekeeping, retention, storage, wire
 from .engines import engine_for
@@ -38,8 +48,11 @@ class Pending:
 def execute_cycle(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
     try:
         # only operations this cycle still owns: a re-queued cycle's stale message does nothing
-        ops = list(Operation.objects.filter(id__in=op_ids, cycle_id=cycle_id, status=Operation.Status.RUNNING)
-                   .select_related("training_run", "sampling_session"))
+        ops = list(
+            Operation.objects.filter(id__in=op_ids, cycle_id=cycle_id, status=Operation.Status.RUNNING).select_related(
+                "training_run", "sampling_session"
+            )
+        )
         ops.sort(key=lambda o: (o.training_run_id or "", o.seq_id, o.created_at))
         runs: dict[str, TrainingRun] = {}
         for op in ops:  # one instance per model, so step counts carry across its ops in this cycle
@@ -58,8 +71,14 @@ def execute_cycle(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
 
 
 def adapter_spec(run: TrainingRun) -> LoraSpec:
-    return LoraSpec(rank=run.rank, alpha=run.alpha, seed=run.seed, train_attn=run.train_attn,
-                    train_mlp=run.train_mlp, train_unembed=run.train_unembed)
+    return LoraSpec(
+        rank=run.rank,
+        alpha=run.alpha,
+        seed=run.seed,
+        train_attn=run.train_attn,
+        train_mlp=run.train_mlp,
+        train_unembed=run.train_unembed,
+    )
 
 
 def _run(base_model: str, ops: list[Operation]) -> None:
@@ -111,7 +130,7 @@ def _forget_adapters(engine, engine_ops: list) -> None:
         try:
             if engine.has_adapter(adapter_id):
                 engine.remove_adapter(adapter_id)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("could not drop adapter %s", adapter_id)
 
 
@@ -139,9 +158,13 @@ def _record(item: Pending, result: OpResult) -> None:
 
 def _plan(engine, op: Operation, imported: set[str]):
     """An operation's engine work: a finished result dict, or [helper ops..., (engine_op, finish)]."""
-    run: Optional[TrainingRun] = op.training_run
+    run: TrainingRun | None = op.training_run
     payload = op.payload
-    if op.kind == "forward_backward" and settings.LORASMITH["TEST_HOOKS"] and run.user_metadata.get("force_runner_failure"):
+    if (
+        op.kind == "forward_backward"
+        and settings.LORASMITH["TEST_HOOKS"]
+        and run.user_metadata.get("force_runner_failure")
+    ):
         raise RuntimeError("forced runner failure (test hook)")
     if op.kind == "create_model":
         engine.create_adapter(run.id, adapter_spec(run))
@@ -150,8 +173,12 @@ def _plan(engine, op: Operation, imported: set[str]):
         return _plan_sample(engine, op, imported)
     if op.kind == "load_weights":
         directory = Path(payload["directory"])
-        return [(LoadState(run.id, directory, include_optimizer=payload["optimizer"]),
-                 lambda out: {"path": payload["path"], "model_id": run.id, "type": "load_weights"})]
+        return [
+            (
+                LoadState(run.id, directory, include_optimizer=payload["optimizer"]),
+                lambda out: {"path": payload["path"], "model_id": run.id, "type": "load_weights"},
+            )
+        ]
     if not engine.has_adapter(run.id):
         _restore(engine, run)
     if op.kind == "forward_backward":
@@ -173,13 +200,22 @@ def _plan_sample(engine, op: Operation, imported: set[str]):
     if sampler.weights_dir:
         adapter_id = sampler.id
         if not engine.has_adapter(adapter_id) and not Path(sampler.weights_dir).is_dir():
-            raise EngineInputError(f"the weights of sampling session {sampler.id} are no longer kept "
-                                   "(released while this request was queued)", field="sampling_session_id")
+            raise EngineInputError(
+                f"the weights of sampling session {sampler.id} are no longer kept "
+                "(released while this request was queued)",
+                field="sampling_session_id",
+            )
         if not engine.has_adapter(adapter_id) and adapter_id not in imported:
             helpers.append(ImportPeft(adapter_id, Path(sampler.weights_dir)))
             imported.add(adapter_id)
-    sample = Sample(adapter_id, payload["prompt"], payload["num_samples"], wire.sampling_params(payload["sampling_params"]),
-                    payload["prompt_logprobs"], payload["topk_prompt_logprobs"])
+    sample = Sample(
+        adapter_id,
+        payload["prompt"],
+        payload["num_samples"],
+        wire.sampling_params(payload["sampling_params"]),
+        payload["prompt_logprobs"],
+        payload["topk_prompt_logprobs"],
+    )
     last_n = payload.get("prompt_logprobs_last_n")
     return helpers + [(sample, lambda out: {**wire.sample_json(out, last_n), "type": "sample"})]
 
@@ -190,8 +226,10 @@ def _plan_save(op: Operation):
     name = payload.get("name")
     if op.kind == "save_weights":
         directory = storage.checkpoint_directory(op.owner_id, run.id, "weights", name)
-        return (SaveState(run.id, directory, include_optimizer=True),
-                lambda out: _checkpoint_saved(op, "training", name, out))
+        return (
+            SaveState(run.id, directory, include_optimizer=True),
+            lambda out: _checkpoint_saved(op, "training", name, out),
+        )
     if op.kind == "save_weights_external":
         directory = storage.checkpoint_directory(op.owner_id, run.id, "external_weights", name)
         return (ExportPeft(run.id, directory), lambda out: _checkpoint_saved(op, "external", name, out))
@@ -206,10 +244,17 @@ def _checkpoint_saved(op: Operation, kind: str, name: str, out) -> dict:
     storage.discard_archive(out.directory)  # an overwrite must not leave the old weights' .tar behind
     ttl = op.payload.get("ttl_seconds")
     checkpoint, _ = Checkpoint.objects.update_or_create(
-        training_run=op.training_run, checkpoint_type=kind, name=name,
-        defaults={"owner_id": op.owner_id, "directory": str(out.directory), "size_bytes": out.size_bytes,
-                  "user_metadata": op.payload.get("user_metadata") or {},
-                  "expires_at": timezone.now() + timezone.timedelta(seconds=ttl) if ttl else None})
+        training_run=op.training_run,
+        checkpoint_type=kind,
+        name=name,
+        defaults={
+            "owner_id": op.owner_id,
+            "directory": str(out.directory),
+            "size_bytes": out.size_bytes,
+            "user_metadata": op.payload.get("user_metadata") or {},
+            "expires_at": timezone.now() + timezone.timedelta(seconds=ttl) if ttl else None,
+        },
+    )
     result = {"path": checkpoint.tinker_path, "type": op.kind}
     if kind == "external":
         result["size_bytes"] = out.size_bytes
@@ -221,8 +266,16 @@ def _ephemeral_sampler(op: Operation, out) -> dict:
     seq = op.payload.get("sampling_session_seq_id")
     sampler_id = f"{run.session_id}:sample:{seq if seq is not None else op.id}"
     SamplingSession.objects.update_or_create(
-        id=sampler_id, defaults={"session_id": run.session_id, "owner_id": op.owner_id, "base_model": run.base_model,
-                                 "weights_dir": str(out.directory), "model_path": "", "released_at": None})
+        id=sampler_id,
+        defaults={
+            "session_id": run.session_id,
+            "owner_id": op.owner_id,
+            "base_model": run.base_model,
+            "weights_dir": str(out.directory),
+            "model_path": "",
+            "released_at": None,
+        },
+    )
     retention.release_ephemeral_weights(Path(out.directory).parent, settings.LORASMITH["EPHEMERAL_SAMPLERS_KEPT"])
     return {"path": None, "sampling_session_id": sampler_id, "type": "save_weights_for_sampler"}
 
@@ -243,8 +296,9 @@ def _after_optim_step(op: Operation, out) -> dict:
 
 
 def _metrics(run: TrainingRun, step: int, values: dict) -> None:
-    MetricPoint.objects.bulk_create([MetricPoint(training_run=run, step=step, name=k, value=float(v))
-                                     for k, v in values.items()])
+    MetricPoint.objects.bulk_create(
+        [MetricPoint(training_run=run, step=step, name=k, value=float(v)) for k, v in values.items()]
+    )
     events.metrics(run.owner_id, run.id, step, values)
 
 
@@ -259,8 +313,14 @@ def _restore(engine, run: TrainingRun) -> None:
         elif op.kind == "load_weights":
             replay.append(LoadState(run.id, Path(op.payload["directory"]), op.payload["optimizer"]))
         elif op.kind == "forward_backward" and not op.payload["forward_only"]:
-            replay.append(ForwardBackward(run.id, [wire.datum(d, i) for i, d in enumerate(op.payload["data"])],
-                                          op.payload["loss_fn"], op.payload["loss_fn_config"]))
+            replay.append(
+                ForwardBackward(
+                    run.id,
+                    [wire.datum(d, i) for i, d in enumerate(op.payload["data"])],
+                    op.payload["loss_fn"],
+                    op.payload["loss_fn_config"],
+                )
+            )
         elif op.kind == "optim_step":
             replay.append(OptimStep(run.id, wire.adam_params(op.payload)))
     if not engine.has_adapter(run.id) and not any(isinstance(o, LoadState) for o in replay):
@@ -272,14 +332,14 @@ def _restore(engine, run: TrainingRun) -> None:
 
 def _complete(op: Operation, result: dict) -> None:
     with transaction.atomic():
-        Operation.objects.filter(pk=op.pk).update(status=Operation.Status.DONE, result=result,
-                                                  finished_at=timezone.now())
+        Operation.objects.filter(pk=op.pk).update(
+            status=Operation.Status.DONE, result=result, finished_at=timezone.now()
+        )
     events.future_finished(op.owner_id, op.id)
 
 
 def _fail(op: Operation, message: str, category: str) -> None:
-    Operation.objects.filter(pk=op.pk).update(status=Operation.Status.FAILED, error=message,
-                                              error_category=category, finished_at=timezone.now())
+    Operation.objects.filter(pk=op.pk).update(
+        status=Operation.Status.FAILED, error=message, error_category=category, finished_at=timezone.now()
+    )
     events.future_finished(op.owner_id, op.id)
-
-

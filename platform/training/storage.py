@@ -1,4 +1,5 @@
 """Where checkpoint files live, and signed, expiring URLs that serve them without an API key."""
+
 from __future__ import annotations
 
 import functools
@@ -7,7 +8,7 @@ import re
 import tarfile
 import time
 import uuid
-from datetime import datetime, timezone as dt_timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from django.conf import settings
@@ -32,7 +33,7 @@ def sign_file(path: Path, seconds: int | None = None) -> tuple[str, datetime]:
     seconds = seconds or settings.LORASMITH["SIGNED_URL_SECONDS"]
     expires = int(time.time()) + seconds
     token = signing.dumps({"p": str(Path(path).resolve()), "e": expires}, salt=SALT, compress=True)
-    return token, datetime.fromtimestamp(expires, tz=dt_timezone.utc)
+    return token, datetime.fromtimestamp(expires, tz=UTC)
 
 
 def servable_roots() -> list[Path]:

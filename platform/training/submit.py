@@ -3,12 +3,13 @@
 From the moment an Operation row exists the request cannot be lost. A repeated
 (model, seq_id) or (sampler, seq_id) returns the original operation (never a 409).
 """
+
 from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from django.db import IntegrityError, transaction
 from django.utils import timezone
@@ -22,11 +23,18 @@ from .models import Checkpoint, Operation, SamplingSession, Session, TrainingRun
 
 # Tinker sample options this server does not implement, with the value that means "off"
 UNSUPPORTED_SAMPLE_OPTIONS = {"topk_sample_logprobs": 0, "prompt_alt_tokens_k": 0, "target_prompt_logprobs": None}
-TRAINING_KINDS = ("forward_backward", "optim_step", "save_weights", "save_weights_for_sampler",
-                  "save_weights_external", "load_weights")
+TRAINING_KINDS = (
+    "forward_backward",
+    "optim_step",
+    "save_weights",
+    "save_weights_for_sampler",
+    "save_weights_external",
+    "load_weights",
+)
 
 
 # ---- sessions ---------------------------------------------------------------------------------
+
 
 def create_session(user, body: dict) -> Session:
     tags = wire.optional(body, "tags", list, [])
@@ -34,11 +42,19 @@ def create_session(user, body: dict) -> Session:
     display_name = wire.optional(body, "display_name", str, "")
     project_id = wire.optional(body, "project_id", str, "")
     if len(display_name) > 200 or len(project_id) > 200:
-        raise BadRequest("display_name and project_id are at most 200 characters",
-                         field="display_name" if len(display_name) > 200 else "project_id")
-    return Session.objects.create(id=str(uuid.uuid4()), owner=user, tags=tags, user_metadata=metadata,
-                                  sdk_version=str(body.get("sdk_version", ""))[:40], display_name=display_name,
-                                  project_id=project_id)
+        raise BadRequest(
+            "display_name and project_id are at most 200 characters",
+            field="display_name" if len(display_name) > 200 else "project_id",
+        )
+    return Session.objects.create(
+        id=str(uuid.uuid4()),
+        owner=user,
+        tags=tags,
+        user_metadata=metadata,
+        sdk_version=str(body.get("sdk_version", ""))[:40],
+        display_name=display_name,
+        project_id=project_id,
+    )
 
 
 def heartbeat(user, session_id: str) -> Session:
@@ -68,6 +84,7 @@ def _open_session(user, body: dict) -> Session:
 
 # ---- training models ----------------------------------------------------------------------------
 
+
 def create_model(user, body: dict) -> Operation:
     session = _open_session(user, body)
     model_seq_id = wire.require(body, "model_seq_id", int)
@@ -88,9 +105,15 @@ def create_model(user, body: dict) -> Operation:
 
     def make() -> TrainingRun:
         return TrainingRun.objects.create(
-            id=model_id, session=session, owner=user, base_model=base_model, rank=rank,
-            seed=seed if seed is not None else secrets.randbits(62), user_metadata=body.get("user_metadata") or {},
-            **flags)
+            id=model_id,
+            session=session,
+            owner=user,
+            base_model=base_model,
+            rank=rank,
+            seed=seed if seed is not None else secrets.randbits(62),
+            user_metadata=body.get("user_metadata") or {},
+            **flags,
+        )
 
     return _first_operation(user, model_id, make, "create_model", {"model_id": model_id})
 
@@ -108,8 +131,16 @@ def _first_operation(user, model_id: str, make_run: Callable[[], TrainingRun], k
     try:
         with transaction.atomic():
             run = make_run()
-            op = Operation.objects.create(id=_request_id(), owner=user, kind=kind, base_model=run.base_model,
-                                          training_run=run, seq_id=0, payload=payload, payload_bytes=size)
+            op = Operation.objects.create(
+                id=_request_id(),
+                owner=user,
+                kind=kind,
+                base_model=run.base_model,
+                training_run=run,
+                seq_id=0,
+                payload=payload,
+                payload_bytes=size,
+            )
     except IntegrityError:
         return Operation.objects.get(training_run_id=model_id, seq_id=0)
     dispatch.dispatch(run.base_model)
@@ -129,8 +160,12 @@ def _load_payload(checkpoint: Checkpoint, body: dict) -> dict:
 
 def load_weights(user, body: dict) -> Operation:
     if "model_id" in body:  # legacy: load into an existing model at its seq_id
-        return submit_training(user, "load_weights", body, build_payload=lambda run: _load_payload(
-            _readable_training_checkpoint(user, body), body))
+        return submit_training(
+            user,
+            "load_weights",
+            body,
+            build_payload=lambda run: _load_payload(_readable_training_checkpoint(user, body), body),
+        )
     checkpoint = _readable_training_checkpoint(user, body)
     payload = _load_payload(checkpoint, body)
     session = _open_session(user, body)
@@ -140,15 +175,25 @@ def load_weights(user, body: dict) -> Operation:
 
     def make() -> TrainingRun:
         return TrainingRun.objects.create(
-            id=model_id, session=session, owner=user, base_model=source.base_model, rank=source.rank,
-            alpha=source.alpha, seed=source.seed, train_attn=source.train_attn, train_mlp=source.train_mlp,
-            train_unembed=source.train_unembed, user_metadata=body.get("user_metadata") or {})
+            id=model_id,
+            session=session,
+            owner=user,
+            base_model=source.base_model,
+            rank=source.rank,
+            alpha=source.alpha,
+            seed=source.seed,
+            train_attn=source.train_attn,
+            train_mlp=source.train_mlp,
+            train_unembed=source.train_unembed,
+            user_metadata=body.get("user_metadata") or {},
+        )
 
     return _first_operation(user, model_id, make, "load_weights", {**payload, "model_id": model_id})
 
 
-def submit_training(user, kind: str, body: dict,
-                    build_payload: Callable[[TrainingRun], dict] | None = None) -> Operation:
+def submit_training(
+    user, kind: str, body: dict, build_payload: Callable[[TrainingRun], dict] | None = None
+) -> Operation:
     """Store a training request under its seq_id.
 
     A request refused at the door still uses up its seq_id (a REJECTED row), as Tinker's SDK has
@@ -169,8 +214,18 @@ def submit_training(user, kind: str, body: dict,
         _hold_seq(user, kind, run, seq_id, refusal)
         raise
     quotas.check_pending(user, size, run, seq_id)  # over quota: nothing stored, the same seq may come again
-    op = _store(Operation(id=_request_id(), owner=user, kind=kind, base_model=run.base_model, training_run=run,
-                          seq_id=seq_id, payload=payload, payload_bytes=size))
+    op = _store(
+        Operation(
+            id=_request_id(),
+            owner=user,
+            kind=kind,
+            base_model=run.base_model,
+            training_run=run,
+            seq_id=seq_id,
+            payload=payload,
+            payload_bytes=size,
+        )
+    )
     if op.status == Operation.Status.REJECTED:
         return _repeat(op)
     dispatch.dispatch(run.base_model)
@@ -188,10 +243,21 @@ def _store(op: Operation) -> Operation:
 
 
 def _hold_seq(user, kind: str, run: TrainingRun, seq_id: int, refusal: ApiError) -> None:
-    held = _store(Operation(
-        id=_request_id(), owner=user, kind=kind, base_model=run.base_model, training_run=run, seq_id=seq_id,
-        payload={"rejected": {"status": refusal.status, "field": refusal.field}}, status=Operation.Status.REJECTED,
-        error=refusal.message, error_category="user", finished_at=timezone.now()))
+    held = _store(
+        Operation(
+            id=_request_id(),
+            owner=user,
+            kind=kind,
+            base_model=run.base_model,
+            training_run=run,
+            seq_id=seq_id,
+            payload={"rejected": {"status": refusal.status, "field": refusal.field}},
+            status=Operation.Status.REJECTED,
+            error=refusal.message,
+            error_category="user",
+            finished_at=timezone.now(),
+        )
+    )
     if held.status == Operation.Status.REJECTED:
         refusal.consumed_seq_id = seq_id
         dispatch.dispatch(run.base_model)  # requests already waiting behind this seq can go now
@@ -216,21 +282,30 @@ def _training_payload(run: TrainingRun, kind: str, body: dict) -> dict:
         wire.adam_params(body)
         return {"adam_params": body.get("adam_params") or {}}
     if kind == "save_weights_external" and body.get("age_encryption_recipients"):
-        raise BadRequest("age encryption of external weights is not supported by this server",
-                         field="age_encryption_recipients")
+        raise BadRequest(
+            "age encryption of external weights is not supported by this server", field="age_encryption_recipients"
+        )
     name = None if kind == "save_weights_for_sampler" and not body.get("path") else wire.checkpoint_name(body)
     ttl = wire.optional(body, "ttl_seconds", int, None)
     if ttl is not None and not 3600 <= ttl <= 10 * 365 * 86400:
         raise BadRequest("ttl_seconds must be between 3600 and 10 years", field="ttl_seconds")
     if name is not None:
-        segment = {"save_weights": "training", "save_weights_for_sampler": "sampler",
-                   "save_weights_external": "external"}[kind]
-        if Checkpoint.objects.filter(training_run=run, checkpoint_type=segment, name=name).exists() \
-                and not body.get("overwrite"):
+        segment = {
+            "save_weights": "training",
+            "save_weights_for_sampler": "sampler",
+            "save_weights_external": "external",
+        }[kind]
+        if Checkpoint.objects.filter(training_run=run, checkpoint_type=segment, name=name).exists() and not body.get(
+            "overwrite"
+        ):
             raise BadRequest(f"checkpoint {name!r} already exists for this model", field="path")
-    return {"name": name, "ttl_seconds": ttl, "overwrite": bool(body.get("overwrite", False)),
-            "sampling_session_seq_id": body.get("sampling_session_seq_id"),
-            "user_metadata": wire.optional(body, "user_metadata", dict, {})}
+    return {
+        "name": name,
+        "ttl_seconds": ttl,
+        "overwrite": bool(body.get("overwrite", False)),
+        "sampling_session_seq_id": body.get("sampling_session_seq_id"),
+        "user_metadata": wire.optional(body, "user_metadata", dict, {}),
+    }
 
 
 def _forward_backward_payload(run: TrainingRun, body: dict) -> dict:
@@ -242,8 +317,12 @@ def _forward_backward_payload(run: TrainingRun, body: dict) -> dict:
         validate_forward_backward(base_models.info(run.base_model), data, loss_fn, config)
     except EngineInputError as error:
         raise BadRequest(str(error), field=_engine_field(error)) from None
-    return {"data": data_json, "loss_fn": loss_fn, "loss_fn_config": config,
-            "forward_only": bool(body.get("forward_only", False))}
+    return {
+        "data": data_json,
+        "loss_fn": loss_fn,
+        "loss_fn_config": config,
+        "forward_only": bool(body.get("forward_only", False)),
+    }
 
 
 def _engine_field(error: EngineInputError) -> str:
@@ -251,6 +330,7 @@ def _engine_field(error: EngineInputError) -> str:
 
 
 # ---- sampling ----------------------------------------------------------------------------------
+
 
 def create_sampling_session(user, body: dict) -> SamplingSession:
     session = _open_session(user, body)
@@ -266,8 +346,13 @@ def create_sampling_session(user, body: dict) -> SamplingSession:
             raise BadRequest("sample from a sampler_weights or weights checkpoint", field="model_path")
         checkpoint = access.readable_checkpoint(user, run_id, f"{segment}/{name}")
         return SamplingSession.objects.create(
-            id=sampler_id, session=session, owner=user, base_model=checkpoint.training_run.base_model,
-            model_path=model_path, weights_dir=checkpoint.directory)
+            id=sampler_id,
+            session=session,
+            owner=user,
+            base_model=checkpoint.training_run.base_model,
+            model_path=model_path,
+            weights_dir=checkpoint.directory,
+        )
     base_model = wire.require(body, "base_model", str)
     base_models.served_info(base_model)
     return SamplingSession.objects.create(id=sampler_id, session=session, owner=user, base_model=base_model)
@@ -294,17 +379,29 @@ def submit_sample(user, body: dict) -> Operation:
     last_n = wire.optional(body, "prompt_logprobs_last_n", int, None)
     if last_n is not None and last_n < 0:
         raise BadRequest("prompt_logprobs_last_n must be >= 0", field="prompt_logprobs_last_n")
-    payload = {"prompt": prompt, "num_samples": num_samples, "sampling_params": body.get("sampling_params") or {},
-               "prompt_logprobs": bool(body.get("prompt_logprobs", False)), "topk_prompt_logprobs": topk,
-               "prompt_logprobs_last_n": last_n}
+    payload = {
+        "prompt": prompt,
+        "num_samples": num_samples,
+        "sampling_params": body.get("sampling_params") or {},
+        "prompt_logprobs": bool(body.get("prompt_logprobs", False)),
+        "topk_prompt_logprobs": topk,
+        "prompt_logprobs_last_n": last_n,
+    }
     size = quotas.payload_size(payload)
     quotas.check_size(size)
     quotas.check_pending(user, size)
     try:
         with transaction.atomic():
-            op = Operation.objects.create(id=_request_id(), owner=user, kind="sample", base_model=sampler.base_model,
-                                          sampling_session=sampler, seq_id=seq_id, payload=payload,
-                                          payload_bytes=size)
+            op = Operation.objects.create(
+                id=_request_id(),
+                owner=user,
+                kind="sample",
+                base_model=sampler.base_model,
+                sampling_session=sampler,
+                seq_id=seq_id,
+                payload=payload,
+                payload_bytes=size,
+            )
     except IntegrityError:
         return Operation.objects.get(sampling_session=sampler, seq_id=seq_id)
     dispatch.dispatch(sampler.base_model)
@@ -313,19 +410,26 @@ def submit_sample(user, body: dict) -> Operation:
 
 def _check_weights_present(sampler: SamplingSession) -> None:
     if sampler.released_at is not None or (sampler.weights_dir and not Path(sampler.weights_dir).is_dir()):
-        raise Gone(f"the weights of sampling session {sampler.id} are no longer kept (a snapshot is dropped once "
-                   "newer ones of its model replace it or its session ends, a checkpoint when deleted or past its "
-                   "TTL); sample from a newer sampling client, or keep weights with save_weights_for_sampler(name)",
-                   field="sampling_session_id")
+        raise Gone(
+            f"the weights of sampling session {sampler.id} are no longer kept (a snapshot is dropped once "
+            "newer ones of its model replace it or its session ends, a checkpoint when deleted or past its "
+            "TTL); sample from a newer sampling client, or keep weights with save_weights_for_sampler(name)",
+            field="sampling_session_id",
+        )
 
 
 def cancel_future(user, request_id: str) -> bool:
     """Cancel a sampling request that has not started (TINKER_WIRE §5.3). Training operations are
     never cancelled: a hole in a model's seq_id chain would hold every later request forever."""
     op = access.operation_of(user, request_id)
-    cancelled = Operation.objects.filter(pk=op.pk, status=Operation.Status.QUEUED, sampling_session__isnull=False).update(
-        status=Operation.Status.CANCELLED, error="cancelled by the client", error_category="user",
-        finished_at=timezone.now())
+    cancelled = Operation.objects.filter(
+        pk=op.pk, status=Operation.Status.QUEUED, sampling_session__isnull=False
+    ).update(
+        status=Operation.Status.CANCELLED,
+        error="cancelled by the client",
+        error_category="user",
+        finished_at=timezone.now(),
+    )
     if cancelled:
         from . import events
 
@@ -339,5 +443,3 @@ def sample_sequence_ids(op: Operation) -> list[str]:
 
 def _request_id() -> str:
     return uuid.uuid4().hex
-
-

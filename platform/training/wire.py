@@ -4,11 +4,12 @@ Parsing checks the wire shape (types, dtypes, sizes) and names the field on fail
 own validators then check the semantics (vocab, context, loss inputs) with the same messages the
 runner would give.
 """
+
 from __future__ import annotations
 
 import math
 import re
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
@@ -17,7 +18,9 @@ from gpu_runner.types import AdamParams, Datum, ForwardBackwardOutput, SampleOut
 from .errors import BadRequest
 
 DTYPES = {"int64": torch.int64, "float32": torch.float32}
-TINKER_PATH = re.compile(r"^tinker://(?P<run>[^/]+)/(?P<segment>weights|sampler_weights|external_weights)/(?P<name>[^/]+)$")
+TINKER_PATH = re.compile(
+    r"^tinker://(?P<run>[^/]+)/(?P<segment>weights|sampler_weights|external_weights)/(?P<name>[^/]+)$"
+)
 CHECKPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -82,7 +85,7 @@ def datum(value: Any, index: int) -> Datum:
     return Datum(tokens, {k: tensor_data(v, f"{where}.loss_fn_inputs.{k}") for k, v in inputs.items()})
 
 
-def loss_config(body: dict) -> Optional[dict[str, float]]:
+def loss_config(body: dict) -> dict[str, float] | None:
     config = dict(optional(body, "loss_fn_config", dict, {}) or {})
     for key, value in (optional(body, "loss_fn_config_v2", dict, {}) or {}).items():
         number = value.get("number") if isinstance(value, dict) else value
@@ -113,13 +116,24 @@ def sampling_params(value: Any) -> SamplingParams:
     stop = value.get("stop")
     if isinstance(stop, str):
         stop = [stop]
-    if stop is not None and (not isinstance(stop, list) or not (
-            all(isinstance(s, str) for s in stop) or all(isinstance(s, int) and not isinstance(s, bool) for s in stop))):
-        raise BadRequest("sampling_params.stop must be a string, a list of strings or a list of token ids",
-                         field="sampling_params.stop")
+    if stop is not None and (
+        not isinstance(stop, list)
+        or not (
+            all(isinstance(s, str) for s in stop) or all(isinstance(s, int) and not isinstance(s, bool) for s in stop)
+        )
+    ):
+        raise BadRequest(
+            "sampling_params.stop must be a string, a list of strings or a list of token ids",
+            field="sampling_params.stop",
+        )
     numbers = {}
-    for name, kind, default in (("max_tokens", int, 16), ("temperature", (int, float), 1.0), ("top_k", int, -1),
-                                ("top_p", (int, float), 1.0), ("seed", int, None)):
+    for name, kind, default in (
+        ("max_tokens", int, 16),
+        ("temperature", (int, float), 1.0),
+        ("top_k", int, -1),
+        ("top_p", (int, float), 1.0),
+        ("seed", int, None),
+    ):
         raw = value.get(name, default)
         if raw is None:
             numbers[name] = default
@@ -133,8 +147,9 @@ def sampling_params(value: Any) -> SamplingParams:
 def parse_tinker_path(path: Any, field: str = "path") -> tuple[str, str, str]:
     match = TINKER_PATH.match(path) if isinstance(path, str) else None
     if match is None:
-        raise BadRequest(f"{field} must look like tinker://<model_id>/<weights|sampler_weights|external_weights>/<name>",
-                         field=field)
+        raise BadRequest(
+            f"{field} must look like tinker://<model_id>/<weights|sampler_weights|external_weights>/<name>", field=field
+        )
     return match["run"], match["segment"], match["name"]
 
 
@@ -162,6 +177,7 @@ def sample_json(output: SampleOutput, prompt_logprobs_last_n: int | None = None)
     """With `prompt_logprobs_last_n`, prompt positions before the last N carry None (TINKER_WIRE §8.8)."""
     prompt_lp, topk = output.prompt_logprobs, output.topk_prompt_logprobs
     if prompt_logprobs_last_n is not None:
+
         def last_n(values: list | None) -> list | None:
             if values is None:
                 return None
@@ -170,9 +186,12 @@ def sample_json(output: SampleOutput, prompt_logprobs_last_n: int | None = None)
 
         prompt_lp, topk = last_n(prompt_lp), last_n(topk)
     return {
-        "sequences": [{"tokens": s.tokens, "logprobs": s.logprobs, "stop_reason": s.stop_reason} for s in output.sequences],
+        "sequences": [
+            {"tokens": s.tokens, "logprobs": s.logprobs, "stop_reason": s.stop_reason} for s in output.sequences
+        ],
         "prompt_logprobs": prompt_lp,
-        "topk_prompt_logprobs": None if topk is None else [
-            None if row is None else [[t, lp] for t, lp in row] for row in topk],
+        "topk_prompt_logprobs": None
+        if topk is None
+        else [None if row is None else [[t, lp] for t, lp in row] for row in topk],
         "prompt_cache_hit_tokens": 0,
     }

@@ -3,6 +3,7 @@
 One worker thread: the engine is one resident model per GPU, and cycles of a base model never
 overlap anyway. Operations left `running` by a runner that died are put back first (DESIGN §6).
 """
+
 from __future__ import annotations
 
 import dramatiq
@@ -15,8 +16,11 @@ from .models import Operation
 
 def recover_interrupted(base_models: list[str]) -> None:
     with transaction.atomic():
-        cycles = set(Operation.objects.filter(base_model__in=base_models, status=Operation.Status.RUNNING)
-                     .values_list("cycle_id", flat=True))
+        cycles = set(
+            Operation.objects.filter(base_model__in=base_models, status=Operation.Status.RUNNING).values_list(
+                "cycle_id", flat=True
+            )
+        )
     for cycle_id in cycles:
         dispatch.requeue(cycle_id)
     for base_model in base_models:

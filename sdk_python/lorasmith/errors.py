@@ -1,7 +1,6 @@
 """Typed errors, one per way a call can fail, each carrying the server's own message."""
-from __future__ import annotations
 
-from typing import Optional
+from __future__ import annotations
 
 
 class LorasmithError(Exception):
@@ -10,10 +9,10 @@ class LorasmithError(Exception):
 
 class APIError(LorasmithError):
     status_code: int = 0
-    retry_after: Optional[float] = None  # seconds, from the server's retry-after header
-    consumed_seq_id: Optional[int] = None  # a refused training request that still used up its seq_id
+    retry_after: float | None = None  # seconds, from the server's retry-after header
+    consumed_seq_id: int | None = None  # a refused training request that still used up its seq_id
 
-    def __init__(self, message: str, status_code: Optional[int] = None, field: Optional[str] = None):
+    def __init__(self, message: str, status_code: int | None = None, field: str | None = None):
         super().__init__(message)
         self.message = message
         self.field = field
@@ -78,11 +77,19 @@ class RequestFailedError(LorasmithError):
         self.category = category
 
 
-STATUS_ERRORS = {400: BadRequestError, 401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
-                 409: ConflictError, 410: NotFoundError, 413: RequestTooLargeError, 422: UnprocessableEntityError,
-                 429: RateLimitError}
+STATUS_ERRORS = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    410: NotFoundError,
+    413: RequestTooLargeError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
 
 
-def error_for_status(status: int, message: str, field: Optional[str] = None) -> APIError:
+def error_for_status(status: int, message: str, field: str | None = None) -> APIError:
     kind = STATUS_ERRORS.get(status, InternalServerError if status >= 500 else APIError)
     return kind(message, status_code=status, field=field)

@@ -1,34 +1,40 @@
 """Futures returned by every SDK call: `.result(timeout)` blocks, `await fut` works on any loop."""
+
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from typing import Any, Callable, Generic, Optional, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
 
 class APIFuture(Generic[T]):
-    def __init__(self, future: concurrent.futures.Future, convert: Optional[Callable[[Any], T]] = None,
-                 accepted: Optional[concurrent.futures.Future] = None):
+    def __init__(
+        self,
+        future: concurrent.futures.Future,
+        convert: Callable[[Any], T] | None = None,
+        accepted: concurrent.futures.Future | None = None,
+    ):
         self._future = future
         self._convert = convert
         self.accepted = accepted  # resolves when the server accepted the request (training requests)
 
-    async def submitted(self) -> "APIFuture[T]":
+    async def submitted(self) -> APIFuture[T]:
         """This future, once the server has accepted the request: the first await of `*_async`."""
         if self.accepted is not None:
             await asyncio.wrap_future(self.accepted)
         return self
 
-    def result(self, timeout: Optional[float] = None, progress: bool = False) -> T:
+    def result(self, timeout: float | None = None, progress: bool = False) -> T:
         """Block for the value; `progress=True` shows a tqdm bar of the elapsed wait."""
         if progress:
             return wait_all([self], timeout, progress=True, desc="waiting")[0]
         value = self._future.result(timeout)
         return self._convert(value) if self._convert else value
 
-    async def result_async(self, timeout: Optional[float] = None) -> T:
+    async def result_async(self, timeout: float | None = None) -> T:
         value = await asyncio.wait_for(asyncio.wrap_future(self._future), timeout)
         return self._convert(value) if self._convert else value
 
@@ -42,8 +48,9 @@ class APIFuture(Generic[T]):
         return self._future
 
 
-def wait_all(futures: Sequence[APIFuture], timeout: Optional[float] = None, progress: bool = True,
-             desc: str = "requests") -> list:
+def wait_all(
+    futures: Sequence[APIFuture], timeout: float | None = None, progress: bool = True, desc: str = "requests"
+) -> list:
     """The results of `futures` in their order, with a tqdm bar counting completions (long waits)."""
     bar = None
     if progress:
@@ -64,7 +71,7 @@ class ClientFutureCompat:
     """Tinker's client factories return a future of the client; ours return the client itself,
     which also answers `.result()` and `await` with itself, so both styles of code run."""
 
-    def result(self, timeout: Optional[float] = None):
+    def result(self, timeout: float | None = None):
         return self
 
     def __await__(self):

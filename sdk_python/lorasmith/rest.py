@@ -1,10 +1,11 @@
 """RestClient: runs and checkpoints (list, delete, publish, TTL, download)."""
+
 from __future__ import annotations
 
 import hashlib
 import tarfile
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from ._internal import background
 from ._internal.download import download
@@ -22,15 +23,14 @@ def split_tinker_path(path: str) -> tuple[str, str]:
 
 
 class RestClient:
-    def __init__(self, base_url: Optional[str] = None, api_key: Optional[str] = None, *,
-                 transport: Optional[Transport] = None):
+    def __init__(self, base_url: str | None = None, api_key: str | None = None, *, transport: Transport | None = None):
         if transport is None:
             from .service import ServiceClient
 
             transport = ServiceClient(base_url, api_key, use_websocket=False).transport
         self.transport = transport
 
-    def _call(self, method: str, path: str, body: Optional[dict] = None, params: Optional[dict] = None) -> APIFuture:
+    def _call(self, method: str, path: str, body: dict | None = None, params: dict | None = None) -> APIFuture:
         return APIFuture(background.submit(self.transport.request(method, path, body, params)))
 
     def _checkpoint(self, tinker_path: str) -> str:
@@ -52,7 +52,7 @@ class RestClient:
     def get_training_run_by_tinker_path(self, tinker_path: str) -> APIFuture[dict]:
         return self.get_training_run(split_tinker_path(tinker_path)[0])
 
-    def delete_checkpoint(self, tinker_path_or_run_id: str, checkpoint_id: Optional[str] = None) -> APIFuture[Any]:
+    def delete_checkpoint(self, tinker_path_or_run_id: str, checkpoint_id: str | None = None) -> APIFuture[Any]:
         """`delete_checkpoint("tinker://run/sampler_weights/x")`, or Tinker's `(run_id, checkpoint_id)`."""
         if checkpoint_id is not None:
             return self._call("DELETE", f"training_runs/{tinker_path_or_run_id}/checkpoints/{checkpoint_id}")
@@ -64,7 +64,7 @@ class RestClient:
     def unpublish_checkpoint(self, tinker_path: str) -> APIFuture[dict]:
         return self._call("DELETE", f"{self._checkpoint(tinker_path)}/publish")
 
-    def set_checkpoint_ttl(self, tinker_path: str, ttl_seconds: Optional[int]) -> APIFuture[dict]:
+    def set_checkpoint_ttl(self, tinker_path: str, ttl_seconds: int | None) -> APIFuture[dict]:
         return self._call("PUT", f"{self._checkpoint(tinker_path)}/ttl", {"ttl_seconds": ttl_seconds})
 
     def get_checkpoint_archive_url(self, tinker_path: str) -> APIFuture[dict]:

@@ -1,5 +1,6 @@
 """ServiceClient: the entry point. Holds the session (created lazily, heartbeat in the background)
 and makes training, sampling and REST clients."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,7 +8,7 @@ import itertools
 import logging
 import os
 import threading
-from typing import Any, Optional
+from typing import Any
 
 from ._internal import background
 from ._internal.transport import SDK_VERSION, Transport
@@ -18,7 +19,7 @@ HEARTBEAT_SECONDS = 10.0
 log = logging.getLogger("lorasmith")
 
 
-def _setting(explicit: Optional[str], *names: str) -> Optional[str]:
+def _setting(explicit: str | None, *names: str) -> str | None:
     if explicit:
         return explicit
     for name in names:
@@ -28,26 +29,41 @@ def _setting(explicit: Optional[str], *names: str) -> Optional[str]:
 
 
 class ServiceClient:
-    def __init__(self, base_url: Optional[str] = None, api_key: Optional[str] = None, *, use_websocket: bool = True,
-                 user_metadata: Optional[dict] = None, display_name: Optional[str] = None,
-                 project_id: Optional[str] = None, max_retries: int = 5, rate_limit_patience: float = 300.0,
-                 http_transport: Optional[Any] = None):
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        use_websocket: bool = True,
+        user_metadata: dict | None = None,
+        display_name: str | None = None,
+        project_id: str | None = None,
+        max_retries: int = 5,
+        rate_limit_patience: float = 300.0,
+        http_transport: Any | None = None,
+    ):
         base_url = _setting(base_url, "LORASMITH_BASE_URL", "TINKER_BASE_URL")
         api_key = _setting(api_key, "LORASMITH_API_KEY", "TINKER_API_KEY")
         if not base_url:
             raise LorasmithError("no server: pass base_url= or set LORASMITH_BASE_URL")
         if not api_key or not api_key.startswith("tml-"):
             raise LorasmithError("no valid API key: pass api_key= or set LORASMITH_API_KEY (keys start with 'tml-')")
-        self.transport = Transport(base_url, api_key, use_websocket=use_websocket, max_retries=max_retries,
-                                   rate_limit_patience=rate_limit_patience, http_transport=http_transport)
+        self.transport = Transport(
+            base_url,
+            api_key,
+            use_websocket=use_websocket,
+            max_retries=max_retries,
+            rate_limit_patience=rate_limit_patience,
+            http_transport=http_transport,
+        )
         self.user_metadata = user_metadata or {}
         self.session_extras = {k: v for k, v in (("display_name", display_name), ("project_id", project_id)) if v}
-        self._session_id: Optional[str] = None
+        self._session_id: str | None = None
         self.client_config: dict = {}  # the server's answer to client/config (chunk limits, flags)
         self._session_lock = threading.Lock()
         self._model_seq = itertools.count()
         self._sampler_seq = itertools.count()
-        self._heartbeat: Optional[Any] = None
+        self._heartbeat: Any | None = None
         self._closed = False
 
     # ---- session ---------------------------------------------------------------------------
@@ -58,15 +74,28 @@ class ServiceClient:
             if self._closed:
                 raise LorasmithError("this ServiceClient is closed; make a new one")
             if self._session_id is None:
-                self.client_config = background.run(
-                    self.transport.request("POST", "client/config", {"sdk_version": SDK_VERSION})) or {}
-                answer = background.run(self.transport.request(
-                    "POST", "create_session", {"tags": [], "user_metadata": self.user_metadata,
-                                               "sdk_version": SDK_VERSION, "type": "create_session",
-                                               **self.session_extras}))
+                self.client_config = (
+                    background.run(self.transport.request("POST", "client/config", {"sdk_version": SDK_VERSION})) or {}
+                )
+                answer = background.run(
+                    self.transport.request(
+                        "POST",
+                        "create_session",
+                        {
+                            "tags": [],
+                            "user_metadata": self.user_metadata,
+                            "sdk_version": SDK_VERSION,
+                            "type": "create_session",
+                            **self.session_extras,
+                        },
+                    )
+                )
                 self._session_id = answer["session_id"]
-                for level, key in ((logging.INFO, "info_message"), (logging.WARNING, "warning_message"),
-                                   (logging.ERROR, "error_message")):
+                for level, key in (
+                    (logging.INFO, "info_message"),
+                    (logging.WARNING, "warning_message"),
+                    (logging.ERROR, "error_message"),
+                ):
                     if answer.get(key):
                         log.log(level, "server: %s", answer[key])
                 self._heartbeat = background.submit(self._beat())
@@ -76,14 +105,18 @@ class ServiceClient:
         while True:
             await asyncio.sleep(HEARTBEAT_SECONDS)
             try:
-                await self.transport.request("POST", "session_heartbeat",
-                                             {"session_id": self._session_id, "type": "session_heartbeat"}, retry=False)
+                await self.transport.request(
+                    "POST",
+                    "session_heartbeat",
+                    {"session_id": self._session_id, "type": "session_heartbeat"},
+                    retry=False,
+                )
             except NotFoundError:
                 return  # 410/404: the session is over
             except LorasmithError:
                 continue
 
-    def close(self, status: str = "success", detail: Optional[str] = None) -> None:
+    def close(self, status: str = "success", detail: str | None = None) -> None:
         """Finish the session (`status`: success | errored | interrupted). Idempotent; a server that
         cannot be reached is logged, not raised, so leaving a `with` block never hides your error."""
         if self._closed:
@@ -93,14 +126,17 @@ class ServiceClient:
             self._heartbeat.cancel()
         try:
             if self._session_id is not None:
-                background.run(self.transport.request("POST", f"sessions/{self._session_id}/finish",
-                                                      {"reason": {"type": status}, "detail": detail}))
+                background.run(
+                    self.transport.request(
+                        "POST", f"sessions/{self._session_id}/finish", {"reason": {"type": status}, "detail": detail}
+                    )
+                )
         except LorasmithError as error:
             log.warning("could not finish session %s: %s", self._session_id, error)
         finally:
             background.run(self.transport.close())
 
-    def __enter__(self) -> "ServiceClient":
+    def __enter__(self) -> ServiceClient:
         return self
 
     def __exit__(self, exc_type, exc, _) -> None:
@@ -111,16 +147,30 @@ class ServiceClient:
 
     # ---- factories -------------------------------------------------------------------------
 
-    def create_lora_training_client(self, base_model: str, rank: int = 32, seed: Optional[int] = None,
-                                    train_mlp: bool = True, train_attn: bool = True, train_unembed: bool = True,
-                                    user_metadata: Optional[dict] = None):
+    def create_lora_training_client(
+        self,
+        base_model: str,
+        rank: int = 32,
+        seed: int | None = None,
+        train_mlp: bool = True,
+        train_attn: bool = True,
+        train_unembed: bool = True,
+        user_metadata: dict | None = None,
+    ):
         from .training import TrainingClient
 
-        config = LoraConfig(rank=rank, seed=seed, train_mlp=train_mlp, train_attn=train_attn,
-                            train_unembed=train_unembed)
-        body = {"session_id": self.session_id, "model_seq_id": next(self._model_seq), "base_model": base_model,
-                "lora_config": config.model_dump(exclude_none=True), "optimizer_config": {"type": "adamw"},
-                "user_metadata": user_metadata or {}, "type": "create_model"}
+        config = LoraConfig(
+            rank=rank, seed=seed, train_mlp=train_mlp, train_attn=train_attn, train_unembed=train_unembed
+        )
+        body = {
+            "session_id": self.session_id,
+            "model_seq_id": next(self._model_seq),
+            "base_model": base_model,
+            "lora_config": config.model_dump(exclude_none=True),
+            "optimizer_config": {"type": "adamw"},
+            "user_metadata": user_metadata or {},
+            "type": "create_model",
+        }
 
         async def create():
             handle = await self.transport.request("POST", "create_model", body)
@@ -129,19 +179,25 @@ class ServiceClient:
 
         return background.run(create())
 
-    def create_training_client_from_state(self, path: str, user_metadata: Optional[dict] = None):
+    def create_training_client_from_state(self, path: str, user_metadata: dict | None = None):
         return self._load(path, optimizer=False, user_metadata=user_metadata)
 
-    def create_training_client_from_state_with_optimizer(self, path: str, user_metadata: Optional[dict] = None):
+    def create_training_client_from_state_with_optimizer(self, path: str, user_metadata: dict | None = None):
         return self._load(path, optimizer=True, user_metadata=user_metadata)
 
-    def _load(self, path: str, optimizer: bool, user_metadata: Optional[dict]):
+    def _load(self, path: str, optimizer: bool, user_metadata: dict | None):
         from .training import TrainingClient
 
         session = self.session_id
         seq = next(self._model_seq)
-        body = {"session_id": session, "model_seq_id": seq, "path": path, "optimizer": optimizer,
-                "user_metadata": user_metadata or {}, "type": "load_weights"}
+        body = {
+            "session_id": session,
+            "model_seq_id": seq,
+            "path": path,
+            "optimizer": optimizer,
+            "user_metadata": user_metadata or {},
+            "type": "load_weights",
+        }
 
         async def load():
             handle = await self.transport.request("POST", "load_weights", body)
@@ -150,16 +206,24 @@ class ServiceClient:
 
         return background.run(load())
 
-    def create_sampling_client(self, model_path: Optional[str] = None, base_model: Optional[str] = None,
-                               retry_config: Any = None, record_stability_info: bool = False):
+    def create_sampling_client(
+        self,
+        model_path: str | None = None,
+        base_model: str | None = None,
+        retry_config: Any = None,
+        record_stability_info: bool = False,
+    ):
         """`retry_config` and `record_stability_info` are accepted for Tinker compatibility; this
         SDK's retries are set on the ServiceClient (`max_retries`, `rate_limit_patience`)."""
         from .sampling import SamplingClient
 
         if not model_path and not base_model:
             raise LorasmithError("create_sampling_client needs model_path or base_model")
-        body = {"session_id": self.session_id, "sampling_session_seq_id": next(self._sampler_seq),
-                "type": "create_sampling_session"}
+        body = {
+            "session_id": self.session_id,
+            "sampling_session_seq_id": next(self._sampler_seq),
+            "type": "create_sampling_session",
+        }
         body.update({"model_path": model_path} if model_path else {"base_model": base_model})
         answer = background.run(self.transport.request("POST", "create_sampling_session", body))
         return SamplingClient.for_session(self, answer["sampling_session_id"])
@@ -180,15 +244,17 @@ class ServiceClient:
     async def create_lora_training_client_async(self, base_model: str, **kwargs):
         return await asyncio.to_thread(self.create_lora_training_client, base_model, **kwargs)
 
-    async def create_training_client_from_state_async(self, path: str, user_metadata: Optional[dict] = None):
+    async def create_training_client_from_state_async(self, path: str, user_metadata: dict | None = None):
         return await asyncio.to_thread(self.create_training_client_from_state, path, user_metadata)
 
-    async def create_training_client_from_state_with_optimizer_async(self, path: str,
-                                                                     user_metadata: Optional[dict] = None):
+    async def create_training_client_from_state_with_optimizer_async(
+        self, path: str, user_metadata: dict | None = None
+    ):
         return await asyncio.to_thread(self.create_training_client_from_state_with_optimizer, path, user_metadata)
 
-    async def create_sampling_client_async(self, model_path: Optional[str] = None, base_model: Optional[str] = None,
-                                           **options):
+    async def create_sampling_client_async(
+        self, model_path: str | None = None, base_model: str | None = None, **options
+    ):
         return await asyncio.to_thread(self.create_sampling_client, model_path, base_model, **options)
 
     async def get_server_capabilities_async(self) -> dict:

@@ -1,4 +1,5 @@
 """Tokenizers by the name the server gives: files it serves (built-in/local models) or a hub id."""
+
 from __future__ import annotations
 
 import os

@@ -1,5 +1,6 @@
 """TrainingClient: one LoRA model on the server. Every method reserves its seq_id at call time and
 returns a future at once; requests of the model are POSTed strictly in seq order."""
+
 from __future__ import annotations
 
 import asyncio
@@ -7,22 +8,44 @@ import concurrent.futures
 import contextlib
 import json
 import threading
-from typing import Any, AsyncIterator, Callable, Optional, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from ._internal import background
 from ._internal.transport import EventStreamLost
 from .errors import APIError, LorasmithError
 from .futures import APIFuture, ClientFutureCompat
-from .types import (AdamParams, Datum, ForwardBackwardOutput, GetInfoResponse, OptimStepResponse, SaveWeightsResponse,
-                    TensorData, reduce_metrics)
+from .types import (
+    AdamParams,
+    Datum,
+    ForwardBackwardOutput,
+    GetInfoResponse,
+    OptimStepResponse,
+    SaveWeightsResponse,
+    TensorData,
+    reduce_metrics,
+)
 
 MAX_CHUNK_DATUMS = 1024
 MAX_CHUNK_BYTES = 4_000_000  # of JSON; under a 4 MiB request body limit
 # fills a seq reserved but never sent (a custom loss that raised): one token, forward only, zero weight
-NO_OP = {"data": [{"model_input": {"chunks": [{"type": "encoded_text", "tokens": [0]}]},
-                   "loss_fn_inputs": {"target_tokens": {"data": [0], "dtype": "int64", "shape": [1]},
-                                      "weights": {"data": [0.0], "dtype": "float32", "shape": [1]}}}],
-         "loss_fn": "cross_entropy", "loss_fn_config": None, "forward_only": True, "type": "forward_backward"}
+NO_OP = {
+    "data": [
+        {
+            "model_input": {"chunks": [{"type": "encoded_text", "tokens": [0]}]},
+            "loss_fn_inputs": {
+                "target_tokens": {"data": [0], "dtype": "int64", "shape": [1]},
+                "weights": {"data": [0.0], "dtype": "float32", "shape": [1]},
+            },
+        }
+    ],
+    "loss_fn": "cross_entropy",
+    "loss_fn_config": None,
+    "forward_only": True,
+    "type": "forward_backward",
+}
+
+
 class TrainingClient(ClientFutureCompat):
     def __init__(self, service, model_id: str, info: dict, next_seq: int = 1):
         self.service = service
@@ -33,10 +56,10 @@ class TrainingClient(ClientFutureCompat):
         self._first_seq = next_seq
         self._lock = threading.RLock()
         self._accepted: dict[int, asyncio.Event] = {}  # touched only on the background loop
-        self._poisoned: Optional[str] = None
+        self._poisoned: str | None = None
 
     @classmethod
-    async def connect(cls, service, model_id: str, next_seq: int = 1) -> "TrainingClient":
+    async def connect(cls, service, model_id: str, next_seq: int = 1) -> TrainingClient:
         info = await service.transport.request("POST", "get_info", {"model_id": model_id, "type": "get_info"})
         return cls(service, model_id, info, next_seq)
 
@@ -65,7 +88,8 @@ class TrainingClient(ClientFutureCompat):
                 raise LorasmithError(
                     f"request {seq} of {self.model_id} was not sent: an earlier request of this TrainingClient was "
                     f"not accepted ({self._poisoned}), and the server runs a model's requests only without gaps. "
-                    "Continue with a new client (e.g. create_training_client_from_state of your last save_state).")
+                    "Continue with a new client (e.g. create_training_client_from_state of your last save_state)."
+                )
             return await self._post(seq, path, body)
         except APIError as refused:
             if refused.consumed_seq_id != seq:
@@ -111,45 +135,72 @@ class TrainingClient(ClientFutureCompat):
 
     # ---- primitives -------------------------------------------------------------------------
 
-    def forward_backward(self, data: Sequence[Datum], loss_fn: str = "cross_entropy",
-                         loss_fn_config: Optional[dict] = None) -> APIFuture[ForwardBackwardOutput]:
+    def forward_backward(
+        self, data: Sequence[Datum], loss_fn: str = "cross_entropy", loss_fn_config: dict | None = None
+    ) -> APIFuture[ForwardBackwardOutput]:
         return self._forward(data, loss_fn, loss_fn_config, forward_only=False)
 
-    def forward(self, data: Sequence[Datum], loss_fn: str = "cross_entropy",
-                loss_fn_config: Optional[dict] = None) -> APIFuture[ForwardBackwardOutput]:
+    def forward(
+        self, data: Sequence[Datum], loss_fn: str = "cross_entropy", loss_fn_config: dict | None = None
+    ) -> APIFuture[ForwardBackwardOutput]:
         return self._forward(data, loss_fn, loss_fn_config, forward_only=True)
 
     def _forward(self, data, loss_fn, loss_fn_config, forward_only: bool) -> APIFuture[ForwardBackwardOutput]:
         chunks = self._chunks([(d if isinstance(d, Datum) else Datum(**d)).model_dump(mode="json") for d in data])
         with self._lock:  # the chunks of one call get consecutive seq ids even with other threads calling
-            parts = [self._submit("forward_backward", {
-                "data": chunk, "loss_fn": loss_fn, "loss_fn_config": loss_fn_config, "forward_only": forward_only,
-                "type": "forward_backward"}, _identity) for chunk in chunks]
+            parts = [
+                self._submit(
+                    "forward_backward",
+                    {
+                        "data": chunk,
+                        "loss_fn": loss_fn,
+                        "loss_fn_config": loss_fn_config,
+                        "forward_only": forward_only,
+                        "type": "forward_backward",
+                    },
+                    _identity,
+                )
+                for chunk in chunks
+            ]
         if len(parts) == 1:
             return APIFuture(parts[0].future(), ForwardBackwardOutput.model_validate, accepted=parts[0].accepted)
 
         async def combine():
             outputs = [await asyncio.wrap_future(p.future()) for p in parts]
-            return {"loss_fn_output_type": "ArrayRecord",
-                    "loss_fn_outputs": [o for out in outputs for o in out["loss_fn_outputs"]],
-                    "metrics": reduce_metrics([o["metrics"] for o in outputs], [len(c) for c in chunks])}
+            return {
+                "loss_fn_output_type": "ArrayRecord",
+                "loss_fn_outputs": [o for out in outputs for o in out["loss_fn_outputs"]],
+                "metrics": reduce_metrics([o["metrics"] for o in outputs], [len(c) for c in chunks]),
+            }
 
         # accepted once the last chunk is: chunks are POSTed in seq order
-        return APIFuture(background.submit(combine()), ForwardBackwardOutput.model_validate,
-                         accepted=parts[-1].accepted)
+        return APIFuture(
+            background.submit(combine()), ForwardBackwardOutput.model_validate, accepted=parts[-1].accepted
+        )
 
-    def optim_step(self, optim_params: Optional[AdamParams] = None, *,
-                   adam_params: Optional[AdamParams] = None) -> APIFuture[OptimStepResponse]:
+    def optim_step(
+        self, optim_params: AdamParams | None = None, *, adam_params: AdamParams | None = None
+    ) -> APIFuture[OptimStepResponse]:
         """Tinker's signature: the parameters positionally or as `adam_params=` (AdamW only)."""
         params = (optim_params or adam_params or AdamParams()).model_dump()
-        return self._submit("optim_step", {"adam_params": params, "type": "optim_step"},
-                            OptimStepResponse.model_validate)
+        return self._submit(
+            "optim_step", {"adam_params": params, "type": "optim_step"}, OptimStepResponse.model_validate
+        )
 
-    def save_state(self, name: str, ttl_seconds: Optional[int] = None, overwrite: bool = False,
-                   user_metadata: Optional[dict] = None) -> APIFuture[SaveWeightsResponse]:
-        return self._submit("save_weights", {"path": name, "ttl_seconds": ttl_seconds, "overwrite": overwrite,
-                                             "user_metadata": user_metadata or {}, "type": "save_weights"},
-                            SaveWeightsResponse.model_validate)
+    def save_state(
+        self, name: str, ttl_seconds: int | None = None, overwrite: bool = False, user_metadata: dict | None = None
+    ) -> APIFuture[SaveWeightsResponse]:
+        return self._submit(
+            "save_weights",
+            {
+                "path": name,
+                "ttl_seconds": ttl_seconds,
+                "overwrite": overwrite,
+                "user_metadata": user_metadata or {},
+                "type": "save_weights",
+            },
+            SaveWeightsResponse.model_validate,
+        )
 
     def load_state(self, path: str) -> APIFuture[dict]:
         return self._submit("load_weights", {"path": path, "optimizer": False, "type": "load_weights"}, _identity)
@@ -157,23 +208,37 @@ class TrainingClient(ClientFutureCompat):
     def load_state_with_optimizer(self, path: str) -> APIFuture[dict]:
         return self._submit("load_weights", {"path": path, "optimizer": True, "type": "load_weights"}, _identity)
 
-    def save_weights_for_sampler(self, name: str, ttl_seconds: Optional[int] = None,
-                                 user_metadata: Optional[dict] = None) -> APIFuture[SaveWeightsResponse]:
-        return self._submit("save_weights_for_sampler", {"path": name, "ttl_seconds": ttl_seconds, "kind": "snapshot",
-                                                         "user_metadata": user_metadata or {},
-                                                         "type": "save_weights_for_sampler"},
-                            SaveWeightsResponse.model_validate)
+    def save_weights_for_sampler(
+        self, name: str, ttl_seconds: int | None = None, user_metadata: dict | None = None
+    ) -> APIFuture[SaveWeightsResponse]:
+        return self._submit(
+            "save_weights_for_sampler",
+            {
+                "path": name,
+                "ttl_seconds": ttl_seconds,
+                "kind": "snapshot",
+                "user_metadata": user_metadata or {},
+                "type": "save_weights_for_sampler",
+            },
+            SaveWeightsResponse.model_validate,
+        )
 
-    def save_weights_external(self, name: str, ttl_seconds: Optional[int] = None,
-                              age_encryption_recipients: Optional[list[str]] = None) -> APIFuture[dict]:
+    def save_weights_external(
+        self, name: str, ttl_seconds: int | None = None, age_encryption_recipients: list[str] | None = None
+    ) -> APIFuture[dict]:
         """PEFT weights for use outside the service (the server refuses encryption it cannot do)."""
         body = {"path": name, "ttl_seconds": ttl_seconds, "type": "save_weights_external"}
         if age_encryption_recipients:
             body["age_encryption_recipients"] = list(age_encryption_recipients)
         return self._submit("save_weights_external", body, _identity)
 
-    def save_weights_and_get_sampling_client(self, name: Optional[str] = None, retry_config: Any = None,
-                                             record_stability_info: bool = False, kind: str = "snapshot"):
+    def save_weights_and_get_sampling_client(
+        self,
+        name: str | None = None,
+        retry_config: Any = None,
+        record_stability_info: bool = False,
+        kind: str = "snapshot",
+    ):
         """An ephemeral sampler on the current weights. `name`, `retry_config`,
         `record_stability_info` and `kind` are accepted for Tinker compatibility (Tinker ignores
         `name` too; this SDK's retries are set on the ServiceClient)."""
@@ -182,11 +247,19 @@ class TrainingClient(ClientFutureCompat):
     def _ephemeral_sampler(self) -> APIFuture:
         from .sampling import SamplingClient
 
-        body = {"sampling_session_seq_id": self.service.next_sampler_seq(), "kind": "snapshot",
-                "type": "save_weights_for_sampler"}
+        body = {
+            "sampling_session_seq_id": self.service.next_sampler_seq(),
+            "kind": "snapshot",
+            "type": "save_weights_for_sampler",
+        }
         base_model = self._info.model_data.get("model_name")
-        return self._submit("save_weights_for_sampler", body, lambda answer: SamplingClient.for_session(
-            self.service, answer["sampling_session_id"], base_model=base_model))
+        return self._submit(
+            "save_weights_for_sampler",
+            body,
+            lambda answer: SamplingClient.for_session(
+                self.service, answer["sampling_session_id"], base_model=base_model
+            ),
+        )
 
     def create_sampling_client(self, model_path: str, retry_config: Any = None, record_stability_info: bool = False):
         return self.service.create_sampling_client(model_path=model_path)
@@ -201,15 +274,21 @@ class TrainingClient(ClientFutureCompat):
         data = [d if isinstance(d, Datum) else Datum(**d) for d in data]
 
         def stripped(d: Datum, weights: TensorData) -> dict:
-            return {"model_input": d.model_input.model_dump(mode="json"),
-                    "loss_fn_inputs": {"target_tokens": d.loss_fn_inputs["target_tokens"].model_dump(mode="json"),
-                                       "weights": weights.model_dump(mode="json")}}
+            return {
+                "model_input": d.model_input.model_dump(mode="json"),
+                "loss_fn_inputs": {
+                    "target_tokens": d.loss_fn_inputs["target_tokens"].model_dump(mode="json"),
+                    "weights": weights.model_dump(mode="json"),
+                },
+            }
 
-        zeros = [stripped(d, TensorData.from_numpy(0 * d.loss_fn_inputs["target_tokens"].to_numpy().astype("float32")))
-                 for d in data]
+        zeros = [
+            stripped(d, TensorData.from_numpy(0 * d.loss_fn_inputs["target_tokens"].to_numpy().astype("float32")))
+            for d in data
+        ]
         chunks = self._chunks(zeros)
         seqs = self._reserve(2 * len(chunks))
-        forward_seqs, backward_seqs = seqs[:len(chunks)], seqs[len(chunks):]
+        forward_seqs, backward_seqs = seqs[: len(chunks)], seqs[len(chunks) :]
         accepted: concurrent.futures.Future = concurrent.futures.Future()
 
         posted: set[int] = set()
@@ -218,9 +297,18 @@ class TrainingClient(ClientFutureCompat):
             handles = []
             for seq, chunk in zip(seq_ids, chunk_data):
                 posted.add(seq)
-                handles.append(await self._post_in_order(seq, "forward_backward", {
-                    "data": chunk, "loss_fn": "cross_entropy", "forward_only": forward_only,
-                    "type": "forward_backward"}))
+                handles.append(
+                    await self._post_in_order(
+                        seq,
+                        "forward_backward",
+                        {
+                            "data": chunk,
+                            "loss_fn": "cross_entropy",
+                            "forward_only": forward_only,
+                            "type": "forward_backward",
+                        },
+                    )
+                )
             return handles
 
         async def results(handles: list[dict]) -> list[dict]:
@@ -239,15 +327,26 @@ class TrainingClient(ClientFutureCompat):
                         with contextlib.suppress(LorasmithError):  # if it fails, the client is poisoned
                             await self._post_in_order(seq, "forward_backward", NO_OP)
                 raise
-            weighted = iter([stripped(d, TensorData.from_torch(-g if g is not None else torch.zeros_like(lp)))
-                             for d, g, lp in zip(data, grads, logprobs)])
-            backward = await results(await post_all(backward_seqs, [[next(weighted) for _ in c] for c in chunks],
-                                                    False))
+            weighted = iter(
+                [
+                    stripped(d, TensorData.from_torch(-g if g is not None else torch.zeros_like(lp)))
+                    for d, g, lp in zip(data, grads, logprobs)
+                ]
+            )
+            backward = await results(
+                await post_all(backward_seqs, [[next(weighted) for _ in c] for c in chunks], False)
+            )
             server = reduce_metrics([b["metrics"] for b in backward], [len(c) for c in chunks])
-            merged = {**{k: float(v) for k, v in (metrics or {}).items()},
-                      "loss:sum": float(loss.detach()), "surrogate_loss:sum": server.pop("loss:sum")}
-            return {"loss_fn_output_type": "ArrayRecord",
-                    "loss_fn_outputs": [o for b in backward for o in b["loss_fn_outputs"]], "metrics": merged}
+            merged = {
+                **{k: float(v) for k, v in (metrics or {}).items()},
+                "loss:sum": float(loss.detach()),
+                "surrogate_loss:sum": server.pop("loss:sum"),
+            }
+            return {
+                "loss_fn_output_type": "ArrayRecord",
+                "loss_fn_outputs": [o for b in backward for o in b["loss_fn_outputs"]],
+                "metrics": merged,
+            }
 
         return APIFuture(background.submit(go()), ForwardBackwardOutput.model_validate, accepted=accepted)
 
@@ -263,11 +362,12 @@ class TrainingClient(ClientFutureCompat):
     async def forward_backward_custom_async(self, data, loss_fn) -> APIFuture:
         return await self.forward_backward_custom(data, loss_fn).submitted()
 
-    async def optim_step_async(self, optim_params: Optional[AdamParams] = None, *,
-                               adam_params: Optional[AdamParams] = None) -> APIFuture:
+    async def optim_step_async(
+        self, optim_params: AdamParams | None = None, *, adam_params: AdamParams | None = None
+    ) -> APIFuture:
         return await self.optim_step(optim_params, adam_params=adam_params).submitted()
 
-    async def save_state_async(self, name: str, ttl_seconds: Optional[int] = None, **options) -> APIFuture:
+    async def save_state_async(self, name: str, ttl_seconds: int | None = None, **options) -> APIFuture:
         return await self.save_state(name, ttl_seconds, **options).submitted()
 
     async def load_state_async(self, path: str) -> APIFuture:
@@ -276,14 +376,13 @@ class TrainingClient(ClientFutureCompat):
     async def load_state_with_optimizer_async(self, path: str) -> APIFuture:
         return await self.load_state_with_optimizer(path).submitted()
 
-    async def save_weights_for_sampler_async(self, name: str, ttl_seconds: Optional[int] = None,
-                                             **options) -> APIFuture:
+    async def save_weights_for_sampler_async(self, name: str, ttl_seconds: int | None = None, **options) -> APIFuture:
         return await self.save_weights_for_sampler(name, ttl_seconds, **options).submitted()
 
-    async def save_weights_external_async(self, name: str, ttl_seconds: Optional[int] = None, **options) -> APIFuture:
+    async def save_weights_external_async(self, name: str, ttl_seconds: int | None = None, **options) -> APIFuture:
         return await self.save_weights_external(name, ttl_seconds, **options).submitted()
 
-    async def save_weights_and_get_sampling_client_async(self, name: Optional[str] = None, **options):
+    async def save_weights_and_get_sampling_client_async(self, name: str | None = None, **options):
         return await self._ephemeral_sampler()
 
     # ---- live metrics --------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """Wire types with Tinker's names and defaults (DESIGN §3, TINKER_WIRE §8), as pydantic models."""
+
 from __future__ import annotations
 
-from typing import Any, Literal, Optional, Union
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -24,11 +25,11 @@ class ModelInput(BaseModel):
     chunks: list[EncodedTextChunk] = Field(default_factory=list)
 
     @classmethod
-    def from_ints(cls, tokens: list[int]) -> "ModelInput":
+    def from_ints(cls, tokens: list[int]) -> ModelInput:
         return cls(chunks=[EncodedTextChunk(tokens=[int(t) for t in tokens])])
 
     @classmethod
-    def empty(cls) -> "ModelInput":
+    def empty(cls) -> ModelInput:
         return cls(chunks=[])
 
     def to_ints(self) -> list[int]:
@@ -38,22 +39,22 @@ class ModelInput(BaseModel):
     def length(self) -> int:
         return sum(chunk.length for chunk in self.chunks)
 
-    def append_int(self, token: int) -> "ModelInput":
+    def append_int(self, token: int) -> ModelInput:
         return ModelInput.from_ints(self.to_ints() + [int(token)])
 
 
 class TensorData(BaseModel):
-    data: list[Union[int, float]]
+    data: list[int | float]
     dtype: Literal["int64", "float32"]
-    shape: Optional[list[int]] = None
+    shape: list[int] | None = None
 
     @classmethod
-    def from_numpy(cls, array: np.ndarray) -> "TensorData":
+    def from_numpy(cls, array: np.ndarray) -> TensorData:
         dtype = "int64" if np.issubdtype(array.dtype, np.integer) else "float32"
         return cls(data=array.astype(dtype).reshape(-1).tolist(), dtype=dtype, shape=list(array.shape))
 
     @classmethod
-    def from_torch(cls, tensor) -> "TensorData":
+    def from_torch(cls, tensor) -> TensorData:
         return cls.from_numpy(tensor.detach().cpu().numpy())
 
     def to_numpy(self) -> np.ndarray:
@@ -104,9 +105,9 @@ class AdamParams(BaseModel):
 
 
 class SamplingParams(BaseModel):
-    max_tokens: Optional[int] = None
-    seed: Optional[int] = None
-    stop: Union[str, list[str], list[int], None] = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    stop: str | list[str] | list[int] | None = None
     temperature: float = 1.0
     top_k: int = -1
     top_p: float = 1.0
@@ -114,7 +115,7 @@ class SamplingParams(BaseModel):
 
 class LoraConfig(BaseModel):
     rank: int = 32
-    seed: Optional[int] = None
+    seed: int | None = None
     train_unembed: bool = True
     train_mlp: bool = True
     train_attn: bool = True
@@ -127,20 +128,20 @@ class ForwardBackwardOutput(BaseModel):
 
 
 class OptimStepResponse(BaseModel):
-    metrics: Optional[dict[str, float]] = None
+    metrics: dict[str, float] | None = None
 
 
 class SampledSequence(BaseModel):
     tokens: list[int]
-    logprobs: Optional[list[float]] = None
+    logprobs: list[float] | None = None
     stop_reason: StopReason
-    sequence_id: Optional[str] = None
+    sequence_id: str | None = None
 
 
 class SampleResponse(BaseModel):
     sequences: list[SampledSequence]
-    prompt_logprobs: Optional[list[Optional[float]]] = None
-    topk_prompt_logprobs: Optional[list[Optional[list[tuple[int, float]]]]] = None
+    prompt_logprobs: list[float | None] | None = None
+    topk_prompt_logprobs: list[list[tuple[int, float]] | None] | None = None
     prompt_cache_hit_tokens: int = 0
 
 
@@ -149,16 +150,16 @@ class SaveWeightsResponse(BaseModel):
 
 
 class SaveWeightsForSamplerResponse(BaseModel):
-    path: Optional[str] = None
-    sampling_session_id: Optional[str] = None
+    path: str | None = None
+    sampling_session_id: str | None = None
 
 
 class GetInfoResponse(BaseModel):
     model_id: str
     model_data: dict[str, Any]
-    is_lora: Optional[bool] = None
-    lora_rank: Optional[int] = None
-    model_name: Optional[str] = None
+    is_lora: bool | None = None
+    lora_rank: int | None = None
+    model_name: str | None = None
 
 
 def reduce_metrics(chunks: list[dict[str, float]], sizes: list[int]) -> dict[str, float]:

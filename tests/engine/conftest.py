@@ -1,4 +1,5 @@
 """Engine fixtures: one tiny-llama engine shared by the whole test session."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -3,6 +3,7 @@
 The reference side uses only transformers + peft + torch (never engine code) to compute what the
 engine must match.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -14,7 +15,6 @@ from gpu_runner import Engine
 from gpu_runner.types import AdamParams, Datum, ExportPeft, ForwardBackward, LoraSpec, OptimStep
 
 _ids = itertools.count()
-
 
 
 def new_adapter(engine: Engine, **spec) -> str:
@@ -30,16 +30,21 @@ def random_sequence(length: int, seed: int, vocab: int = 900) -> list[int]:
 
 def sft_datum(sequence: list[int], weights: torch.Tensor | None = None) -> Datum:
     n = len(sequence) - 1
-    return Datum(sequence[:-1], {
-        "target_tokens": torch.tensor(sequence[1:], dtype=torch.long),
-        "weights": weights if weights is not None else torch.ones(n),
-    })
+    return Datum(
+        sequence[:-1],
+        {
+            "target_tokens": torch.tensor(sequence[1:], dtype=torch.long),
+            "weights": weights if weights is not None else torch.ones(n),
+        },
+    )
 
 
 def train_steps(engine: Engine, adapter_id: str, data: list[Datum], steps: int, lr: float = 1e-2) -> list[float]:
     losses = []
     for _ in range(steps):
-        fb, _ = engine.run_cycle([ForwardBackward(adapter_id, data), OptimStep(adapter_id, AdamParams(learning_rate=lr))])
+        fb, _ = engine.run_cycle(
+            [ForwardBackward(adapter_id, data), OptimStep(adapter_id, AdamParams(learning_rate=lr))]
+        )
         assert fb.ok, fb.error
         losses.append(fb.output.metrics["loss:sum"])
     return losses

@@ -1,6 +1,7 @@
 """Any decoder's Linear layers take LoRA, whatever they are called: a GPT-NeoX model (fused
 `query_key_value`, attention `dense`, `dense_h_to_4h`/`dense_4h_to_h`) trains through the engine,
 and its PEFT export loads in `peft` with the engine's logits and the right parts trained."""
+
 from __future__ import annotations
 
 import json
@@ -22,9 +23,17 @@ def neox_engine(engine, tmp_path_factory) -> Engine:
 
     directory = tmp_path_factory.mktemp("tiny-neox")
     vocab = len(engine.tokenizer)
-    config = GPTNeoXConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=128, max_position_embeddings=256, tie_word_embeddings=False,
-                           bos_token_id=engine.tokenizer.bos_token_id, eos_token_id=engine.tokenizer.eos_token_id)
+    config = GPTNeoXConfig(
+        vocab_size=vocab,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=256,
+        tie_word_embeddings=False,
+        bos_token_id=engine.tokenizer.bos_token_id,
+        eos_token_id=engine.tokenizer.eos_token_id,
+    )
     torch.manual_seed(5)
     AutoModelForCausalLM.from_config(config).save_pretrained(directory)
     for file in Path(engine.info.model_dir).iterdir():  # the tiny-llama tokenizer: same vocabulary size
@@ -35,8 +44,13 @@ def neox_engine(engine, tmp_path_factory) -> Engine:
 
 def test_layers_of_every_kind_are_found(neox_engine):
     kinds = {name.rsplit(".", 1)[-1]: layer.kind for name, layer in neox_engine.layers.items()}
-    assert kinds == {"query_key_value": "attn", "dense": "attn", "dense_h_to_4h": "mlp", "dense_4h_to_h": "mlp",
-                     "lm_head": "unembed"}
+    assert kinds == {
+        "query_key_value": "attn",
+        "dense": "attn",
+        "dense_h_to_4h": "mlp",
+        "dense_4h_to_h": "mlp",
+        "lm_head": "unembed",
+    }
     assert len(neox_engine.layers) == 2 * 4 + 1
 
 

@@ -1,4 +1,5 @@
 """One cycle mixing adapters must give each exactly what it gets alone; gradients accumulate."""
+
 from __future__ import annotations
 
 import torch
@@ -8,7 +9,11 @@ from gpu_runner.types import AdamParams, ForwardBackward, OptimStep
 from .reference import engine_lora_tensors, new_adapter, random_sequence, sft_datum
 
 ADAM = AdamParams(learning_rate=1e-2)
-SPECS = [dict(rank=2, alpha=4, seed=1), dict(rank=4, alpha=32, seed=2, train_unembed=False), dict(rank=8, alpha=16, seed=3, train_attn=False)]
+SPECS = [
+    dict(rank=2, alpha=4, seed=1),
+    dict(rank=4, alpha=32, seed=2, train_unembed=False),
+    dict(rank=8, alpha=16, seed=3, train_attn=False),
+]
 LENGTHS = [(6, 11), (17,), (9, 3, 13)]
 
 
@@ -25,11 +30,14 @@ def test_mixed_cycle_equals_each_adapter_alone(engine):
             fb, step = engine.run_cycle([ForwardBackward(adapter_id, _data(i)), OptimStep(adapter_id, ADAM)])
             solo_results.append(fb.output)
         results = engine.run_cycle(
-            [ForwardBackward(a, _data(i)) for i, a in enumerate(mixed)] + [OptimStep(a, ADAM) for a in mixed])
+            [ForwardBackward(a, _data(i)) for i, a in enumerate(mixed)] + [OptimStep(a, ADAM) for a in mixed]
+        )
         assert all(r.ok for r in results), [r.error for r in results]
         for solo, batched in zip(solo_results, results[:3]):
-            assert batched.output.metrics["loss:sum"] == solo.metrics["loss:sum"] or abs(
-                batched.output.metrics["loss:sum"] - solo.metrics["loss:sum"]) < 1e-4
+            assert (
+                batched.output.metrics["loss:sum"] == solo.metrics["loss:sum"]
+                or abs(batched.output.metrics["loss:sum"] - solo.metrics["loss:sum"]) < 1e-4
+            )
             for a, b in zip(solo.loss_fn_outputs, batched.output.loss_fn_outputs):
                 torch.testing.assert_close(b["logprobs"], a["logprobs"], rtol=1e-5, atol=1e-5)
     for a, b in zip(alone, mixed):
@@ -54,8 +62,10 @@ def test_two_forward_backwards_equal_one_on_the_concatenation(engine):
         r1 = engine.run_cycle([ForwardBackward(split, first), ForwardBackward(split, second), OptimStep(split, ADAM)])
         r2 = engine.run_cycle([ForwardBackward(joined, first + second), OptimStep(joined, ADAM)])
         assert all(r.ok for r in r1 + r2)
-        assert abs(r1[0].output.metrics["loss:sum"] + r1[1].output.metrics["loss:sum"]
-                   - r2[0].output.metrics["loss:sum"]) < 1e-3
+        assert (
+            abs(r1[0].output.metrics["loss:sum"] + r1[1].output.metrics["loss:sum"] - r2[0].output.metrics["loss:sum"])
+            < 1e-3
+        )
     left, right = engine_lora_tensors(engine, split), engine_lora_tensors(engine, joined)
     for name in left:
         torch.testing.assert_close(left[name], right[name], rtol=1e-4, atol=1e-6)

@@ -1,5 +1,6 @@
 """State I/O: PEFT export loads in `peft` with equal logits; save/load with optimizer resumes
 bit-for-bit; a PEFT directory imports back."""
+
 from __future__ import annotations
 
 import json
@@ -7,10 +8,17 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from gpu_runner.types import AdamParams, ExportPeft, ForwardBackward, ImportPeft, LoadState, OptimStep, SaveState
+from gpu_runner.types import ExportPeft, ForwardBackward, ImportPeft, LoadState, SaveState
 
-from .reference import (engine_lora_tensors, new_adapter, peft_reference, random_sequence, reference_target_logprobs,
-                        sft_datum, train_steps)
+from .reference import (
+    engine_lora_tensors,
+    new_adapter,
+    peft_reference,
+    random_sequence,
+    reference_target_logprobs,
+    sft_datum,
+    train_steps,
+)
 
 DATA = [sft_datum(random_sequence(15, seed=77)), sft_datum(random_sequence(8, seed=78))]
 
@@ -55,9 +63,14 @@ def test_load_without_optimizer_keeps_weights_and_restarts_moments(engine, tmp_p
 def test_peft_directory_imports_back(engine, tmp_path):
     adapter_id = new_adapter(engine, rank=4, seed=6, train_mlp=False)
     train_steps(engine, adapter_id, DATA, steps=2)
-    results = engine.run_cycle([ExportPeft(adapter_id, tmp_path / "peft"), ImportPeft("imported", tmp_path / "peft"),
-                                ForwardBackward(adapter_id, DATA, forward_only=True),
-                                ForwardBackward("imported", DATA, forward_only=True)])
+    results = engine.run_cycle(
+        [
+            ExportPeft(adapter_id, tmp_path / "peft"),
+            ImportPeft("imported", tmp_path / "peft"),
+            ForwardBackward(adapter_id, DATA, forward_only=True),
+            ForwardBackward("imported", DATA, forward_only=True),
+        ]
+    )
     assert all(r.ok for r in results), [r.error for r in results]
     assert engine.adapter("imported").spec.train_mlp is False
     for a, b in zip(results[2].output.loss_fn_outputs, results[3].output.loss_fn_outputs):

@@ -1,5 +1,6 @@
 """Every loss against a plain single-adapter PEFT + PyTorch loop: loss, per-token logprobs and the
 adapter after 3 AdamW steps (with weight decay and gradient clipping) must match."""
+
 from __future__ import annotations
 
 import pytest
@@ -39,16 +40,24 @@ def make_data(loss_fn: str, two_d: bool = False) -> list[Datum]:
         n = length
         g = torch.Generator().manual_seed(7 + i)
         if two_d:
-            targets = torch.stack([torch.tensor(seq[1:]), torch.randint(5, 900, (n,), generator=g),
-                                   torch.randint(5, 900, (n,), generator=g)], dim=1)
+            targets = torch.stack(
+                [
+                    torch.tensor(seq[1:]),
+                    torch.randint(5, 900, (n,), generator=g),
+                    torch.randint(5, 900, (n,), generator=g),
+                ],
+                dim=1,
+            )
             inputs = {"target_tokens": targets, "weights": torch.rand(n, 3, generator=g)}
         elif loss_fn == "cross_entropy":
             inputs = {"target_tokens": torch.tensor(seq[1:]), "weights": torch.rand(n, generator=g) + 0.5}
         else:
             # sampler logprobs around the truth (~ -6.8 for a random tiny model) so ratios straddle the clip range
-            inputs = {"target_tokens": torch.tensor(seq[1:]),
-                      "logprobs": -6.8 + 0.4 * torch.randn(n, generator=g),
-                      "advantages": torch.randn(n, generator=g)}
+            inputs = {
+                "target_tokens": torch.tensor(seq[1:]),
+                "logprobs": -6.8 + 0.4 * torch.randn(n, generator=g),
+                "advantages": torch.randn(n, generator=g),
+            }
         data.append(Datum(seq[:-1], inputs))
     return data
 
@@ -69,8 +78,9 @@ def test_engine_matches_peft_reference(engine, tmp_path, loss_fn, config, two_d)
     data = make_data(loss_fn, two_d)
     reference = peft_reference(engine, adapter_id, tmp_path / "init")
     params = [p for p in reference.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=ADAM.learning_rate, betas=(ADAM.beta1, ADAM.beta2), eps=ADAM.eps,
-                                  weight_decay=ADAM.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=ADAM.learning_rate, betas=(ADAM.beta1, ADAM.beta2), eps=ADAM.eps, weight_decay=ADAM.weight_decay
+    )
     for _ in range(3):
         fb, step = engine.run_cycle([ForwardBackward(adapter_id, data, loss_fn, config), OptimStep(adapter_id, ADAM)])
         assert fb.ok and step.ok, fb.error or step.error

@@ -1,4 +1,5 @@
 """Memory bookkeeping: past the budget the coldest adapters spill to disk and come back unchanged."""
+
 from __future__ import annotations
 
 import torch
@@ -14,7 +15,9 @@ DATA = [sft_datum(random_sequence(10, seed=4))]
 def _train(engine, adapter_ids, rounds=3):
     for _ in range(rounds):
         for adapter_id in adapter_ids:  # one at a time, so the others go cold
-            results = engine.run_cycle([ForwardBackward(adapter_id, DATA), OptimStep(adapter_id, AdamParams(learning_rate=1e-2))])
+            results = engine.run_cycle(
+                [ForwardBackward(adapter_id, DATA), OptimStep(adapter_id, AdamParams(learning_rate=1e-2))]
+            )
             assert all(r.ok for r in results), [r.error for r in results]
         # a pending gradient must survive eviction too
         engine.run_cycle([ForwardBackward(adapter_ids[0], DATA)])
@@ -36,7 +39,9 @@ def test_eviction_is_transparent(engine, engine_data_dir):
         left, right = engine_lora_tensors(tight, adapter_id), engine_lora_tensors(engine, f"roomy-{adapter_id}")
         assert all(torch.equal(left[k], right[k]) for k in left)
     assert engine.adapter("roomy-e0").parameters()[1].grad is not None
-    torch.testing.assert_close(tight.adapter("e0").parameters()[1].grad, engine.adapter("roomy-e0").parameters()[1].grad)
+    torch.testing.assert_close(
+        tight.adapter("e0").parameters()[1].grad, engine.adapter("roomy-e0").parameters()[1].grad
+    )
 
 
 def _probe(engine):

@@ -1,5 +1,6 @@
 """Sampling: greedy equals transformers `generate` on the merged adapter, sampled logprobs equal
 `forward`, seeds reproduce, stops end sequences, and batching across adapters changes nothing."""
+
 from __future__ import annotations
 
 import pytest
@@ -29,7 +30,7 @@ def _sample(engine, adapter_id, **params):
 
 def test_greedy_matches_generate_with_merged_adapter(engine, trained, tmp_path):
     reference = peft_reference(engine, trained, tmp_path / "peft", trainable=False).merge_and_unload()
-    expected = reference.generate(torch.tensor([PROMPT]), max_new_tokens=12, do_sample=False)[0, len(PROMPT):].tolist()
+    expected = reference.generate(torch.tensor([PROMPT]), max_new_tokens=12, do_sample=False)[0, len(PROMPT) :].tolist()
     got = _sample(engine, trained, max_tokens=12, temperature=0.0).sequences[0]
     assert got.tokens[: len(expected)] == expected
     assert got.stop_reason == ("length" if len(expected) == 12 else "stop")
@@ -41,7 +42,7 @@ def test_sampled_logprobs_at_temperature_one_equal_forward(engine, trained):
         full = PROMPT + seq.tokens
         datum = sft_datum(full)
         (fwd,) = engine.run_cycle([ForwardBackward(trained, [datum], forward_only=True)])
-        forward_lp = fwd.output.loss_fn_outputs[0]["logprobs"][len(PROMPT) - 1:]
+        forward_lp = fwd.output.loss_fn_outputs[0]["logprobs"][len(PROMPT) - 1 :]
         torch.testing.assert_close(torch.tensor(seq.logprobs), forward_lp, rtol=1e-4, atol=1e-4)
 
 
@@ -69,7 +70,11 @@ def test_stop_token_and_stop_string_end_the_sequence(engine, trained):
 def test_batched_across_adapters_equals_alone(engine, trained):
     other = new_adapter(engine, rank=2, seed=33)
     params = SamplingParams(max_tokens=7, temperature=0.8, top_k=50, top_p=0.9, seed=9, stop=[])
-    ops = [Sample(trained, PROMPT, 2, params), Sample(other, PROMPT[:3], 1, params), Sample(None, PROMPT[1:], 1, params)]
+    ops = [
+        Sample(trained, PROMPT, 2, params),
+        Sample(other, PROMPT[:3], 1, params),
+        Sample(None, PROMPT[1:], 1, params),
+    ]
     together = engine.run_cycle(ops)
     for op, batched in zip(ops, together):
         (alone,) = engine.run_cycle([op])
@@ -79,8 +84,9 @@ def test_batched_across_adapters_equals_alone(engine, trained):
 
 
 def test_prompt_logprobs_equal_forward_and_topk_is_sorted(engine, trained):
-    (result,) = engine.run_cycle([Sample(trained, PROMPT, 1, SamplingParams(max_tokens=1), prompt_logprobs=True,
-                                         topk_prompt_logprobs=3)])
+    (result,) = engine.run_cycle(
+        [Sample(trained, PROMPT, 1, SamplingParams(max_tokens=1), prompt_logprobs=True, topk_prompt_logprobs=3)]
+    )
     out = result.output
     (fwd,) = engine.run_cycle([ForwardBackward(trained, [sft_datum(PROMPT)], forward_only=True)])
     assert out.prompt_logprobs[0] is None
@@ -105,7 +111,8 @@ def test_top_k_and_top_p_truncate_the_distribution(engine, trained):
 
 
 def _rank_of(engine, adapter_id, prefix, token):
-    (res,) = engine.run_cycle([Sample(adapter_id, prefix + [token], 1, SamplingParams(max_tokens=1),
-                                      topk_prompt_logprobs=10)])
+    (res,) = engine.run_cycle(
+        [Sample(adapter_id, prefix + [token], 1, SamplingParams(max_tokens=1), topk_prompt_logprobs=10)]
+    )
     ranking = [t for t, _ in res.output.topk_prompt_logprobs[-1]]
     return ranking.index(token)

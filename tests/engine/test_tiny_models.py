@@ -1,4 +1,5 @@
 """Built-in tiny models are ordinary HF directories, deterministic, and run through the engine."""
+
 from __future__ import annotations
 
 import hashlib
@@ -24,7 +25,9 @@ def test_builds_are_deterministic_hf_directories(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(first)
     model = AutoModelForCausalLM.from_pretrained(first)
     assert 500_000 < sum(p.numel() for p in model.parameters()) < 5_000_000
-    chat = tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}], add_generation_prompt=True, tokenize=False)
+    chat = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "Hello"}], add_generation_prompt=True, tokenize=False
+    )
     assert chat.startswith("<|im_start|>user\nHello<|im_end|>") and tokenizer.eos_token == "<|im_end|>"
     assert tokenizer.decode(tokenizer("The quick brown fox")["input_ids"]) == "The quick brown fox"
 
@@ -38,8 +41,12 @@ def test_qwen3_architecture_trains_and_exports(engine_data_dir, tmp_path):
     losses = train_steps(qwen, "q", data, steps=5)
     assert losses[-1] < losses[0]
     reference = peft_reference(qwen, "q", tmp_path / "q", trainable=False)
-    (fwd, sample) = qwen.run_cycle([ForwardBackward("q", data, forward_only=True),
-                                    Sample("q", data[0].model_input, 1, SamplingParams(max_tokens=4, temperature=0))])
+    (fwd, sample) = qwen.run_cycle(
+        [
+            ForwardBackward("q", data, forward_only=True),
+            Sample("q", data[0].model_input, 1, SamplingParams(max_tokens=4, temperature=0)),
+        ]
+    )
     expected = reference_target_logprobs(reference, data[0].model_input, data[0].loss_fn_inputs["target_tokens"])
     torch.testing.assert_close(fwd.output.loss_fn_outputs[0]["logprobs"], expected.detach(), rtol=1e-5, atol=1e-5)
     assert sample.ok and len(sample.output.sequences[0].tokens) >= 1

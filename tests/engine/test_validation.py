@@ -1,4 +1,5 @@
 """Bad input becomes a typed error naming the datum and field, and never harms other requests."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,29 +20,79 @@ def rl_datum(n=4, **overrides):
     return Datum(list(range(10, 10 + n)), inputs)
 
 
-@pytest.mark.parametrize("data,loss_fn,config,field,message", [
-    ([GOOD], "nope", None, "loss_fn", "unknown loss_fn 'nope'"),
-    ([], "cross_entropy", None, "data", "data is empty"),
-    ([Datum([1, 2], {})], "cross_entropy", None, "loss_fn_inputs.target_tokens", "needs loss_fn_inputs.target_tokens"),
-    ([Datum([1, 2, 3], {"target_tokens": torch.tensor([1, 2])})], "cross_entropy", None,
-     "loss_fn_inputs.target_tokens", "has 2 entries but model_input has 3 tokens"),
-    ([Datum([1, 99999], {"target_tokens": torch.tensor([1, 2])})], "cross_entropy", None, "model_input",
-     "outside the vocabulary"),
-    ([Datum([1, 2], {"target_tokens": torch.tensor([1, 99999])})], "cross_entropy", None,
-     "loss_fn_inputs.target_tokens", "outside the vocabulary"),
-    ([Datum([1] * 600, {"target_tokens": torch.ones(600, dtype=torch.long)})], "cross_entropy", None, "model_input",
-     "more than the model context of 512"),
-    ([Datum([1, 2], {"target_tokens": torch.tensor([1.0, 2.0])})], "cross_entropy", None,
-     "loss_fn_inputs.target_tokens", "must be int64"),
-    ([Datum([1, 2], {"target_tokens": torch.tensor([1, 2]), "weights": torch.ones(3)})], "cross_entropy", None,
-     "loss_fn_inputs.weights", "has 3 entries"),
-    ([rl_datum(advantages=torch.tensor([1.0, float("nan"), 0, 0]))], "ppo", None, "loss_fn_inputs.advantages", "NaN"),
-    ([rl_datum(target_tokens=torch.ones(4, 2, dtype=torch.long))], "ppo", None, "loss_fn_inputs.target_tokens",
-     "expected (4,)"),
-    ([rl_datum()], "dro", None, "loss_fn_config.beta", "dro needs loss_fn_config.beta"),
-    ([rl_datum()], "ppo", {"beta": 1.0}, "loss_fn_config.beta", "is not used by ppo"),
-    ([rl_datum(extra=torch.ones(4))], "ppo", None, "loss_fn_inputs.extra", "is not an input of ppo"),
-])
+@pytest.mark.parametrize(
+    "data,loss_fn,config,field,message",
+    [
+        ([GOOD], "nope", None, "loss_fn", "unknown loss_fn 'nope'"),
+        ([], "cross_entropy", None, "data", "data is empty"),
+        (
+            [Datum([1, 2], {})],
+            "cross_entropy",
+            None,
+            "loss_fn_inputs.target_tokens",
+            "needs loss_fn_inputs.target_tokens",
+        ),
+        (
+            [Datum([1, 2, 3], {"target_tokens": torch.tensor([1, 2])})],
+            "cross_entropy",
+            None,
+            "loss_fn_inputs.target_tokens",
+            "has 2 entries but model_input has 3 tokens",
+        ),
+        (
+            [Datum([1, 99999], {"target_tokens": torch.tensor([1, 2])})],
+            "cross_entropy",
+            None,
+            "model_input",
+            "outside the vocabulary",
+        ),
+        (
+            [Datum([1, 2], {"target_tokens": torch.tensor([1, 99999])})],
+            "cross_entropy",
+            None,
+            "loss_fn_inputs.target_tokens",
+            "outside the vocabulary",
+        ),
+        (
+            [Datum([1] * 600, {"target_tokens": torch.ones(600, dtype=torch.long)})],
+            "cross_entropy",
+            None,
+            "model_input",
+            "more than the model context of 512",
+        ),
+        (
+            [Datum([1, 2], {"target_tokens": torch.tensor([1.0, 2.0])})],
+            "cross_entropy",
+            None,
+            "loss_fn_inputs.target_tokens",
+            "must be int64",
+        ),
+        (
+            [Datum([1, 2], {"target_tokens": torch.tensor([1, 2]), "weights": torch.ones(3)})],
+            "cross_entropy",
+            None,
+            "loss_fn_inputs.weights",
+            "has 3 entries",
+        ),
+        (
+            [rl_datum(advantages=torch.tensor([1.0, float("nan"), 0, 0]))],
+            "ppo",
+            None,
+            "loss_fn_inputs.advantages",
+            "NaN",
+        ),
+        (
+            [rl_datum(target_tokens=torch.ones(4, 2, dtype=torch.long))],
+            "ppo",
+            None,
+            "loss_fn_inputs.target_tokens",
+            "expected (4,)",
+        ),
+        ([rl_datum()], "dro", None, "loss_fn_config.beta", "dro needs loss_fn_config.beta"),
+        ([rl_datum()], "ppo", {"beta": 1.0}, "loss_fn_config.beta", "is not used by ppo"),
+        ([rl_datum(extra=torch.ones(4))], "ppo", None, "loss_fn_inputs.extra", "is not an input of ppo"),
+    ],
+)
 def test_forward_backward_errors_name_the_field(engine, data, loss_fn, config, field, message):
     with pytest.raises(EngineInputError) as caught:
         validate_forward_backward(engine.info, data, loss_fn, config)
@@ -55,16 +106,19 @@ def test_datum_index_is_in_the_message(engine):
         validate_forward_backward(engine.info, [GOOD, bad], "cross_entropy", None)
 
 
-@pytest.mark.parametrize("prompt,n,params,field", [
-    ([], 1, SamplingParams(), "prompt"),
-    ([1, 2], 0, SamplingParams(), "num_samples"),
-    ([1, 2], 1, SamplingParams(max_tokens=0), "sampling_params.max_tokens"),
-    ([1] * 500, 1, SamplingParams(max_tokens=20), "sampling_params.max_tokens"),
-    ([1, 2], 1, SamplingParams(temperature=-1), "sampling_params.temperature"),
-    ([1, 2], 1, SamplingParams(top_p=0), "sampling_params.top_p"),
-    ([1, 2], 1, SamplingParams(top_k=0), "sampling_params.top_k"),
-    ([1, 2], 1, SamplingParams(stop=[100000]), "sampling_params.stop"),
-])
+@pytest.mark.parametrize(
+    "prompt,n,params,field",
+    [
+        ([], 1, SamplingParams(), "prompt"),
+        ([1, 2], 0, SamplingParams(), "num_samples"),
+        ([1, 2], 1, SamplingParams(max_tokens=0), "sampling_params.max_tokens"),
+        ([1] * 500, 1, SamplingParams(max_tokens=20), "sampling_params.max_tokens"),
+        ([1, 2], 1, SamplingParams(temperature=-1), "sampling_params.temperature"),
+        ([1, 2], 1, SamplingParams(top_p=0), "sampling_params.top_p"),
+        ([1, 2], 1, SamplingParams(top_k=0), "sampling_params.top_k"),
+        ([1, 2], 1, SamplingParams(stop=[100000]), "sampling_params.stop"),
+    ],
+)
 def test_sample_errors_name_the_field(engine, prompt, n, params, field):
     with pytest.raises(EngineInputError) as caught:
         validate_sample(engine.info, prompt, n, params)
@@ -75,9 +129,14 @@ def test_a_bad_request_does_not_disturb_its_cycle(engine):
     bystander, twin, victim = (new_adapter(engine, rank=4, seed=s) for s in (1, 1, 2))
     bad = Datum([1, 2, 3], {"target_tokens": torch.tensor([1, 2])})
     (alone, _) = engine.run_cycle([ForwardBackward(twin, [GOOD]), OptimStep(twin)])
-    results = engine.run_cycle([ForwardBackward(victim, [bad]), ForwardBackward(bystander, [GOOD]),
-                                Sample("no-such-model", [1, 2], 1, SamplingParams(max_tokens=2)),
-                                OptimStep(bystander)])
+    results = engine.run_cycle(
+        [
+            ForwardBackward(victim, [bad]),
+            ForwardBackward(bystander, [GOOD]),
+            Sample("no-such-model", [1, 2], 1, SamplingParams(max_tokens=2)),
+            OptimStep(bystander),
+        ]
+    )
     assert results[0].category == "user" and "has 2 entries" in results[0].error
     assert results[2].category == "user" and "unknown model 'no-such-model'" in results[2].error
     assert results[1].ok and results[3].ok
@@ -92,7 +151,9 @@ def test_an_exception_inside_a_pass_fails_only_that_pass(engine, monkeypatch):
         raise RuntimeError("simulated device failure")
 
     monkeypatch.setattr(engine, "_forward_backward", broken)
-    failed = engine.run_cycle([ForwardBackward(adapter_id, [GOOD]), Sample(None, [1, 2, 3], 1, SamplingParams(max_tokens=2))])
+    failed = engine.run_cycle(
+        [ForwardBackward(adapter_id, [GOOD]), Sample(None, [1, 2, 3], 1, SamplingParams(max_tokens=2))]
+    )
     assert failed[0].category == "server" and "simulated device failure" in failed[0].error
     assert failed[1].ok
     monkeypatch.setattr(engine, "_forward_backward", original)

@@ -1,4 +1,5 @@
 """TINKER_WIRE.md §12's minimal sequence in JSON, shared by the embedded and Redis e2e tests."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -21,10 +22,14 @@ def engine_losses(data_dir: Path, steps: int = STEPS, export_to: Path | None = N
     the final adapter as a PEFT directory)."""
     engine = Engine("tiny-llama", data_dir=data_dir)
     engine.create_adapter("reference", LoraSpec(rank=8, seed=1))
-    datum = Datum(SEQUENCE[:-1], {"target_tokens": torch.tensor(SEQUENCE[1:]), "weights": torch.ones(len(SEQUENCE) - 1)})
+    datum = Datum(
+        SEQUENCE[:-1], {"target_tokens": torch.tensor(SEQUENCE[1:]), "weights": torch.ones(len(SEQUENCE) - 1)}
+    )
     losses = []
     for _ in range(steps):
-        fb, _ = engine.run_cycle([ForwardBackward("reference", [datum]), OptimStep("reference", AdamParams(learning_rate=LR))])
+        fb, _ = engine.run_cycle(
+            [ForwardBackward("reference", [datum]), OptimStep("reference", AdamParams(learning_rate=LR))]
+        )
         losses.append(fb.output.metrics["loss:sum"])
     if export_to is not None:
         engine.run_cycle([ExportPeft("reference", export_to)])
@@ -49,12 +54,20 @@ def minimal_flow(server, tmp_path: Path) -> dict:
         assert "grad_norm:mean" in wire.result(opt)["metrics"]
     saved = wire.result(wire.post("save_weights_for_sampler", {"model_id": model_id, "seq_id": seq, "path": "s1"}))
     assert saved["path"] == f"tinker://{model_id}/sampler_weights/s1"
-    sampler = wire.post("create_sampling_session", {"session_id": session, "sampling_session_seq_id": 0,
-                                                    "model_path": saved["path"]})["sampling_session_id"]
-    handle = wire.post("asample", {"sampling_session_id": sampler, "seq_id": 0, "num_samples": 2,
-                                   "prompt": {"chunks": [{"type": "encoded_text", "tokens": SEQUENCE[:6]}]},
-                                   "sampling_params": {"max_tokens": 4, "temperature": 0.0},
-                                   "prompt_logprobs": True})
+    sampler = wire.post(
+        "create_sampling_session", {"session_id": session, "sampling_session_seq_id": 0, "model_path": saved["path"]}
+    )["sampling_session_id"]
+    handle = wire.post(
+        "asample",
+        {
+            "sampling_session_id": sampler,
+            "seq_id": 0,
+            "num_samples": 2,
+            "prompt": {"chunks": [{"type": "encoded_text", "tokens": SEQUENCE[:6]}]},
+            "sampling_params": {"max_tokens": 4, "temperature": 0.0},
+            "prompt_logprobs": True,
+        },
+    )
     assert len(handle["sample_sequence_ids"]) == 2
     sample = wire.result(handle)
     assert [len(s["tokens"]) for s in sample["sequences"]] == [4, 4] and sample["prompt_logprobs"][0] is None

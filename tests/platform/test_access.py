@@ -1,5 +1,6 @@
 """A user sees only their own runs, futures, checkpoints and download links (others' are 404),
 and signed URLs refuse tampering and expiry."""
+
 from __future__ import annotations
 
 import time
@@ -53,8 +54,9 @@ def test_signed_urls_need_no_key_but_refuse_tampering_and_expiry(live_server_emb
     assert httpx.get(tampered).status_code == 403
     server_key = (live_server_embedded.data_dir / "secret_key").read_text().strip()  # the server made its own
     claim = signing.loads(token, key=server_key, salt="lorasmith.files")
-    expired = signing.dumps({"p": claim["p"], "e": int(time.time()) - 1}, key=server_key, salt="lorasmith.files",
-                            compress=True)
+    expired = signing.dumps(
+        {"p": claim["p"], "e": int(time.time()) - 1}, key=server_key, salt="lorasmith.files", compress=True
+    )
     assert httpx.get(url.replace(token, expired)).status_code == 403
     resumed = httpx.get(url, headers={"Range": "bytes=10-"})
     assert resumed.status_code == 206 and resumed.content == httpx.get(url).content[10:]

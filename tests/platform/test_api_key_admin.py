@@ -1,4 +1,5 @@
 """Operators list keys by prefix and revoke them, from the command line or the admin; no secret shows."""
+
 from __future__ import annotations
 
 from io import StringIO

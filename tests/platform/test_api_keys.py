@@ -1,4 +1,5 @@
 """API keys: shown once, stored hashed, revocable; the management command prints the key last."""
+
 from __future__ import annotations
 
 from io import StringIO

@@ -1,6 +1,7 @@
 """Bad input is answered 4xx with a JSON body naming the field, before any work is stored, and
 leaves earlier accepted work intact. A refused training request still uses up its seq_id, so the
 model's later requests run (Tinker's SDK has moved on to the next seq)."""
+
 from __future__ import annotations
 
 import pytest
@@ -23,15 +24,31 @@ def _datum(**changes) -> dict:
 CASES = [
     ("unknown loss", {"loss_fn": "nope"}, "loss_fn", "unknown loss_fn 'nope'"),
     ("missing loss input", {"loss_fn": "ppo"}, "data[0].loss_fn_inputs.logprobs", "ppo needs loss_fn_inputs.logprobs"),
-    ("length mismatch", {"data": [_datum(weights=tensor([1.0] * 3, "float32"))]}, "data[0].loss_fn_inputs.weights",
-     "has 3 entries but model_input has 8 tokens"),
-    ("token >= vocab", {"data": [_datum(tokens=[1, 2, 3, 99999, 5, 6, 7, 8])]}, "data[0].model_input",
-     "outside the vocabulary"),
+    (
+        "length mismatch",
+        {"data": [_datum(weights=tensor([1.0] * 3, "float32"))]},
+        "data[0].loss_fn_inputs.weights",
+        "has 3 entries but model_input has 8 tokens",
+    ),
+    (
+        "token >= vocab",
+        {"data": [_datum(tokens=[1, 2, 3, 99999, 5, 6, 7, 8])]},
+        "data[0].model_input",
+        "outside the vocabulary",
+    ),
     ("too long", {"data": [datum_json([5] * 700)]}, "data[0].model_input", "more than the model context of 512"),
-    ("bad dtype", {"data": [_datum(target_tokens={"data": GOOD[1:], "dtype": "int32", "shape": [8]})]},
-     "data[0].loss_fn_inputs.target_tokens.dtype", "dtype must be one of"),
-    ("bad shape", {"data": [_datum(weights={"data": [1.0] * 8, "dtype": "float32", "shape": [3, 3]})]},
-     "data[0].loss_fn_inputs.weights.shape", "does not match 8 values"),
+    (
+        "bad dtype",
+        {"data": [_datum(target_tokens={"data": GOOD[1:], "dtype": "int32", "shape": [8]})]},
+        "data[0].loss_fn_inputs.target_tokens.dtype",
+        "dtype must be one of",
+    ),
+    (
+        "bad shape",
+        {"data": [_datum(weights={"data": [1.0] * 8, "dtype": "float32", "shape": [3, 3]})]},
+        "data[0].loss_fn_inputs.weights.shape",
+        "does not match 8 values",
+    ),
     ("missing seq_id", {"seq_id": None}, "seq_id", "seq_id is required"),
     ("unknown config key", {"loss_fn_config": {"beta": 1.0}}, "loss_fn_config.beta", "is not used by cross_entropy"),
 ]
@@ -45,12 +62,18 @@ def accepted(live_server_embedded):
     return wire, model_id, wire.forward_backward(model_id, 1, [datum_json(GOOD)])
 
 
-@pytest.mark.parametrize("index,name,changes,field,message", [(i, *c) for i, c in enumerate(CASES)],
-                         ids=[c[0] for c in CASES])
+@pytest.mark.parametrize(
+    "index,name,changes,field,message", [(i, *c) for i, c in enumerate(CASES)], ids=[c[0] for c in CASES]
+)
 def test_forward_backward_rejects_bad_input(accepted, index, name, changes, field, message):
     wire, model_id, _ = accepted
-    body = {"model_id": model_id, "seq_id": 2 + index, "data": [datum_json(GOOD)], "loss_fn": "cross_entropy",
-            **changes}
+    body = {
+        "model_id": model_id,
+        "seq_id": 2 + index,
+        "data": [datum_json(GOOD)],
+        "loss_fn": "cross_entropy",
+        **changes,
+    }
     response = wire.client.post("forward_backward", json={k: v for k, v in body.items() if v is not None})
     assert response.status_code == 400
     assert response.json()["field"] == field and message in response.json()["error"]
@@ -63,11 +86,14 @@ def test_a_refused_request_uses_up_its_seq_and_later_work_runs(live_server_embed
     bad = {"model_id": model_id, "seq_id": 1, "data": [datum_json(GOOD)], "loss_fn": "nope"}
     refused = wire.client.post("forward_backward", json=bad)
     assert refused.status_code == 400 and refused.json()["consumed_seq_id"] == 1
-    bad_step = wire.client.post("optim_step", json={"model_id": model_id, "seq_id": 2,
-                                                   "adam_params": {"learning_rate": -1}})
+    bad_step = wire.client.post(
+        "optim_step", json={"model_id": model_id, "seq_id": 2, "adam_params": {"learning_rate": -1}}
+    )
     assert bad_step.status_code == 400 and bad_step.json()["consumed_seq_id"] == 2
-    other_optimizer = wire.client.post("optim_step", json={"model_id": model_id, "seq_id": 90,
-                                                          "optimizer_params": {"type": "sgd", "learning_rate": 0.1}})
+    other_optimizer = wire.client.post(
+        "optim_step",
+        json={"model_id": model_id, "seq_id": 90, "optimizer_params": {"type": "sgd", "learning_rate": 0.1}},
+    )
     assert other_optimizer.status_code == 400 and other_optimizer.json()["field"] == "optimizer_params"
     # the early arrival ran on the untouched adapter: same loss as the other model's first request (same seed)
     assert wire.result(waiting)["metrics"]["loss:sum"] == pytest.approx(wire.result(first)["metrics"]["loss:sum"])
@@ -85,19 +111,29 @@ def test_other_classes(live_server_embedded, accepted):
     wire, model_id, _ = accepted
     bad_path = wire.client.post("load_weights", json={"model_id": model_id, "seq_id": 100, "path": "tinker://x/y"})
     assert bad_path.status_code == 400 and bad_path.json()["field"] == "path"
-    big = wire.client.post("forward_backward", content=b"{" + b" " * (5 * 1024 * 1024) + b"}",
-                           headers={"Content-Type": "application/json"})
+    big = wire.client.post(
+        "forward_backward", content=b"{" + b" " * (5 * 1024 * 1024) + b"}", headers={"Content-Type": "application/json"}
+    )
     assert big.status_code == 413 and big.json()["field"] == "body"
     not_json = wire.client.post("create_session", content=b"{nope", headers={"Content-Type": "application/json"})
     assert not_json.status_code == 400 and "not valid JSON" in not_json.json()["error"]
-    unknown_model = wire.client.post("create_model", json={"session_id": wire.session(), "model_seq_id": 0,
-                                                           "base_model": "gpt-17"})
+    unknown_model = wire.client.post(
+        "create_model", json={"session_id": wire.session(), "model_seq_id": 0, "base_model": "gpt-17"}
+    )
     assert unknown_model.status_code == 400 and unknown_model.json()["field"] == "base_model"
-    sampler = wire.post("create_sampling_session", {"session_id": wire.session(), "sampling_session_seq_id": 0,
-                                                    "base_model": "tiny-llama"})["sampling_session_id"]
-    bad_sample = wire.client.post("asample", json={"sampling_session_id": sampler, "seq_id": 0,
-                                                   "prompt": {"chunks": [{"type": "encoded_text", "tokens": [1]}]},
-                                                   "sampling_params": {"max_tokens": 4, "top_p": 0}})
+    sampler = wire.post(
+        "create_sampling_session",
+        {"session_id": wire.session(), "sampling_session_seq_id": 0, "base_model": "tiny-llama"},
+    )["sampling_session_id"]
+    bad_sample = wire.client.post(
+        "asample",
+        json={
+            "sampling_session_id": sampler,
+            "seq_id": 0,
+            "prompt": {"chunks": [{"type": "encoded_text", "tokens": [1]}]},
+            "sampling_params": {"max_tokens": 4, "top_p": 0},
+        },
+    )
     assert bad_sample.status_code == 400 and bad_sample.json()["field"] == "sampling_params.top_p"
 
 

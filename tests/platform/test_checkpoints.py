@@ -1,5 +1,6 @@
 """Checkpoint lifecycle over the wire: save/load state (with and without optimizer), ephemeral
 sampler weights, listing, TTL, delete, weights_info and the .tar archive."""
+
 from __future__ import annotations
 
 import io
@@ -37,8 +38,10 @@ def trained(live_server_embedded):
 def test_create_via_load_with_optimizer_resumes_exactly(trained):
     wire = trained["wire"]
     assert trained["path"] == f"tinker://{trained['model_id']}/weights/step2"
-    handle = wire.post("load_weights", {"session_id": trained["session"], "model_seq_id": 5,
-                                        "path": trained["path"], "optimizer": True})
+    handle = wire.post(
+        "load_weights",
+        {"session_id": trained["session"], "model_seq_id": 5, "path": trained["path"], "optimizer": True},
+    )
     model_id = f"{trained['session']}:train:5"
     assert handle["model_id"] == model_id
     assert wire.result(handle)["model_id"] == model_id
@@ -48,8 +51,10 @@ def test_create_via_load_with_optimizer_resumes_exactly(trained):
 
 def test_load_without_optimizer_restarts_the_moments(trained):
     wire = trained["wire"]
-    handle = wire.post("load_weights", {"session_id": trained["session"], "model_seq_id": 6,
-                                        "path": trained["path"], "optimizer": False})
+    handle = wire.post(
+        "load_weights",
+        {"session_id": trained["session"], "model_seq_id": 6, "path": trained["path"], "optimizer": False},
+    )
     wire.result(handle)
     fresh_moments, _ = _train(wire, handle["model_id"], 1, 2)
     assert fresh_moments[0] == pytest.approx(trained["continued"][0], rel=1e-6)  # same weights
@@ -59,14 +64,24 @@ def test_load_without_optimizer_restarts_the_moments(trained):
 def test_ephemeral_sampler_weights_give_a_sampling_session(trained):
     wire = trained["wire"]
     model_id = wire.model(trained["session"], 7, seed=13)
-    handle = wire.post("save_weights_for_sampler", {"model_id": model_id, "seq_id": 1, "sampling_session_seq_id": 9,
-                                                    "kind": "snapshot"})
+    handle = wire.post(
+        "save_weights_for_sampler",
+        {"model_id": model_id, "seq_id": 1, "sampling_session_seq_id": 9, "kind": "snapshot"},
+    )
     result = wire.result(handle)
     assert result["path"] is None and result["sampling_session_id"] == f"{trained['session']}:sample:9"
-    sample = wire.result(wire.post("asample", {
-        "sampling_session_id": result["sampling_session_id"], "seq_id": 0, "num_samples": 1,
-        "prompt": {"chunks": [{"type": "encoded_text", "tokens": SEQUENCE[:4]}]},
-        "sampling_params": {"max_tokens": 3, "temperature": 0.0}}))
+    sample = wire.result(
+        wire.post(
+            "asample",
+            {
+                "sampling_session_id": result["sampling_session_id"],
+                "seq_id": 0,
+                "num_samples": 1,
+                "prompt": {"chunks": [{"type": "encoded_text", "tokens": SEQUENCE[:4]}]},
+                "sampling_params": {"max_tokens": 3, "temperature": 0.0},
+            },
+        )
+    )
     assert len(sample["sequences"][0]["tokens"]) == 3
     sampler = wire.get(f"samplers/{result['sampling_session_id']}")
     assert sampler["base_model"] == "tiny-llama"
@@ -107,22 +122,24 @@ def test_duplicate_checkpoint_name_is_refused(trained):
     assert response.status_code == 400 and response.json()["field"] == "path"
 
 
-
 def test_expired_checkpoints_are_gone(live_server_embedded, trained):
     import sqlite3
 
     wire = trained["wire"]
     model_id = wire.model(trained["session"], 8, seed=14)
-    saved = wire.result(wire.post("save_weights_for_sampler", {"model_id": model_id, "seq_id": 1, "path": "brief",
-                                                               "ttl_seconds": 3600}))
+    saved = wire.result(
+        wire.post("save_weights_for_sampler", {"model_id": model_id, "seq_id": 1, "path": "brief", "ttl_seconds": 3600})
+    )
     checkpoint = f"training_runs/{model_id}/checkpoints/sampler_weights/brief"
     assert wire.client.get(f"{checkpoint}/archive").status_code == 200
     with sqlite3.connect(live_server_embedded.data_dir / "lorasmith.sqlite3") as db:  # let the hour pass
         db.execute("UPDATE training_checkpoint SET expires_at = '2000-01-01 00:00:00' WHERE name = 'brief'")
     assert wire.client.get(f"{checkpoint}/archive").status_code == 404
     assert "brief" not in str(wire.get(f"training_runs/{model_id}/checkpoints")) + str(wire.get("checkpoints"))
-    refused = wire.client.post("create_sampling_session", json={"session_id": trained["session"],
-                                                                "sampling_session_seq_id": 50, "model_path": saved["path"]})
+    refused = wire.client.post(
+        "create_sampling_session",
+        json={"session_id": trained["session"], "sampling_session_seq_id": 50, "model_path": saved["path"]},
+    )
     assert refused.status_code == 404
 
 
@@ -140,5 +157,7 @@ def test_an_overwritten_checkpoint_archives_its_new_weights(live_server_embedded
     _train(wire, model_id, 2, 1)
     wire.result(wire.post("save_weights_external", {"model_id": model_id, "seq_id": 4, "path": "y", "overwrite": True}))
     after = archived_weights()
-    on_disk = next((live_server_embedded.data_dir / "checkpoints").rglob("external_weights/y/adapter_model.safetensors"))
+    on_disk = next(
+        (live_server_embedded.data_dir / "checkpoints").rglob("external_weights/y/adapter_model.safetensors")
+    )
     assert after != before and after == on_disk.read_bytes()

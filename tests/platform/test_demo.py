@@ -1,5 +1,6 @@
 """`make demo`'s command works on a fresh data dir: it starts the embedded service, trains over
 HTTP (the loss falls), samples and downloads the adapter, then stops its server."""
+
 from __future__ import annotations
 
 import re
@@ -10,8 +11,14 @@ from tests.conftest import ROOT, _base_env
 
 
 def test_demo_trains_samples_and_downloads(tmp_path):
-    done = subprocess.run([sys.executable, "manage.py", "demo", "--steps", "4"], cwd=ROOT, env=_base_env(tmp_path),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "manage.py", "demo", "--steps", "4"],
+        cwd=ROOT,
+        env=_base_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     losses = [float(x) for x in re.findall(r"step +\d+ +loss +([0-9.]+)", done.stdout)]
     assert len(losses) == 4 and losses[-1] < losses[0]

@@ -1,6 +1,7 @@
 """Futures and the smaller wire endpoints: the long-poll answers `try_again` after its window,
 unknown futures are 404, `forward_only` leaves the weights alone, and the accept-and-drop
 endpoints answer."""
+
 from __future__ import annotations
 
 import time
@@ -45,14 +46,19 @@ def test_forward_only_computes_without_training(live_server_embedded):
     wire.result(wire.optim_step(model_id, 2, lr=0.1))  # no gradients were kept: the step changes nothing
     trained = wire.result(wire.forward_backward(model_id, 3, data, loss_fn_config_v2={"note": "text is ignored"}))
     assert trained["metrics"]["loss:sum"] == pytest.approx(looked["metrics"]["loss:sum"], rel=1e-5)
-    via_forward = wire.result(wire.post("forward", {"model_id": model_id, "seq_id": 4, "data": data,
-                                                    "loss_fn": "cross_entropy"}))
+    via_forward = wire.result(
+        wire.post("forward", {"model_id": model_id, "seq_id": 4, "data": data, "loss_fn": "cross_entropy"})
+    )
     assert via_forward["metrics"]["loss:sum"] == pytest.approx(looked["metrics"]["loss:sum"], rel=1e-5)
 
 
 def test_dynamic_config_and_telemetry_answer(live_server_embedded):
     wire = Wire(live_server_embedded.client())
     assert wire.post("client/dynamic_config", {"sdk_version": "0.38.0"}) == {
-        "refresh_interval_sec": 300, "sample_cancel_enabled": False, "sample_cancel_max_batch_size": 64}
+        "refresh_interval_sec": 300,
+        "sample_cancel_enabled": False,
+        "sample_cancel_max_batch_size": 64,
+    }
     assert wire.post("telemetry", {"events": [{"event": "x"}], "platform": "test", "sdk_version": "0"}) == {
-        "status": "accepted"}
+        "status": "accepted"
+    }

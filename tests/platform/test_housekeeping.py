@@ -1,6 +1,7 @@
 """Housekeeping between cycles: a checkpoint past its TTL is purged with its files (directory and
 .tar), others stay; a session whose heartbeat stopped is finished and its queued samples cancelled,
 its accepted training work kept; the chores run at most once per interval."""
+
 from __future__ import annotations
 
 from datetime import timedelta
@@ -23,17 +24,30 @@ def _checkpoint(run: TrainingRun, name: str, root: Path, expires_in: timedelta |
     (directory / "adapter_model.safetensors").write_bytes(b"weights")
     storage.archive_of(directory)
     return Checkpoint.objects.create(
-        training_run=run, owner=run.owner, checkpoint_type="sampler", name=name, directory=str(directory),
-        expires_at=timezone.now() + expires_in if expires_in is not None else None)
+        training_run=run,
+        owner=run.owner,
+        checkpoint_type="sampler",
+        name=name,
+        directory=str(directory),
+        expires_at=timezone.now() + expires_in if expires_in is not None else None,
+    )
 
 
 @pytest.fixture
 def checkpoints(tmp_path):
     user = User.objects.create(username="alice")
-    run = TrainingRun.objects.create(id="s:train:0", session=Session.objects.create(id="s", owner=user), owner=user,
-                                     base_model="tiny-llama", rank=4, seed=1)
-    return {name: _checkpoint(run, name, tmp_path, ttl) for name, ttl in
-            (("expired", timedelta(seconds=-1)), ("later", timedelta(hours=1)), ("forever", None))}
+    run = TrainingRun.objects.create(
+        id="s:train:0",
+        session=Session.objects.create(id="s", owner=user),
+        owner=user,
+        base_model="tiny-llama",
+        rank=4,
+        seed=1,
+    )
+    return {
+        name: _checkpoint(run, name, tmp_path, ttl)
+        for name, ttl in (("expired", timedelta(seconds=-1)), ("later", timedelta(hours=1)), ("forever", None))
+    }
 
 
 def test_purge_deletes_expired_checkpoints_with_their_files(checkpoints, capsys):
@@ -62,14 +76,30 @@ def test_chores_are_throttled(checkpoints, monkeypatch):
 def _work(session: Session) -> tuple[Operation, Operation]:
     """A queued sample and a queued training op in `session`."""
     user = session.owner
-    run = TrainingRun.objects.create(id=f"{session.id}:train:0", session=session, owner=user, base_model="tiny-llama",
-                                     rank=4, seed=1)
-    sampler = SamplingSession.objects.create(id=f"{session.id}:sample:0", session=session, owner=user,
-                                             base_model="tiny-llama")
-    sample = Operation.objects.create(id=f"{session.id}-sample", owner=user, kind="sample", base_model="tiny-llama",
-                                      sampling_session=sampler, seq_id=0, payload={})
-    step = Operation.objects.create(id=f"{session.id}-step", owner=user, kind="optim_step", base_model="tiny-llama",
-                                    training_run=run, seq_id=1, payload={})
+    run = TrainingRun.objects.create(
+        id=f"{session.id}:train:0", session=session, owner=user, base_model="tiny-llama", rank=4, seed=1
+    )
+    sampler = SamplingSession.objects.create(
+        id=f"{session.id}:sample:0", session=session, owner=user, base_model="tiny-llama"
+    )
+    sample = Operation.objects.create(
+        id=f"{session.id}-sample",
+        owner=user,
+        kind="sample",
+        base_model="tiny-llama",
+        sampling_session=sampler,
+        seq_id=0,
+        payload={},
+    )
+    step = Operation.objects.create(
+        id=f"{session.id}-step",
+        owner=user,
+        kind="optim_step",
+        base_model="tiny-llama",
+        training_run=run,
+        seq_id=1,
+        payload={},
+    )
     return sample, step
 
 
@@ -85,7 +115,11 @@ def test_a_silent_session_ends_and_its_queued_samples_are_cancelled(settings):
     assert Session.objects.get(id="silent").finished_reason == "expired"
     assert Session.objects.get(id="alive").finished_reason == ""
     statuses = dict(Operation.objects.values_list("id", "status"))
-    assert statuses == {silent_sample.id: "cancelled", silent_step.id: "queued",  # accepted training work is kept
-                        alive_sample.id: "queued", alive_step.id: "queued"}
+    assert statuses == {
+        silent_sample.id: "cancelled",
+        silent_step.id: "queued",  # accepted training work is kept
+        alive_sample.id: "queued",
+        alive_step.id: "queued",
+    }
     assert Operation.objects.get(id=silent_sample.id).error == "session expired: no heartbeat"
     assert housekeeping.expire_silent_sessions() == 0  # finished sessions are not expired again

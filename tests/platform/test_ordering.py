@@ -1,4 +1,5 @@
 """Per-model seq_id order: early arrivals wait for the gap to fill; repeats return the original future."""
+
 from __future__ import annotations
 
 import pytest
@@ -19,8 +20,11 @@ def test_out_of_order_arrivals_execute_in_seq_order(live_server_embedded):
     step = wire.optim_step(shuffled, 2)
     first = wire.forward_backward(shuffled, 1, [datum_json(FIRST)])
 
-    expected = [wire.forward_backward(in_order, 1, [datum_json(FIRST)]), wire.optim_step(in_order, 2),
-                wire.forward_backward(in_order, 3, [datum_json(SECOND)])]
+    expected = [
+        wire.forward_backward(in_order, 1, [datum_json(FIRST)]),
+        wire.optim_step(in_order, 2),
+        wire.forward_backward(in_order, 3, [datum_json(SECOND)]),
+    ]
     got = [wire.result(h) for h in (first, step, late)]
     want = [wire.result(h) for h in expected]
     assert got[0]["metrics"]["loss:sum"] == pytest.approx(want[0]["metrics"]["loss:sum"], rel=1e-5)
@@ -37,13 +41,21 @@ def test_repeated_seq_id_returns_the_original_future(live_server_embedded):
     once = wire.forward_backward(model_id, 1, [datum_json(FIRST)])
     again = wire.forward_backward(model_id, 1, [datum_json(SECOND)])
     assert again["request_id"] == once["request_id"]
-    create_again = wire.post("create_model", {"session_id": session, "model_seq_id": 0, "base_model": "tiny-llama",
-                                              "lora_config": {"rank": 8, "seed": 1}})
+    create_again = wire.post(
+        "create_model",
+        {"session_id": session, "model_seq_id": 0, "base_model": "tiny-llama", "lora_config": {"rank": 8, "seed": 1}},
+    )
     assert create_again["model_id"] == model_id
-    sampler = wire.post("create_sampling_session", {"session_id": session, "sampling_session_seq_id": 0,
-                                                    "base_model": "tiny-llama"})["sampling_session_id"]
-    body = {"sampling_session_id": sampler, "seq_id": 7, "num_samples": 1, "sampling_params": {"max_tokens": 2},
-            "prompt": {"chunks": [{"type": "encoded_text", "tokens": FIRST}]}}
+    sampler = wire.post(
+        "create_sampling_session", {"session_id": session, "sampling_session_seq_id": 0, "base_model": "tiny-llama"}
+    )["sampling_session_id"]
+    body = {
+        "sampling_session_id": sampler,
+        "seq_id": 7,
+        "num_samples": 1,
+        "sampling_params": {"max_tokens": 2},
+        "prompt": {"chunks": [{"type": "encoded_text", "tokens": FIRST}]},
+    }
     assert wire.post("asample", body)["request_id"] == wire.post("asample", body)["request_id"]
     assert len(wire.result(once)["loss_fn_outputs"]) == 1
 
@@ -53,8 +65,11 @@ def test_two_steps_in_one_cycle_count_as_two(live_server_embedded):
     steps must still advance once per optim_step."""
     wire = Wire(live_server_embedded.client())
     model_id = wire.model(wire.session(), seed=3)
-    later = [wire.optim_step(model_id, 2), wire.forward_backward(model_id, 3, [datum_json(SECOND)]),
-             wire.optim_step(model_id, 4)]
+    later = [
+        wire.optim_step(model_id, 2),
+        wire.forward_backward(model_id, 3, [datum_json(SECOND)]),
+        wire.optim_step(model_id, 4),
+    ]
     first = wire.forward_backward(model_id, 1, [datum_json(FIRST)])
     for handle in [first, *later]:
         assert "error" not in wire.result(handle)

@@ -1,5 +1,6 @@
 """With Redis, the runner is another process: its completions and metrics must still reach the web
 process's WebSocket through channels-redis, and a second user's socket must stay silent."""
+
 from __future__ import annotations
 
 import json

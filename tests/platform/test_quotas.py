@@ -2,6 +2,7 @@
 the quota, nothing is stored (so the same seq_id is accepted later), and work already accepted
 stays. A request that fills a gap others wait on is never refused; a request bigger than the
 whole byte quota is 413 (waiting would not help) and uses up its seq like any refusal."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,13 @@ def api(monkeypatch):
 
 
 def _quotas(settings, **limits) -> None:
-    settings.LORASMITH = {**settings.LORASMITH, "MAX_ACTIVE_RUNS": 0, "MAX_PENDING_OPERATIONS": 0,
-                          "MAX_PENDING_BYTES": 0, **limits}
+    settings.LORASMITH = {
+        **settings.LORASMITH,
+        "MAX_ACTIVE_RUNS": 0,
+        "MAX_PENDING_OPERATIONS": 0,
+        "MAX_PENDING_BYTES": 0,
+        **limits,
+    }
 
 
 def _post(api: APIClient, path: str, body: dict):
@@ -42,13 +48,19 @@ def _session(api: APIClient) -> str:
 
 
 def _model(api: APIClient, session: str, n: int = 0):
-    return _post(api, "create_model", {"session_id": session, "model_seq_id": n, "base_model": "tiny-llama",
-                                       "lora_config": {"rank": 4}})
+    return _post(
+        api,
+        "create_model",
+        {"session_id": session, "model_seq_id": n, "base_model": "tiny-llama", "lora_config": {"rank": 4}},
+    )
 
 
 def _forward_backward(api: APIClient, model_id: str, seq_id: int, data: list | None = None):
-    return _post(api, "forward_backward", {"model_id": model_id, "seq_id": seq_id, "loss_fn": "cross_entropy",
-                                           "data": data or [datum_json(TOKENS)]})
+    return _post(
+        api,
+        "forward_backward",
+        {"model_id": model_id, "seq_id": seq_id, "loss_fn": "cross_entropy", "data": data or [datum_json(TOKENS)]},
+    )
 
 
 def _assert_limited(response, field: str, message: str) -> None:
@@ -82,12 +94,26 @@ def test_a_request_filling_a_gap_is_accepted_over_the_quota(api, settings):
         assert _forward_backward(api, model_id, seq).status_code == 200
     assert _forward_backward(api, model_id, 1).status_code == 200
     _assert_limited(_forward_backward(api, model_id, 4), "quota.pending_operations", "the most allowed is 3")
-    sampler = _post(api, "create_sampling_session", {"session_id": session, "sampling_session_seq_id": 0,
-                                                      "base_model": "tiny-llama"}).json()["sampling_session_id"]
-    _assert_limited(_post(api, "asample", {"sampling_session_id": sampler, "seq_id": 0, "num_samples": 1,
-                                           "prompt": {"chunks": [{"type": "encoded_text", "tokens": TOKENS}]},
-                                           "sampling_params": {"max_tokens": 2}}),
-                    "quota.pending_operations", "retry when some have finished")
+    sampler = _post(
+        api,
+        "create_sampling_session",
+        {"session_id": session, "sampling_session_seq_id": 0, "base_model": "tiny-llama"},
+    ).json()["sampling_session_id"]
+    _assert_limited(
+        _post(
+            api,
+            "asample",
+            {
+                "sampling_session_id": sampler,
+                "seq_id": 0,
+                "num_samples": 1,
+                "prompt": {"chunks": [{"type": "encoded_text", "tokens": TOKENS}]},
+                "sampling_params": {"max_tokens": 2},
+            },
+        ),
+        "quota.pending_operations",
+        "retry when some have finished",
+    )
 
 
 def test_pending_bytes_quota_counts_stored_payloads(api, settings):
@@ -97,8 +123,7 @@ def test_pending_bytes_quota_counts_stored_payloads(api, settings):
     model_id = f"{session}:train:0"
     _model(api, session)
     assert _forward_backward(api, model_id, 1, [datum_json(TOKENS)] * 3).status_code == 200
-    _assert_limited(_forward_backward(api, model_id, 2, [datum_json(TOKENS)] * 3), "quota.pending_bytes",
-                    "over the")
+    _assert_limited(_forward_backward(api, model_id, 2, [datum_json(TOKENS)] * 3), "quota.pending_bytes", "over the")
     assert 3 * one < sum(Operation.objects.values_list("payload_bytes", flat=True)) <= 5 * one
     assert _forward_backward(api, model_id, 2, [datum_json(TOKENS)]).status_code == 200
 

@@ -1,5 +1,6 @@
 """RabbitMQ as the Dramatiq broker (LORASMITH_BROKER_URL=amqp://…; push still rides on Redis): the
 web process sends each cycle to the base model's queue and a separate runner process executes it."""
+
 from __future__ import annotations
 
 import os
@@ -30,9 +31,15 @@ def test_cycles_travel_over_rabbitmq(tmp_path):
     _require("Redis", _redis_ok())
     env = _base_env(tmp_path)
     tag = uuid.uuid4().hex[:8]
-    env.update({"DATABASE_URL": f"sqlite:///{tmp_path / 'shared.sqlite3'}", "REDIS_URL": REDIS_TEST_URL,
-                "LORASMITH_BROKER_URL": AMQP_URL, "LORASMITH_QUEUE_PREFIX": f"test-{tag}.",
-                "LORASMITH_REDIS_NAMESPACE": f"lorasmith-amqp-{tag}"})
+    env.update(
+        {
+            "DATABASE_URL": f"sqlite:///{tmp_path / 'shared.sqlite3'}",
+            "REDIS_URL": REDIS_TEST_URL,
+            "LORASMITH_BROKER_URL": AMQP_URL,
+            "LORASMITH_QUEUE_PREFIX": f"test-{tag}.",
+            "LORASMITH_REDIS_NAMESPACE": f"lorasmith-amqp-{tag}",
+        }
+    )
     server = LiveServer(env, tmp_path, with_runner=True)
     try:
         wire = Wire(server.client())

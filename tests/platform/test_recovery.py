@@ -1,6 +1,7 @@
 """Op-log state changes outside a cycle. DESIGN §6: a runner that boots puts back the cycles a dead runner left running
 and dispatches them again; a stale message of the old cycle then runs nothing and frees nothing.
 TINKER_WIRE §5.3: a queued sample can be cancelled."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -20,12 +21,21 @@ def interrupted():
     """seq 1 and 2 of a model were in flight in cycle `dead` when its runner died."""
     user = User.objects.create(username="alice")
     session = Session.objects.create(id="s", owner=user)
-    run = TrainingRun.objects.create(id="s:train:0", session=session, owner=user, base_model="tiny-llama", rank=4,
-                                     seed=1, dispatched_seq=2)
+    run = TrainingRun.objects.create(
+        id="s:train:0", session=session, owner=user, base_model="tiny-llama", rank=4, seed=1, dispatched_seq=2
+    )
     for seq in (1, 2):
-        Operation.objects.create(id=f"op{seq}", owner=user, kind="optim_step", base_model="tiny-llama",
-                                 training_run=run, seq_id=seq, payload={}, status=Operation.Status.RUNNING,
-                                 cycle_id="dead")
+        Operation.objects.create(
+            id=f"op{seq}",
+            owner=user,
+            kind="optim_step",
+            base_model="tiny-llama",
+            training_run=run,
+            seq_id=seq,
+            payload={},
+            status=Operation.Status.RUNNING,
+            cycle_id="dead",
+        )
     DispatchSlot.objects.create(base_model="tiny-llama", busy=True, cycle_id="dead")
     return run
 
@@ -54,10 +64,12 @@ def test_a_queued_sample_can_be_cancelled_once(interrupted):
     from training.models import SamplingSession
 
     user = interrupted.owner
-    sampler = SamplingSession.objects.create(id="s:sample:0", session=interrupted.session, owner=user,
-                                             base_model="tiny-llama")
-    Operation.objects.create(id="sample1", owner=user, kind="sample", base_model="tiny-llama",
-                             sampling_session=sampler, seq_id=0, payload={})
+    sampler = SamplingSession.objects.create(
+        id="s:sample:0", session=interrupted.session, owner=user, base_model="tiny-llama"
+    )
+    Operation.objects.create(
+        id="sample1", owner=user, kind="sample", base_model="tiny-llama", sampling_session=sampler, seq_id=0, payload={}
+    )
     assert submit.cancel_future(user, "sample1") is True
     assert submit.cancel_future(user, "sample1") is False
     op = Operation.objects.get(id="sample1")

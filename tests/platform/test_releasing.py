@@ -2,6 +2,7 @@
 deleted (all of them once the session ends) unless a pending sample still needs them, sampling a
 released one is a clear 410; the runner drops adapters of finished sessions and released samplers
 from its engine, keeping those with pending work."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,15 +32,32 @@ def snapshots(tmp_path):
         directory = root / f"seq-{seq}"
         directory.mkdir(parents=True)
         (directory / "adapter_model.safetensors").write_bytes(b"w")
-        samplers.append(SamplingSession.objects.create(id=f"s1:sample:{seq}", session=session, owner=user,
-                                                       base_model="tiny-llama", weights_dir=str(directory)))
+        samplers.append(
+            SamplingSession.objects.create(
+                id=f"s1:sample:{seq}", session=session, owner=user, base_model="tiny-llama", weights_dir=str(directory)
+            )
+        )
     named = tmp_path / "named"
     named.mkdir()
-    samplers.append(SamplingSession.objects.create(id="s1:sample:named", session=session, owner=user,
-                                                   base_model="tiny-llama", weights_dir=str(named),
-                                                   model_path="tinker://s1:train:0/sampler_weights/named"))
-    Operation.objects.create(id="pending-sample", owner=user, kind="sample", base_model="tiny-llama",
-                             sampling_session=samplers[0], seq_id=0, payload={})
+    samplers.append(
+        SamplingSession.objects.create(
+            id="s1:sample:named",
+            session=session,
+            owner=user,
+            base_model="tiny-llama",
+            weights_dir=str(named),
+            model_path="tinker://s1:train:0/sampler_weights/named",
+        )
+    )
+    Operation.objects.create(
+        id="pending-sample",
+        owner=user,
+        kind="sample",
+        base_model="tiny-llama",
+        sampling_session=samplers[0],
+        seq_id=0,
+        payload={},
+    )
     return user, session, root, samplers
 
 
@@ -48,8 +66,11 @@ def _exists(root: Path) -> list[int]:
 
 
 def _released(samplers) -> list[str]:
-    return sorted(SamplingSession.objects.filter(id__in=[s.id for s in samplers], released_at__isnull=False)
-                  .values_list("id", flat=True))
+    return sorted(
+        SamplingSession.objects.filter(id__in=[s.id for s in samplers], released_at__isnull=False).values_list(
+            "id", flat=True
+        )
+    )
 
 
 def test_old_snapshots_go_unless_a_pending_sample_needs_them(snapshots, monkeypatch):
@@ -63,9 +84,17 @@ def test_old_snapshots_go_unless_a_pending_sample_needs_them(snapshots, monkeypa
     api.credentials(HTTP_X_API_KEY=issue_api_key(user, "t"))
 
     def sample(sampler_id: str):
-        return api.post("/api/v1/asample", {"sampling_session_id": sampler_id, "seq_id": 1, "num_samples": 1,
-                                            "prompt": {"chunks": [{"type": "encoded_text", "tokens": [3, 320]}]},
-                                            "sampling_params": {"max_tokens": 2}}, format="json")
+        return api.post(
+            "/api/v1/asample",
+            {
+                "sampling_session_id": sampler_id,
+                "seq_id": 1,
+                "num_samples": 1,
+                "prompt": {"chunks": [{"type": "encoded_text", "tokens": [3, 320]}]},
+                "sampling_params": {"max_tokens": 2},
+            },
+            format="json",
+        )
 
     refused = sample("s1:sample:2")
     assert refused.status_code == 410 and refused.json()["field"] == "sampling_session_id"
@@ -87,15 +116,31 @@ def test_a_finished_session_releases_every_snapshot_once_nothing_waits(snapshots
 
 def test_idle_adapters_leave_the_engine_and_busy_ones_stay(monkeypatch):
     user = ensure_user("engine-user")
-    finished, live = (Session.objects.create(id=i, owner=user, finished_reason=r) for i, r in
-                      (("fin", "expired"), ("live", "")))
-    runs = {i: TrainingRun.objects.create(id=i, session=s, owner=user, base_model="tiny-llama", rank=2, seed=1)
-            for i, s in (("fin:train:0", finished), ("fin:train:1", finished), ("live:train:0", live))}
-    Operation.objects.create(id="queued-step", owner=user, kind="optim_step", base_model="tiny-llama",
-                             training_run=runs["fin:train:1"], seq_id=1, payload={})
+    finished, live = (
+        Session.objects.create(id=i, owner=user, finished_reason=r) for i, r in (("fin", "expired"), ("live", ""))
+    )
+    runs = {
+        i: TrainingRun.objects.create(id=i, session=s, owner=user, base_model="tiny-llama", rank=2, seed=1)
+        for i, s in (("fin:train:0", finished), ("fin:train:1", finished), ("live:train:0", live))
+    }
+    Operation.objects.create(
+        id="queued-step",
+        owner=user,
+        kind="optim_step",
+        base_model="tiny-llama",
+        training_run=runs["fin:train:1"],
+        seq_id=1,
+        payload={},
+    )
     for seq, released in ((3, True), (4, False)):
-        SamplingSession.objects.create(id=f"live:sample:{seq}", session=live, owner=user, base_model="tiny-llama",
-                                       weights_dir="/nowhere", released_at=timezone.now() if released else None)
+        SamplingSession.objects.create(
+            id=f"live:sample:{seq}",
+            session=live,
+            owner=user,
+            base_model="tiny-llama",
+            weights_dir="/nowhere",
+            released_at=timezone.now() if released else None,
+        )
     engine = Engine("tiny-llama", data_dir=django_settings.DATA_DIR)
     ids = ["fin:train:0", "fin:train:1", "live:train:0", "live:sample:3", "live:sample:4"]
     for adapter_id in ids:
@@ -111,8 +156,15 @@ def test_a_queued_sample_whose_snapshot_went_meanwhile_fails_as_a_user_error(sna
 
     user, _, root, samplers = snapshots
     retention.release_ephemeral_weights(root, keep=0)  # spares seq-1: its sample is pending
-    op = Operation.objects.create(id="raced", owner=user, kind="sample", base_model="tiny-llama",
-                                  sampling_session=samplers[1], seq_id=0, payload={})
+    op = Operation.objects.create(
+        id="raced",
+        owner=user,
+        kind="sample",
+        base_model="tiny-llama",
+        sampling_session=samplers[1],
+        seq_id=0,
+        payload={},
+    )
 
     class NoAdapters:
         def has_adapter(self, adapter_id: str) -> bool:

@@ -1,6 +1,7 @@
 """The runner is a plain Dramatiq worker: django-dramatiq's `manage.py rundramatiq`, told only the
 base model's queue, serves cycles as well as `manage.py runner` does (DESIGN §1: several runner
 machines can share one broker, each consuming its base models' queues)."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """An exception inside a cycle fails only the affected futures (category server, with a message);
 other models' requests keep running."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """DESIGN §6: a runner that goes away loses no accepted request; the next runner rebuilds each
 adapter from its seed and the logged operations, and training continues with the same numbers."""
+
 from __future__ import annotations
 
 import pytest

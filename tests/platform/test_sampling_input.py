@@ -1,5 +1,6 @@
 """Sampling requests are checked at the door like training ones: bad prompts and parameters are
 400 naming the field, bad or foreign checkpoint paths are 400 / 404, and nothing is queued."""
+
 from __future__ import annotations
 
 import pytest
@@ -13,14 +14,20 @@ PROMPT = [3, 320, 265, 203]
 def sampler(live_server_embedded):
     wire = Wire(live_server_embedded.client())
     session = wire.session()
-    sampler_id = wire.post("create_sampling_session", {"session_id": session, "sampling_session_seq_id": 0,
-                                                       "base_model": "tiny-llama"})["sampling_session_id"]
+    sampler_id = wire.post(
+        "create_sampling_session", {"session_id": session, "sampling_session_seq_id": 0, "base_model": "tiny-llama"}
+    )["sampling_session_id"]
     return wire, session, sampler_id
 
 
 def _sample(sampler_id: str, seq_id: int) -> dict:
-    return {"sampling_session_id": sampler_id, "seq_id": seq_id, "num_samples": 1,
-            "prompt": {"chunks": [{"type": "encoded_text", "tokens": PROMPT}]}, "sampling_params": {"max_tokens": 3}}
+    return {
+        "sampling_session_id": sampler_id,
+        "seq_id": seq_id,
+        "num_samples": 1,
+        "prompt": {"chunks": [{"type": "encoded_text", "tokens": PROMPT}]},
+        "sampling_params": {"max_tokens": 3},
+    }
 
 
 CASES = [
@@ -53,8 +60,9 @@ def test_bad_and_foreign_model_paths(live_server_embedded, sampler):
     body = {"session_id": session, "sampling_session_seq_id": 9}
     malformed = wire.client.post("create_sampling_session", json={**body, "model_path": "tinker:/nope"})
     assert malformed.status_code == 400 and malformed.json()["field"] == "model_path"
-    unknown = wire.client.post("create_sampling_session",
-                               json={**body, "model_path": f"tinker://{session}:train:0/sampler_weights/none"})
+    unknown = wire.client.post(
+        "create_sampling_session", json={**body, "model_path": f"tinker://{session}:train:0/sampler_weights/none"}
+    )
     assert unknown.status_code == 404 and unknown.json()["error"]
     mallory = live_server_embedded.client(live_server_embedded.make_api_key("mallory-sampler"))
     assert mallory.post("asample", json=_sample(sampler_id, 1)).status_code == 404

@@ -1,4 +1,5 @@
 """Sessions, capabilities and the OpenAPI schema."""
+
 from __future__ import annotations
 
 from .wire import Wire
@@ -10,7 +11,9 @@ def test_session_lifecycle(live_server_embedded):
     assert wire.post("session_heartbeat", {"session_id": session}) == {"type": "session_heartbeat"}
     wire.post(f"sessions/{session}/finish", {"reason": {"type": "success"}, "detail": None})
     assert wire.client.post("session_heartbeat", json={"session_id": session}).status_code == 410
-    refused = wire.client.post("create_model", json={"session_id": session, "model_seq_id": 0, "base_model": "tiny-llama"})
+    refused = wire.client.post(
+        "create_model", json={"session_id": session, "model_seq_id": 0, "base_model": "tiny-llama"}
+    )
     assert refused.status_code == 400 and "finished" in refused.json()["error"]
 
 
@@ -30,8 +33,13 @@ def test_openapi_schema_lists_the_api(live_server_embedded):
     assert schema.status_code == 200
     document = schema.json()
     paths, components = document["paths"], document["components"]
-    assert {"/api/v1/forward_backward", "/api/v1/create_model", "/api/v1/asample", "/api/v1/retrieve_future",
-            "/api/v1/training_runs/{run_id}"} <= set(paths)
+    assert {
+        "/api/v1/forward_backward",
+        "/api/v1/create_model",
+        "/api/v1/asample",
+        "/api/v1/retrieve_future",
+        "/api/v1/training_runs/{run_id}",
+    } <= set(paths)
     body = paths["/api/v1/forward_backward"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     forward_backward = components["schemas"][body["$ref"].rsplit("/", 1)[1]]
     assert {"model_id", "seq_id", "data", "loss_fn"} <= set(forward_backward["properties"])
@@ -44,8 +52,9 @@ def test_sessions_list_and_detail(live_server_embedded):
     wire = Wire(live_server_embedded.client())
     session = wire.session()
     model_id = wire.model(session, 0)
-    sampler = wire.post("create_sampling_session", {"session_id": session, "sampling_session_seq_id": 0,
-                                                    "base_model": "tiny-llama"})["sampling_session_id"]
+    sampler = wire.post(
+        "create_sampling_session", {"session_id": session, "sampling_session_seq_id": 0, "base_model": "tiny-llama"}
+    )["sampling_session_id"]
     assert wire.get("sessions?limit=1") == {"sessions": [session]}
     detail = wire.get(f"sessions/{session}")
     assert detail["training_run_ids"] == [model_id] and detail["sampler_ids"] == [sampler]
@@ -54,7 +63,9 @@ def test_sessions_list_and_detail(live_server_embedded):
     assert bob.client.get(f"sessions/{session}").status_code == 404
     named = wire.post("create_session", {"display_name": "nightly sweep", "project_id": "p7"})["session_id"]
     assert {k: wire.get(f"sessions/{named}")[k] for k in ("display_name", "project_id")} == {
-        "display_name": "nightly sweep", "project_id": "p7"}
+        "display_name": "nightly sweep",
+        "project_id": "p7",
+    }
     refused = wire.client.post("create_session", json={"display_name": 5})
     assert refused.status_code == 400 and refused.json()["field"] == "display_name"
 

@@ -1,6 +1,7 @@
 """Signed URLs reach checkpoints and served tokenizers only, never the rest of the data dir, even
 when correctly signed, and the signing key is never a public default; a base model named by a
 local path (slashes and all) serves its tokenizer."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,5 +1,6 @@
 """WebSocket push: a subscribed future's completion arrives with the same body retrieve_future
 gives, a subscribed run streams its metrics, and a bad key is refused."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ SEQUENCE = [3, 320, 265, 203, 44, 538, 83, 685, 4]
 
 
 def _ws(server, key):
-    return connect(server.base_url.replace("http", "ws") + "/ws/v1/events", additional_headers={"X-API-Key": key},
-                   open_timeout=10)
+    return connect(
+        server.base_url.replace("http", "ws") + "/ws/v1/events", additional_headers={"X-API-Key": key}, open_timeout=10
+    )
 
 
 def _next(ws, kind):
@@ -76,6 +78,5 @@ def test_other_users_futures_and_runs_are_not_pushed(live_server_embedded):
 
 
 def test_bad_key_is_refused(live_server_embedded):
-    with pytest.raises((ConnectionClosed, InvalidStatus)):
-        with _ws(live_server_embedded, "tml-not-a-real-key") as ws:
-            ws.recv(timeout=10)
+    with pytest.raises((ConnectionClosed, InvalidStatus)), _ws(live_server_embedded, "tml-not-a-real-key") as ws:
+        ws.recv(timeout=10)

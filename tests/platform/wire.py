@@ -1,4 +1,5 @@
 """A tiny JSON-wire client for platform tests: plain httpx, no SDK, nothing from the server's code."""
+
 from __future__ import annotations
 
 import time
@@ -12,9 +13,13 @@ def tensor(data: list, dtype: str) -> dict:
 
 def datum_json(sequence: list[int], weights: list[float] | None = None) -> dict:
     n = len(sequence) - 1
-    return {"model_input": {"chunks": [{"type": "encoded_text", "tokens": sequence[:-1]}]},
-            "loss_fn_inputs": {"target_tokens": tensor(sequence[1:], "int64"),
-                               "weights": tensor(weights or [1.0] * n, "float32")}}
+    return {
+        "model_input": {"chunks": [{"type": "encoded_text", "tokens": sequence[:-1]}]},
+        "loss_fn_inputs": {
+            "target_tokens": tensor(sequence[1:], "int64"),
+            "weights": tensor(weights or [1.0] * n, "float32"),
+        },
+    }
 
 
 class Wire:
@@ -43,14 +48,30 @@ class Wire:
         return self.post("create_session", {"tags": [], "user_metadata": {}, "sdk_version": "test"})["session_id"]
 
     def model(self, session: str, seq: int = 0, rank: int = 8, seed: int = 1, **metadata) -> str:
-        handle = self.post("create_model", {"session_id": session, "model_seq_id": seq, "base_model": "tiny-llama",
-                                            "lora_config": {"rank": rank, "seed": seed}, "user_metadata": metadata})
+        handle = self.post(
+            "create_model",
+            {
+                "session_id": session,
+                "model_seq_id": seq,
+                "base_model": "tiny-llama",
+                "lora_config": {"rank": rank, "seed": seed},
+                "user_metadata": metadata,
+            },
+        )
         assert self.result(handle) == {"model_id": handle["model_id"], "type": "create_model"}
         return handle["model_id"]
 
     def forward_backward(self, model_id: str, seq_id: int, data: list[dict], **extra) -> dict:
-        return self.post("forward_backward", {"model_id": model_id, "seq_id": seq_id, "data": data,
-                                              "loss_fn": extra.pop("loss_fn", "cross_entropy"), **extra})
+        return self.post(
+            "forward_backward",
+            {
+                "model_id": model_id,
+                "seq_id": seq_id,
+                "data": data,
+                "loss_fn": extra.pop("loss_fn", "cross_entropy"),
+                **extra,
+            },
+        )
 
     def optim_step(self, model_id: str, seq_id: int, lr: float = 1e-2) -> dict:
         return self.post("optim_step", {"model_id": model_id, "seq_id": seq_id, "adam_params": {"learning_rate": lr}})

@@ -1,4 +1,5 @@
 """SDK tests run against the platform's live embedded server (real ASGI server + runner)."""
+
 from __future__ import annotations
 
 import pytest

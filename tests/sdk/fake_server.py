@@ -1,12 +1,14 @@
 """A small in-process fake of the platform's JSON wire, served through `httpx.MockTransport`, for
 SDK tests that need no real server: it records every request, finishes futures at once (or after
 some `try_again` answers) and can be told to fail the next requests of a path."""
+
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import Any
 
 import httpx
 
@@ -31,12 +33,13 @@ class FakeServer:
     failures: dict[str, list[Failure]] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)  # request_id -> result body
     polls: dict[str, int] = field(default_factory=dict)
-    forward_logprobs: Optional[Callable[[dict], list[float]]] = None
+    forward_logprobs: Callable[[dict], list[float]] | None = None
 
     def client(self, base_url: str = BASE_URL, **kwargs) -> lorasmith.ServiceClient:
         kwargs.setdefault("use_websocket", False)
-        return lorasmith.ServiceClient(base_url=base_url, api_key=API_KEY,
-                                       http_transport=httpx.MockTransport(self.handle), **kwargs)
+        return lorasmith.ServiceClient(
+            base_url=base_url, api_key=API_KEY, http_transport=httpx.MockTransport(self.handle), **kwargs
+        )
 
     def fail_next(self, path: str, *failures: Failure) -> None:
         self.failures.setdefault(path, []).extend(failures)
@@ -84,8 +87,12 @@ class FakeServer:
         return self.future({"model_id": f"{body['session_id']}:train:{body['model_seq_id']}"})
 
     def do_get_info(self, body):
-        return {"model_id": body["model_id"], "is_lora": True, "lora_rank": 4,
-                "model_data": {"arch": "llama", "model_name": "tiny-llama", "tokenizer_id": "tiny-llama"}}
+        return {
+            "model_id": body["model_id"],
+            "is_lora": True,
+            "lora_rank": 4,
+            "model_data": {"arch": "llama", "model_name": "tiny-llama", "tokenizer_id": "tiny-llama"},
+        }
 
     def do_forward_backward(self, body):
         outputs = []
@@ -94,9 +101,18 @@ class FakeServer:
             logprobs = self.forward_logprobs(datum) if self.forward_logprobs else [-float(t) for t in targets]
             outputs.append({"logprobs": {"data": logprobs, "dtype": "float32", "shape": [len(logprobs)]}})
         loss = -sum(sum(o["logprobs"]["data"]) for o in outputs)
-        return self.future({"loss_fn_output_type": "ArrayRecord", "loss_fn_outputs": outputs,
-                            "metrics": {"loss:sum": loss, "datums:mean": float(len(outputs)),
-                                        "seq:max": float(body["seq_id"]), "seq:min": float(body["seq_id"])}})
+        return self.future(
+            {
+                "loss_fn_output_type": "ArrayRecord",
+                "loss_fn_outputs": outputs,
+                "metrics": {
+                    "loss:sum": loss,
+                    "datums:mean": float(len(outputs)),
+                    "seq:max": float(body["seq_id"]),
+                    "seq:min": float(body["seq_id"]),
+                },
+            }
+        )
 
     def do_optim_step(self, body):
         return self.future({"metrics": {"grad_norm:mean": 1.0}})
@@ -110,10 +126,15 @@ class FakeServer:
     def do_asample(self, body):
         n = body["num_samples"]
         prompt = [t for chunk in body["prompt"]["chunks"] for t in chunk["tokens"]]
-        return self.future({"sequences": [{"tokens": [7, 8], "logprobs": [-0.5, -0.25], "stop_reason": "length"}] * n,
-                            "prompt_logprobs": [None] + [-1.0] * (len(prompt) - 1) if body["prompt_logprobs"] else None,
-                            "topk_prompt_logprobs": None, "prompt_cache_hit_tokens": 0},
-                           sample_sequence_ids=[f"s{i}" for i in range(n)])
+        return self.future(
+            {
+                "sequences": [{"tokens": [7, 8], "logprobs": [-0.5, -0.25], "stop_reason": "length"}] * n,
+                "prompt_logprobs": [None] + [-1.0] * (len(prompt) - 1) if body["prompt_logprobs"] else None,
+                "topk_prompt_logprobs": None,
+                "prompt_cache_hit_tokens": 0,
+            },
+            sample_sequence_ids=[f"s{i}" for i in range(n)],
+        )
 
     def do_session_heartbeat(self, body):
         return {"type": "session_heartbeat"}

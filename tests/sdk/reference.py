@@ -1,4 +1,5 @@
 """Independent references for SDK tests: the engine in-process, and plain PEFT."""
+
 from __future__ import annotations
 
 from pathlib import Path

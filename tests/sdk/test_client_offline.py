@@ -1,5 +1,6 @@
 """The SDK against an in-process fake server: seq ids and ordering, chunking and metric merging,
 retries with the same seq_id, error mapping, polling, custom loss, sampling, configuration."""
+
 from __future__ import annotations
 
 import asyncio
@@ -33,23 +34,37 @@ def service(server):
 
 
 def datum(n: int = 3) -> Datum:
-    return Datum(model_input=ModelInput.from_ints(list(range(1, n + 1))),
-                 loss_fn_inputs={"target_tokens": list(range(2, n + 2))})
+    return Datum(
+        model_input=ModelInput.from_ints(list(range(1, n + 1))), loss_fn_inputs={"target_tokens": list(range(2, n + 2))}
+    )
 
 
 def training_seqs(server: FakeServer) -> list[int]:
-    return [c.body["seq_id"] for c in server.calls if c.path in ("forward_backward", "optim_step",
-                                                                  "save_weights_for_sampler")]
+    return [
+        c.body["seq_id"]
+        for c in server.calls
+        if c.path in ("forward_backward", "optim_step", "save_weights_for_sampler")
+    ]
 
 
 def test_bootstrap_creates_a_session_and_a_model(server, service):
     training = service.create_lora_training_client("tiny-llama", rank=4, seed=7, train_unembed=False)
     assert training.model_id == "sess:train:0"
-    assert [c.path for c in server.calls] == ["client/config", "create_session", "create_model", "retrieve_future",
-                                              "get_info"]
+    assert [c.path for c in server.calls] == [
+        "client/config",
+        "create_session",
+        "create_model",
+        "retrieve_future",
+        "get_info",
+    ]
     create = server.bodies("create_model")[0]
-    assert create["lora_config"] == {"rank": 4, "seed": 7, "train_unembed": False, "train_mlp": True,
-                                     "train_attn": True}
+    assert create["lora_config"] == {
+        "rank": 4,
+        "seed": 7,
+        "train_unembed": False,
+        "train_mlp": True,
+        "train_attn": True,
+    }
     assert (create["model_seq_id"], create["optimizer_config"]) == (0, {"type": "adamw"})
     assert service.create_lora_training_client("tiny-llama").model_id == "sess:train:1"
     assert training.get_info().model_data["tokenizer_id"] == "tiny-llama"
@@ -61,9 +76,14 @@ def test_session_carries_display_name_and_logs_server_messages(server, caplog):
     try:
         with caplog.at_level("INFO", logger="lorasmith"):
             assert service.session_id == "sess"
-        assert server.bodies("create_session")[0] == {"tags": [], "user_metadata": {"team": "a"},
-                                                      "sdk_version": "lorasmith-0.1.0", "type": "create_session",
-                                                      "display_name": "nightly", "project_id": "p1"}
+        assert server.bodies("create_session")[0] == {
+            "tags": [],
+            "user_metadata": {"team": "a"},
+            "sdk_version": "lorasmith-0.1.0",
+            "type": "create_session",
+            "display_name": "nightly",
+            "project_id": "p1",
+        }
         assert "server: maintenance at 5pm" in caplog.text
     finally:
         service.close()
@@ -71,12 +91,22 @@ def test_session_carries_display_name_and_logs_server_messages(server, caplog):
 
 def test_seq_ids_start_at_one_and_follow_call_order(server, service):
     training = service.create_lora_training_client("tiny-llama")
-    futures = [training.forward_backward([datum()]), training.optim_step(AdamParams(learning_rate=0.5)),
-               training.forward([datum()]), training.save_weights_for_sampler("s")]
+    futures = [
+        training.forward_backward([datum()]),
+        training.optim_step(AdamParams(learning_rate=0.5)),
+        training.forward([datum()]),
+        training.save_weights_for_sampler("s"),
+    ]
     [f.result(timeout=10) for f in futures]
     assert training_seqs(server) == [1, 2, 3, 4]
     assert server.bodies("optim_step")[0]["adam_params"] == {
-        "learning_rate": 0.5, "beta1": 0.9, "beta2": 0.95, "eps": 1e-12, "weight_decay": 0.0, "grad_clip_norm": 0.0}
+        "learning_rate": 0.5,
+        "beta1": 0.9,
+        "beta2": 0.95,
+        "eps": 1e-12,
+        "weight_decay": 0.0,
+        "grad_clip_norm": 0.0,
+    }
     assert [b["forward_only"] for b in server.bodies("forward_backward")] == [False, True]
     assert futures[3].result().path == "tinker://sess:train:0/sampler_weights/s"
 
@@ -87,7 +117,7 @@ def test_a_slow_post_holds_back_later_requests_of_the_model(server, service):
 
     async def twenty():
         futures = []
-        for i in range(10):
+        for _ in range(10):
             futures.append(await training.forward_backward_async([datum()]))
             futures.append(await training.optim_step_async())
         return [await f for f in futures]
@@ -120,10 +150,19 @@ def test_big_batches_are_chunked_with_consecutive_seq_ids_and_merged(server, ser
     assert [len(b["data"]) for b in server.bodies("forward_backward")] == [2, 2, 1]
     assert training_seqs(server) == [1, 2, 3, 4]
     assert [o["logprobs"].tolist() for o in output.loss_fn_outputs] == [
-        [-2.0], [-2.0, -3.0], [-2.0, -3.0, -4.0], [-2.0, -3.0, -4.0, -5.0], [-2.0, -3.0, -4.0, -5.0, -6.0]]
+        [-2.0],
+        [-2.0, -3.0],
+        [-2.0, -3.0, -4.0],
+        [-2.0, -3.0, -4.0, -5.0],
+        [-2.0, -3.0, -4.0, -5.0, -6.0],
+    ]
     # sum adds; mean weights each chunk by its datums (2, 2, 1); min/max over chunks
-    assert output.metrics == {"loss:sum": 2.0 + 5.0 + 9.0 + 14.0 + 20.0, "datums:mean": (2 * 2 + 2 * 2 + 1 * 1) / 5, "seq:max": 3.0,
-                              "seq:min": 1.0}
+    assert output.metrics == {
+        "loss:sum": 2.0 + 5.0 + 9.0 + 14.0 + 20.0,
+        "datums:mean": (2 * 2 + 2 * 2 + 1 * 1) / 5,
+        "seq:max": 3.0,
+        "seq:min": 1.0,
+    }
     assert step.metrics == {"grad_norm:mean": 1.0}
 
 
@@ -148,9 +187,14 @@ def test_large_payloads_are_chunked_by_size(server, service, monkeypatch):
     assert len(sizes) > 1 and sum(sizes) == 4 and len(output.loss_fn_outputs) == 4
 
 
-@pytest.mark.parametrize("failure", [httpx.Response(503, json={"detail": "busy"}),
-                                     httpx.Response(429, json={"detail": "slow down"}, headers={"retry-after": "0.01"}),
-                                     httpx.ConnectError("connection refused")])
+@pytest.mark.parametrize(
+    "failure",
+    [
+        httpx.Response(503, json={"detail": "busy"}),
+        httpx.Response(429, json={"detail": "slow down"}, headers={"retry-after": "0.01"}),
+        httpx.ConnectError("connection refused"),
+    ],
+)
 def test_retries_resend_the_same_seq_id(server, service, failure):
     training = service.create_lora_training_client("tiny-llama")
     server.fail_next("forward_backward", failure)
@@ -175,17 +219,25 @@ def test_a_full_quota_is_waited_out_beyond_max_retries(server, caplog):
         service.close()
 
 
-@pytest.mark.parametrize("status, body, error, message", [
-    (400, {"error": "unknown loss_fn 'nope'", "field": "loss_fn"}, lorasmith.BadRequestError, "unknown loss_fn 'nope'"),
-    (422, {"detail": "weights must be float32"}, lorasmith.BadRequestError, "weights must be float32"),
-    (401, {"detail": "invalid or revoked API key"}, lorasmith.AuthenticationError, "invalid or revoked"),
-    (403, {"detail": "not yours"}, lorasmith.PermissionDeniedError, "not yours"),
-    (404, {"detail": "model not found"}, lorasmith.NotFoundError, "model not found"),
-    (409, {"detail": "conflict"}, lorasmith.ConflictError, "conflict"),
-    (422, {"detail": "unprocessable"}, lorasmith.UnprocessableEntityError, "unprocessable"),
-    (429, {"detail": "quota: 100 queued operations"}, lorasmith.RateLimitError, "quota"),
-    (500, {"detail": "boom"}, lorasmith.InternalServerError, "boom"),
-])
+@pytest.mark.parametrize(
+    "status, body, error, message",
+    [
+        (
+            400,
+            {"error": "unknown loss_fn 'nope'", "field": "loss_fn"},
+            lorasmith.BadRequestError,
+            "unknown loss_fn 'nope'",
+        ),
+        (422, {"detail": "weights must be float32"}, lorasmith.BadRequestError, "weights must be float32"),
+        (401, {"detail": "invalid or revoked API key"}, lorasmith.AuthenticationError, "invalid or revoked"),
+        (403, {"detail": "not yours"}, lorasmith.PermissionDeniedError, "not yours"),
+        (404, {"detail": "model not found"}, lorasmith.NotFoundError, "model not found"),
+        (409, {"detail": "conflict"}, lorasmith.ConflictError, "conflict"),
+        (422, {"detail": "unprocessable"}, lorasmith.UnprocessableEntityError, "unprocessable"),
+        (429, {"detail": "quota: 100 queued operations"}, lorasmith.RateLimitError, "quota"),
+        (500, {"detail": "boom"}, lorasmith.InternalServerError, "boom"),
+    ],
+)
 def test_http_errors_are_typed_with_the_server_message(server, status, body, error, message):
     service = server.client(max_retries=1, rate_limit_patience=0.0)
     try:
@@ -217,8 +269,9 @@ def test_a_timeout_is_typed_as_such(server):
 
 
 def test_unreachable_server_says_so():
-    service = lorasmith.ServiceClient(base_url="http://127.0.0.1:9", api_key=API_KEY, use_websocket=False,
-                                      max_retries=2)
+    service = lorasmith.ServiceClient(
+        base_url="http://127.0.0.1:9", api_key=API_KEY, use_websocket=False, max_retries=2
+    )
     with pytest.raises(lorasmith.APIConnectionError, match="cannot reach the Lorasmith server at http://127.0.0.1:9"):
         service.create_lora_training_client("tiny-llama")
 
@@ -244,8 +297,11 @@ def test_polling_waits_out_a_server_outage(server):
     service = server.client(max_retries=1)
     try:
         training = service.create_lora_training_client("tiny-llama")
-        server.fail_next("retrieve_future", *[httpx.Response(503, json={"detail": "restarting"})] * 4,
-                         httpx.ConnectError("connection refused"))
+        server.fail_next(
+            "retrieve_future",
+            *[httpx.Response(503, json={"detail": "restarting"})] * 4,
+            httpx.ConnectError("connection refused"),
+        )
         assert training.forward([datum()]).result(timeout=10).metrics["loss:sum"] == 9.0
     finally:
         service.close()
@@ -254,8 +310,9 @@ def test_polling_waits_out_a_server_outage(server):
 def test_custom_loss_sends_minus_the_gradient_as_weights(server, service):
     training = service.create_lora_training_client("tiny-llama")
     server.forward_logprobs = lambda d: [-0.5] * len(d["loss_fn_inputs"]["target_tokens"]["data"])
-    with_extra = Datum(model_input=ModelInput.from_ints([1, 2]),
-                       loss_fn_inputs={"target_tokens": [2, 3], "advantages": [1.0, 1.0]})
+    with_extra = Datum(
+        model_input=ModelInput.from_ints([1, 2]), loss_fn_inputs={"target_tokens": [2, 3], "advantages": [1.0, 1.0]}
+    )
 
     def squared(data, logprobs):  # loss = sum over datums of (sum of logprobs)^2
         return sum(lp.sum() ** 2 for lp in logprobs), {"pairs:sum": 1.0}
@@ -263,11 +320,15 @@ def test_custom_loss_sends_minus_the_gradient_as_weights(server, service):
     out = training.forward_backward_custom([datum(3), with_extra], squared).result(timeout=10)
     forward, backward = server.bodies("forward_backward")
     assert (forward["seq_id"], forward["forward_only"], backward["seq_id"], backward["forward_only"]) == (
-        1, True, 2, False)
+        1,
+        True,
+        2,
+        False,
+    )
     assert all(set(d["loss_fn_inputs"]) == {"target_tokens", "weights"} for d in forward["data"] + backward["data"])
     # d/dlp (sum lp)^2 = 2 * sum lp: -3 for datum 1 (3 x -0.5), -2 for datum 2; weights are minus that
     assert [d["loss_fn_inputs"]["weights"]["data"] for d in backward["data"]] == [[3.0] * 3, [2.0] * 2]
-    assert out.metrics["loss:sum"] == pytest.approx(1.5 ** 2 + 1.0 ** 2)
+    assert out.metrics["loss:sum"] == pytest.approx(1.5**2 + 1.0**2)
     assert out.metrics["surrogate_loss:sum"] == pytest.approx(2.5) and out.metrics["pairs:sum"] == 1.0
     assert training.optim_step().result(timeout=10) is not None and training_seqs(server)[-1] == 3
 
@@ -283,8 +344,11 @@ def test_sampling_and_compute_logprobs(server, service):
     assert first["sampling_params"] == {"max_tokens": 2, "seed": 1, "temperature": 1.0, "top_k": -1, "top_p": 1.0}
     assert (second["num_samples"], second["sampling_params"]["max_tokens"], second["prompt_logprobs"]) == (1, 1, True)
     assert server.bodies("create_sampling_session")[0] == {
-        "session_id": "sess", "sampling_session_seq_id": 0, "type": "create_sampling_session",
-        "base_model": "tiny-llama"}
+        "session_id": "sess",
+        "sampling_session_seq_id": 0,
+        "type": "create_sampling_session",
+        "base_model": "tiny-llama",
+    }
 
 
 def test_sample_async_returns_the_response(server, service):
@@ -319,20 +383,29 @@ def test_close_finishes_the_session_once(server):
 
 
 def test_leaving_with_an_error_reports_it_and_keeps_it(server):
-    with pytest.raises(KeyError):
-        with server.client() as service:
-            service.create_lora_training_client("tiny-llama")
-            server.fail_next("sessions/sess/finish", httpx.ConnectError("gone"), httpx.ConnectError("gone"),
-                             httpx.ConnectError("gone"), httpx.ConnectError("gone"), httpx.ConnectError("gone"),
-                             httpx.ConnectError("gone"))
-            raise KeyError("user bug")
+    with pytest.raises(KeyError), server.client() as service:
+        service.create_lora_training_client("tiny-llama")
+        server.fail_next(
+            "sessions/sess/finish",
+            httpx.ConnectError("gone"),
+            httpx.ConnectError("gone"),
+            httpx.ConnectError("gone"),
+            httpx.ConnectError("gone"),
+            httpx.ConnectError("gone"),
+            httpx.ConnectError("gone"),
+        )
+        raise KeyError("user bug")
     assert server.calls[-1].body == {"reason": {"type": "errored"}, "detail": "KeyError('user bug')"}
 
 
 def test_datum_accepts_torch_and_numpy_inputs():
-    d = Datum(model_input=ModelInput.from_ints([1, 2]),
-              loss_fn_inputs={"target_tokens": torch.tensor([2, 3], dtype=torch.int32),
-                              "weights": torch.tensor([[0.5, 0.5], [1.0, 0.0]], dtype=torch.float64)})
+    d = Datum(
+        model_input=ModelInput.from_ints([1, 2]),
+        loss_fn_inputs={
+            "target_tokens": torch.tensor([2, 3], dtype=torch.int32),
+            "weights": torch.tensor([[0.5, 0.5], [1.0, 0.0]], dtype=torch.float64),
+        },
+    )
     wire = d.model_dump(mode="json")["loss_fn_inputs"]
     assert wire["target_tokens"] == {"data": [2, 3], "dtype": "int64", "shape": [2]}
     assert wire["weights"] == {"data": [0.5, 0.5, 1.0, 0.0], "dtype": "float32", "shape": [2, 2]}
@@ -340,8 +413,9 @@ def test_datum_accepts_torch_and_numpy_inputs():
 
 def test_a_refused_request_that_used_up_its_seq_leaves_no_gap(server, service):
     training = service.create_lora_training_client("tiny-llama")
-    server.fail_next("forward_backward", httpx.Response(400, json={"error": "unknown loss_fn 'nope'",
-                                                                   "consumed_seq_id": 1}))
+    server.fail_next(
+        "forward_backward", httpx.Response(400, json={"error": "unknown loss_fn 'nope'", "consumed_seq_id": 1})
+    )
     rejected, later = training.forward_backward([datum()], "nope"), training.optim_step()
     with pytest.raises(lorasmith.BadRequestError, match="unknown loss_fn 'nope'") as refusal:
         rejected.result(timeout=10)
@@ -376,8 +450,7 @@ def test_a_failing_custom_loss_fills_its_seq_so_the_model_goes_on(server, servic
 
 def test_a_refused_custom_loss_pass_leaves_no_gap(server, service):
     training = service.create_lora_training_client("tiny-llama")
-    server.fail_next("forward_backward", httpx.Response(400, json={"error": "weights too long",
-                                                                   "consumed_seq_id": 1}))
+    server.fail_next("forward_backward", httpx.Response(400, json={"error": "weights too long", "consumed_seq_id": 1}))
     with pytest.raises(lorasmith.BadRequestError):
         training.forward_backward_custom([datum()], lambda d, lps: (lps[0].sum(), {})).result(timeout=10)
     assert training.optim_step().result(timeout=10).metrics == {"grad_norm:mean": 1.0}
@@ -388,7 +461,9 @@ def test_async_twins_of_saving_and_sampling(server, service):
     training = service.create_lora_training_client("tiny-llama")
     server.do_save_weights_for_sampler = lambda body: server.future(
         {"sampling_session_id": f"{body['model_id']}:sample:{body['sampling_session_seq_id']}"}
-        if "sampling_session_seq_id" in body else {"path": f"tinker://{body['model_id']}/sampler_weights/{body['path']}"})
+        if "sampling_session_seq_id" in body
+        else {"path": f"tinker://{body['model_id']}/sampler_weights/{body['path']}"}
+    )
 
     async def flow():
         saved = await (await training.save_weights_for_sampler_async("snap"))
@@ -453,8 +528,11 @@ def test_tokenizer_by_hub_id(server, service, monkeypatch):
 
 def test_polling_treats_408_as_pending_and_stops_on_a_client_error(server, service):
     training = service.create_lora_training_client("tiny-llama")
-    server.fail_next("retrieve_future", httpx.Response(408, json={"detail": "still queued"}),
-                     httpx.Response(429, json={"detail": "slow"}, headers={"retry-after": "0.01"}))
+    server.fail_next(
+        "retrieve_future",
+        httpx.Response(408, json={"detail": "still queued"}),
+        httpx.Response(429, json={"detail": "slow"}, headers={"retry-after": "0.01"}),
+    )
     assert training.forward([datum()]).result(timeout=10).metrics["loss:sum"] == 9.0
     server.fail_next("retrieve_future", httpx.Response(404, json={"detail": "unknown future"}))
     with pytest.raises(lorasmith.NotFoundError, match="unknown future"):

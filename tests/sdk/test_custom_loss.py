@@ -1,5 +1,6 @@
 """forward_backward_custom with a DPO-style loss moves the adapter exactly as computing that loss
 directly in a PEFT model does."""
+
 from __future__ import annotations
 
 import torch
@@ -30,15 +31,21 @@ def test_custom_dpo_gradient_matches_peft(live_server_embedded, service, tmp_pat
     warm_up.optim_step(AdamParams(learning_rate=1e-2)).result()  # B non-zero: every tensor gets a gradient
     # weights only: fresh AdamW moments, like the reference optimizer below
     training = service.create_training_client_from_state(warm_up.save_state("warm").result().path)
-    before = rest.download_checkpoint(training.save_weights_for_sampler("before").result().path, tmp_path / "before",
-                                      progress=False)
+    before = rest.download_checkpoint(
+        training.save_weights_for_sampler("before").result().path, tmp_path / "before", progress=False
+    )
 
-    data = [Datum(model_input=ModelInput.from_ints(s[:-1]), loss_fn_inputs={"target_tokens": s[1:]})
-            for s in (CHOSEN, REJECTED)]
+    data = [
+        Datum(model_input=ModelInput.from_ints(s[:-1]), loss_fn_inputs={"target_tokens": s[1:]})
+        for s in (CHOSEN, REJECTED)
+    ]
     out = training.forward_backward_custom(data, lambda d, lps: (dpo(lps[0], lps[1]), {"pairs:sum": 1.0})).result()
     training.optim_step(ADAM).result()
-    after = adapter_tensors(rest.download_checkpoint(training.save_weights_for_sampler("after").result().path,
-                                                     tmp_path / "after", progress=False))
+    after = adapter_tensors(
+        rest.download_checkpoint(
+            training.save_weights_for_sampler("after").result().path, tmp_path / "after", progress=False
+        )
+    )
 
     reference = peft_model(live_server_embedded.data_dir, before, trainable=True)
     loss = dpo(target_logprobs(reference, CHOSEN), target_logprobs(reference, REJECTED))
@@ -46,8 +53,9 @@ def test_custom_dpo_gradient_matches_peft(live_server_embedded, service, tmp_pat
     assert out.metrics["pairs:sum"] == 1.0 and "surrogate_loss:sum" in out.metrics
     params = [p for p in reference.parameters() if p.requires_grad]
     loss.backward()
-    optimizer = torch.optim.AdamW(params, lr=ADAM.learning_rate, betas=(ADAM.beta1, ADAM.beta2), eps=ADAM.eps,
-                                  weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        params, lr=ADAM.learning_rate, betas=(ADAM.beta1, ADAM.beta2), eps=ADAM.eps, weight_decay=0.0
+    )
     optimizer.step()
     expected = {n.replace(".default", ""): p.detach() for n, p in reference.named_parameters() if p.requires_grad}
     assert expected.keys() == after.keys()

@@ -1,5 +1,6 @@
 """Signed-file downloads against a small local HTTP server: resume with Range from a `.part` file,
 start over when Range is ignored, verify the checksum, survive a dropped connection."""
+
 from __future__ import annotations
 
 import hashlib
@@ -47,7 +48,7 @@ class FileServer:
                     self.send_header("X-Checksum-Sha256", server.checksum)
                 self.end_headers()
                 if server.drop_first_after is not None:
-                    body, server.drop_first_after = body[:server.drop_first_after], None
+                    body, server.drop_first_after = body[: server.drop_first_after], None
                 self.wfile.write(body)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)

@@ -1,4 +1,5 @@
 """Downloads load in `peft` with the service's numbers; every error class surfaces typed."""
+
 from __future__ import annotations
 
 import pytest
@@ -31,8 +32,9 @@ def test_errors_are_typed_with_the_server_message(live_server_embedded, service)
         training.forward_backward([datum], "nope").result()
     assert bad.value.field == "loss_fn" and "unknown loss_fn 'nope'" in str(bad.value)
 
-    other = lorasmith.ServiceClient(base_url=live_server_embedded.base_url,
-                                    api_key=live_server_embedded.make_api_key("erin"))
+    other = lorasmith.ServiceClient(
+        base_url=live_server_embedded.base_url, api_key=live_server_embedded.make_api_key("erin")
+    )
     try:
         with pytest.raises(lorasmith.NotFoundError, match="not found"):
             other.create_rest_client().get_training_run(training.model_id).result()
@@ -42,8 +44,9 @@ def test_errors_are_typed_with_the_server_message(live_server_embedded, service)
     with pytest.raises(lorasmith.AuthenticationError, match="invalid or revoked API key"):
         lorasmith.ServiceClient(base_url=live_server_embedded.base_url, api_key="tml-wrong").session_id
 
-    doomed = service.create_lora_training_client("tiny-llama", rank=4, seed=1,
-                                                 user_metadata={"force_runner_failure": True})
+    doomed = service.create_lora_training_client(
+        "tiny-llama", rank=4, seed=1, user_metadata={"force_runner_failure": True}
+    )
     with pytest.raises(lorasmith.RequestFailedError) as failed:
         doomed.forward_backward([datum]).result()
     assert failed.value.category == "server" and "forced runner failure" in failed.value.message

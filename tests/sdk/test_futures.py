@@ -1,5 +1,6 @@
 """Futures resolve from the WebSocket push without a single retrieve_future call, and still
 resolve (by polling, with the same answer) when the WebSocket is cut or off."""
+
 from __future__ import annotations
 
 import lorasmith
@@ -30,8 +31,9 @@ def test_cut_websocket_falls_back_to_polling(live_server_embedded, service):
     assert live_server_embedded.retrieve_future_count() > before
     assert polled == pushed
 
-    no_ws = lorasmith.ServiceClient(base_url=live_server_embedded.base_url, api_key=live_server_embedded.api_key,
-                                    use_websocket=False)
+    no_ws = lorasmith.ServiceClient(
+        base_url=live_server_embedded.base_url, api_key=live_server_embedded.api_key, use_websocket=False
+    )
     try:
         other = no_ws.create_lora_training_client("tiny-llama", rank=4, seed=3)
         assert other.forward([_datum()]).result() == pushed

@@ -1,5 +1,6 @@
 """Double await: 20 requests fired with `_async` (no result awaited in between) reach the server and
 execute in call order, as the server's own op log records it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -28,10 +29,14 @@ def test_twenty_async_requests_arrive_and_run_in_call_order(live_server_embedded
     assert len(results) == 20
 
     with sqlite3.connect(live_server_embedded.data_dir / "lorasmith.sqlite3") as db:
-        log = db.execute("SELECT seq_id, kind, created_at, started_at, finished_at FROM training_operation "
-                         "WHERE training_run_id = ? AND seq_id > 0 ORDER BY seq_id", (training.model_id,)).fetchall()
+        log = db.execute(
+            "SELECT seq_id, kind, created_at, started_at, finished_at FROM training_operation "
+            "WHERE training_run_id = ? AND seq_id > 0 ORDER BY seq_id",
+            (training.model_id,),
+        ).fetchall()
     assert [(seq, kind) for seq, kind, *_ in log] == [
-        (seq, "forward_backward" if seq % 2 else "optim_step") for seq in range(1, 21)]
+        (seq, "forward_backward" if seq % 2 else "optim_step") for seq in range(1, 21)
+    ]
     arrived = [created for _, _, created, _, _ in log]
     assert arrived == sorted(arrived), "the SDK POSTed out of call order"
     finished = [done for *_, done in log]

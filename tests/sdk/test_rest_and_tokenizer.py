@@ -1,5 +1,6 @@
 """RestClient against the live server: runs, checkpoints, publish, TTL, delete, weights info; the
 tokenizer the server names; state round trips through save_state / load_state."""
+
 from __future__ import annotations
 
 import pytest
@@ -101,6 +102,7 @@ def test_tinker_call_styles_and_refused_options(service):
     saved = training.save_state("again").result().path
     assert training.save_state("again", overwrite=True).result().path == saved
     with pytest.raises(lorasmith.BadRequestError) as refused:
-        sampler.sample(ModelInput.from_ints(SEQUENCE[:4]), 1, lorasmith.SamplingParams(max_tokens=1),
-                       topk_sample_logprobs=3).result()
+        sampler.sample(
+            ModelInput.from_ints(SEQUENCE[:4]), 1, lorasmith.SamplingParams(max_tokens=1), topk_sample_logprobs=3
+        ).result()
     assert refused.value.field == "topk_sample_logprobs"

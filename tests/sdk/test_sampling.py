@@ -1,6 +1,7 @@
 """SamplingClient against the live server: seeded sampling repeats, sampled-token logprobs at
 temperature 1 equal compute_logprobs of the same tokens, prompt and top-k prompt logprobs; old
 ephemeral snapshots are released."""
+
 from __future__ import annotations
 
 import asyncio
@@ -27,7 +28,7 @@ def test_sampling_is_seeded_and_scored_like_compute_logprobs(service):
     sequence = first.sequences[0]
     scored = sampler.compute_logprobs(ModelInput.from_ints(PROMPT.to_ints() + sequence.tokens)).result(timeout=60)
     assert scored[0] is None and len(scored) == PROMPT.length + 5
-    assert scored[PROMPT.length:] == pytest.approx(sequence.logprobs, abs=1e-4)
+    assert scored[PROMPT.length :] == pytest.approx(sequence.logprobs, abs=1e-4)
 
 
 def test_prompt_logprobs_of_the_last_n_positions(service):
@@ -39,8 +40,9 @@ def test_prompt_logprobs_of_the_last_n_positions(service):
 
 def test_prompt_logprobs_and_topk(service):
     sampler = service.create_sampling_client(base_model="tiny-llama")
-    response = sampler.sample(PROMPT, 1, SamplingParams(max_tokens=1, temperature=0.0),
-                              include_prompt_logprobs=True, topk_prompt_logprobs=3).result(timeout=60)
+    response = sampler.sample(
+        PROMPT, 1, SamplingParams(max_tokens=1, temperature=0.0), include_prompt_logprobs=True, topk_prompt_logprobs=3
+    ).result(timeout=60)
     assert response.prompt_logprobs[0] is None and len(response.prompt_logprobs) == PROMPT.length
     topk = response.topk_prompt_logprobs
     assert topk[0] is None and all(len(row) == 3 for row in topk[1:])

@@ -1,6 +1,7 @@
 """The SDK against the scaled deployment (PostgreSQL + Redis + a separate Dramatiq runner): the same
 training loop gives the same numbers as on the embedded server, with futures pushed over the
 WebSocket (no polling)."""
+
 from __future__ import annotations
 
 import pytest
@@ -16,8 +17,9 @@ pytestmark = pytest.mark.services
 def _losses(service: lorasmith.ServiceClient, steps: int = 3) -> list[float]:
     training = service.create_lora_training_client("tiny-llama", rank=8, seed=4)
     datum = Datum(model_input=ModelInput.from_ints(SEQUENCE[:-1]), loss_fn_inputs={"target_tokens": SEQUENCE[1:]})
-    futures = [(training.forward_backward([datum]), training.optim_step(AdamParams(learning_rate=1e-2)))
-                for _ in range(steps)]
+    futures = [
+        (training.forward_backward([datum]), training.optim_step(AdamParams(learning_rate=1e-2))) for _ in range(steps)
+    ]
     return [fb.result(timeout=120).metrics["loss:sum"] for fb, step in futures if step.result(timeout=120)]
 
 

@@ -1,5 +1,6 @@
 """The SFT loop of the design doc through the SDK, sync and pipelined async, lands on exactly the
 adapter the engine produces in-process; async requests run in call order."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,8 +16,10 @@ STEPS = 6
 
 
 def datum() -> Datum:
-    return Datum(model_input=ModelInput.from_ints(SEQUENCE[:-1]),
-                 loss_fn_inputs={"target_tokens": SEQUENCE[1:], "weights": [1.0] * (len(SEQUENCE) - 1)})
+    return Datum(
+        model_input=ModelInput.from_ints(SEQUENCE[:-1]),
+        loss_fn_inputs={"target_tokens": SEQUENCE[1:], "weights": [1.0] * (len(SEQUENCE) - 1)},
+    )
 
 
 def _assert_same_adapter(training, rest, expected_dir, tmp_path):

@@ -1,4 +1,5 @@
 """Types: Tinker's names and defaults, conversions to and from numpy and torch, metric merging."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -9,11 +10,23 @@ from lorasmith.types import reduce_metrics
 
 
 def test_defaults_match_the_design():
-    assert AdamParams().model_dump() == {"learning_rate": 1e-4, "beta1": 0.9, "beta2": 0.95, "eps": 1e-12,
-                                         "weight_decay": 0.0, "grad_clip_norm": 0.0}
+    assert AdamParams().model_dump() == {
+        "learning_rate": 1e-4,
+        "beta1": 0.9,
+        "beta2": 0.95,
+        "eps": 1e-12,
+        "weight_decay": 0.0,
+        "grad_clip_norm": 0.0,
+    }
     params = SamplingParams()
     assert (params.max_tokens, params.temperature, params.top_k, params.top_p, params.stop, params.seed) == (
-        None, 1.0, -1, 1.0, None, None)
+        None,
+        1.0,
+        -1,
+        1.0,
+        None,
+        None,
+    )
 
 
 def test_model_input_and_tensor_conversions():
@@ -27,15 +40,22 @@ def test_model_input_and_tensor_conversions():
 
 
 def test_datum_fixes_dtypes_of_known_inputs():
-    datum = Datum(model_input=ModelInput.from_ints([1, 2]),
-                  loss_fn_inputs={"target_tokens": [2.0, 3.0], "weights": [1, 0], "advantages": torch.tensor([1, 2])})
+    datum = Datum(
+        model_input=ModelInput.from_ints([1, 2]),
+        loss_fn_inputs={"target_tokens": [2.0, 3.0], "weights": [1, 0], "advantages": torch.tensor([1, 2])},
+    )
     inputs = datum.loss_fn_inputs
     assert (inputs["target_tokens"].dtype, inputs["weights"].dtype, inputs["advantages"].dtype) == (
-        "int64", "float32", "float32")
+        "int64",
+        "float32",
+        "float32",
+    )
     assert inputs["target_tokens"].data == [2, 3]
 
 
 def test_metrics_merge_by_reduction_suffix():
-    chunks = [{"loss:sum": 1.0, "acc:mean": 0.5, "lo:min": 3.0, "hi:max": 1.0, "only_first:sum": 9.0},
-              {"loss:sum": 2.0, "acc:mean": 1.0, "lo:min": 2.0, "hi:max": 4.0}]
+    chunks = [
+        {"loss:sum": 1.0, "acc:mean": 0.5, "lo:min": 3.0, "hi:max": 1.0, "only_first:sum": 9.0},
+        {"loss:sum": 2.0, "acc:mean": 1.0, "lo:min": 2.0, "hi:max": 4.0},
+    ]
     assert reduce_metrics(chunks, [1, 3]) == {"loss:sum": 3.0, "acc:mean": 0.875, "lo:min": 2.0, "hi:max": 4.0}

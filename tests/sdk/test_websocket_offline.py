@@ -1,6 +1,7 @@
 """Future resolution over a real WebSocket (a small local push server; HTTP goes to the fake):
 pushed results need no polling; a socket cut while futures wait falls back to polling with the
 same answers; a refused socket means polling from the start."""
+
 from __future__ import annotations
 
 import asyncio
@@ -43,12 +44,28 @@ class PushServer:
             if message["type"] == "subscribe_run":
                 self.run_subscriptions.append(message["model_id"])
                 for step, loss in ((1, 3.0), (2, 2.0)):
-                    await socket.send(json.dumps({"type": "metrics", "model_id": message["model_id"], "step": step,
-                                                  "metrics": {"loss:sum": loss}}))
+                    await socket.send(
+                        json.dumps(
+                            {
+                                "type": "metrics",
+                                "model_id": message["model_id"],
+                                "step": step,
+                                "metrics": {"loss:sum": loss},
+                            }
+                        )
+                    )
                 continue
             for request_id in message["request_ids"]:
-                await socket.send(json.dumps({"type": "future", "request_id": request_id, "status": "completed",
-                                              "result": self.fake.results[request_id]}))
+                await socket.send(
+                    json.dumps(
+                        {
+                            "type": "future",
+                            "request_id": request_id,
+                            "status": "completed",
+                            "result": self.fake.results[request_id],
+                        }
+                    )
+                )
 
     def stop(self) -> None:
         async def close():
@@ -102,7 +119,9 @@ def test_a_cut_socket_falls_back_to_polling(fake):
 def test_no_websocket_server_means_polling(fake):
     service = fake.client(base_url="http://127.0.0.1:9", use_websocket=True)
     try:
-        assert service.create_lora_training_client("tiny-llama").forward([_datum()]).result(10).metrics["loss:sum"] == 9.0
+        assert (
+            service.create_lora_training_client("tiny-llama").forward([_datum()]).result(10).metrics["loss:sum"] == 9.0
+        )
     finally:
         service.close()
 
@@ -137,8 +156,10 @@ def test_metrics_stream_until_the_socket_closes(fake):
                     break
             return points
 
-        assert asyncio.run(first_two()) == [{"step": 1, "metrics": {"loss:sum": 3.0}},
-                                            {"step": 2, "metrics": {"loss:sum": 2.0}}]
+        assert asyncio.run(first_two()) == [
+            {"step": 1, "metrics": {"loss:sum": 3.0}},
+            {"step": 2, "metrics": {"loss:sum": 2.0}},
+        ]
         assert push.run_subscriptions == ["sess:train:0"]
     finally:
         service.close()

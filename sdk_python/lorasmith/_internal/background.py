@@ -1,11 +1,13 @@
 """One asyncio event loop in a daemon thread per process: all network work runs there, so sync
 methods can return futures at once and async callers on any loop can await them."""
+
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
 import threading
-from typing import Any, Coroutine
+from collections.abc import Coroutine
+from typing import Any
 
 _loop: asyncio.AbstractEventLoop | None = None
 _lock = threading.Lock()

@@ -1,5 +1,6 @@
 """Downloading signed URLs: resumable (a `.part` file continued with `Range`, also across calls),
 size- and checksum-verified (`X-Checksum-Sha256`), with an optional tqdm progress bar."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,9 +27,10 @@ def download(url: str, target: Path, progress: bool = False, timeout: float = 60
             break
         except httpx.TransportError as error:
             if attempt + 1 == ATTEMPTS:
-                raise APIConnectionError(f"download of {target.name} kept failing ({error}); run it again to "
-                                         f"resume from {partial}") from error
-            time.sleep(min(0.5 * 2 ** attempt, 10.0))
+                raise APIConnectionError(
+                    f"download of {target.name} kept failing ({error}); run it again to resume from {partial}"
+                ) from error
+            time.sleep(min(0.5 * 2**attempt, 10.0))
     if expected and _sha256(partial) != expected:
         partial.unlink()
         raise LorasmithError(f"{target.name}: checksum mismatch; the partial file was removed, try again")

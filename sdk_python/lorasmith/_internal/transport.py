@@ -3,13 +3,14 @@ push for futures, with `retrieve_future` long-polling as the fallback that gives
 
 Runs only on the background loop (see `background`).
 """
+
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
 import random
-from typing import Any, Optional
+from typing import Any
 
 import httpx
 
@@ -23,28 +24,39 @@ RECONNECT_SECONDS = 30.0  # after the WebSocket drops, futures poll; a new one i
 
 
 class Transport:
-    def __init__(self, base_url: str, api_key: str, use_websocket: bool = True, max_retries: int = 5,
-                 timeout: float = 60.0, rate_limit_patience: float = 300.0,
-                 http_transport: Optional[httpx.AsyncBaseTransport] = None):
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        use_websocket: bool = True,
+        max_retries: int = 5,
+        timeout: float = 60.0,
+        rate_limit_patience: float = 300.0,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+    ):
         self.base_url = base_url.rstrip("/")
         self.http_transport = http_transport  # e.g. httpx.MockTransport in tests, or a proxy
         self.api_key = api_key
         self.max_retries = max_retries
         self.rate_limit_patience = rate_limit_patience  # 429s are retried this long, as Tinker's SDK does
         self.timeout = timeout
-        self._http: Optional[httpx.AsyncClient] = None
+        self._http: httpx.AsyncClient | None = None
         self.events = EventStream(self) if use_websocket else None
 
     @property
     def http(self) -> httpx.AsyncClient:
         if self._http is None:
-            self._http = httpx.AsyncClient(base_url=f"{self.base_url}/api/v1", timeout=self.timeout,
-                                           headers={"X-API-Key": self.api_key, "User-Agent": SDK_VERSION},
-                                           transport=self.http_transport)
+            self._http = httpx.AsyncClient(
+                base_url=f"{self.base_url}/api/v1",
+                timeout=self.timeout,
+                headers={"X-API-Key": self.api_key, "User-Agent": SDK_VERSION},
+                transport=self.http_transport,
+            )
         return self._http
 
-    async def request(self, method: str, path: str, body: Optional[dict] = None, params: Optional[dict] = None,
-                      retry: bool = True) -> Any:
+    async def request(
+        self, method: str, path: str, body: dict | None = None, params: dict | None = None, retry: bool = True
+    ) -> Any:
         """JSON in, JSON out; 408/429/5xx and connection errors are retried with backoff (a retried
         submit carries the same seq_id, so the server de-duplicates it). A 429 means a quota is
         full and nothing was stored: it is retried, at the server's Retry-After, for up to
@@ -60,7 +72,8 @@ class Transport:
                     kind = APITimeoutError if isinstance(error, httpx.TimeoutException) else APIConnectionError
                     raise kind(
                         f"cannot reach the Lorasmith server at {self.base_url} ({type(error).__name__}: {error}); "
-                        "is it running, and is LORASMITH_BASE_URL right?") from error
+                        "is it running, and is LORASMITH_BASE_URL right?"
+                    ) from error
                 await asyncio.sleep(_backoff(attempt - 1))
                 continue
             if response.status_code == 429 and retry:
@@ -92,12 +105,13 @@ class Transport:
         """Long-poll until done (no HTTP-layer retries: this loop is the retry). 408 means "still
         pending"; an accepted request is durable on the server, so server and network errors are
         waited out with backoff for up to OUTAGE_SECONDS rather than failing the future."""
-        outage_since: Optional[float] = None
+        outage_since: float | None = None
         failures = 0
         while True:
             try:
-                answer = await self.request("POST", "retrieve_future",
-                                            {"request_id": request_id, "allow_metadata_only": False}, retry=False)
+                answer = await self.request(
+                    "POST", "retrieve_future", {"request_id": request_id, "allow_metadata_only": False}, retry=False
+                )
             except LorasmithError as error:
                 status = getattr(error, "status_code", None)
                 if status == 408:
@@ -135,8 +149,8 @@ class EventStream:
         self.waiters: dict[str, asyncio.Future] = {}
         self.run_queues: dict[str, list[asyncio.Queue]] = {}  # model_id -> live metrics subscribers
         self.socket = None
-        self.reader: Optional[asyncio.Task] = None
-        self.broken_at: Optional[float] = None
+        self.reader: asyncio.Task | None = None
+        self.broken_at: float | None = None
         self._connecting = asyncio.Lock()
 
     async def wait(self, request_id: str) -> dict:
@@ -145,7 +159,7 @@ class EventStream:
         self.waiters[request_id] = waiter
         try:
             await socket.send(json.dumps({"type": "subscribe_futures", "request_ids": [request_id]}))
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             self._lost(socket)
             raise EventStreamLost() from error
         return await waiter
@@ -169,9 +183,10 @@ class EventStream:
 
             url = self.transport.base_url.replace("http://", "ws://").replace("https://", "wss://") + "/ws/v1/events"
             try:
-                socket = await websockets.connect(url, additional_headers={"X-API-Key": self.transport.api_key},
-                                                  open_timeout=10)
-            except Exception as error:  # noqa: BLE001
+                socket = await websockets.connect(
+                    url, additional_headers={"X-API-Key": self.transport.api_key}, open_timeout=10
+                )
+            except Exception as error:
                 self.broken_at = now
                 raise EventStreamLost() from error
             self.socket, self.broken_at = socket, None
@@ -236,10 +251,10 @@ def _error(response: httpx.Response):
 
 
 def _backoff(attempt: int) -> float:
-    return min(0.5 * 2 ** attempt, 10.0) * random.uniform(0.75, 1.25)
+    return min(0.5 * 2**attempt, 10.0) * random.uniform(0.75, 1.25)
 
 
-def _retry_after(response: httpx.Response) -> Optional[float]:
+def _retry_after(response: httpx.Response) -> float | None:
     for header, scale in (("retry-after-ms", 1e-3), ("retry-after", 1.0)):
         try:
             value = float(response.headers[header]) * scale

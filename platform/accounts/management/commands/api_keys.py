@@ -1,5 +1,6 @@
 """`manage.py api_keys [USERNAME]` lists keys by prefix; `manage.py api_keys USERNAME --revoke PREFIX`
 revokes one. Operators never see a secret here: only the prefix identifies a key."""
+
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
@@ -27,7 +28,15 @@ class Command(BaseCommand):
         if username:
             keys = keys.filter(user__username=username)
         for key in keys:
-            self.stdout.write("\t".join([
-                key.prefix, key.user.username, key.name or "-", key.created_at.isoformat(timespec="seconds"),
-                key.last_used_at.isoformat(timespec="seconds") if key.last_used_at else "never",
-                f"revoked {key.revoked_at.isoformat(timespec='seconds')}" if key.revoked_at else "active"]))
+            self.stdout.write(
+                "\t".join(
+                    [
+                        key.prefix,
+                        key.user.username,
+                        key.name or "-",
+                        key.created_at.isoformat(timespec="seconds"),
+                        key.last_used_at.isoformat(timespec="seconds") if key.last_used_at else "never",
+                        f"revoked {key.revoked_at.isoformat(timespec='seconds')}" if key.revoked_at else "active",
+                    ]
+                )
+            )

@@ -1,4 +1,5 @@
 """`manage.py issue_api_key USERNAME [--name NAME]`: creates the user if missing, prints the key last."""
+
 from django.core.management.base import BaseCommand
 
 from accounts.services import ensure_user, issue_api_key

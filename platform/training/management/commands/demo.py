@@ -1,5 +1,6 @@
 """`manage.py demo`: start the embedded service on a free port, then train tiny-llama over plain
 HTTP (the Tinker JSON wire), sample from the result and download it as a PEFT adapter."""
+
 from __future__ import annotations
 
 import os
@@ -38,8 +39,9 @@ class Command(BaseCommand):
         key = issue_api_key(ensure_user("demo"), "demo")
         port = free_port()
         env = {**os.environ, "LORASMITH_DATA_DIR": str(settings.DATA_DIR)}
-        server = subprocess.Popen([sys.executable, "manage.py", "serve", "--port", str(port)],
-                                  cwd=settings.REPO_ROOT, env=env)
+        server = subprocess.Popen(
+            [sys.executable, "manage.py", "serve", "--port", str(port)], cwd=settings.REPO_ROOT, env=env
+        )
         try:
             self._run(f"http://127.0.0.1:{port}/api/v1", key, steps)
         finally:
@@ -77,31 +79,53 @@ class Command(BaseCommand):
         tokens = tokenizer(TEXT)["input_ids"]
         prompt_len = len(tokenizer(TEXT.split("Assistant:")[0] + "Assistant:")["input_ids"])
         weights = [0.0 if i + 1 < prompt_len else 1.0 for i in range(len(tokens) - 1)]
-        datum = {"model_input": {"chunks": [{"type": "encoded_text", "tokens": tokens[:-1]}]},
-                 "loss_fn_inputs": {"target_tokens": {"data": tokens[1:], "dtype": "int64", "shape": [len(tokens) - 1]},
-                                    "weights": {"data": weights, "dtype": "float32", "shape": [len(weights)]}}}
+        datum = {
+            "model_input": {"chunks": [{"type": "encoded_text", "tokens": tokens[:-1]}]},
+            "loss_fn_inputs": {
+                "target_tokens": {"data": tokens[1:], "dtype": "int64", "shape": [len(tokens) - 1]},
+                "weights": {"data": weights, "dtype": "float32", "shape": [len(weights)]},
+            },
+        }
         session = call("create_session", {"tags": ["demo"], "user_metadata": {}, "sdk_version": "demo"})["session_id"]
-        model = call("create_model", {"session_id": session, "model_seq_id": 0, "base_model": "tiny-llama",
-                                      "lora_config": {"rank": 16, "seed": 0}})
+        model = call(
+            "create_model",
+            {
+                "session_id": session,
+                "model_seq_id": 0,
+                "base_model": "tiny-llama",
+                "lora_config": {"rank": 16, "seed": 0},
+            },
+        )
         model_id = result(model)["model_id"]
         self.stdout.write(f"training {model_id} on: {TEXT!r}")
         seq = 1
         for step in range(steps):
-            fb = call("forward_backward", {"model_id": model_id, "seq_id": seq, "data": [datum],
-                                           "loss_fn": "cross_entropy"})
-            opt = call("optim_step", {"model_id": model_id, "seq_id": seq + 1,
-                                      "adam_params": {"learning_rate": 5e-3}})
+            fb = call(
+                "forward_backward", {"model_id": model_id, "seq_id": seq, "data": [datum], "loss_fn": "cross_entropy"}
+            )
+            opt = call("optim_step", {"model_id": model_id, "seq_id": seq + 1, "adam_params": {"learning_rate": 5e-3}})
             seq += 2
             loss = result(fb)["metrics"]["loss:sum"]
             result(opt)
             self.stdout.write(f"  step {step + 1:2d}  loss {loss:8.4f}")
         saved = result(call("save_weights_for_sampler", {"model_id": model_id, "seq_id": seq, "path": "demo"}))
-        sampler = call("create_sampling_session", {"session_id": session, "sampling_session_seq_id": 0,
-                                                   "model_path": saved["path"]})["sampling_session_id"]
+        sampler = call(
+            "create_sampling_session",
+            {"session_id": session, "sampling_session_seq_id": 0, "model_path": saved["path"]},
+        )["sampling_session_id"]
         prompt = tokens[:prompt_len]
-        sample = result(call("asample", {"sampling_session_id": sampler, "seq_id": 0, "num_samples": 1,
-                                         "prompt": {"chunks": [{"type": "encoded_text", "tokens": prompt}]},
-                                         "sampling_params": {"max_tokens": 12, "temperature": 0.0}}))
+        sample = result(
+            call(
+                "asample",
+                {
+                    "sampling_session_id": sampler,
+                    "seq_id": 0,
+                    "num_samples": 1,
+                    "prompt": {"chunks": [{"type": "encoded_text", "tokens": prompt}]},
+                    "sampling_params": {"max_tokens": 12, "temperature": 0.0},
+                },
+            )
+        )
         completion = tokenizer.decode(sample["sequences"][0]["tokens"], skip_special_tokens=True)
         self.stdout.write(f"greedy sample after training: {completion!r}")
         export = result(call("save_weights_external", {"model_id": model_id, "seq_id": seq + 1, "path": "demo"}))

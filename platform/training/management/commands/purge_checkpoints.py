@@ -1,4 +1,5 @@
 """`manage.py purge_checkpoints`: delete checkpoints past their TTL, files included (for cron)."""
+
 from django.core.management.base import BaseCommand
 
 from training.retention import purge_expired

@@ -1,5 +1,6 @@
 """`manage.py runner [--base-model NAME ...]`: a GPU runner process (a Dramatiq worker) that keeps
 the engine resident and executes cycles from its base models' queues until stopped."""
+
 import signal
 import threading
 

@@ -1,12 +1,16 @@
 """`manage.py serve --host H --port P`: migrations + the ASGI server (daphne). Without a broker URL it
 also runs the runner in-process, so one command is the whole service on a laptop."""
+
 from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 
 class Command(BaseCommand):
-    help = "Serve the API and WebSockets; in embedded mode (no REDIS_URL / LORASMITH_BROKER_URL) also run the runner in-process."
+    help = (
+        "Serve the API and WebSockets; in embedded mode (no REDIS_URL / LORASMITH_BROKER_URL) "
+        "also run the runner in-process."
+    )
 
     def add_arguments(self, parser):
         parser.add_argument("--host", default="127.0.0.1")
@@ -28,5 +32,9 @@ class Command(BaseCommand):
         mode = "embedded (in-process runner)" if embedded else "web only"
         self.stdout.write(f"Lorasmith serving on http://{host}:{port} — {mode}")
         self.stdout.flush()
-        Server(application=application, endpoints=build_endpoint_description_strings(host=host, port=port),
-               signal_handlers=True, verbosity=0).run()
+        Server(
+            application=application,
+            endpoints=build_endpoint_description_strings(host=host, port=port),
+            signal_handlers=True,
+            verbosity=0,
+        ).run()

@@ -10,7 +10,7 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_handler
 
-from training.errors import ApiError
+from training.errors import ApiError, BadRequest
 
 
 def error_body(message: str, field: str = "", consumed_seq_id: int | None = None) -> dict:
@@ -50,8 +50,6 @@ def json_error(exc: ApiError) -> JsonResponse:
 
 
 def parse_json(raw: bytes) -> dict:
-    from training.errors import BadRequest
-
     try:
         body = json.loads(raw or b"{}")
     except ValueError as error:

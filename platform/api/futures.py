@@ -11,7 +11,7 @@ from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.services import user_for_key
-from training import access
+from training import access, test_hooks
 from training.errors import ApiError, BadRequest
 
 from . import serializers
@@ -19,7 +19,6 @@ from .errors import error_body, json_error, parse_json
 
 POLL_INTERVAL = 0.05  # first re-check; most cycles finish within a few of these
 MAX_POLL_INTERVAL = 0.5  # later re-checks back off: many idle long-polls stay cheap
-retrieve_count = 0  # test hook: proves futures resolved over the WebSocket, not by polling
 
 
 def _lookup(key: str | None, raw: bytes) -> tuple[object, str]:
@@ -40,10 +39,9 @@ def _state(user, request_id: str):
 
 @csrf_exempt
 async def retrieve_future(request):
-    global retrieve_count
     if request.method != "POST":
         return JsonResponse(error_body("use POST"), status=405)
-    retrieve_count += 1
+    test_hooks.count("retrieve_future")  # proves futures resolved over the WebSocket, not by polling
     try:
         user, request_id = await sync_to_async(_lookup)(request.headers.get("X-API-Key"), request.body)
     except ApiError as error:
@@ -65,6 +63,5 @@ async def retrieve_future(request):
 
 def counters(request):
     """Test-only (LORASMITH_TEST_HOOKS=1): how often retrieve_future was called."""
-    if not settings.LORASMITH["TEST_HOOKS"]:
-        return JsonResponse(error_body("not found"), status=404)
-    return JsonResponse({"retrieve_future": retrieve_count})
+    found = test_hooks.counters()
+    return JsonResponse(found) if found is not None else JsonResponse(error_body("not found"), status=404)

@@ -1,6 +1,6 @@
 """OpenAPI descriptions of the JSON bodies (drf-spectacular), for documentation only.
 
-Validation lives in `training.wire`/`training.submit` (one place, messages naming the field);
+Validation lives in `training.wire`/`training.intake` (one place, messages naming the field);
 these serializers only describe the shapes of TINKER_WIRE.md's JSON forms to the schema.
 """
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from training.access import unexpired
 from training.models import Checkpoint, Operation, TrainingRun
 
 
@@ -15,9 +14,13 @@ def future_handle(op: Operation, **extra) -> dict:
 
 
 def training_run(run: TrainingRun) -> dict:
+    """Pass runs from `TrainingRun.objects.with_latest_checkpoints()` to list them without N+1."""
+    newest = getattr(run, "checkpoints_newest_first", None)
+    if newest is None:
+        newest = list(run.checkpoints.unexpired().order_by("-created_at"))
     last = {
-        kind: unexpired(run.checkpoints.filter(checkpoint_type=kind)).order_by("-created_at").first()
-        for kind in ("training", "sampler")
+        kind: next((c for c in newest if c.checkpoint_type == kind), None)
+        for kind in (Checkpoint.Type.TRAINING, Checkpoint.Type.SAMPLER)
     }
     return {
         "training_run_id": run.id,
@@ -28,10 +31,14 @@ def training_run(run: TrainingRun) -> dict:
         "corrupted": False,
         "last_request_time": run.last_request_at.isoformat(),
         "user_metadata": run.user_metadata or None,
-        "last_checkpoint": checkpoint(last["training"]) if last["training"] else None,
-        "last_sampler_checkpoint": checkpoint(last["sampler"]) if last["sampler"] else None,
+        "last_checkpoint": _maybe_checkpoint(last[Checkpoint.Type.TRAINING]),
+        "last_sampler_checkpoint": _maybe_checkpoint(last[Checkpoint.Type.SAMPLER]),
         "step": run.step,
     }
+
+
+def _maybe_checkpoint(ckpt: Checkpoint | None) -> dict | None:
+    return checkpoint(ckpt) if ckpt is not None else None
 
 
 def checkpoint(ckpt: Checkpoint) -> dict:

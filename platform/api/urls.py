@@ -1,9 +1,11 @@
 from django.urls import path, re_path
 
+from training.wire import SEGMENT_CHOICES
+
 from . import futures, views
 
 RUN = r"(?P<run_id>[^/]+)"
-CHECKPOINT = r"(?P<checkpoint_id>(?:weights|sampler_weights|external_weights)/[^/]+)"
+CHECKPOINT = rf"(?P<checkpoint_id>(?:{SEGMENT_CHOICES})/[^/]+)"
 
 urlpatterns = [
     path("client/config", views.client_config),
@@ -12,7 +14,7 @@ urlpatterns = [
     path("get_server_capabilities", views.server_capabilities),
     path("create_session", views.create_session),
     path("session_heartbeat", views.session_heartbeat),
-    path("sessions", views.sessions),
+    path("sessions", views.list_sessions),
     path("sessions/<str:session_id>", views.session_detail),
     path("sessions/<str:session_id>/finish", views.finish_session),
     path("cancel_future", views.cancel_future),

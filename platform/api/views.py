@@ -7,14 +7,15 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.utils import timezone
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
-from training import access, base_models, retention, storage, submit, wire
+from training import access, base_models, storage, wire
 from training.errors import BadRequest, TooLarge
+from training.intake import sampling_requests, sessions, training_requests
 from training.models import Checkpoint, Session, TrainingRun
+from training.upkeep import retention
 
 from . import schema, serializers
 from .errors import parse_json
@@ -82,21 +83,21 @@ def server_capabilities(request):
 @schema.accepts(schema.CreateSession, summary="Start a session (heartbeat it; finish it when done)")
 @api_view(["POST"])
 def create_session(request):
-    session = submit.create_session(request.user, body_of(request))
+    session = sessions.create_session(request.user, body_of(request))
     return Response({"session_id": session.id, "type": "create_session"})
 
 
 @schema.free_form()
 @api_view(["POST"])
 def session_heartbeat(request):
-    submit.heartbeat(request.user, wire.require(body_of(request), "session_id", str))
+    sessions.heartbeat(request.user, wire.require(body_of(request), "session_id", str))
     return Response({"type": "session_heartbeat"})
 
 
 @schema.free_form()
 @api_view(["POST"])
 def finish_session(request, session_id: str):
-    submit.finish_session(request.user, session_id, body_of(request))
+    sessions.finish_session(request.user, session_id, body_of(request))
     return Response({"session_id": session_id})
 
 
@@ -112,7 +113,7 @@ def telemetry(request):
 @schema.accepts(schema.CreateModel, summary="Create a LoRA training model: a future of its model_id")
 @api_view(["POST"])
 def create_model(request):
-    op = submit.create_model(request.user, body_of(request))
+    op = training_requests.create_model(request.user, body_of(request))
     return Response(serializers.future_handle(op))
 
 
@@ -139,7 +140,7 @@ def _training_view(kind: str, request_schema, summary: str, forced: dict | None 
     @api_view(["POST"])
     def view(request):
         body = {**body_of(request), **(forced or {})}
-        op = submit.submit_training(request.user, kind, body)
+        op = training_requests.submit_training(request.user, kind, body)
         return Response(serializers.future_handle(op))
 
     view.cls.__name__ = f"{kind.title().replace('_', '')}View"
@@ -171,7 +172,7 @@ save_weights_external = _training_view(
 @schema.accepts(schema.LoadWeights, summary="Load a training checkpoint (create-via-load, or into a model)")
 @api_view(["POST"])
 def load_weights(request):
-    op = submit.load_weights(request.user, body_of(request))
+    op = training_requests.load_weights(request.user, body_of(request))
     return Response(serializers.future_handle(op))
 
 
@@ -181,7 +182,7 @@ def load_weights(request):
 @schema.accepts(schema.CreateSamplingSession, summary="A sampler on a base model or sampler weights")
 @api_view(["POST"])
 def create_sampling_session(request):
-    sampler = submit.create_sampling_session(request.user, body_of(request))
+    sampler = sampling_requests.create_sampling_session(request.user, body_of(request))
     return Response({"sampling_session_id": sampler.id, "type": "create_sampling_session"})
 
 
@@ -197,8 +198,8 @@ def get_sampler(request, sampler_id: str):
 @schema.accepts(schema.Sample, schema.SampleHandle, summary="Sample completions: a future of a SampleResponse")
 @api_view(["POST"])
 def asample(request):
-    op = submit.submit_sample(request.user, body_of(request))
-    return Response(serializers.future_handle(op, sample_sequence_ids=submit.sample_sequence_ids(op)))
+    op = sampling_requests.submit_sample(request.user, body_of(request))
+    return Response(serializers.future_handle(op, sample_sequence_ids=op.sample_sequence_ids()))
 
 
 # ---- runs and checkpoints ---------------------------------------------------------------------
@@ -228,7 +229,7 @@ def _paginated(request, key: str, queryset, serialize, default_limit: int) -> Re
 
 @schema.free_form()
 @api_view(["GET"])
-def sessions(request):
+def list_sessions(request):
     limit, offset = _page(request, 20)
     found = Session.objects.filter(owner=request.user).order_by("-created_at")
     return Response({"sessions": list(found.values_list("id", flat=True)[offset : offset + limit])})
@@ -256,13 +257,13 @@ def session_detail(request, session_id: str):
 @api_view(["POST"])
 def cancel_future(request):
     request_id = wire.require(body_of(request), "request_id", str)
-    return Response({"request_id": request_id, "cancelled": submit.cancel_future(request.user, request_id)})
+    return Response({"request_id": request_id, "cancelled": sampling_requests.cancel_future(request.user, request_id)})
 
 
 @schema.free_form()
 @api_view(["GET"])
 def training_runs(request):
-    runs = TrainingRun.objects.filter(owner=request.user).order_by("-created_at")
+    runs = TrainingRun.objects.with_latest_checkpoints().filter(owner=request.user).order_by("-created_at")
     return _paginated(request, "training_runs", runs, serializers.training_run, 20)
 
 
@@ -276,14 +277,14 @@ def training_run(request, run_id: str):
 @api_view(["GET"])
 def run_checkpoints(request, run_id: str):
     run = access.training_run_of(request.user, run_id)
-    checkpoints = access.unexpired(run.checkpoints.all()).order_by("-created_at")
+    checkpoints = run.checkpoints.unexpired().order_by("-created_at")
     return Response({"checkpoints": [serializers.checkpoint(c) for c in checkpoints]})
 
 
 @schema.free_form()
 @api_view(["GET"])
 def user_checkpoints(request):
-    checkpoints = access.unexpired(Checkpoint.objects.filter(owner=request.user)).order_by("-created_at")
+    checkpoints = Checkpoint.objects.filter(owner=request.user).unexpired().order_by("-created_at")
     return _paginated(request, "checkpoints", checkpoints, serializers.checkpoint, 100)
 
 
@@ -298,8 +299,7 @@ def delete_checkpoint(request, run_id: str, checkpoint_id: str):
 @api_view(["POST", "DELETE"])
 def publish_checkpoint(request, run_id: str, checkpoint_id: str):
     checkpoint = access.owned_checkpoint(request.user, run_id, checkpoint_id)
-    checkpoint.public = request.method == "POST"
-    checkpoint.save(update_fields=["public"])
+    checkpoint.publish(request.method == "POST")
     return Response(serializers.checkpoint(checkpoint))
 
 
@@ -308,11 +308,7 @@ def publish_checkpoint(request, run_id: str, checkpoint_id: str):
 def checkpoint_ttl(request, run_id: str, checkpoint_id: str):
     checkpoint = access.owned_checkpoint(request.user, run_id, checkpoint_id)
     body = body_of(request)
-    ttl = wire.optional(body, "ttl_seconds", int, None)
-    if ttl is not None and not 3600 <= ttl <= 10 * 365 * 86400:
-        raise BadRequest("ttl_seconds must be between 3600 and 10 years (or null)", field="ttl_seconds")
-    checkpoint.expires_at = timezone.now() + timezone.timedelta(seconds=ttl) if ttl else None
-    checkpoint.save(update_fields=["expires_at"])
+    checkpoint.set_ttl(wire.optional(body, "ttl_seconds", int, None))
     return Response(serializers.checkpoint(checkpoint))
 
 
@@ -347,8 +343,8 @@ def checkpoint_archive(request, run_id: str, checkpoint_id: str):
 @schema.free_form()
 @api_view(["POST"])
 def weights_info(request):
-    run_id, segment, name = wire.parse_tinker_path(wire.require(body_of(request), "tinker_path", str), "tinker_path")
-    checkpoint = access.readable_checkpoint(request.user, run_id, f"{segment}/{name}")
+    path = wire.parse_tinker_path(wire.require(body_of(request), "tinker_path", str), "tinker_path")
+    checkpoint = access.readable_checkpoint(request.user, path.run_id, path.checkpoint_id)
     run = checkpoint.training_run
     return Response(
         {

@@ -102,7 +102,7 @@ DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.Callbacks",
     "dramatiq.middleware.Retries",
     "django_dramatiq.middleware.DbConnectionsMiddleware",
-    "training.middleware.RecoverOnBoot",
+    "training.execution.middleware.RecoverOnBoot",
 ]
 # The Dramatiq broker: LORASMITH_BROKER_URL (redis:// or amqp:// for RabbitMQ), else REDIS_URL; with
 # neither, an in-process broker (embedded mode). Push between processes always rides on Redis.
@@ -143,7 +143,7 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-DRAMATIQ_AUTODISCOVER_MODULES = ["actors"]
+DRAMATIQ_AUTODISCOVER_MODULES = ["execution.actors"]
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["accounts.auth.ApiKeyAuthentication"],

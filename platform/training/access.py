@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.db.models import Q
-from django.utils import timezone
 
 from .errors import NotFound
 from .models import Checkpoint, Operation, SamplingSession, Session, TrainingRun
@@ -45,18 +44,12 @@ def readable_checkpoint(user, run_id: str, checkpoint_id: str) -> Checkpoint:
     return _find_checkpoint(readable_checkpoints(user), run_id, checkpoint_id)
 
 
-def unexpired(checkpoints):
-    """A checkpoint past its TTL is gone for everyone, even before the purge deletes its files."""
-    return checkpoints.exclude(expires_at__lt=timezone.now())
-
-
 def _find_checkpoint(queryset, run_id: str, checkpoint_id: str) -> Checkpoint:
-    queryset = unexpired(queryset)
-    segment, _, name = checkpoint_id.partition("/")
-    kinds = {v: k for k, v in Checkpoint.SEGMENTS.items()}
+    split = Checkpoint.split_id(checkpoint_id)
     checkpoint = None
-    if segment in kinds and name:
-        checkpoint = queryset.filter(training_run_id=run_id, checkpoint_type=kinds[segment], name=name).first()
+    if split is not None:
+        kind, name = split
+        checkpoint = queryset.unexpired().filter(training_run_id=run_id, checkpoint_type=kind, name=name).first()
     if checkpoint is None:
         raise NotFound(f"checkpoint {checkpoint_id!r} of run {run_id!r} not found", field="checkpoint_id")
     return checkpoint

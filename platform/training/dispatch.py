@@ -22,6 +22,9 @@ from .models import DispatchSlot, Operation, TrainingRun
 
 log = logging.getLogger(__name__)
 
+# The message a cycle travels as, by name: the actor (`execution.actors`) imports dispatch, never
+# the other way round. Its arguments: (base_model, cycle_id, op_ids).
+CYCLE_ACTOR = "execute_cycle"
 CYCLE_LIMIT = 64  # operations per cycle: keeps a cycle short so results stream back
 STALE_CYCLE = timedelta(minutes=30)  # a runner that died mid-cycle frees its slot after this
 
@@ -99,13 +102,14 @@ def _take_ready(base_model: str, cycle_id: str) -> list[str]:
 
 
 def _send(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
-    from .actors import execute_cycle
-
     broker = dramatiq.get_broker()
     queue = queue_name(base_model)
     broker.declare_queue(queue)
+    message = dramatiq.Message(
+        queue_name=queue, actor_name=CYCLE_ACTOR, args=(base_model, cycle_id, op_ids), kwargs={}, options={}
+    )
     try:
-        broker.enqueue(execute_cycle.message(base_model, cycle_id, op_ids).copy(queue_name=queue))
+        broker.enqueue(message)
     except Exception:
         log.exception("could not enqueue cycle %s; its operations go back to the queue", cycle_id)
         requeue(cycle_id)
@@ -121,3 +125,18 @@ def requeue(cycle_id: str) -> None:
             first = min(ops.filter(training_run_id=run_id).values_list("seq_id", flat=True))
             TrainingRun.objects.filter(pk=run_id).update(dispatched_seq=first - 1)
         ops.update(status=Operation.Status.QUEUED, cycle_id="", started_at=None)
+
+
+def recover(base_models: list[str]) -> None:
+    """At a runner's start: put back the cycles a dead runner left running (DESIGN §6), free the
+    slots, and dispatch again."""
+    cycles = set(
+        Operation.objects.filter(base_model__in=base_models, status=Operation.Status.RUNNING).values_list(
+            "cycle_id", flat=True
+        )
+    )
+    for cycle_id in cycles:
+        requeue(cycle_id)
+    for base_model in base_models:
+        release_slot(base_model)
+        dispatch(base_model)

@@ -1,9 +1,19 @@
-"""Tinker's resources. `Operation` is the durable op log: once a row exists, the request is safe."""
+"""Tinker's resources and the facts about them that every stage shares: id formats, which statuses
+are pending, checkpoint types and their `tinker://` path segments, TTLs and publishing.
+
+`Operation` is the durable op log: once a row exists, the request is safe.
+"""
 
 from __future__ import annotations
 
+import uuid
+from datetime import datetime, timedelta
+
 from django.conf import settings
-from django.db import models
+from django.db import IntegrityError, models, transaction
+from django.utils import timezone
+
+from .errors import BadRequest
 
 
 class Session(models.Model):
@@ -18,6 +28,28 @@ class Session(models.Model):
     last_heartbeat_at = models.DateTimeField(auto_now_add=True)
     finished_reason = models.CharField(max_length=20, blank=True)
     finished_detail = models.TextField(blank=True)
+
+    @staticmethod
+    def new_id() -> str:
+        return str(uuid.uuid4())
+
+    @staticmethod
+    def id_within(resource_id: str) -> str:
+        """The session a training run's or sampler's id belongs to (ids start with the session's)."""
+        return resource_id.split(":", 1)[0]
+
+
+class TrainingRunQuerySet(models.QuerySet):
+    def with_latest_checkpoints(self) -> TrainingRunQuerySet:
+        """Owner and unexpired checkpoints (newest first, as `checkpoints_newest_first`) fetched with
+        the page: one query each, whatever the page size."""
+        return self.select_related("owner").prefetch_related(
+            models.Prefetch(
+                "checkpoints",
+                queryset=Checkpoint.objects.unexpired().order_by("-created_at"),
+                to_attr="checkpoints_newest_first",
+            )
+        )
 
 
 class TrainingRun(models.Model):
@@ -39,6 +71,12 @@ class TrainingRun(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     last_request_at = models.DateTimeField(auto_now=True)
 
+    objects = TrainingRunQuerySet.as_manager()
+
+    @staticmethod
+    def make_id(session_id: str, model_seq_id: int) -> str:
+        return f"{session_id}:train:{model_seq_id}"
+
 
 class SamplingSession(models.Model):
     """A sampler: the bare base model, or adapter weights from a sampler checkpoint."""
@@ -51,6 +89,30 @@ class SamplingSession(models.Model):
     weights_dir = models.CharField(max_length=500, blank=True)
     released_at = models.DateTimeField(null=True, blank=True)  # its ephemeral weights were deleted
     created_at = models.DateTimeField(auto_now_add=True)
+
+    @staticmethod
+    def make_id(session_id: str, sampling_session_seq_id: int | str) -> str:
+        return f"{session_id}:sample:{sampling_session_seq_id}"
+
+
+class OperationQuerySet(models.QuerySet):
+    def pending(self) -> OperationQuerySet:
+        """Accepted and not finished: queued or running."""
+        return self.filter(status__in=(Operation.Status.QUEUED, Operation.Status.RUNNING))
+
+    def insert_or_racing(self, op: Operation, *first: models.Model) -> Operation:
+        """Insert `first` (e.g. the op's new TrainingRun) and `op` in one transaction. If a racing
+        request took the op's (model or sampler, seq_id) first, that request's row is returned."""
+        try:
+            with transaction.atomic():
+                for row in first:
+                    row.save(force_insert=True)
+                op.save(force_insert=True)
+            return op
+        except IntegrityError:
+            return self.get(
+                seq_id=op.seq_id, training_run_id=op.training_run_id, sampling_session_id=op.sampling_session_id
+            )
 
 
 class Operation(models.Model):
@@ -82,6 +144,8 @@ class Operation(models.Model):
     finished_at = models.DateTimeField(null=True)
     cycle_id = models.CharField(max_length=64, blank=True)
 
+    objects = OperationQuerySet.as_manager()
+
     class Meta:
         constraints = [
             models.UniqueConstraint(
@@ -97,12 +161,43 @@ class Operation(models.Model):
         ]
         indexes = [models.Index(fields=["base_model", "status"])]
 
+    @staticmethod
+    def new_request_id() -> str:
+        return uuid.uuid4().hex
+
+    def require_run(self) -> TrainingRun:
+        """The training run of a training operation (every kind but `sample` has one)."""
+        if self.training_run is None:
+            raise ValueError(f"operation {self.id} ({self.kind}) has no training run")
+        return self.training_run
+
+    def sample_sequence_ids(self) -> list[str]:
+        """The ids of a sample request's sequences, one per requested sample."""
+        return [f"{self.id}:{i}" for i in range(self.payload.get("num_samples", 1))]
+
+
+class CheckpointQuerySet(models.QuerySet):
+    def unexpired(self) -> CheckpointQuerySet:
+        """A checkpoint past its TTL is gone for everyone, even before the purge deletes its files."""
+        return self.exclude(expires_at__lt=timezone.now())
+
 
 class Checkpoint(models.Model):
     class Type(models.TextChoices):
         TRAINING = "training"
         SAMPLER = "sampler"
         EXTERNAL = "external"
+
+    # each type's segment in `tinker://<run>/<segment>/<name>` and in checkpoint ids `<segment>/<name>`
+    SEGMENTS = {Type.TRAINING: "weights", Type.SAMPLER: "sampler_weights", Type.EXTERNAL: "external_weights"}
+    TYPE_OF_SEGMENT = {segment: kind for kind, segment in SEGMENTS.items()}
+    # the training operation that writes each type
+    SAVED_BY = {
+        "save_weights": Type.TRAINING,
+        "save_weights_for_sampler": Type.SAMPLER,
+        "save_weights_external": Type.EXTERNAL,
+    }
+    TTL_SECONDS_RANGE = (3600, 10 * 365 * 86400)
 
     training_run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="checkpoints")
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="checkpoints")
@@ -115,7 +210,7 @@ class Checkpoint(models.Model):
     expires_at = models.DateTimeField(null=True, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
 
-    SEGMENTS = {"training": "weights", "sampler": "sampler_weights", "external": "external_weights"}
+    objects = CheckpointQuerySet.as_manager()
 
     class Meta:
         constraints = [
@@ -124,11 +219,40 @@ class Checkpoint(models.Model):
 
     @property
     def checkpoint_id(self) -> str:
-        return f"{self.SEGMENTS[self.checkpoint_type]}/{self.name}"
+        return f"{self.SEGMENTS[self.Type(self.checkpoint_type)]}/{self.name}"
 
     @property
     def tinker_path(self) -> str:
         return f"tinker://{self.training_run_id}/{self.checkpoint_id}"
+
+    @classmethod
+    def split_id(cls, checkpoint_id: str) -> tuple[str, str] | None:
+        """`<segment>/<name>` -> (checkpoint type, name), or None if it is not a checkpoint id."""
+        segment, _, name = checkpoint_id.partition("/")
+        if segment not in cls.TYPE_OF_SEGMENT or not name:
+            return None
+        return cls.TYPE_OF_SEGMENT[segment], name
+
+    @classmethod
+    def expiry(cls, ttl_seconds: int | None) -> datetime | None:
+        """When a checkpoint given `ttl_seconds` from now expires (None: never); checks the range."""
+        if ttl_seconds is None:
+            return None
+        low, high = cls.TTL_SECONDS_RANGE
+        if not low <= ttl_seconds <= high:
+            raise BadRequest(
+                "ttl_seconds must be between 3600 and 10 years (or null for no expiry)", field="ttl_seconds"
+            )
+        return timezone.now() + timedelta(seconds=ttl_seconds)
+
+    def set_ttl(self, ttl_seconds: int | None) -> None:
+        self.expires_at = self.expiry(ttl_seconds)
+        self.save(update_fields=["expires_at"])
+
+    def publish(self, public: bool = True) -> None:
+        """Published checkpoints can be read, sampled and downloaded by every user."""
+        self.public = public
+        self.save(update_fields=["public"])
 
 
 class MetricPoint(models.Model):

@@ -24,7 +24,7 @@ def checkpoint_directory(owner_id: int, run_id: str, kind: str, name: str) -> Pa
     return settings.DATA_DIR / "checkpoints" / str(owner_id) / safe_run / kind / name
 
 
-def internal_sampler_directory(owner_id: int, run_id: str, seq_id: int) -> Path:
+def ephemeral_sampler_directory(owner_id: int, run_id: str, seq_id: int) -> Path:
     return checkpoint_directory(owner_id, run_id, "ephemeral", f"seq-{seq_id}")
 
 

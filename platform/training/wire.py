@@ -9,19 +9,26 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
 from gpu_runner.types import AdamParams, Datum, ForwardBackwardOutput, SampleOutput, SamplingParams
 
 from .errors import BadRequest
+from .models import Checkpoint
 
 DTYPES = {"int64": torch.int64, "float32": torch.float32}
-TINKER_PATH = re.compile(
-    r"^tinker://(?P<run>[^/]+)/(?P<segment>weights|sampler_weights|external_weights)/(?P<name>[^/]+)$"
-)
-CHECKPOINT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SEGMENT_CHOICES = "|".join(Checkpoint.SEGMENTS.values())
+TINKER_PATH = re.compile(rf"tinker://(?P<run>[^/]+)/(?P<segment>{SEGMENT_CHOICES})/(?P<name>[^/]+)")
+CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: no trailing newline slips by
+
+
+class TinkerPath(NamedTuple):
+    run_id: str
+    checkpoint_type: str
+    name: str
+    checkpoint_id: str  # `<segment>/<name>`, as in the REST routes
 
 
 def require(body: dict, key: str, kind: type | tuple, where: str = "") -> Any:
@@ -144,18 +151,17 @@ def sampling_params(value: Any) -> SamplingParams:
     return SamplingParams(stop=stop, **numbers)
 
 
-def parse_tinker_path(path: Any, field: str = "path") -> tuple[str, str, str]:
-    match = TINKER_PATH.match(path) if isinstance(path, str) else None
+def parse_tinker_path(path: Any, field: str = "path") -> TinkerPath:
+    match = TINKER_PATH.fullmatch(path) if isinstance(path, str) else None
     if match is None:
-        raise BadRequest(
-            f"{field} must look like tinker://<model_id>/<weights|sampler_weights|external_weights>/<name>", field=field
-        )
-    return match["run"], match["segment"], match["name"]
+        raise BadRequest(f"{field} must look like tinker://<model_id>/<{SEGMENT_CHOICES}>/<name>", field=field)
+    segment, name = match["segment"], match["name"]
+    return TinkerPath(match["run"], Checkpoint.TYPE_OF_SEGMENT[segment], name, f"{segment}/{name}")
 
 
 def checkpoint_name(body: dict, key: str = "path") -> str:
     name = require(body, key, str)
-    if not CHECKPOINT_NAME.match(name):
+    if not CHECKPOINT_NAME.fullmatch(name):
         raise BadRequest(f"{key} must be 1-128 characters of letters, digits, '.', '_' or '-'", field=key)
     return name
 

@@ -12,8 +12,9 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.utils import timezone
 
-from training import housekeeping, storage
+from training import storage
 from training.models import Checkpoint, Operation, SamplingSession, Session, TrainingRun
+from training.upkeep import housekeeping
 
 pytestmark = pytest.mark.django_db
 

@@ -9,9 +9,11 @@ from types import SimpleNamespace
 import pytest
 from django.contrib.auth.models import User
 
-from training import dispatch, runner
-from training.middleware import RecoverOnBoot
-from training.models import DispatchSlot, Operation, Session, TrainingRun
+from training import dispatch
+from training.execution import cycle
+from training.execution.middleware import RecoverOnBoot
+from training.intake import sampling_requests
+from training.models import DispatchSlot, Operation, SamplingSession, Session, TrainingRun
 
 pytestmark = pytest.mark.django_db
 
@@ -49,7 +51,7 @@ def test_booting_worker_requeues_and_redispatches(interrupted, monkeypatch):
     assert set(Operation.objects.values_list("cycle_id", "status")) == {(cycle_id, "running")}
     assert DispatchSlot.objects.get().cycle_id == cycle_id
 
-    runner.execute_cycle("tiny-llama", "dead", ["op1", "op2"])  # the dead runner's message, delivered late
+    cycle.execute_cycle("tiny-llama", "dead", ["op1", "op2"])  # the dead runner's message, delivered late
     assert set(Operation.objects.values_list("cycle_id", "status")) == {(cycle_id, "running")}
     assert DispatchSlot.objects.get().busy and DispatchSlot.objects.get().cycle_id == cycle_id
 
@@ -60,9 +62,6 @@ def test_workers_of_other_queues_leave_it_alone(interrupted):
 
 
 def test_a_queued_sample_can_be_cancelled_once(interrupted):
-    from training import submit
-    from training.models import SamplingSession
-
     user = interrupted.owner
     sampler = SamplingSession.objects.create(
         id="s:sample:0", session=interrupted.session, owner=user, base_model="tiny-llama"
@@ -70,7 +69,7 @@ def test_a_queued_sample_can_be_cancelled_once(interrupted):
     Operation.objects.create(
         id="sample1", owner=user, kind="sample", base_model="tiny-llama", sampling_session=sampler, seq_id=0, payload={}
     )
-    assert submit.cancel_future(user, "sample1") is True
-    assert submit.cancel_future(user, "sample1") is False
+    assert sampling_requests.cancel_future(user, "sample1") is True
+    assert sampling_requests.cancel_future(user, "sample1") is False
     op = Operation.objects.get(id="sample1")
     assert (op.status, op.error_category) == ("cancelled", "user")

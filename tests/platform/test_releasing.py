@@ -14,9 +14,12 @@ from rest_framework.test import APIClient
 
 from accounts.services import ensure_user, issue_api_key
 from gpu_runner import Engine
+from gpu_runner.errors import EngineInputError
 from gpu_runner.types import LoraSpec
-from training import dispatch, engines, retention
+from training import dispatch
+from training.execution import engines, plan
 from training.models import Operation, SamplingSession, Session, TrainingRun
+from training.upkeep import retention
 
 pytestmark = pytest.mark.django_db
 
@@ -151,9 +154,6 @@ def test_idle_adapters_leave_the_engine_and_busy_ones_stay(monkeypatch):
 
 
 def test_a_queued_sample_whose_snapshot_went_meanwhile_fails_as_a_user_error(snapshots):
-    from gpu_runner.errors import EngineInputError
-    from training import runner
-
     user, _, root, samplers = snapshots
     retention.release_ephemeral_weights(root, keep=0)  # spares seq-1: its sample is pending
     op = Operation.objects.create(
@@ -171,4 +171,4 @@ def test_a_queued_sample_whose_snapshot_went_meanwhile_fails_as_a_user_error(sna
             return False
 
     with pytest.raises(EngineInputError, match="no longer kept"):
-        runner._plan_sample(NoAdapters(), op, set())
+        plan.plan(NoAdapters(), op, set())

@@ -2,7 +2,7 @@
 
 from django.core.management.base import BaseCommand
 
-from training.retention import purge_expired
+from training.upkeep.retention import purge_expired
 
 
 class Command(BaseCommand):

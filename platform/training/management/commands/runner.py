@@ -7,7 +7,7 @@ import threading
 from django.core.management.base import BaseCommand
 
 from training.base_models import served_models
-from training.worker import start_worker
+from training.execution.worker import start_worker
 
 
 class Command(BaseCommand):

@@ -23,7 +23,7 @@ class Command(BaseCommand):
 
         from lorasmith_server.asgi import application
         from training.base_models import served_models
-        from training.worker import start_worker
+        from training.execution.worker import start_worker
 
         call_command("migrate", interactive=False, verbosity=0)
         embedded = not settings.BROKER_URL and not no_runner

@@ -7,29 +7,13 @@ overlap anyway. Operations left `running` by a runner that died are put back fir
 from __future__ import annotations
 
 import dramatiq
-from django.db import transaction
 
-from . import dispatch
-from .base_models import queue_name
-from .models import Operation
-
-
-def recover_interrupted(base_models: list[str]) -> None:
-    with transaction.atomic():
-        cycles = set(
-            Operation.objects.filter(base_model__in=base_models, status=Operation.Status.RUNNING).values_list(
-                "cycle_id", flat=True
-            )
-        )
-    for cycle_id in cycles:
-        dispatch.requeue(cycle_id)
-    for base_model in base_models:
-        dispatch.release_slot(base_model)
+from .. import dispatch
+from ..base_models import queue_name
+from . import actors  # noqa: F401 - registers the cycle actor with the broker
 
 
 def start_worker(base_models: list[str]) -> dramatiq.Worker:
-    from . import actors  # noqa: F401 - registers the actor with the broker
-
     broker = dramatiq.get_broker()
     queues = {queue_name(m) for m in base_models}
     for queue in queues:
@@ -37,7 +21,5 @@ def start_worker(base_models: list[str]) -> dramatiq.Worker:
     worker = dramatiq.Worker(broker, queues=queues, worker_threads=1)
     worker.lorasmith_managed = True  # recovers below; RecoverOnBoot leaves it alone
     worker.start()
-    recover_interrupted(base_models)
-    for base_model in base_models:
-        dispatch.dispatch(base_model)
+    dispatch.recover(base_models)
     return worker

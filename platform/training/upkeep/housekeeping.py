@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from . import engines, events, retention
-from .models import Operation, Session
+from .. import events
+from ..models import Operation, Session
+from . import retention
 
 log = logging.getLogger(__name__)
 
@@ -22,22 +24,18 @@ INTERVAL_SECONDS = 60.0
 _last_run = float("-inf")
 
 
-def run_if_due() -> None:
-    """Never raises: callers are cycles, and a failed chore is retried next interval."""
+def run_if_due(also: Sequence[Callable[[], object]] = ()) -> None:
+    """The chores, then `also` (the runner's own: dropping idle adapters from its engines). Never
+    raises: callers are cycles, and a failed chore is retried next interval."""
     global _last_run
     if time.monotonic() - _last_run < INTERVAL_SECONDS:
         return
     _last_run = time.monotonic()
-    for chore in (
-        retention.purge_expired,
-        expire_silent_sessions,
-        retention.release_finished_sessions_weights,
-        engines.release_idle_adapters,
-    ):
+    for chore in (retention.purge_expired, expire_silent_sessions, retention.release_finished_sessions_weights, *also):
         try:
             chore()
         except Exception:
-            log.exception("housekeeping: %s failed", chore.__name__)
+            log.exception("housekeeping: %s failed", getattr(chore, "__name__", chore))
 
 
 def expire_silent_sessions() -> int:

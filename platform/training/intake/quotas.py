@@ -13,10 +13,9 @@ import json
 from django.conf import settings
 from django.db.models import Count, Sum
 
-from .errors import RateLimited, TooLarge
-from .models import Operation, TrainingRun
+from ..errors import RateLimited, TooLarge
+from ..models import Operation, TrainingRun
 
-PENDING = (Operation.Status.QUEUED, Operation.Status.RUNNING)
 RETRY_PENDING_SECONDS = 2.0  # queued work drains cycle by cycle
 RETRY_RUNS_SECONDS = 30.0  # runs end only when their sessions finish or expire
 
@@ -60,9 +59,7 @@ def check_pending(user, payload_bytes: int, run: TrainingRun | None = None, seq_
     max_ops, max_bytes = _limit("MAX_PENDING_OPERATIONS"), _limit("MAX_PENDING_BYTES")
     if not (max_ops or max_bytes):
         return
-    pending = Operation.objects.filter(owner=user, status__in=PENDING).aggregate(
-        count=Count("id"), size=Sum("payload_bytes")
-    )
+    pending = Operation.objects.pending().filter(owner=user).aggregate(count=Count("id"), size=Sum("payload_bytes"))
     size = pending["size"] or 0
     over_ops = max_ops and pending["count"] >= max_ops
     over_bytes = max_bytes and size + payload_bytes > max_bytes

@@ -2,7 +2,7 @@
 its files; ephemeral sampler snapshots (save_weights_and_get_sampling_client, one per call, so an
 RL loop makes hundreds) are kept only while recent or in use.
 
-Access already treats an expired checkpoint as gone (`access.unexpired`); the purge frees its disk.
+Access already treats an expired checkpoint as gone (`Checkpoint.objects.unexpired`); the purge frees its disk.
 Runners purge between cycles (`housekeeping`); `manage.py purge_checkpoints` does it from cron.
 """
 
@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
 from django.utils import timezone
 
-from . import storage
-from .models import Checkpoint, Operation, SamplingSession
+from .. import storage
+from ..models import Checkpoint, Operation, SamplingSession, Session
 
 log = logging.getLogger(__name__)
-PENDING = (Operation.Status.QUEUED, Operation.Status.RUNNING)
 
 
 def delete_checkpoint(checkpoint: Checkpoint) -> None:
@@ -51,9 +51,9 @@ def release_ephemeral_weights(run_root: Path, keep: int) -> int:
     if not old:
         return 0
     in_use = set(
-        Operation.objects.filter(status__in=PENDING, sampling_session__weights_dir__in=old).values_list(
-            "sampling_session__weights_dir", flat=True
-        )
+        Operation.objects.pending()
+        .filter(sampling_session__weights_dir__in=old)
+        .values_list("sampling_session__weights_dir", flat=True)
     )
     doomed = [d for d in old if d not in in_use]
     SamplingSession.objects.filter(weights_dir__in=doomed, released_at__isnull=True).update(released_at=timezone.now())
@@ -78,3 +78,22 @@ def release_finished_sessions_weights() -> int:
     if released:
         log.info("released %d ephemeral sampler snapshots of finished sessions", released)
     return released
+
+
+def idle_adapter_ids(adapter_ids: Iterable[str]) -> set[str]:
+    """Of an engine's adapters (training run and sampler ids), those of finished sessions and of
+    released samplers, unless work is still pending for them (an expired session's accepted
+    training still runs)."""
+    ids = set(adapter_ids)
+    finished = set(
+        Session.objects.filter(id__in={Session.id_within(i) for i in ids})
+        .exclude(finished_reason="")
+        .values_list("id", flat=True)
+    )
+    released = set(SamplingSession.objects.filter(id__in=ids, released_at__isnull=False).values_list("id", flat=True))
+    idle = {i for i in ids if Session.id_within(i) in finished or i in released}
+    pending = Operation.objects.pending()
+    busy = set(pending.filter(training_run_id__in=idle).values_list("training_run_id", flat=True)) | set(
+        pending.filter(sampling_session_id__in=idle).values_list("sampling_session_id", flat=True)
+    )
+    return idle - busy

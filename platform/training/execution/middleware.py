@@ -1,7 +1,7 @@
 """Dramatiq middleware: a plain `manage.py rundramatiq` worker recovers like `manage.py runner`.
 
 When a worker boots, cycles a dead runner left `running` on its queues go back to the queue and
-dispatch starts again (DESIGN §6). Workers started by `training.worker.start_worker` recover
+dispatch starts again (DESIGN §6). Workers started by `execution.worker.start_worker` recover
 themselves and are skipped here. Run one runner per base model: its adapters live in its engine.
 """
 
@@ -18,17 +18,16 @@ class RecoverOnBoot(dramatiq.Middleware):
     def after_worker_boot(self, broker, worker):
         if getattr(worker, "lorasmith_managed", False):
             return
-        from . import dispatch
-        from .base_models import queue_name, served_models
-        from .worker import recover_interrupted
+        # imported here: django_dramatiq builds this middleware while Django's app registry is
+        # still loading, before any model can be imported
+        from .. import dispatch
+        from ..base_models import queue_name, served_models
 
         queues = getattr(worker, "consumer_whitelist", None)  # None: the worker consumes every queue
         models = [m for m in served_models() if queues is None or queue_name(m) in queues]
         if not models:
             return
         try:
-            recover_interrupted(models)
-            for model in models:
-                dispatch.dispatch(model)
+            dispatch.recover(models)
         except Exception:
             log.exception("recovery on worker boot failed for %s", models)

@@ -1,0 +1,119 @@
+"""Executing one cycle on the runner: operations -> plans -> one engine batch -> outcomes.
+
+Each operation's outcome is written where it belongs (result or error + category), and the
+dispatcher is called again so the next cycle starts at once. A failure planning or executing one
+operation fails that operation only; whatever happens, no future is left hanging.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from gpu_runner import Engine
+from gpu_runner.errors import EngineInputError
+from gpu_runner.types import EngineOp, OpResult
+
+from .. import dispatch, test_hooks
+from ..models import Operation, TrainingRun
+from ..upkeep import housekeeping
+from . import outcomes
+from .engines import engine_for, release_idle_adapters
+from .plan import Finished, Plan, plan
+
+log = logging.getLogger(__name__)
+
+
+def execute_cycle(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
+    try:
+        # only operations this cycle still owns: a re-queued cycle's stale message does nothing
+        ops = list(
+            Operation.objects.filter(id__in=op_ids, cycle_id=cycle_id, status=Operation.Status.RUNNING).select_related(
+                "training_run", "sampling_session"
+            )
+        )
+        ops.sort(key=lambda o: (o.training_run_id or "", o.seq_id, o.created_at))
+        runs: dict[str, TrainingRun] = {}
+        for op in ops:  # one instance per model, so step counts carry across its ops in this cycle
+            if op.training_run is not None:
+                op.training_run = runs.setdefault(op.training_run.id, op.training_run)
+        if ops:
+            _run(engine_for(base_model), ops)
+    except Exception as error:
+        log.exception("cycle %s failed", cycle_id)
+        for op in Operation.objects.filter(cycle_id=cycle_id, status=Operation.Status.RUNNING):
+            outcomes.fail(op, f"runner failure: {type(error).__name__}: {error}", "server")
+    finally:
+        dispatch.release_slot(base_model, cycle_id)
+        dispatch.dispatch(base_model)
+        housekeeping.run_if_due(also=[release_idle_adapters])
+
+
+def _run(engine: Engine, ops: list[Operation]) -> None:
+    plans = _plan_all(engine, ops)
+    if not plans:
+        return
+    batch: list[EngineOp] = []
+    owners: list[Plan | None] = []  # per engine op: the plan whose future it answers (None: a helper)
+    for item in plans:
+        batch.extend(item.helpers)
+        owners.extend([None] * len(item.helpers))
+        batch.append(item.engine_op)
+        owners.append(item)
+    try:
+        results = engine.run_cycle(batch)
+        test_hooks.fail_after_cycle(
+            [(p.op.training_run.user_metadata, p.op.seq_id) for p in plans if p.op.training_run is not None]
+        )
+    except Exception as error:
+        log.exception("engine cycle failed")
+        _forget_adapters(engine, batch)
+        for item in plans:
+            outcomes.fail(item.op, f"runner failure during the cycle: {type(error).__name__}: {error}", "server")
+        return
+    for owner, result in zip(owners, results):
+        if owner is not None:
+            _record(owner, result)
+
+
+def _plan_all(engine: Engine, ops: list[Operation]) -> list[Plan]:
+    """Plans of the operations that need the engine; the others are finished or failed here."""
+    plans: list[Plan] = []
+    imported: set[str] = set()
+    for op in ops:
+        try:
+            planned = plan(engine, op, imported)
+        except EngineInputError as error:
+            outcomes.fail(op, str(error), "user")
+            continue
+        except Exception as error:
+            log.exception("operation %s could not start", op.id)
+            outcomes.fail(op, f"{type(error).__name__}: {error}", "server")
+            continue
+        if isinstance(planned, Finished):
+            outcomes.complete(op, planned.result)
+        else:
+            plans.append(planned)
+    return plans
+
+
+def _forget_adapters(engine: Engine, batch: list[EngineOp]) -> None:
+    """After a cycle died part-way, its adapters' state is unknown (half-accumulated gradients, a
+    step applied or not): drop them, so the next request rebuilds each from the op log's finished
+    operations (`plan.restore`) and the failed ones leave no trace."""
+    for adapter_id in {o.adapter_id for o in batch if o.adapter_id is not None}:
+        try:
+            if engine.has_adapter(adapter_id):
+                engine.remove_adapter(adapter_id)
+        except Exception:
+            log.exception("could not drop adapter %s", adapter_id)
+
+
+def _record(item: Plan, result: OpResult) -> None:
+    if not result.ok:
+        outcomes.fail(item.op, result.error or "unknown engine error", result.category or "server")
+        return
+    try:
+        outcomes.complete(item.op, item.finish(result.output))
+    except Exception as error:
+        log.exception("writing the result of %s failed", item.op.id)
+        outcomes.fail(item.op, f"{type(error).__name__}: {error}", "server")

@@ -1,0 +1,44 @@
+"""The runner process's resident engines: one per base model, created on first use (after any
+fork, inside the worker) and kept for the life of the process; adapters nobody can use any more
+are dropped from them between cycles."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from django.conf import settings
+
+from gpu_runner import Engine
+
+from ..upkeep import retention
+
+log = logging.getLogger(__name__)
+
+_engines: dict[str, Engine] = {}
+_lock = threading.Lock()
+
+
+def engine_for(base_model: str) -> Engine:
+    with _lock:
+        if base_model not in _engines:
+            _engines[base_model] = Engine(
+                base_model, data_dir=settings.DATA_DIR, memory_budget_bytes=settings.LORASMITH["ADAPTER_MEMORY_BYTES"]
+            )
+        return _engines[base_model]
+
+
+def release_idle_adapters() -> int:
+    """Drop the adapters nobody can use any more (`retention.idle_adapter_ids`). A dropped training
+    adapter that is asked for again is rebuilt from the op log, so this only frees memory. Call
+    between cycles."""
+    with _lock:
+        engines = list(_engines.values())
+    dropped = 0
+    for engine in engines:
+        for adapter_id in retention.idle_adapter_ids(engine.adapter_ids()):
+            engine.remove_adapter(adapter_id)
+            dropped += 1
+    if dropped:
+        log.info("dropped %d idle adapters", dropped)
+    return dropped

@@ -1,0 +1,102 @@
+"""Writing an operation's outcome to the op log: its result or its error (+ who is to blame), the
+resources it made (checkpoints, ephemeral samplers, metrics), and the push that it finished.
+
+Pushes go out after the row is committed, so a client woken by one always finds the result.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from gpu_runner.types import CheckpointOutput, ForwardBackwardOutput, OptimStepOutput
+
+from .. import events, storage, wire
+from ..models import Checkpoint, MetricPoint, Operation, SamplingSession, TrainingRun
+from ..upkeep import retention
+
+
+def complete(op: Operation, result: dict) -> None:
+    Operation.objects.filter(pk=op.pk).update(status=Operation.Status.DONE, result=result, finished_at=timezone.now())
+    _announce(op)
+
+
+def fail(op: Operation, message: str, category: str) -> None:
+    Operation.objects.filter(pk=op.pk).update(
+        status=Operation.Status.FAILED, error=message, error_category=category, finished_at=timezone.now()
+    )
+    _announce(op)
+
+
+def _announce(op: Operation) -> None:
+    owner_id, request_id = op.owner_id, op.id
+    transaction.on_commit(lambda: events.future_finished(owner_id, request_id))
+
+
+def checkpoint_saved(op: Operation, out: CheckpointOutput) -> dict:
+    """A named save finished: its Checkpoint row (replacing an overwritten one) and its path."""
+    storage.discard_archive(out.directory)  # an overwrite must not leave the old weights' .tar behind
+    kind = Checkpoint.SAVED_BY[op.kind]
+    checkpoint, _ = Checkpoint.objects.update_or_create(
+        training_run=op.training_run,
+        checkpoint_type=kind,
+        name=op.payload["name"],
+        defaults={
+            "owner_id": op.owner_id,
+            "directory": str(out.directory),
+            "size_bytes": out.size_bytes,
+            "user_metadata": op.payload.get("user_metadata") or {},
+            "expires_at": Checkpoint.expiry(op.payload.get("ttl_seconds")),
+        },
+    )
+    result: dict = {"path": checkpoint.tinker_path, "type": op.kind}
+    if kind == Checkpoint.Type.EXTERNAL:
+        result["size_bytes"] = out.size_bytes
+    return result
+
+
+def ephemeral_sampler(op: Operation, out: CheckpointOutput) -> dict:
+    """An unnamed save_weights_for_sampler finished: a sampling session on the snapshot; older
+    snapshots of the run beyond the kept count are released."""
+    run = op.require_run()
+    seq = op.payload.get("sampling_session_seq_id")
+    sampler_id = SamplingSession.make_id(run.session_id, seq if seq is not None else op.id)
+    SamplingSession.objects.update_or_create(
+        id=sampler_id,
+        defaults={
+            "session_id": run.session_id,
+            "owner_id": op.owner_id,
+            "base_model": run.base_model,
+            "weights_dir": str(out.directory),
+            "model_path": "",
+            "released_at": None,
+        },
+    )
+    retention.release_ephemeral_weights(Path(out.directory).parent, settings.LORASMITH["EPHEMERAL_SAMPLERS_KEPT"])
+    return {"path": None, "sampling_session_id": sampler_id, "type": "save_weights_for_sampler"}
+
+
+def forward_backward_done(op: Operation, out: ForwardBackwardOutput) -> dict:
+    run = op.require_run()
+    if not op.payload["forward_only"]:
+        record_metrics(run, run.step, {"loss:sum": out.metrics["loss:sum"]})
+    return {**wire.forward_backward_json(out), "type": "forward_backward"}
+
+
+def optim_step_done(op: Operation, out: OptimStepOutput) -> dict:
+    run = op.require_run()
+    TrainingRun.objects.filter(pk=run.pk).update(step=run.step + 1)
+    run.step += 1  # the cycle shares one instance per run, so a second step in the cycle counts on
+    record_metrics(run, run.step, out.metrics)
+    return {"metrics": out.metrics, "type": "optim_step"}
+
+
+def record_metrics(run: TrainingRun, step: int, values: dict[str, float]) -> None:
+    MetricPoint.objects.bulk_create(
+        [MetricPoint(training_run=run, step=step, name=k, value=float(v)) for k, v in values.items()]
+    )
+    owner_id, run_id = run.owner_id, run.id
+    transaction.on_commit(lambda: events.metrics(owner_id, run_id, step, values))

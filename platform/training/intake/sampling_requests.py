@@ -1,0 +1,125 @@
+"""Sampling requests: samplers (on a base model or a checkpoint's weights) and their samples.
+Samples never wait for a seq gap; a queued one can be cancelled."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from django.utils import timezone
+
+from gpu_runner import validate_sample
+from gpu_runner.errors import EngineInputError
+
+from .. import access, base_models, dispatch, events, wire
+from ..errors import BadRequest, Gone
+from ..models import Checkpoint, Operation, SamplingSession
+from . import quotas
+from .sessions import open_session
+
+# Tinker sample options this server does not implement, with the value that means "off"
+UNSUPPORTED_SAMPLE_OPTIONS = {"topk_sample_logprobs": 0, "prompt_alt_tokens_k": 0, "target_prompt_logprobs": None}
+
+
+def create_sampling_session(user, body: dict) -> SamplingSession:
+    session = open_session(user, body)
+    sampler_id = SamplingSession.make_id(session.id, wire.require(body, "sampling_session_seq_id", int))
+    existing = SamplingSession.objects.filter(id=sampler_id, owner=user).first()
+    if existing is not None:
+        return existing
+    model_path = wire.optional(body, "model_path", str, "")
+    if model_path:
+        path = wire.parse_tinker_path(model_path, field="model_path")
+        if path.checkpoint_type == Checkpoint.Type.EXTERNAL:
+            raise BadRequest("sample from a sampler_weights or weights checkpoint", field="model_path")
+        checkpoint = access.readable_checkpoint(user, path.run_id, path.checkpoint_id)
+        return SamplingSession.objects.create(
+            id=sampler_id,
+            session=session,
+            owner=user,
+            base_model=checkpoint.training_run.base_model,
+            model_path=model_path,
+            weights_dir=checkpoint.directory,
+        )
+    base_model = wire.require(body, "base_model", str)
+    base_models.served_info(base_model)
+    return SamplingSession.objects.create(id=sampler_id, session=session, owner=user, base_model=base_model)
+
+
+def submit_sample(user, body: dict) -> Operation:
+    sampler = access.sampling_session_of(user, wire.require(body, "sampling_session_id", str))
+    seq_id = wire.require(body, "seq_id", int)
+    existing = Operation.objects.filter(sampling_session=sampler, seq_id=seq_id).first()
+    if existing is not None:
+        return existing
+    _check_weights_present(sampler)
+    payload = _sample_payload(sampler, body)
+    size = quotas.payload_size(payload)
+    quotas.check_size(size)
+    quotas.check_pending(user, size)
+    op = Operation.objects.insert_or_racing(
+        Operation(
+            id=Operation.new_request_id(),
+            owner=user,
+            kind="sample",
+            base_model=sampler.base_model,
+            sampling_session=sampler,
+            seq_id=seq_id,
+            payload=payload,
+            payload_bytes=size,
+        )
+    )
+    dispatch.dispatch(sampler.base_model)
+    return op
+
+
+def _sample_payload(sampler: SamplingSession, body: dict) -> dict:
+    prompt = wire.model_input_tokens(body.get("prompt"), "prompt")
+    num_samples = wire.optional(body, "num_samples", int, 1)
+    raw_params = wire.optional(body, "sampling_params", dict, {})
+    params = wire.sampling_params(raw_params)
+    topk = wire.optional(body, "topk_prompt_logprobs", int, 0)
+    try:
+        validate_sample(base_models.info(sampler.base_model), prompt, num_samples, params, topk)
+    except EngineInputError as error:
+        raise BadRequest(str(error), field=error.field) from None
+    for option, default in UNSUPPORTED_SAMPLE_OPTIONS.items():
+        if body.get(option, default) not in (default, None):
+            raise BadRequest(f"{option} is not supported by this server; leave it at {default!r}", field=option)
+    last_n = wire.optional(body, "prompt_logprobs_last_n", int, None)
+    if last_n is not None and last_n < 0:
+        raise BadRequest("prompt_logprobs_last_n must be >= 0", field="prompt_logprobs_last_n")
+    return {
+        "prompt": prompt,
+        "num_samples": num_samples,
+        "sampling_params": raw_params,
+        "prompt_logprobs": bool(body.get("prompt_logprobs", False)),
+        "topk_prompt_logprobs": topk,
+        "prompt_logprobs_last_n": last_n,
+    }
+
+
+def _check_weights_present(sampler: SamplingSession) -> None:
+    if sampler.released_at is not None or (sampler.weights_dir and not Path(sampler.weights_dir).is_dir()):
+        raise Gone(
+            f"the weights of sampling session {sampler.id} are no longer kept (a snapshot is dropped once "
+            "newer ones of its model replace it or its session ends, a checkpoint when deleted or past its "
+            "TTL); sample from a newer sampling client, or keep weights with save_weights_for_sampler(name)",
+            field="sampling_session_id",
+        )
+
+
+def cancel_future(user, request_id: str) -> bool:
+    """Cancel a sampling request that has not started (TINKER_WIRE §5.3). Training operations are
+    never cancelled: a hole in a model's seq_id chain would hold every later request forever."""
+    op = access.operation_of(user, request_id)
+    cancelled = Operation.objects.filter(
+        pk=op.pk, status=Operation.Status.QUEUED, sampling_session__isnull=False
+    ).update(
+        status=Operation.Status.CANCELLED,
+        error="cancelled by the client",
+        error_category="user",
+        finished_at=timezone.now(),
+    )
+    if cancelled:
+        events.future_finished(user.id, op.id)
+    return bool(cancelled)

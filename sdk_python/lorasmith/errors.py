@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class LorasmithError(Exception):
-    """Base class of every error this SDK raises."""
+    """Base class of every error this SDK raises.
+
+    Errors pickle (e.g. to cross a multiprocessing boundary) with their message and attributes:
+    unpickling rebuilds the instance from its `args` and `__dict__` without calling `__init__`,
+    so subclasses may take whatever constructor arguments they need.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return _rebuild, (type(self), self.args, self.__dict__)
 
 
 class APIError(LorasmithError):
+    """The server answered with an error status; `field` names the request field at fault, if any."""
+
     status_code: int = 0
     retry_after: float | None = None  # seconds, from the server's retry-after header
     consumed_seq_id: int | None = None  # a refused training request that still used up its seq_id
@@ -88,6 +100,12 @@ STATUS_ERRORS = {
     422: UnprocessableEntityError,
     429: RateLimitError,
 }
+
+
+def _rebuild(kind: type[LorasmithError], args: tuple, attributes: dict) -> LorasmithError:
+    error = kind.__new__(kind, *args)
+    error.__dict__.update(attributes)
+    return error
 
 
 def error_for_status(status: int, message: str, field: str | None = None) -> APIError:

@@ -7,6 +7,8 @@ import concurrent.futures
 from collections.abc import Callable, Sequence
 from typing import Any, Generic, TypeVar
 
+from tqdm import tqdm
+
 T = TypeVar("T")
 
 
@@ -54,8 +56,6 @@ def wait_all(
     """The results of `futures` in their order, with a tqdm bar counting completions (long waits)."""
     bar = None
     if progress:
-        from tqdm import tqdm
-
         bar = tqdm(total=len(futures), desc=desc, unit="req")
     try:
         for _ in concurrent.futures.as_completed([f.future() for f in futures], timeout):
@@ -72,6 +72,17 @@ class ClientFutureCompat:
     which also answers `.result()` and `await` with itself, so both styles of code run."""
 
     def result(self, timeout: float | None = None):
+        """The client itself, as Tinker's future of a client would give it.
+
+        Args:
+            timeout: Accepted for Tinker compatibility; nothing is waited for.
+
+        Returns:
+            This client.
+
+        Example:
+            training = service.create_lora_training_client("tiny-llama").result()
+        """
         return self
 
     def __await__(self):

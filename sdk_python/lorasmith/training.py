@@ -8,13 +8,15 @@ import concurrent.futures
 import contextlib
 import json
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._internal import background
 from ._internal.transport import EventStreamLost
 from .errors import APIError, LorasmithError
 from .futures import APIFuture, ClientFutureCompat
+from .sampling import SamplingClient
+from .tokenizer import load_tokenizer
 from .types import (
     AdamParams,
     Datum,
@@ -25,6 +27,11 @@ from .types import (
     TensorData,
     reduce_metrics,
 )
+
+if TYPE_CHECKING:
+    from .service import ServiceClient
+
+T = TypeVar("T")
 
 MAX_CHUNK_DATUMS = 1024
 MAX_CHUNK_BYTES = 4_000_000  # of JSON; under a 4 MiB request body limit
@@ -47,7 +54,21 @@ NO_OP = {
 
 
 class TrainingClient(ClientFutureCompat):
-    def __init__(self, service, model_id: str, info: dict, next_seq: int = 1):
+    """One LoRA model on the server. Made by `ServiceClient.create_lora_training_client` or
+    `create_training_client_from_state*`.
+
+    Every training method reserves the model's next seq id when called and returns an APIFuture
+    at once; the server runs a model's requests in seq order, so calls made one after another
+    run one after another without waiting for each result.
+
+    Example:
+        training = service.create_lora_training_client("tiny-llama", rank=16)
+        fb = training.forward_backward(data, "cross_entropy")
+        step = training.optim_step(AdamParams(learning_rate=1e-4))
+        print(fb.result().metrics["loss:sum"], step.result().metrics)
+    """
+
+    def __init__(self, service: ServiceClient, model_id: str, info: dict, next_seq: int = 1):
         self.service = service
         self.transport = service.transport
         self.model_id = model_id
@@ -59,7 +80,20 @@ class TrainingClient(ClientFutureCompat):
         self._poisoned: str | None = None
 
     @classmethod
-    async def connect(cls, service, model_id: str, next_seq: int = 1) -> TrainingClient:
+    async def connect(cls, service: ServiceClient, model_id: str, next_seq: int = 1) -> TrainingClient:
+        """A client of an existing model, after fetching its info (runs on the SDK's loop).
+
+        Args:
+            service: The ServiceClient whose session and connection it uses.
+            model_id: The model's id, as the server gave it.
+            next_seq: The seq id of the model's next request (seq 0 created or loaded it).
+
+        Returns:
+            A TrainingClient of the model.
+
+        Example:
+            training = await TrainingClient.connect(service, model_id)
+        """
         info = await service.transport.request("POST", "get_info", {"model_id": model_id, "type": "get_info"})
         return cls(service, model_id, info, next_seq)
 
@@ -106,7 +140,7 @@ class TrainingClient(ClientFutureCompat):
     async def _post(self, seq: int, path: str, body: dict) -> dict:
         return await self.transport.request("POST", path, {**body, "model_id": self.model_id, "seq_id": seq})
 
-    def _submit(self, path: str, body: dict, convert: Callable[[dict], Any]) -> APIFuture:
+    def _submit(self, path: str, body: dict[str, Any], convert: Callable[[dict], Any]) -> APIFuture:
         (seq,) = self._reserve()
         accepted: concurrent.futures.Future = concurrent.futures.Future()
 
@@ -138,15 +172,45 @@ class TrainingClient(ClientFutureCompat):
     def forward_backward(
         self, data: Sequence[Datum], loss_fn: str = "cross_entropy", loss_fn_config: dict | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
+        """Run the model on `data`, compute the loss and accumulate its gradient (for `optim_step`).
+
+        A batch beyond the server's chunk limits is sent as several requests with consecutive
+        seq ids; the future combines their outputs and metrics.
+
+        Args:
+            data: The examples (Datum objects or dicts of their fields).
+            loss_fn: `"cross_entropy"`, `"importance_sampling"`, `"ppo"`, `"cispo"` or `"dro"`.
+            loss_fn_config: The loss's options, e.g. PPO's clip thresholds.
+
+        Returns:
+            A future of the ForwardBackwardOutput: per-datum outputs (e.g. `logprobs`) and metrics.
+
+        Example:
+            datum = Datum(model_input=ModelInput.from_ints(tokens[:-1]), loss_fn_inputs={"target_tokens": tokens[1:]})
+            loss = training.forward_backward([datum], "cross_entropy").result().metrics["loss:sum"]
+        """
         return self._forward(data, loss_fn, loss_fn_config, forward_only=False)
 
     def forward(
         self, data: Sequence[Datum], loss_fn: str = "cross_entropy", loss_fn_config: dict | None = None
     ) -> APIFuture[ForwardBackwardOutput]:
+        """Like `forward_backward` without the gradient: outputs and loss only.
+
+        Args:
+            data: The examples (Datum objects or dicts of their fields).
+            loss_fn: The loss to report (as for `forward_backward`).
+            loss_fn_config: The loss's options.
+
+        Returns:
+            A future of the ForwardBackwardOutput.
+
+        Example:
+            logprobs = training.forward([datum]).result().loss_fn_outputs[0]["logprobs"].tolist()
+        """
         return self._forward(data, loss_fn, loss_fn_config, forward_only=True)
 
     def _forward(self, data, loss_fn, loss_fn_config, forward_only: bool) -> APIFuture[ForwardBackwardOutput]:
-        chunks = self._chunks([(d if isinstance(d, Datum) else Datum(**d)).model_dump(mode="json") for d in data])
+        chunks = self._chunks([_as_datum(d).model_dump(mode="json") for d in data])
         with self._lock:  # the chunks of one call get consecutive seq ids even with other threads calling
             parts = [
                 self._submit(
@@ -167,11 +231,7 @@ class TrainingClient(ClientFutureCompat):
 
         async def combine():
             outputs = [await asyncio.wrap_future(p.future()) for p in parts]
-            return {
-                "loss_fn_output_type": "ArrayRecord",
-                "loss_fn_outputs": [o for out in outputs for o in out["loss_fn_outputs"]],
-                "metrics": reduce_metrics([o["metrics"] for o in outputs], [len(c) for c in chunks]),
-            }
+            return _array_record(outputs, reduce_metrics([o["metrics"] for o in outputs], [len(c) for c in chunks]))
 
         # accepted once the last chunk is: chunks are POSTed in seq order
         return APIFuture(
@@ -181,7 +241,18 @@ class TrainingClient(ClientFutureCompat):
     def optim_step(
         self, optim_params: AdamParams | None = None, *, adam_params: AdamParams | None = None
     ) -> APIFuture[OptimStepResponse]:
-        """Tinker's signature: the parameters positionally or as `adam_params=` (AdamW only)."""
+        """Apply the accumulated gradient with AdamW and clear it.
+
+        Args:
+            optim_params: The AdamW parameters (defaults of AdamParams if None).
+            adam_params: The same, by Tinker's keyword.
+
+        Returns:
+            A future of the OptimStepResponse (metrics such as the gradient norm).
+
+        Example:
+            training.optim_step(AdamParams(learning_rate=1e-4)).result()
+        """
         params = (optim_params or adam_params or AdamParams()).model_dump()
         return self._submit(
             "optim_step", {"adam_params": params, "type": "optim_step"}, OptimStepResponse.model_validate
@@ -190,6 +261,21 @@ class TrainingClient(ClientFutureCompat):
     def save_state(
         self, name: str, ttl_seconds: int | None = None, overwrite: bool = False, user_metadata: dict | None = None
     ) -> APIFuture[SaveWeightsResponse]:
+        """Save a training checkpoint (weights and optimizer state), to resume from later.
+
+        Args:
+            name: The checkpoint's name within this run.
+            ttl_seconds: Seconds until it expires; None keeps it until deleted.
+            overwrite: Replace an existing checkpoint of this name.
+            user_metadata: Stored with the checkpoint.
+
+        Returns:
+            A future whose `path` is `tinker://<run>/weights/<name>`.
+
+        Example:
+            path = training.save_state("step-100").result().path
+            resumed = service.create_training_client_from_state_with_optimizer(path)
+        """
         return self._submit(
             "save_weights",
             {
@@ -203,14 +289,53 @@ class TrainingClient(ClientFutureCompat):
         )
 
     def load_state(self, path: str) -> APIFuture[dict]:
-        return self._submit("load_weights", {"path": path, "optimizer": False, "type": "load_weights"}, _identity)
+        """Load a training checkpoint's weights into this model, with a fresh optimizer state.
+
+        Args:
+            path: A training checkpoint, `tinker://<run>/weights/<name>`.
+
+        Returns:
+            A future of the server's answer, `{"path", "model_id", "type": "load_weights"}`.
+
+        Example:
+            training.load_state(path).result()
+        """
+        return self._load(path, optimizer=False)
 
     def load_state_with_optimizer(self, path: str) -> APIFuture[dict]:
-        return self._submit("load_weights", {"path": path, "optimizer": True, "type": "load_weights"}, _identity)
+        """Like `load_state`, also loading the checkpoint's optimizer state.
+
+        Args:
+            path: A training checkpoint, `tinker://<run>/weights/<name>`.
+
+        Returns:
+            A future of the server's answer, `{"path", "model_id", "type": "load_weights"}`.
+
+        Example:
+            training.load_state_with_optimizer(path).result()
+        """
+        return self._load(path, optimizer=True)
+
+    def _load(self, path: str, optimizer: bool) -> APIFuture[dict]:
+        return self._submit("load_weights", {"path": path, "optimizer": optimizer, "type": "load_weights"}, _identity)
 
     def save_weights_for_sampler(
         self, name: str, ttl_seconds: int | None = None, user_metadata: dict | None = None
     ) -> APIFuture[SaveWeightsResponse]:
+        """Save the current weights for sampling (a sampler checkpoint, also downloadable).
+
+        Args:
+            name: The checkpoint's name within this run.
+            ttl_seconds: Seconds until it expires; None keeps it until deleted.
+            user_metadata: Stored with the checkpoint.
+
+        Returns:
+            A future whose `path` is `tinker://<run>/sampler_weights/<name>`.
+
+        Example:
+            path = training.save_weights_for_sampler("final").result().path
+            sampler = service.create_sampling_client(model_path=path)
+        """
         return self._submit(
             "save_weights_for_sampler",
             {
@@ -226,8 +351,22 @@ class TrainingClient(ClientFutureCompat):
     def save_weights_external(
         self, name: str, ttl_seconds: int | None = None, age_encryption_recipients: list[str] | None = None
     ) -> APIFuture[dict]:
-        """PEFT weights for use outside the service (the server refuses encryption it cannot do)."""
-        body = {"path": name, "ttl_seconds": ttl_seconds, "type": "save_weights_external"}
+        """Export the current weights as a PEFT adapter for use outside the service.
+
+        Args:
+            name: The checkpoint's name within this run.
+            ttl_seconds: Seconds until it expires; None keeps it until deleted.
+            age_encryption_recipients: Sent only when given; a server that cannot encrypt refuses
+                the request with a BadRequestError.
+
+        Returns:
+            A future of the server's answer, whose `path` is the checkpoint's `tinker://` path.
+
+        Example:
+            path = training.save_weights_external("export").result()["path"]
+            service.create_rest_client().download_checkpoint(path, "adapter/")
+        """
+        body: dict[str, Any] = {"path": name, "ttl_seconds": ttl_seconds, "type": "save_weights_external"}
         if age_encryption_recipients:
             body["age_encryption_recipients"] = list(age_encryption_recipients)
         return self._submit("save_weights_external", body, _identity)
@@ -238,15 +377,26 @@ class TrainingClient(ClientFutureCompat):
         retry_config: Any = None,
         record_stability_info: bool = False,
         kind: str = "snapshot",
-    ):
-        """An ephemeral sampler on the current weights. `name`, `retry_config`,
-        `record_stability_info` and `kind` are accepted for Tinker compatibility (Tinker ignores
-        `name` too; this SDK's retries are set on the ServiceClient)."""
+    ) -> SamplingClient:
+        """A sampler on the current weights, without a named checkpoint. Blocks until it exists.
+
+        Args:
+            name: Accepted for Tinker compatibility and ignored (as Tinker does).
+            retry_config: Accepted for Tinker compatibility and ignored; retries are set on the
+                ServiceClient.
+            record_stability_info: Accepted for Tinker compatibility and ignored.
+            kind: Accepted for Tinker compatibility and ignored.
+
+        Returns:
+            A SamplingClient on a snapshot of the weights as of this call's place in the model's order.
+
+        Example:
+            sampler = training.save_weights_and_get_sampling_client()
+            response = sampler.sample(prompt, num_samples=4).result()
+        """
         return self._ephemeral_sampler().result()
 
-    def _ephemeral_sampler(self) -> APIFuture:
-        from .sampling import SamplingClient
-
+    def _ephemeral_sampler(self) -> APIFuture[SamplingClient]:
         body = {
             "sampling_session_seq_id": self.service.next_sampler_seq(),
             "kind": "snapshot",
@@ -261,17 +411,52 @@ class TrainingClient(ClientFutureCompat):
             ),
         )
 
-    def create_sampling_client(self, model_path: str, retry_config: Any = None, record_stability_info: bool = False):
+    def create_sampling_client(
+        self, model_path: str, retry_config: Any = None, record_stability_info: bool = False
+    ) -> SamplingClient:
+        """A sampler on saved sampler weights (as `ServiceClient.create_sampling_client`).
+
+        Args:
+            model_path: Sampler weights, `tinker://<run>/sampler_weights/<name>`.
+            retry_config: Accepted for Tinker compatibility and ignored.
+            record_stability_info: Accepted for Tinker compatibility and ignored.
+
+        Returns:
+            A SamplingClient.
+
+        Example:
+            sampler = training.create_sampling_client(training.save_weights_for_sampler("s").result().path)
+        """
         return self.service.create_sampling_client(model_path=model_path)
 
-    def forward_backward_custom(self, data: Sequence[Datum], loss_fn) -> APIFuture[ForwardBackwardOutput]:
-        """DESIGN §4 / TINKER_WIRE §8.5: a forward pass, the user's torch loss on the logprobs, then a
-        cross_entropy pass with weights = -dloss/dlogprobs, which gives the adapter exactly the custom
-        loss's gradient. `loss_fn(data, logprobs_list) -> (loss, metrics)`. Both passes use the same
-        chunks; their 2 x chunks seq ids are reserved now."""
-        import torch
+    def forward_backward_custom(self, data: Sequence[Datum], loss_fn: Callable) -> APIFuture[ForwardBackwardOutput]:
+        """`forward_backward` with your own torch loss on the logprobs (needs torch).
 
-        data = [d if isinstance(d, Datum) else Datum(**d) for d in data]
+        A forward pass gives the logprobs; `loss_fn` is applied to them; a cross_entropy pass with
+        weights = -dloss/dlogprobs then gives the adapter exactly the custom loss's gradient
+        (DESIGN §4, TINKER_WIRE §8.5). Both passes use the same chunks, and all their seq ids are
+        reserved now. If `loss_fn` raises, no-op requests fill the unsent seq ids, so the model's
+        later requests still run.
+
+        Args:
+            data: The examples; each needs `target_tokens` in its `loss_fn_inputs`.
+            loss_fn: `loss_fn(data, logprobs) -> (loss, metrics)`, with `logprobs` a list of float
+                tensors (one per datum, requiring grad) and `loss` a scalar tensor.
+
+        Returns:
+            A future of the ForwardBackwardOutput; its metrics are yours plus `loss:sum` (your loss)
+            and `surrogate_loss:sum` (the server's weighted cross-entropy).
+
+        Example:
+            def loss_fn(data, logprobs):
+                loss = -sum(lp.sum() for lp in logprobs)
+                return loss, {"tokens": float(sum(len(lp) for lp in logprobs))}
+
+            training.forward_backward_custom(data, loss_fn).result()
+        """
+        import torch  # an optional extra, needed only here
+
+        data = [_as_datum(d) for d in data]
 
         def stripped(d: Datum, weights: TensorData) -> dict:
             return {
@@ -342,56 +527,86 @@ class TrainingClient(ClientFutureCompat):
                 "loss:sum": float(loss.detach()),
                 "surrogate_loss:sum": server.pop("loss:sum"),
             }
-            return {
-                "loss_fn_output_type": "ArrayRecord",
-                "loss_fn_outputs": [o for b in backward for o in b["loss_fn_outputs"]],
-                "metrics": merged,
-            }
+            return _array_record(backward, merged)
 
         return APIFuture(background.submit(go()), ForwardBackwardOutput.model_validate, accepted=accepted)
 
     # ---- async twins: the first await returns once the server accepted the request, so a ------
     # ---- request made after it is ordered after it; `await` the returned future for the result --
 
-    async def forward_backward_async(self, data, loss_fn="cross_entropy", loss_fn_config=None) -> APIFuture:
+    async def forward_backward_async(
+        self, data: Sequence[Datum], loss_fn: str = "cross_entropy", loss_fn_config: dict | None = None
+    ) -> APIFuture[ForwardBackwardOutput]:
+        """Async `forward_backward`: returns its future once the server accepted the request."""
         return await self.forward_backward(data, loss_fn, loss_fn_config).submitted()
 
-    async def forward_async(self, data, loss_fn="cross_entropy", loss_fn_config=None) -> APIFuture:
+    async def forward_async(
+        self, data: Sequence[Datum], loss_fn: str = "cross_entropy", loss_fn_config: dict | None = None
+    ) -> APIFuture[ForwardBackwardOutput]:
+        """Async `forward`: returns its future once the server accepted the request."""
         return await self.forward(data, loss_fn, loss_fn_config).submitted()
 
-    async def forward_backward_custom_async(self, data, loss_fn) -> APIFuture:
+    async def forward_backward_custom_async(
+        self, data: Sequence[Datum], loss_fn: Callable
+    ) -> APIFuture[ForwardBackwardOutput]:
+        """Async `forward_backward_custom`: returns its future once the server accepted the forward pass."""
         return await self.forward_backward_custom(data, loss_fn).submitted()
 
     async def optim_step_async(
         self, optim_params: AdamParams | None = None, *, adam_params: AdamParams | None = None
-    ) -> APIFuture:
+    ) -> APIFuture[OptimStepResponse]:
+        """Async `optim_step`: returns its future once the server accepted the request."""
         return await self.optim_step(optim_params, adam_params=adam_params).submitted()
 
-    async def save_state_async(self, name: str, ttl_seconds: int | None = None, **options) -> APIFuture:
+    async def save_state_async(
+        self, name: str, ttl_seconds: int | None = None, **options
+    ) -> APIFuture[SaveWeightsResponse]:
+        """Async `save_state` (same arguments): returns its future once the server accepted the request."""
         return await self.save_state(name, ttl_seconds, **options).submitted()
 
-    async def load_state_async(self, path: str) -> APIFuture:
+    async def load_state_async(self, path: str) -> APIFuture[dict]:
+        """Async `load_state`: returns its future once the server accepted the request."""
         return await self.load_state(path).submitted()
 
-    async def load_state_with_optimizer_async(self, path: str) -> APIFuture:
+    async def load_state_with_optimizer_async(self, path: str) -> APIFuture[dict]:
+        """Async `load_state_with_optimizer`: returns its future once the server accepted the request."""
         return await self.load_state_with_optimizer(path).submitted()
 
-    async def save_weights_for_sampler_async(self, name: str, ttl_seconds: int | None = None, **options) -> APIFuture:
+    async def save_weights_for_sampler_async(
+        self, name: str, ttl_seconds: int | None = None, **options
+    ) -> APIFuture[SaveWeightsResponse]:
+        """Async `save_weights_for_sampler` (same arguments): returns its future once accepted."""
         return await self.save_weights_for_sampler(name, ttl_seconds, **options).submitted()
 
-    async def save_weights_external_async(self, name: str, ttl_seconds: int | None = None, **options) -> APIFuture:
+    async def save_weights_external_async(
+        self, name: str, ttl_seconds: int | None = None, **options
+    ) -> APIFuture[dict]:
+        """Async `save_weights_external` (same arguments): returns its future once accepted."""
         return await self.save_weights_external(name, ttl_seconds, **options).submitted()
 
-    async def save_weights_and_get_sampling_client_async(self, name: str | None = None, **options):
+    async def save_weights_and_get_sampling_client_async(self, name: str | None = None, **options) -> SamplingClient:
+        """Async `save_weights_and_get_sampling_client`: returns the SamplingClient itself."""
         return await self._ephemeral_sampler()
 
     # ---- live metrics --------------------------------------------------------------------------
 
     async def subscribe_metrics(self) -> AsyncIterator[dict]:
-        """The model's metrics as the server records them, pushed over the WebSocket. Subscribed
-        when this returns, so steps submitted afterwards are all seen:
-        `points = await training.subscribe_metrics(); async for p in points: print(p["step"], p["metrics"])`.
-        The stream ends when the connection drops."""
+        """The model's metrics as the server records them, pushed over the WebSocket.
+
+        Subscribed when this returns, so the steps submitted afterwards are all seen. The stream
+        ends when the connection drops.
+
+        Returns:
+            An async iterator of `{"step": int, "metrics": {name: value}}`.
+
+        Raises:
+            LorasmithError: The ServiceClient has `use_websocket=False`, or no WebSocket connects.
+
+        Example:
+            points = await training.subscribe_metrics()
+            async for point in points:
+                print(point["step"], point["metrics"])
+        """
         if self.transport.events is None:
             raise LorasmithError("subscribe_metrics needs the WebSocket; this ServiceClient has use_websocket=False")
         try:
@@ -408,21 +623,43 @@ class TrainingClient(ClientFutureCompat):
     # ---- info ------------------------------------------------------------------------------
 
     def get_info(self) -> GetInfoResponse:
+        """The model's info as the server gave it when this client was made.
+
+        Returns:
+            The GetInfoResponse (model_id, lora_rank, model_data with the base model's name, ...).
+
+        Example:
+            print(training.get_info().lora_rank)
+        """
         return self._info
 
     async def get_info_async(self) -> GetInfoResponse:
+        """Async `get_info`."""
         return self._info
 
-    def get_tokenizer(self):
-        from .tokenizer import load_tokenizer
+    def get_tokenizer(self) -> Any:
+        """The base model's tokenizer (needs `transformers`), from the server's files or the hub.
 
-        return load_tokenizer(self.transport, self._info.model_data.get("tokenizer_id") or self._info.model_name)
+        Returns:
+            A `transformers` tokenizer.
 
-    async def get_tokenizer_async(self):
+        Raises:
+            LorasmithError: The server's info names no tokenizer or base model.
+
+        Example:
+            tokens = training.get_tokenizer().encode("Hello")
+        """
+        name = self._info.model_data.get("tokenizer_id") or self._info.model_name
+        if not name:
+            raise LorasmithError(f"the server's info of {self.model_id} names no tokenizer or base model")
+        return load_tokenizer(self.transport, name)
+
+    async def get_tokenizer_async(self) -> Any:
+        """Async `get_tokenizer`."""
         return await asyncio.to_thread(self.get_tokenizer)
 
 
-async def _accept(accepted: concurrent.futures.Future, post) -> dict:
+async def _accept(accepted: concurrent.futures.Future, post: Awaitable[T]) -> T:
     """Await the POST, recording its outcome in `accepted` (what the first await of `*_async` waits for)."""
     try:
         handle = await post
@@ -431,6 +668,19 @@ async def _accept(accepted: concurrent.futures.Future, post) -> dict:
         raise
     accepted.set_result(handle)
     return handle
+
+
+def _as_datum(datum: Datum | dict) -> Datum:
+    return datum if isinstance(datum, Datum) else Datum(**datum)
+
+
+def _array_record(answers: list[dict], metrics: dict[str, float]) -> dict:
+    """One forward_backward result of several chunks' answers, in their order."""
+    return {
+        "loss_fn_output_type": "ArrayRecord",
+        "loss_fn_outputs": [o for answer in answers for o in answer["loss_fn_outputs"]],
+        "metrics": metrics,
+    }
 
 
 def _identity(value: Any) -> Any:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 FLOAT_INPUTS = {"weights", "advantages", "logprobs", "clip_low_threshold", "clip_high_threshold"}
 LossFnType = Literal["cross_entropy", "importance_sampling", "ppo", "cispo", "dro"]
 StopReason = Literal["stop", "length"]
+TensorDtype = Literal["int64", "float32"]
 
 
 class EncodedTextChunk(BaseModel):
@@ -45,12 +46,12 @@ class ModelInput(BaseModel):
 
 class TensorData(BaseModel):
     data: list[int | float]
-    dtype: Literal["int64", "float32"]
+    dtype: TensorDtype
     shape: list[int] | None = None
 
     @classmethod
     def from_numpy(cls, array: np.ndarray) -> TensorData:
-        dtype = "int64" if np.issubdtype(array.dtype, np.integer) else "float32"
+        dtype: TensorDtype = "int64" if np.issubdtype(array.dtype, np.integer) else "float32"
         return cls(data=array.astype(dtype).reshape(-1).tolist(), dtype=dtype, shape=list(array.shape))
 
     @classmethod

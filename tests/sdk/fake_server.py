@@ -1,6 +1,7 @@
 """A small in-process fake of the platform's JSON wire, served through `httpx.MockTransport`, for
 SDK tests that need no real server: it records every request, finishes futures at once (or after
-some `try_again` answers) and can be told to fail the next requests of a path."""
+some `try_again` answers) and can be told to fail the next requests of a path. Ids and answers
+have the real server's shapes: the server, never the SDK, makes model and sampler ids."""
 
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class FakeServer:
     results: dict[str, Any] = field(default_factory=dict)  # request_id -> result body
     polls: dict[str, int] = field(default_factory=dict)
     forward_logprobs: Callable[[dict], list[float]] | None = None
+    sessions: dict[str, str] = field(default_factory=dict)  # model_id -> the session that made it
 
     def client(self, base_url: str = BASE_URL, **kwargs) -> lorasmith.ServiceClient:
         kwargs.setdefault("use_websocket", False)
@@ -83,8 +85,21 @@ class FakeServer:
             return {"type": "try_again", "request_id": request_id, "queue_state": "active"}
         return self.results[request_id]
 
+    def new_model(self, body: dict, result: dict) -> dict:
+        """A model's seq 0 (create_model, or load_weights without a model_id), answered as the real
+        server does: the handle and the result both carry the new model's id."""
+        model_id = f"{body['session_id']}:train:{body['model_seq_id']}"
+        self.sessions[model_id] = body["session_id"]
+        return self.future({**result, "model_id": model_id}, model_id=model_id)
+
     def do_create_model(self, body):
-        return self.future({"model_id": f"{body['session_id']}:train:{body['model_seq_id']}"})
+        return self.new_model(body, {"type": "create_model"})
+
+    def do_load_weights(self, body):
+        result = {"path": body["path"], "type": "load_weights"}
+        if "model_id" in body:  # into an existing model, at its seq_id
+            return self.future({**result, "model_id": body["model_id"]}, model_id=body["model_id"])
+        return self.new_model(body, result)
 
     def do_get_info(self, body):
         return {
@@ -118,7 +133,12 @@ class FakeServer:
         return self.future({"metrics": {"grad_norm:mean": 1.0}})
 
     def do_save_weights_for_sampler(self, body):
-        return self.future({"path": f"tinker://{body['model_id']}/sampler_weights/{body['path']}"})
+        if "sampling_session_seq_id" in body:  # an ephemeral sampler, named by the model's session
+            sampler_id = f"{self.sessions[body['model_id']]}:sample:{body['sampling_session_seq_id']}"
+            return self.future({"path": None, "sampling_session_id": sampler_id, "type": "save_weights_for_sampler"})
+        return self.future(
+            {"path": f"tinker://{body['model_id']}/sampler_weights/{body['path']}", "type": "save_weights_for_sampler"}
+        )
 
     def do_create_sampling_session(self, body):
         return {"sampling_session_id": f"sampler-{body['sampling_session_seq_id']}"}

@@ -70,6 +70,19 @@ def test_bootstrap_creates_a_session_and_a_model(server, service):
     assert training.get_info().model_data["tokenizer_id"] == "tiny-llama"
 
 
+def test_a_model_loaded_from_state_has_the_id_the_server_gave(server, service):
+    server.do_load_weights = lambda body: server.future(
+        {"path": body["path"], "model_id": "run-from-server", "type": "load_weights"}, model_id="run-from-server"
+    )
+    training = service.create_training_client_from_state_with_optimizer("tinker://old/weights/w")
+    training.optim_step().result(timeout=10)
+    load = server.bodies("load_weights")[0]
+    assert (load["session_id"], load["model_seq_id"], load["optimizer"]) == ("sess", 0, True)
+    assert training.model_id == "run-from-server"
+    assert server.bodies("get_info")[0]["model_id"] == "run-from-server"
+    assert [(b["model_id"], b["seq_id"]) for b in server.bodies("optim_step")] == [("run-from-server", 1)]
+
+
 def test_session_carries_display_name_and_logs_server_messages(server, caplog):
     server.do_create_session = lambda body: {"session_id": "sess", "warning_message": "maintenance at 5pm"}
     service = server.client(display_name="nightly", project_id="p1", user_metadata={"team": "a"})
@@ -371,6 +384,18 @@ def test_settings_come_from_the_environment(monkeypatch, server):
         lorasmith.ServiceClient()
 
 
+def test_rest_client_reads_the_same_settings_without_a_service(monkeypatch):
+    monkeypatch.delenv("LORASMITH_BASE_URL", raising=False)
+    monkeypatch.delenv("LORASMITH_API_KEY", raising=False)
+    monkeypatch.setenv("TINKER_BASE_URL", BASE_URL)
+    monkeypatch.setenv("TINKER_API_KEY", API_KEY)
+    rest = lorasmith.RestClient()
+    assert (rest.transport.base_url, rest.transport.api_key, rest.transport.events) == (BASE_URL, API_KEY, None)
+    assert lorasmith.RestClient("http://other.test/", "tml-explicit").transport.base_url == "http://other.test"
+    with pytest.raises(lorasmith.LorasmithError, match="keys start with 'tml-'"):
+        lorasmith.RestClient(BASE_URL, "sk-not-a-lorasmith-key")
+
+
 def test_close_finishes_the_session_once(server):
     with server.client() as service:
         service.create_lora_training_client("tiny-llama")
@@ -459,11 +484,6 @@ def test_a_refused_custom_loss_pass_leaves_no_gap(server, service):
 
 def test_async_twins_of_saving_and_sampling(server, service):
     training = service.create_lora_training_client("tiny-llama")
-    server.do_save_weights_for_sampler = lambda body: server.future(
-        {"sampling_session_id": f"{body['model_id']}:sample:{body['sampling_session_seq_id']}"}
-        if "sampling_session_seq_id" in body
-        else {"path": f"tinker://{body['model_id']}/sampler_weights/{body['path']}"}
-    )
 
     async def flow():
         saved = await (await training.save_weights_for_sampler_async("snap"))
@@ -472,7 +492,7 @@ def test_async_twins_of_saving_and_sampling(server, service):
 
     saved, sampler, logprobs = asyncio.run(flow())
     assert saved.path == "tinker://sess:train:0/sampler_weights/snap"
-    assert sampler.sampling_session_id == "sess:train:0:sample:0" and logprobs == [None, -1.0]
+    assert sampler.sampling_session_id == "sess:sample:0" and logprobs == [None, -1.0]
     assert training_seqs(server) == [1, 2]
 
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+from tqdm import tqdm
 
 from ..errors import APIConnectionError, LorasmithError, PermissionDeniedError
 
@@ -71,9 +72,7 @@ def _fetch(url: str, partial: Path, progress: bool, timeout: float) -> str | Non
         return response.headers.get("X-Checksum-Sha256")
 
 
-def _bar(total: int, initial: int, name: str):
-    from tqdm import tqdm
-
+def _bar(total: int, initial: int, name: str) -> tqdm:
     return tqdm(total=total or None, initial=initial, unit="B", unit_scale=True, desc=name)
 
 

@@ -13,6 +13,8 @@ import random
 from typing import Any
 
 import httpx
+from websockets.asyncio.client import ClientConnection
+from websockets.asyncio.client import connect as connect_websocket
 
 from ..errors import APIConnectionError, APITimeoutError, LorasmithError, RequestFailedError, error_for_status
 
@@ -148,7 +150,7 @@ class EventStream:
         self.transport = transport
         self.waiters: dict[str, asyncio.Future] = {}
         self.run_queues: dict[str, list[asyncio.Queue]] = {}  # model_id -> live metrics subscribers
-        self.socket = None
+        self.socket: ClientConnection | None = None
         self.reader: asyncio.Task | None = None
         self.broken_at: float | None = None
         self._connecting = asyncio.Lock()
@@ -179,11 +181,9 @@ class EventStream:
                 raise EventStreamLost()
             if self.socket is not None:
                 return self.socket
-            import websockets
-
             url = self.transport.base_url.replace("http://", "ws://").replace("https://", "wss://") + "/ws/v1/events"
             try:
-                socket = await websockets.connect(
+                socket = await connect_websocket(
                     url, additional_headers={"X-API-Key": self.transport.api_key}, open_timeout=10
                 )
             except Exception as error:

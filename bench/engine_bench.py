@@ -5,20 +5,20 @@
   3. sampling tokens/s vs transformers `generate` (goal >= 1x); 8 adapters batched vs sequential (goal >= 3x)
 
 Usage: python bench/engine_bench.py [--model tiny-llama] [--device cpu|cuda] [--repeats 5]
+(gpu_runner installed, editable: `pip install -e .` at the repository root)
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
 
 from gpu_runner import Engine
 from gpu_runner.types import AdamParams, Datum, ExportPeft, ForwardBackward, LoraSpec, OptimStep, Sample, SamplingParams
@@ -62,9 +62,6 @@ def bench_training_step(engine: Engine, args) -> float:
 
     def engine_step():
         engine.run_cycle([ForwardBackward("step", data), OptimStep("step", AdamParams())])
-
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory() as tmp:
         engine.run_cycle([ExportPeft("step", Path(tmp))])
@@ -121,9 +118,6 @@ def bench_sampling(engine: Engine, args) -> tuple[float, float]:
 
     def engine_sample():
         engine.run_cycle([Sample("sampler", prompt, n, params)])
-
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
 
     with tempfile.TemporaryDirectory() as tmp:
         engine.run_cycle([ExportPeft("sampler", Path(tmp))])

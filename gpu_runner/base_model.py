@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import tiny_models
 
@@ -38,8 +39,6 @@ def resolve_model_dir(name: str, data_dir: Path | None = None) -> str:
 
 
 def describe_base_model(name: str, data_dir: Path | None = None) -> BaseModelInfo:
-    from transformers import AutoConfig
-
     model_dir = resolve_model_dir(name, data_dir)
     config = AutoConfig.from_pretrained(model_dir)
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
@@ -62,13 +61,11 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_base_model(info: BaseModelInfo, device: torch.device):
+def load_base_model(info: BaseModelInfo, device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load weights and tokenizer; the model is frozen and put in eval mode (no dropout)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(info.model_dir, dtype=dtype)
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # transformers types `to` via functools.wraps of the unbound method
     model.eval()
     model.requires_grad_(False)
     tokenizer = AutoTokenizer.from_pretrained(info.model_dir)

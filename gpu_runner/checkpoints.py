@@ -1,8 +1,9 @@
 """Adapter state on disk, safetensors only (never pickle).
 
-Two formats:
+Three formats:
 - training state (`save_state`/`load_state`): `adapter.safetensors` with engine names
   (`<module>.lora_A`), `optimizer.safetensors` with AdamW moments and step, and `lora_spec.json`.
+- spill (`write_spill`/`read_spill`): training state plus pending gradients, `grads.safetensors`.
 - PEFT adapter (`export_peft`/`import_peft`): `adapter_config.json` + `adapter_model.safetensors`
   with PEFT's key names, loadable by `peft.PeftModel.from_pretrained` and vLLM.
 """
@@ -11,10 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
+from typing import Any
 
 import torch
+from peft import LoraConfig
 from safetensors.torch import load_file, save_file
 
 from .adapters import Adapter
@@ -49,7 +51,7 @@ def load_state(adapter_id: str, directory: Path, device: torch.device, include_o
     directory = Path(directory)
     if not (directory / WEIGHTS_FILE).exists():
         raise EngineInputError(f"no training state at {directory}", field="path")
-    spec = LoraSpec(**json.loads((directory / SPEC_FILE).read_text()))
+    spec = _spec_in(directory, **json.loads((directory / SPEC_FILE).read_text()))
     adapter = _adapter_from_named(adapter_id, spec, load_file(str(directory / WEIGHTS_FILE)), device)
     if include_optimizer:
         if not (directory / OPTIMIZER_FILE).exists():
@@ -75,14 +77,12 @@ def read_spill(adapter_id: str, directory: Path, device: torch.device) -> Adapte
 
 
 def export_peft(adapter: Adapter, directory: Path, base_model_name: str) -> None:
-    from peft import LoraConfig
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     targets = sorted({name.rsplit(".", 1)[-1] for name in adapter.weights})
     config = LoraConfig(
         r=adapter.spec.rank,
-        lora_alpha=adapter.spec.alpha,
+        lora_alpha=adapter.spec.alpha,  # type: ignore[arg-type]  # peft annotates int; a float alpha works
         target_modules=targets,
         lora_dropout=0.0,
         bias="none",
@@ -111,7 +111,8 @@ def import_peft(adapter_id: str, directory: Path, device: torch.device, kinds: d
             if module.endswith(suffix):
                 named[f"{module[: -len(suffix)]}.{part}"] = tensor
     present = {kinds.get(name.rsplit(".", 1)[0]) for name in named}
-    spec = LoraSpec(
+    spec = _spec_in(
+        directory,
         rank=int(config["r"]),
         alpha=float(config.get("lora_alpha", config["r"])),
         train_attn="attn" in present,
@@ -121,8 +122,13 @@ def import_peft(adapter_id: str, directory: Path, device: torch.device, kinds: d
     return _adapter_from_named(adapter_id, spec, named, device)
 
 
-def copy_directory(source: Path, target: Path) -> None:
-    shutil.copytree(source, target, dirs_exist_ok=True)
+def _spec_in(directory: Path, **fields: Any) -> LoraSpec:
+    """The LoraSpec a checkpoint describes; a refusal names the checkpoint (the request's `path`),
+    since the user chose a directory here, not a lora_config."""
+    try:
+        return LoraSpec(**fields)
+    except EngineInputError as error:
+        raise EngineInputError(f"{directory} holds an unusable LoRA config: {error}", field="path") from error
 
 
 def _adapter_from_named(

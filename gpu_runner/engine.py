@@ -14,13 +14,15 @@ import tempfile
 import time
 import traceback
 from collections import OrderedDict, deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
+from typing import cast
 
 import torch
 
 from . import checkpoints
-from .adapters import Adapter, AdapterStore
+from .adapter_store import AdapterStore
+from .adapters import Adapter
 from .base_model import BaseModelInfo, default_data_dir, describe_base_model, load_base_model, pick_device
 from .errors import EngineError, EngineInputError
 from .lora_layer import Routing, Segment, wrap_model
@@ -29,13 +31,13 @@ from .sampler import SampleRow, generate, row_generator
 from .types import (
     CheckpointOutput,
     Datum,
+    EngineOp,
     ExportPeft,
     ForwardBackward,
     ForwardBackwardOutput,
     ImportPeft,
     LoadState,
     LoraSpec,
-    Operation,
     OpResult,
     OptimStep,
     OptimStepOutput,
@@ -70,12 +72,7 @@ class Engine:
     # ---- adapters -----------------------------------------------------------------------------
 
     def create_adapter(self, adapter_id: str, spec: LoraSpec) -> None:
-        if spec.rank < 1:
-            raise EngineInputError("rank must be at least 1", field="lora_config.rank")
-        if not (spec.train_attn or spec.train_mlp or spec.train_unembed):
-            raise EngineInputError(
-                "at least one of train_attn, train_mlp, train_unembed must be true", field="lora_config"
-            )
+        """`spec` checked itself when it was built, so nothing is left to refuse here."""
         self.adapters.put(Adapter.initialise(adapter_id, spec, self.layers, self.device))
         self.adapters.enforce_budget(pinned=[adapter_id])
 
@@ -103,7 +100,7 @@ class Engine:
 
     # ---- cycles -------------------------------------------------------------------------------
 
-    def run_cycle(self, ops: Sequence[Operation]) -> list[OpResult]:
+    def run_cycle(self, ops: Sequence[EngineOp]) -> list[OpResult]:
         results: list[OpResult | None] = [None] * len(ops)
         queues: OrderedDict[str, deque[int]] = OrderedDict()
         created: set[str] = set()  # adapters that an earlier op of this cycle loads into existence
@@ -126,39 +123,40 @@ class Engine:
             r if r is not None else OpResult(error="operation was not executed", category="server") for r in results
         ]
 
-    def _run_wave(self, ops: Sequence[Operation], heads: list[int], results: list) -> None:
-        passes = [i for i in heads if isinstance(ops[i], ForwardBackward)]
-        samples = [i for i in heads if isinstance(ops[i], Sample)]
+    def _run_wave(self, ops: Sequence[EngineOp], heads: list[int], results: list) -> None:
+        passes = {i: op for i in heads if isinstance(op := ops[i], ForwardBackward)}
+        samples = {i: op for i in heads if isinstance(op := ops[i], Sample)}
         singles = [i for i in heads if i not in passes and i not in samples]
         if passes:
-            self._fused_passes(ops, passes, results)
+            self._fused_passes(passes, results)
         if samples:
-            self._guarded(samples, results, lambda: self._sample([ops[i] for i in samples]))
+            self._guarded(list(samples), results, lambda: self._sample(list(samples.values())))
         for i in singles:
             self._guarded([i], results, lambda i=i: [self._run_single(ops[i])])
         self.adapters.enforce_budget()  # between waves no adapter is in use, so any may go
 
-    def _fused_passes(self, ops: Sequence[Operation], passes: list[int], results: list) -> None:
-        """One batched pass for these forward/backward ops. If it fails (e.g. one request's
-        activations exhaust device memory), the ops whose adapters held no gradient before are
-        run again one by one, their gradients reset first, so only the culprit fails. An adapter
+    def _fused_passes(self, passes: dict[int, ForwardBackward], results: list) -> None:
+        """One batched pass for these forward/backward ops (by cycle index). If it fails (e.g. one
+        request's activations exhaust device memory), the ops whose adapters held no gradient before
+        are run again one by one, their gradients reset first, so only the culprit fails. An adapter
         that was accumulating may hold a partial gradient now, so its op fails with the pass."""
         fresh = {
-            ops[i].adapter_id
-            for i in passes
-            if all(p.grad is None for p in self.adapter(ops[i].adapter_id).parameters())
+            op.adapter_id
+            for op in passes.values()
+            if all(p.grad is None for p in self.adapter(op.adapter_id).parameters())
         }
-        self._guarded(passes, results, lambda: self._forward_backward([ops[i] for i in passes]))
-        if len(passes) == 1 or results[passes[0]].ok:
+        indices = list(passes)
+        self._guarded(indices, results, lambda: self._forward_backward(list(passes.values())))
+        if len(indices) == 1 or results[indices[0]].ok:
             return
         self._clear_grads(fresh)
-        for i in passes:
-            if ops[i].adapter_id in fresh:
-                self._guarded([i], results, lambda i=i: self._forward_backward([ops[i]]))
+        for i, op in passes.items():
+            if op.adapter_id in fresh:
+                self._guarded([i], results, lambda op=op: self._forward_backward([op]))
                 if not results[i].ok:
-                    self._clear_grads([ops[i].adapter_id])  # the culprit leaves no gradient behind
+                    self._clear_grads([op.adapter_id])  # the culprit leaves no gradient behind
 
-    def _clear_grads(self, adapter_ids) -> None:
+    def _clear_grads(self, adapter_ids: Iterable[str]) -> None:
         for adapter_id in adapter_ids:
             for parameter in self.adapter(adapter_id).parameters():
                 parameter.grad = None
@@ -179,15 +177,15 @@ class Engine:
         for i, output in zip(indices, outputs):
             results[i] = output if isinstance(output, OpResult) else OpResult(output=output)
 
-    def _validate(self, op: Operation, created: set[str]) -> None:
+    def _validate(self, op: EngineOp, created: set[str]) -> None:
         if isinstance(op, ForwardBackward):
             validate_forward_backward(self.info, op.data, op.loss_fn, op.loss_fn_config)
         elif isinstance(op, Sample):
             validate_sample(self.info, op.prompt, op.num_samples, op.params, op.topk_prompt_logprobs)
-        needs_adapter = isinstance(op, (ForwardBackward, OptimStep, SaveState, ExportPeft)) or (
-            isinstance(op, Sample) and op.adapter_id is not None
-        )
-        if needs_adapter and op.adapter_id not in self.adapters and op.adapter_id not in created:
+        # LoadState/ImportPeft create their adapter; a Sample without one runs on the bare base model
+        if isinstance(op, (LoadState, ImportPeft)) or op.adapter_id is None:
+            return
+        if op.adapter_id not in self.adapters and op.adapter_id not in created:
             raise EngineInputError(f"unknown model {op.adapter_id!r}", field="model_id")
 
     @contextlib.contextmanager
@@ -239,24 +237,24 @@ class Engine:
         slicing the (B, T, V) logprobs per datum would zero-fill a full-size gradient each time."""
         logprobs = self._token_logprobs(rows)  # (B, T, V)
         targets = [d.loss_fn_inputs["target_tokens"] for d in data]
-        width = max(t.shape[1] if t.dim() == 2 else 1 for t in targets)
-        index = torch.zeros(logprobs.shape[0], logprobs.shape[1], width, dtype=torch.long)
+        width = max(t.shape[1] if t.dim() == 2 else 1 for t in targets)  # K: 1 when every target is (N,)
+        index = torch.zeros(logprobs.shape[0], logprobs.shape[1], width, dtype=torch.long)  # (B, T, K)
         for i, t in enumerate(targets):
-            index[i, : t.shape[0]] = t.reshape(t.shape[0], -1).long()
+            index[i, : t.shape[0]] = t.reshape(t.shape[0], -1).long()  # (N, 1) broadcast over K, or (N, K)
         gathered = logprobs.gather(-1, index.to(self.device))  # (B, T, K)
         return [
-            gathered[i, : t.shape[0], 0] if t.dim() == 1 else gathered[i, : t.shape[0], : t.shape[1]]
+            gathered[i, : t.shape[0], 0] if t.dim() == 1 else gathered[i, : t.shape[0], : t.shape[1]]  # (N,) or (N, K)
             for i, t in enumerate(targets)
         ]
 
     def _token_logprobs(self, rows: list[list[int]]) -> torch.Tensor:
         """Right-padded batch; causal attention means padding never reaches real positions."""
         width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # (B, T)
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        logits = self.model(input_ids=ids.to(self.device), use_cache=False).logits
-        return torch.log_softmax(logits.float(), dim=-1)
+        logits = self.model(input_ids=ids.to(self.device), use_cache=False).logits  # (B, T, V)
+        return torch.log_softmax(logits.float(), dim=-1)  # (B, T, V), fp32 even when the model is bf16
 
     # ---- sampling -------------------------------------------------------------------------------
 
@@ -304,13 +302,13 @@ class Engine:
             logprobs = self._token_logprobs([op.prompt for op in ops])
         for i, (op, output) in enumerate(zip(ops, outputs)):
             n = len(op.prompt)
-            lp = logprobs[i, : n - 1]  # position t predicts prompt token t+1
+            lp = logprobs[i, : n - 1]  # (n-1, V): position t predicts prompt token t+1
             if op.prompt_logprobs:
-                targets = torch.tensor(op.prompt[1:], device=self.device)
-                scored = lp.gather(-1, targets[:, None]).squeeze(-1).cpu().tolist() if n > 1 else []
+                targets = torch.tensor(op.prompt[1:], device=self.device)  # (n-1,)
+                scored = lp.gather(-1, targets[:, None]).squeeze(-1).cpu().tolist() if n > 1 else []  # (n-1,)
                 output.prompt_logprobs = [None] + scored
             if op.topk_prompt_logprobs:
-                values, tokens = torch.topk(lp, min(op.topk_prompt_logprobs, lp.shape[-1]), dim=-1)
+                values, tokens = torch.topk(lp, min(op.topk_prompt_logprobs, lp.shape[-1]), dim=-1)  # (n-1, k) each
                 output.topk_prompt_logprobs = [None] + [
                     list(zip(t.tolist(), v.tolist())) for t, v in zip(tokens.cpu(), values.cpu())
                 ]
@@ -327,32 +325,30 @@ class Engine:
         return frozenset(ints), ()
 
     def _decode(self, tokens: list[int]) -> str:
-        return self.tokenizer.decode(tokens, skip_special_tokens=False)
+        return cast(str, self.tokenizer.decode(tokens, skip_special_tokens=False))  # one flat list: one string
 
     # ---- optimizer and checkpoints ----------------------------------------------------------------
 
-    def _run_single(self, op: Operation):
+    def _run_single(self, op: EngineOp) -> OptimStepOutput | CheckpointOutput:
         if isinstance(op, OptimStep):
             return self._optim_step(op)
         if isinstance(op, SaveState):
             checkpoints.save_state(self.adapter(op.adapter_id), op.directory, op.include_optimizer)
-            return CheckpointOutput(Path(op.directory), checkpoints.directory_size(op.directory))
-        if isinstance(op, ExportPeft):
+        elif isinstance(op, ExportPeft):
             checkpoints.export_peft(self.adapter(op.adapter_id), op.directory, self.info.model_dir)
-            return CheckpointOutput(Path(op.directory), checkpoints.directory_size(op.directory))
-        if isinstance(op, LoadState):
-            adapter = checkpoints.load_state(op.adapter_id, op.directory, self.device, op.include_optimizer)
-            self._check_shapes(adapter)
-            self.adapters.put(adapter)
-            return CheckpointOutput(Path(op.directory), checkpoints.directory_size(op.directory))
-        if isinstance(op, ImportPeft):
-            adapter = checkpoints.import_peft(
-                op.adapter_id, op.directory, self.device, {name: layer.kind for name, layer in self.layers.items()}
-            )
-            self._check_shapes(adapter)
-            self.adapters.put(adapter)
-            return CheckpointOutput(Path(op.directory), checkpoints.directory_size(op.directory))
-        raise EngineError(f"unsupported operation {type(op).__name__}")
+        elif isinstance(op, LoadState):
+            self._install(checkpoints.load_state(op.adapter_id, op.directory, self.device, op.include_optimizer))
+        elif isinstance(op, ImportPeft):
+            kinds = {name: layer.kind for name, layer in self.layers.items()}
+            self._install(checkpoints.import_peft(op.adapter_id, op.directory, self.device, kinds))
+        else:
+            raise EngineError(f"unsupported operation {type(op).__name__}")
+        return CheckpointOutput(Path(op.directory), checkpoints.directory_size(op.directory))
+
+    def _install(self, adapter: Adapter) -> None:
+        """A loaded adapter replaces any of the same id, once it is known to fit this base model."""
+        self._check_shapes(adapter)
+        self.adapters.put(adapter)
 
     def _check_shapes(self, adapter: Adapter) -> None:
         for name, (lora_a, lora_b) in adapter.weights.items():

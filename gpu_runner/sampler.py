@@ -11,13 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from transformers import DynamicCache
 
-from .types import SampledSequence, SamplingParams
+from .lora_layer import LoraWeights
+from .types import SampledSequence, SamplingParams, StopReason
 
 
 @dataclass
 class SampleRow:
-    adapter: object  # an Adapter, or None for the bare base model
+    adapter: LoraWeights | None  # None: the bare base model
     prompt: list[int]
     params: SamplingParams
     generator: torch.Generator
@@ -25,7 +27,7 @@ class SampleRow:
     stop_strings: tuple[str, ...]
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
-    stop_reason: str | None = None
+    stop_reason: StopReason | None = None
 
     def finished(self) -> bool:
         return self.stop_reason is not None
@@ -85,8 +87,6 @@ def generate(
 ) -> None:
     """Fill each row's tokens/logprobs/stop_reason in place. Rows must be grouped by adapter, and
     the model's routing must already name their segments."""
-    from transformers import DynamicCache
-
     width = max(len(r.prompt) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)

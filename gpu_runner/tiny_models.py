@@ -11,9 +11,19 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from filelock import FileLock
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import (
+    AutoModelForCausalLM,
+    GenerationConfig,
+    LlamaConfig,
+    PreTrainedConfig,
+    PreTrainedTokenizerFast,
+    Qwen3Config,
+)
 
 CORPUS = Path(__file__).with_name("data") / "corpus.txt"
 SPECIAL_TOKENS = ["<|pad|>", "<|bos|>", "<|eos|>", "<|im_start|>", "<|im_end|>"]
@@ -24,51 +34,35 @@ CHAT_TEMPLATE = (
 VOCAB_SIZE = 1024
 
 
+# what the tiny decoders share; each recipe adds its architecture and the sizes that tell it apart
+_COMMON_CONFIG: dict[str, Any] = {
+    "hidden_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "max_position_embeddings": 512,
+    "tie_word_embeddings": False,
+    "dtype": "float32",
+}
+
+
 @dataclass(frozen=True)
 class TinyModelRecipe:
     name: str
-    make_config: Callable[[dict, int], object]
+    config_class: Callable[..., PreTrainedConfig]  # LlamaConfig, Qwen3Config, ...
+    sizes: dict[str, int]  # on top of _COMMON_CONFIG
     seed: int
 
-
-def _llama_config(token_ids: dict, vocab_size: int):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=352,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        torch_dtype="float32",
-        **token_ids,
-    )
-
-
-def _qwen3_config(token_ids: dict, vocab_size: int):
-    from transformers import Qwen3Config
-
-    return Qwen3Config(
-        vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=320,
-        num_hidden_layers=3,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        torch_dtype="float32",
-        **token_ids,
-    )
+    def make_config(self, token_ids: dict[str, int], vocab_size: int) -> PreTrainedConfig:
+        return self.config_class(vocab_size=vocab_size, **_COMMON_CONFIG, **self.sizes, **token_ids)
 
 
 RECIPES = {
-    "tiny-llama": TinyModelRecipe("tiny-llama", _llama_config, seed=1234),
-    "tiny-qwen3": TinyModelRecipe("tiny-qwen3", _qwen3_config, seed=4321),
+    "tiny-llama": TinyModelRecipe(
+        "tiny-llama", LlamaConfig, {"intermediate_size": 352, "num_hidden_layers": 4}, seed=1234
+    ),
+    "tiny-qwen3": TinyModelRecipe(
+        "tiny-qwen3", Qwen3Config, {"intermediate_size": 320, "num_hidden_layers": 3, "head_dim": 32}, seed=4321
+    ),
 }
 
 
@@ -76,11 +70,8 @@ def is_builtin(name: str) -> bool:
     return name in RECIPES
 
 
-def build_tokenizer():
+def build_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level BPE trained on the shipped corpus; deterministic for a given corpus."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
@@ -116,8 +107,6 @@ def materialise(name: str, models_dir: Path) -> Path:
 
 
 def _build(recipe: TinyModelRecipe, target: Path) -> None:
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
     tokenizer = build_tokenizer()
     token_ids = {
         "bos_token_id": tokenizer.bos_token_id,

@@ -6,11 +6,16 @@ so the platform converts its wire JSON into them and back without the engine kno
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
 import torch
+
+from .errors import EngineInputError
+
+MAX_RANK = 1024
 
 StopReason = Literal["stop", "length"]
 ErrorCategory = Literal["user", "server"]
@@ -18,7 +23,10 @@ ErrorCategory = Literal["user", "server"]
 
 @dataclass(frozen=True)
 class LoraSpec:
-    """What the user chose for one adapter; alpha/rank is the LoRA scale."""
+    """What the user chose for one adapter; alpha/rank is the LoRA scale.
+
+    Checks itself on construction (as peft's LoraConfig does), so every LoraSpec that exists is
+    valid; a refusal is an EngineInputError whose `field` is the wire name under `lora_config`."""
 
     rank: int = 32
     alpha: float = 32.0
@@ -26,6 +34,26 @@ class LoraSpec:
     train_attn: bool = True
     train_mlp: bool = True
     train_unembed: bool = True
+
+    def __post_init__(self) -> None:
+        if not _is_int(self.rank) or not 1 <= self.rank <= MAX_RANK:
+            raise EngineInputError(f"lora_config.rank must be between 1 and {MAX_RANK}", field="lora_config.rank")
+        if not (_is_number(self.alpha) and math.isfinite(self.alpha) and self.alpha > 0):
+            raise EngineInputError("lora_config.alpha must be a finite number > 0", field="lora_config.alpha")
+        if self.seed is not None and not _is_int(self.seed):
+            raise EngineInputError("lora_config.seed must be an integer or null", field="lora_config.seed")
+        if not (self.train_attn or self.train_mlp or self.train_unembed):
+            raise EngineInputError(
+                "at least one of train_attn, train_mlp, train_unembed must be true", field="lora_config"
+            )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python, not to JSON
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)
@@ -124,7 +152,8 @@ class ImportPeft:
     directory: Path
 
 
-Operation = ForwardBackward | OptimStep | Sample | SaveState | LoadState | ExportPeft | ImportPeft
+# one operation of a cycle (the platform's `Operation` is its database row, not this)
+EngineOp = ForwardBackward | OptimStep | Sample | SaveState | LoadState | ExportPeft | ImportPeft
 
 
 # ---- outputs ---------------------------------------------------------------------------------

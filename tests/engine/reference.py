@@ -10,6 +10,8 @@ import itertools
 from pathlib import Path
 
 import torch
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
 
 from gpu_runner import Engine
 from gpu_runner.types import AdamParams, Datum, ExportPeft, ForwardBackward, LoraSpec, OptimStep
@@ -52,9 +54,6 @@ def train_steps(engine: Engine, adapter_id: str, data: list[Datum], steps: int, 
 
 def peft_reference(engine: Engine, adapter_id: str, directory: Path, trainable: bool = True):
     """A plain PEFT model holding the same adapter weights as `adapter_id` (fp32, CPU)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
     (result,) = engine.run_cycle([ExportPeft(adapter_id, directory)])
     assert result.ok, result.error
     base = AutoModelForCausalLM.from_pretrained(engine.info.model_dir, dtype=torch.float32)

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
 from gpu_runner import Engine
+from gpu_runner.lora_layer import Routing, wrap_model
 from gpu_runner.types import ForwardBackward, ImportPeft
 
 from .reference import new_adapter, peft_reference, random_sequence, reference_target_logprobs, sft_datum, train_steps
@@ -19,8 +22,6 @@ from .reference import new_adapter, peft_reference, random_sequence, reference_t
 
 @pytest.fixture(scope="module")
 def neox_engine(engine, tmp_path_factory) -> Engine:
-    from transformers import AutoModelForCausalLM, GPTNeoXConfig
-
     directory = tmp_path_factory.mktemp("tiny-neox")
     vocab = len(engine.tokenizer)
     config = GPTNeoXConfig(
@@ -73,10 +74,6 @@ def test_neox_adapter_trains_and_exports_to_peft(neox_engine, tmp_path):
 
 
 def test_a_model_without_attention_linears_is_refused(tmp_path):
-    from torch import nn
-
-    from gpu_runner.lora_layer import Routing, wrap_model
-
     class OnlyHead(nn.Module):
         def __init__(self):
             super().__init__()

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
 import torch
 from safetensors.torch import load_file
 
+from gpu_runner.checkpoints import import_peft
+from gpu_runner.errors import EngineInputError
 from gpu_runner.types import ExportPeft, ForwardBackward, ImportPeft, LoadState, SaveState
 
 from .reference import (
@@ -80,3 +83,16 @@ def test_peft_directory_imports_back(engine, tmp_path):
 def test_loading_a_missing_directory_is_a_user_error(engine, tmp_path):
     (result,) = engine.run_cycle([LoadState("nothing", tmp_path / "absent")])
     assert not result.ok and result.category == "user" and "no training state" in result.error
+
+
+def test_a_peft_config_the_engine_cannot_use_is_a_user_error_naming_the_path(engine, tmp_path):
+    adapter_id = new_adapter(engine, rank=4, seed=8)
+    engine.run_cycle([ExportPeft(adapter_id, tmp_path / "peft")])
+    config_file = tmp_path / "peft" / "adapter_config.json"
+    config_file.write_text(json.dumps({**json.loads(config_file.read_text()), "r": 2048}))
+    with pytest.raises(EngineInputError) as caught:
+        import_peft("too-wide", tmp_path / "peft", engine.device, {n: layer.kind for n, layer in engine.layers.items()})
+    assert caught.value.field == "path"
+    assert "lora_config.rank must be between 1 and 1024" in str(caught.value)
+    (result,) = engine.run_cycle([ImportPeft("too-wide", tmp_path / "peft")])
+    assert result.category == "user" and "holds an unusable LoRA config" in result.error

@@ -5,11 +5,11 @@ import os
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent
-sys.path[:0] = [str(ROOT / "platform"), str(ROOT)]
-# Child processes (rundramatiq's `dramatiq` workers) need the same import roots.
+PLATFORM = Path(__file__).resolve().parent / "platform"
+sys.path.insert(0, str(PLATFORM))  # gpu_runner and lorasmith are installed packages (see the Makefile)
+# Child processes (rundramatiq's `dramatiq` workers) need the same import root.
 os.environ["PYTHONPATH"] = os.pathsep.join(
-    [str(ROOT / "platform"), str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    [str(PLATFORM)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
 )
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 from django.http import JsonResponse
@@ -10,11 +9,11 @@ from rest_framework import exceptions
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_handler
 
-from training.errors import ApiError, BadRequest
+from training.errors import ApiError
 
 
 def error_body(message: str, field: str = "", consumed_seq_id: int | None = None) -> dict:
-    body = {"error": message, "detail": message}
+    body: dict[str, object] = {"error": message, "detail": message}
     if field:
         body["field"] = field
     if consumed_seq_id is not None:
@@ -47,13 +46,3 @@ def exception_handler(exc, context):
 
 def json_error(exc: ApiError) -> JsonResponse:
     return _api_error_response(exc, JsonResponse)
-
-
-def parse_json(raw: bytes) -> dict:
-    try:
-        body = json.loads(raw or b"{}")
-    except ValueError as error:
-        raise BadRequest(f"request body is not valid JSON: {error}", field="body") from None
-    if not isinstance(body, dict):
-        raise BadRequest("request body must be a JSON object", field="body")
-    return body

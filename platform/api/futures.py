@@ -14,8 +14,8 @@ from accounts.services import user_for_key
 from training import access, test_hooks
 from training.errors import ApiError, BadRequest
 
-from . import serializers
-from .errors import error_body, json_error, parse_json
+from . import request_json, serializers
+from .errors import error_body, json_error
 
 POLL_INTERVAL = 0.05  # first re-check; most cycles finish within a few of these
 MAX_POLL_INTERVAL = 0.5  # later re-checks back off: many idle long-polls stay cheap
@@ -25,7 +25,7 @@ def _lookup(key: str | None, raw: bytes) -> tuple[object, str]:
     user = user_for_key(key)
     if user is None:
         raise ApiError("missing, invalid or revoked API key (X-API-Key)", field="X-API-Key")
-    body = parse_json(raw)
+    body = request_json.parse_object(raw)
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
         raise BadRequest("request_id is required", field="request_id")
@@ -48,7 +48,7 @@ async def retrieve_future(request):
         if error.field == "X-API-Key":
             return JsonResponse(error_body(error.message, error.field), status=401)
         return json_error(error)
-    deadline = time.monotonic() + settings.LORASMITH["LONG_POLL_SECONDS"]
+    deadline = time.monotonic() + settings.LORASMITH.long_poll_seconds
     interval = POLL_INTERVAL
     while True:
         state = await sync_to_async(_state)(user, request_id)

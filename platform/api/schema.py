@@ -21,7 +21,7 @@ class ApiKeyScheme(OpenApiAuthenticationExtension):
 
 
 class TensorData(s.Serializer):
-    data = s.ListField(child=s.FloatField(), help_text="flat values, row-major")
+    data = s.ListField(child=s.FloatField(), help_text="flat values, row-major")  # type: ignore[assignment]  # the wire's name shadows Serializer.data
     dtype = s.ChoiceField(choices=["int64", "float32"])
     shape = s.ListField(child=s.IntegerField(), required=False)
 
@@ -80,7 +80,7 @@ class CreateModel(s.Serializer):
 class ForwardBackward(s.Serializer):
     model_id = s.CharField()
     seq_id = s.IntegerField(min_value=1)
-    data = Datum(many=True)
+    data = Datum(many=True)  # type: ignore[assignment]  # the wire's name shadows Serializer.data
     loss_fn = s.ChoiceField(
         choices=["cross_entropy", "importance_sampling", "ppo", "cispo", "dro"], default="cross_entropy"
     )

@@ -17,16 +17,15 @@ from training.intake import sampling_requests, sessions, training_requests
 from training.models import Checkpoint, Session, TrainingRun
 from training.upkeep import retention
 
-from . import schema, serializers
-from .errors import parse_json
+from . import request_json, schema, serializers
 
 
 def body_of(request) -> dict:
     try:
         raw = request.body
     except RequestDataTooBig:
-        raise TooLarge(f"request body exceeds {settings.LORASMITH['MAX_BODY_BYTES']} bytes", field="body") from None
-    return parse_json(raw)
+        raise TooLarge(f"request body exceeds {settings.LORASMITH.max_body_bytes} bytes", field="body") from None
+    return request_json.parse_object(raw)
 
 
 # ---- service / session ------------------------------------------------------------------------
@@ -336,7 +335,7 @@ def external_weights_urls(request, run_id: str, checkpoint_id: str):
 @api_view(["GET"])
 def checkpoint_archive(request, run_id: str, checkpoint_id: str):
     checkpoint = _downloadable(request.user, run_id, checkpoint_id)
-    url, expires = storage.signed_url(request, storage.archive_of(checkpoint.directory))
+    url, expires = storage.signed_url(request, storage.archive_of(Path(checkpoint.directory)))
     return Response({"url": url, "expires": expires.isoformat()})
 
 

@@ -2,10 +2,7 @@
 
 import asyncio
 import os
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "lorasmith_server.settings")
 
 from channels.routing import ProtocolTypeRouter, URLRouter

@@ -6,16 +6,15 @@ LORASMITH_BASE_MODELS, SECRET_KEY, DEBUG, ALLOWED_HOSTS.
 """
 
 import os
-import sys
+import secrets
 from pathlib import Path
 
 import dj_database_url
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:
-    sys.path.append(str(REPO_ROOT))  # gpu_runner lives at the repo root
+from .env import ServiceSettings, env_bool, env_float, env_int, env_list, env_optional_int, env_str
 
-DATA_DIR = Path(os.environ.get("LORASMITH_DATA_DIR", REPO_ROOT / ".data")).resolve()
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DATA_DIR = Path(env_str("LORASMITH_DATA_DIR", str(REPO_ROOT / ".data"))).resolve()
 DATA_DIR.mkdir(parents=True, exist_ok=True)
 os.environ.setdefault("LORASMITH_DATA_DIR", str(DATA_DIR))
 
@@ -23,8 +22,6 @@ os.environ.setdefault("LORASMITH_DATA_DIR", str(DATA_DIR))
 def _persistent_secret(path: Path) -> str:
     """SECRET_KEY signs download URLs: never a public default. Without the variable, a random key
     is made once and kept in the data dir (0600), so every process sharing that dir agrees."""
-    import secrets
-
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -34,9 +31,9 @@ def _persistent_secret(path: Path) -> str:
     return path.read_text().strip()
 
 
-SECRET_KEY = os.environ.get("SECRET_KEY") or _persistent_secret(DATA_DIR / "secret_key")
-DEBUG = os.environ.get("DEBUG", "false").lower() in ("1", "true", "yes")
-ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "*").split(",") if h]
+SECRET_KEY = env_str("SECRET_KEY") or _persistent_secret(DATA_DIR / "secret_key")
+DEBUG = env_bool("DEBUG")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "*")
 
 INSTALLED_APPS = [
     "daphne",
@@ -83,7 +80,7 @@ TEMPLATES = [
 
 DATABASES = {
     "default": dj_database_url.parse(
-        os.environ.get("DATABASE_URL", f"sqlite:///{DATA_DIR / 'lorasmith.sqlite3'}"), conn_max_age=0
+        env_str("DATABASE_URL", f"sqlite:///{DATA_DIR / 'lorasmith.sqlite3'}"), conn_max_age=0
     )
 }
 if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
@@ -95,7 +92,8 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-REDIS_URL = os.environ.get("REDIS_URL", "")
+REDIS_URL = env_str("REDIS_URL")
+REDIS_NAMESPACE = env_str("LORASMITH_REDIS_NAMESPACE", "lorasmith")
 DRAMATIQ_MIDDLEWARE = [
     "dramatiq.middleware.AgeLimit",
     "dramatiq.middleware.TimeLimit",
@@ -106,7 +104,7 @@ DRAMATIQ_MIDDLEWARE = [
 ]
 # The Dramatiq broker: LORASMITH_BROKER_URL (redis:// or amqp:// for RabbitMQ), else REDIS_URL; with
 # neither, an in-process broker (embedded mode). Push between processes always rides on Redis.
-BROKER_URL = os.environ.get("LORASMITH_BROKER_URL", "") or REDIS_URL
+BROKER_URL = env_str("LORASMITH_BROKER_URL", REDIS_URL)
 if BROKER_URL.startswith(("amqp://", "amqps://")):
     if not REDIS_URL:
         from django.core.exceptions import ImproperlyConfigured
@@ -120,7 +118,7 @@ if BROKER_URL.startswith(("amqp://", "amqps://")):
 elif BROKER_URL:
     DRAMATIQ_BROKER = {
         "BROKER": "dramatiq.brokers.redis.RedisBroker",
-        "OPTIONS": {"url": BROKER_URL, "namespace": os.environ.get("LORASMITH_REDIS_NAMESPACE", "lorasmith")},
+        "OPTIONS": {"url": BROKER_URL, "namespace": REDIS_NAMESPACE},
         "MIDDLEWARE": DRAMATIQ_MIDDLEWARE,
     }
 else:
@@ -137,7 +135,7 @@ if REDIS_URL:
             # an idle WebSocket would crash with 1011 after 5 s. Reads may block longer than the pop.
             "CONFIG": {
                 "hosts": [{"address": REDIS_URL, "socket_timeout": 30}],
-                "prefix": os.environ.get("LORASMITH_REDIS_NAMESPACE", "lorasmith"),
+                "prefix": REDIS_NAMESPACE,
             },
         }
     }
@@ -159,33 +157,22 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": ["drf_spectacular.hooks.postprocess_schema_enums", "api.schema.add_retrieve_future"],
 }
 
-LORASMITH = {
+LORASMITH = ServiceSettings(
     # base models this deployment serves (hub ids or local paths); tiny-llama is always served
-    "BASE_MODELS": [m for m in os.environ.get("LORASMITH_BASE_MODELS", "tiny-llama").split(",") if m],
-    "LONG_POLL_SECONDS": float(os.environ.get("LORASMITH_LONG_POLL_SECONDS", "25")),
-    "SIGNED_URL_SECONDS": int(os.environ.get("LORASMITH_SIGNED_URL_SECONDS", "3600")),
-    # a session with no heartbeat for this long is finished and its queued samples cancelled
-    "SESSION_TIMEOUT_SECONDS": int(os.environ.get("LORASMITH_SESSION_TIMEOUT_SECONDS", "600")),
-    "MAX_BODY_BYTES": int(os.environ.get("LORASMITH_MAX_BODY_BYTES", str(64 * 1024 * 1024))),
-    # ephemeral sampler snapshots (save_weights_and_get_sampling_client) kept per training run;
-    # older ones are deleted (sampling them answers 410); all go when their session finishes
-    "EPHEMERAL_SAMPLERS_KEPT": int(os.environ.get("LORASMITH_EPHEMERAL_SAMPLERS_KEPT", "8")),
-    # adapter bytes a runner keeps in (GPU) memory per base model; beyond, the least recently used
-    # spill to disk. Unset: no limit
-    "ADAPTER_MEMORY_BYTES": int(os.environ["LORASMITH_ADAPTER_MEMORY_BYTES"])
-    if os.environ.get("LORASMITH_ADAPTER_MEMORY_BYTES")
-    else None,
-    # per-user quotas (0 = unlimited); beyond them requests are answered 429 with Retry-After
-    "MAX_ACTIVE_RUNS": int(os.environ.get("LORASMITH_MAX_ACTIVE_RUNS", "64")),
-    "MAX_PENDING_OPERATIONS": int(os.environ.get("LORASMITH_MAX_PENDING_OPERATIONS", "4096")),
-    "MAX_PENDING_BYTES": int(os.environ.get("LORASMITH_MAX_PENDING_BYTES", str(1024**3))),
-    "TEST_HOOKS": os.environ.get("LORASMITH_TEST_HOOKS", "") == "1",
-    # prefixed to the per-base-model queue names, so deployments (or test runs) can share a broker
-    "QUEUE_PREFIX": os.environ.get("LORASMITH_QUEUE_PREFIX", ""),
-}
-if "tiny-llama" not in LORASMITH["BASE_MODELS"]:
-    LORASMITH["BASE_MODELS"].insert(0, "tiny-llama")
-DATA_UPLOAD_MAX_MEMORY_SIZE = LORASMITH["MAX_BODY_BYTES"]
+    base_models=("tiny-llama", *[m for m in env_list("LORASMITH_BASE_MODELS", "tiny-llama") if m != "tiny-llama"]),
+    long_poll_seconds=env_float("LORASMITH_LONG_POLL_SECONDS", 25.0),
+    signed_url_seconds=env_int("LORASMITH_SIGNED_URL_SECONDS", 3600),
+    session_timeout_seconds=env_int("LORASMITH_SESSION_TIMEOUT_SECONDS", 600),
+    max_body_bytes=env_int("LORASMITH_MAX_BODY_BYTES", 64 * 1024 * 1024),
+    ephemeral_samplers_kept=env_int("LORASMITH_EPHEMERAL_SAMPLERS_KEPT", 8),
+    adapter_memory_bytes=env_optional_int("LORASMITH_ADAPTER_MEMORY_BYTES"),
+    max_active_runs=env_int("LORASMITH_MAX_ACTIVE_RUNS", 64),
+    max_pending_operations=env_int("LORASMITH_MAX_PENDING_OPERATIONS", 4096),
+    max_pending_bytes=env_int("LORASMITH_MAX_PENDING_BYTES", 1024**3),
+    test_hooks=env_bool("LORASMITH_TEST_HOOKS"),
+    queue_prefix=env_str("LORASMITH_QUEUE_PREFIX"),
+)
+DATA_UPLOAD_MAX_MEMORY_SIZE = LORASMITH.max_body_bytes
 
 STATIC_URL = "static/"
 USE_TZ = True
@@ -194,5 +181,5 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
-    "root": {"handlers": ["console"], "level": os.environ.get("LORASMITH_LOG_LEVEL", "WARNING")},
+    "root": {"handlers": ["console"], "level": env_str("LORASMITH_LOG_LEVEL", "WARNING")},
 }

@@ -13,7 +13,7 @@ from .errors import BadRequest
 
 
 def served_models() -> list[str]:
-    return list(settings.LORASMITH["BASE_MODELS"])
+    return list(settings.LORASMITH.base_models)
 
 
 @functools.cache
@@ -29,4 +29,4 @@ def served_info(name: str, field: str = "base_model") -> BaseModelInfo:
 
 def queue_name(base_model: str) -> str:
     """One Dramatiq queue per base model, so runner machines can each take their own."""
-    return settings.LORASMITH["QUEUE_PREFIX"] + "runner." + re.sub(r"[^A-Za-z0-9._-]", "_", base_model)
+    return settings.LORASMITH.queue_prefix + "runner." + re.sub(r"[^A-Za-z0-9._-]", "_", base_model)

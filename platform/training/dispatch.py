@@ -105,7 +105,7 @@ def _send(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
     broker = dramatiq.get_broker()
     queue = queue_name(base_model)
     broker.declare_queue(queue)
-    message = dramatiq.Message(
+    message: dramatiq.Message = dramatiq.Message(
         queue_name=queue, actor_name=CYCLE_ACTOR, args=(base_model, cycle_id, op_ids), kwargs={}, options={}
     )
     try:

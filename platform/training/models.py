@@ -39,7 +39,7 @@ class Session(models.Model):
         return resource_id.split(":", 1)[0]
 
 
-class TrainingRunQuerySet(models.QuerySet):
+class TrainingRunQuerySet(models.QuerySet["TrainingRun"]):
     def with_latest_checkpoints(self) -> TrainingRunQuerySet:
         """Owner and unexpired checkpoints (newest first, as `checkpoints_newest_first`) fetched with
         the page: one query each, whatever the page size."""
@@ -95,7 +95,7 @@ class SamplingSession(models.Model):
         return f"{session_id}:sample:{sampling_session_seq_id}"
 
 
-class OperationQuerySet(models.QuerySet):
+class OperationQuerySet(models.QuerySet["Operation"]):
     def pending(self) -> OperationQuerySet:
         """Accepted and not finished: queued or running."""
         return self.filter(status__in=(Operation.Status.QUEUED, Operation.Status.RUNNING))
@@ -176,7 +176,7 @@ class Operation(models.Model):
         return [f"{self.id}:{i}" for i in range(self.payload.get("num_samples", 1))]
 
 
-class CheckpointQuerySet(models.QuerySet):
+class CheckpointQuerySet(models.QuerySet["Checkpoint"]):
     def unexpired(self) -> CheckpointQuerySet:
         """A checkpoint past its TTL is gone for everyone, even before the purge deletes its files."""
         return self.exclude(expires_at__lt=timezone.now())

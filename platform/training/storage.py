@@ -30,7 +30,7 @@ def ephemeral_sampler_directory(owner_id: int, run_id: str, seq_id: int) -> Path
 
 def sign_file(path: Path, seconds: int | None = None) -> tuple[str, datetime]:
     """A token for `path` (under a `servable_roots` directory) valid for `seconds`; returns (token, expiry)."""
-    seconds = seconds or settings.LORASMITH["SIGNED_URL_SECONDS"]
+    seconds = seconds or settings.LORASMITH.signed_url_seconds
     expires = int(time.time()) + seconds
     token = signing.dumps({"p": str(Path(path).resolve()), "e": expires}, salt=SALT, compress=True)
     return token, datetime.fromtimestamp(expires, tz=UTC)

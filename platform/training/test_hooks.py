@@ -10,7 +10,7 @@ _counters = {"retrieve_future": 0}
 
 
 def enabled() -> bool:
-    return bool(settings.LORASMITH["TEST_HOOKS"])
+    return settings.LORASMITH.test_hooks
 
 
 def fail_before_forward_backward(user_metadata: dict) -> None:

@@ -19,6 +19,7 @@ from .errors import BadRequest
 from .models import Checkpoint
 
 DTYPES = {"int64": torch.int64, "float32": torch.float32}
+DTYPE_RANGES = {"int64": (-(2**63), 2**63 - 1), "float32": (-3.4028234663852886e38, 3.4028234663852886e38)}
 SEGMENT_CHOICES = "|".join(Checkpoint.SEGMENTS.values())
 TINKER_PATH = re.compile(rf"tinker://(?P<run>[^/]+)/(?P<segment>{SEGMENT_CHOICES})/(?P<name>[^/]+)")
 CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")  # fullmatch: no trailing newline slips by
@@ -71,7 +72,10 @@ def tensor_data(value: Any, field: str) -> torch.Tensor:
     data = value["data"]
     if not isinstance(data, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in data):
         raise BadRequest(f"{field}.data must be a flat list of numbers", field=f"{field}.data")
-    if dtype == "int64" and not all(isinstance(x, int) or float(x).is_integer() for x in data):
+    if data and not all(low <= x <= high for low, high in (DTYPE_RANGES[dtype],) for x in (min(data), max(data))):
+        low, high = DTYPE_RANGES[dtype]
+        raise BadRequest(f"{field}.data holds values outside {dtype}'s range [{low}, {high}]", field=f"{field}.data")
+    if dtype == "int64" and not all(isinstance(x, int) or x.is_integer() for x in data):
         raise BadRequest(f"{field}.data must hold integers for dtype int64", field=f"{field}.data")
     shape = value.get("shape") or [len(data)]
     if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape) or len(shape) > 2:
@@ -133,22 +137,30 @@ def sampling_params(value: Any) -> SamplingParams:
             "sampling_params.stop must be a string, a list of strings or a list of token ids",
             field="sampling_params.stop",
         )
-    numbers = {}
-    for name, kind, default in (
-        ("max_tokens", int, 16),
-        ("temperature", (int, float), 1.0),
-        ("top_k", int, -1),
-        ("top_p", (int, float), 1.0),
-        ("seed", int, None),
-    ):
-        raw = value.get(name, default)
+
+    def number(name: str, default: float) -> float:
+        raw = value.get(name)
         if raw is None:
-            numbers[name] = default
-            continue
-        if isinstance(raw, bool) or not isinstance(raw, kind):
-            raise BadRequest(f"sampling_params.{name} must be a number", field=f"sampling_params.{name}")
-        numbers[name] = raw
-    return SamplingParams(stop=stop, **numbers)
+            return default
+        if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
+            raise BadRequest(f"sampling_params.{name} must be a finite number", field=f"sampling_params.{name}")
+        return float(raw)
+
+    def integer(name: str) -> int | None:
+        raw = value.get(name)
+        if raw is not None and (isinstance(raw, bool) or not isinstance(raw, int)):
+            raise BadRequest(f"sampling_params.{name} must be an integer", field=f"sampling_params.{name}")
+        return raw
+
+    max_tokens, top_k = integer("max_tokens"), integer("top_k")
+    return SamplingParams(
+        max_tokens=16 if max_tokens is None else max_tokens,
+        temperature=number("temperature", 1.0),
+        top_k=-1 if top_k is None else top_k,
+        top_p=number("top_p", 1.0),
+        stop=stop,
+        seed=integer("seed"),
+    )
 
 
 def parse_tinker_path(path: Any, field: str = "path") -> TinkerPath:

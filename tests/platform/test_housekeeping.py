@@ -4,6 +4,7 @@ its accepted training work kept; the chores run at most once per interval."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from pathlib import Path
 
@@ -105,7 +106,7 @@ def _work(session: Session) -> tuple[Operation, Operation]:
 
 
 def test_a_silent_session_ends_and_its_queued_samples_are_cancelled(settings):
-    settings.LORASMITH = {**settings.LORASMITH, "SESSION_TIMEOUT_SECONDS": 600}
+    settings.LORASMITH = dataclasses.replace(settings.LORASMITH, session_timeout_seconds=600)
     user = User.objects.create(username="bob")
     silent, alive = Session.objects.create(id="silent", owner=user), Session.objects.create(id="alive", owner=user)
     Session.objects.filter(id="silent").update(last_heartbeat_at=timezone.now() - timedelta(seconds=601))

@@ -5,6 +5,7 @@ whole byte quota is 413 (waiting would not help) and uses up its seq like any re
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -30,13 +31,8 @@ def api(monkeypatch):
 
 
 def _quotas(settings, **limits) -> None:
-    settings.LORASMITH = {
-        **settings.LORASMITH,
-        "MAX_ACTIVE_RUNS": 0,
-        "MAX_PENDING_OPERATIONS": 0,
-        "MAX_PENDING_BYTES": 0,
-        **limits,
-    }
+    unlimited = {"max_active_runs": 0, "max_pending_operations": 0, "max_pending_bytes": 0}
+    settings.LORASMITH = dataclasses.replace(settings.LORASMITH, **{**unlimited, **limits})
 
 
 def _post(api: APIClient, path: str, body: dict):
@@ -71,7 +67,7 @@ def _assert_limited(response, field: str, message: str) -> None:
 
 
 def test_pending_operations_quota_refuses_without_storing_and_accepts_the_retry(api, settings):
-    _quotas(settings, MAX_PENDING_OPERATIONS=3)
+    _quotas(settings, max_pending_operations=3)
     model_id = f"{_session(api)}:train:0"
     assert _model(api, model_id.split(":")[0]).status_code == 200  # seq 0 is pending too
     accepted = [_forward_backward(api, model_id, seq).json()["request_id"] for seq in (1, 2)]
@@ -86,7 +82,7 @@ def test_pending_operations_quota_refuses_without_storing_and_accepts_the_retry(
 
 
 def test_a_request_filling_a_gap_is_accepted_over_the_quota(api, settings):
-    _quotas(settings, MAX_PENDING_OPERATIONS=3)
+    _quotas(settings, max_pending_operations=3)
     session = _session(api)
     model_id = f"{session}:train:0"
     _model(api, session)
@@ -118,7 +114,7 @@ def test_a_request_filling_a_gap_is_accepted_over_the_quota(api, settings):
 
 def test_pending_bytes_quota_counts_stored_payloads(api, settings):
     one = len(json.dumps(datum_json(TOKENS), separators=(",", ":")))  # ~280 bytes; a request adds ~80 more
-    _quotas(settings, MAX_PENDING_BYTES=5 * one)
+    _quotas(settings, max_pending_bytes=5 * one)
     session = _session(api)
     model_id = f"{session}:train:0"
     _model(api, session)
@@ -129,7 +125,7 @@ def test_pending_bytes_quota_counts_stored_payloads(api, settings):
 
 
 def test_a_request_bigger_than_the_byte_quota_is_413_and_uses_up_its_seq(api, settings):
-    _quotas(settings, MAX_PENDING_BYTES=2000)
+    _quotas(settings, max_pending_bytes=2000)
     session = _session(api)
     model_id = f"{session}:train:0"
     _model(api, session)
@@ -140,7 +136,7 @@ def test_a_request_bigger_than_the_byte_quota_is_413_and_uses_up_its_seq(api, se
 
 
 def test_active_runs_quota_frees_up_when_a_session_finishes(api, settings):
-    _quotas(settings, MAX_ACTIVE_RUNS=1)
+    _quotas(settings, max_active_runs=1)
     session = _session(api)
     first = _model(api, session)
     assert first.status_code == 200

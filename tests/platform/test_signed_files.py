@@ -4,6 +4,7 @@ local path (slashes and all) serves its tokenizer."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -39,7 +40,7 @@ def test_a_signed_token_for_a_file_outside_checkpoints_is_refused():
 
 def test_tokenizer_of_a_base_model_served_by_local_path(settings):
     local = base_models.info("tiny-llama").model_dir  # a plain HF directory, served here by its path
-    settings.LORASMITH = {**settings.LORASMITH, "BASE_MODELS": ["tiny-llama", local]}
+    settings.LORASMITH = dataclasses.replace(settings.LORASMITH, base_models=("tiny-llama", local))
     api = APIClient()
     api.credentials(HTTP_X_API_KEY=issue_api_key(ensure_user("tok-user"), "t"))
     answer = api.get(f"/api/v1/base_models/{local.replace('/', '%2F')}/tokenizer")

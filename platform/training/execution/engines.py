@@ -23,7 +23,7 @@ def engine_for(base_model: str) -> Engine:
     with _lock:
         if base_model not in _engines:
             _engines[base_model] = Engine(
-                base_model, data_dir=settings.DATA_DIR, memory_budget_bytes=settings.LORASMITH["ADAPTER_MEMORY_BYTES"]
+                base_model, data_dir=settings.DATA_DIR, memory_budget_bytes=settings.LORASMITH.adapter_memory_bytes
             )
         return _engines[base_model]
 

@@ -75,7 +75,7 @@ def ephemeral_sampler(op: Operation, out: CheckpointOutput) -> dict:
             "released_at": None,
         },
     )
-    retention.release_ephemeral_weights(Path(out.directory).parent, settings.LORASMITH["EPHEMERAL_SAMPLERS_KEPT"])
+    retention.release_ephemeral_weights(Path(out.directory).parent, settings.LORASMITH.ephemeral_samplers_kept)
     return {"path": None, "sampling_session_id": sampler_id, "type": "save_weights_for_sampler"}
 
 

@@ -13,13 +13,16 @@ from ..base_models import queue_name
 from . import actors  # noqa: F401 - registers the cycle actor with the broker
 
 
+class RunnerWorker(dramatiq.Worker):
+    lorasmith_managed = True  # recovers itself in start_worker; RecoverOnBoot leaves it alone
+
+
 def start_worker(base_models: list[str]) -> dramatiq.Worker:
     broker = dramatiq.get_broker()
     queues = {queue_name(m) for m in base_models}
     for queue in queues:
         broker.declare_queue(queue)
-    worker = dramatiq.Worker(broker, queues=queues, worker_threads=1)
-    worker.lorasmith_managed = True  # recovers below; RecoverOnBoot leaves it alone
+    worker = RunnerWorker(broker, queues=queues, worker_threads=1)
     worker.start()
     dispatch.recover(base_models)
     return worker

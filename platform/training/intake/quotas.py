@@ -20,17 +20,13 @@ RETRY_PENDING_SECONDS = 2.0  # queued work drains cycle by cycle
 RETRY_RUNS_SECONDS = 30.0  # runs end only when their sessions finish or expire
 
 
-def _limit(name: str) -> int:
-    return int(settings.LORASMITH.get(name) or 0)
-
-
 def payload_size(payload: dict) -> int:
     return len(json.dumps(payload, separators=(",", ":")))
 
 
 def check_active_runs(user) -> None:
     """Before a new training run is created: runs of unfinished sessions count."""
-    limit = _limit("MAX_ACTIVE_RUNS")
+    limit = settings.LORASMITH.max_active_runs
     if not limit:
         return
     active = TrainingRun.objects.filter(owner=user, session__finished_reason="").count()
@@ -45,7 +41,7 @@ def check_active_runs(user) -> None:
 
 def check_size(payload_bytes: int) -> None:
     """A request bigger than the whole pending-bytes quota can never be accepted: 413, not 429."""
-    max_bytes = _limit("MAX_PENDING_BYTES")
+    max_bytes = settings.LORASMITH.max_pending_bytes
     if max_bytes and payload_bytes > max_bytes:
         raise TooLarge(
             f"this request's payload is {payload_bytes} bytes, more than the {max_bytes} bytes a user "
@@ -56,7 +52,7 @@ def check_size(payload_bytes: int) -> None:
 
 def check_pending(user, payload_bytes: int, run: TrainingRun | None = None, seq_id: int | None = None) -> None:
     """Before an operation of `payload_bytes` is stored for `user` (of `run` at `seq_id`, for training)."""
-    max_ops, max_bytes = _limit("MAX_PENDING_OPERATIONS"), _limit("MAX_PENDING_BYTES")
+    max_ops, max_bytes = settings.LORASMITH.max_pending_operations, settings.LORASMITH.max_pending_bytes
     if not (max_ops or max_bytes):
         return
     pending = Operation.objects.pending().filter(owner=user).aggregate(count=Count("id"), size=Sum("payload_bytes"))

@@ -40,7 +40,7 @@ def run_if_due(also: Sequence[Callable[[], object]] = ()) -> None:
 
 def expire_silent_sessions() -> int:
     """Finish sessions with no heartbeat for SESSION_TIMEOUT_SECONDS; cancel their queued samples."""
-    cutoff = timezone.now() - timedelta(seconds=settings.LORASMITH["SESSION_TIMEOUT_SECONDS"])
+    cutoff = timezone.now() - timedelta(seconds=settings.LORASMITH.session_timeout_seconds)
     with transaction.atomic():
         silent = list(
             Session.objects.select_for_update()

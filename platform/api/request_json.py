@@ -1,0 +1,117 @@
+"""The one input boundary for JSON: request bodies and WebSocket frames are parsed here, and
+only what the rest of the service can store and compute with gets through.
+
+Refused with a 400 that names the offending place (`data[0].loss_fn_inputs.weights.data[3]`):
+text that is not UTF-8 or not JSON; NaN and Infinity (not JSON, though Python's parser takes
+them) and numbers too large to be finite; integers outside 64 bits (no column or tensor holds
+them); strings with lone surrogates (they cannot be encoded) or NUL (PostgreSQL cannot store it);
+nesting deeper than MAX_DEPTH.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from training.errors import BadRequest
+
+MAX_DEPTH = 32  # the deepest real body (forward_backward: data[i].loss_fn_inputs.x.data) is 5 deep
+INT64 = (-(2**63), 2**63 - 1)
+
+
+def parse(raw: bytes | str, field: str = "body") -> Any:
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise BadRequest(f"{field} is not valid UTF-8: {error.reason} at byte {error.start}", field=field) from None
+    try:
+        value = json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        raise BadRequest(f"{field} is nested more than {MAX_DEPTH} levels deep", field=field) from None
+    except ValueError as error:
+        raise BadRequest(f"{field} is not valid JSON: {error}", field=field) from None
+    _check(value, field)
+    return value
+
+
+def parse_object(raw: bytes | str, field: str = "body") -> dict:
+    """A JSON object (an empty body counts as `{}`)."""
+    value = parse(raw or "{}", field)
+    if not isinstance(value, dict):
+        raise BadRequest(f"{field} must be a JSON object", field=field)
+    return value
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not a JSON number; send finite numbers")
+
+
+def _check(root: Any, field: str) -> None:
+    """Walk the parsed value without recursion (its depth is what is being checked). Paths are
+    built only for containers and for the offending value: bodies hold long lists of numbers."""
+    if not isinstance(root, dict | list):
+        if not _scalar_ok(root):
+            _refuse(root, field)
+        return
+    stack: list[tuple[Any, str, int]] = [(root, field, 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth >= MAX_DEPTH:
+            raise BadRequest(f"{field} is nested more than {MAX_DEPTH} levels deep", field=path)
+        if isinstance(value, list) and _numbers_in_range(value):
+            continue  # the common case, tokens and tensor data, checked by its extremes
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str):
+                _check_string(key, _child(path, key))
+            if isinstance(item, dict | list):
+                stack.append((item, _child(path, key), depth + 1))
+            elif not _scalar_ok(item):
+                _refuse(item, _child(path, key))
+
+
+def _numbers_in_range(values: list) -> bool:
+    if not values or not all(type(x) is int or type(x) is float for x in values):
+        return False
+    return _scalar_ok(min(values)) and _scalar_ok(max(values))
+
+
+def _child(path: str, key: object) -> str:
+    if isinstance(key, int):
+        return f"{path}[{key}]"
+    return str(key) if path == "body" else f"{path}.{key}"
+
+
+def _scalar_ok(value: Any) -> bool:
+    if isinstance(value, str):
+        return "\x00" not in value and not _has_surrogate(value)
+    if isinstance(value, bool) or value is None:
+        return True
+    if isinstance(value, int):
+        return INT64[0] <= value <= INT64[1]
+    return math.isfinite(value)
+
+
+def _has_surrogate(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _refuse(value: Any, path: str) -> None:
+    if isinstance(value, str):
+        _check_string(value, path)
+    if isinstance(value, int):
+        raise BadRequest(f"{path} is outside the 64-bit integer range", field=path)
+    raise BadRequest(f"{path} must be a finite number", field=path)
+
+
+def _check_string(value: str, path: str) -> None:
+    if "\x00" in value:
+        raise BadRequest(f"{path} contains a NUL character, which cannot be stored", field=path)
+    if _has_surrogate(value):
+        raise BadRequest(f"{path} contains a lone UTF-16 surrogate (invalid Unicode)", field=path)

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
 
 from training.errors import BadRequest
 
 MAX_DEPTH = 32  # the deepest real body (forward_backward: data[i].loss_fn_inputs.x.data) is 5 deep
 INT64 = (-(2**63), 2**63 - 1)
+CLAIM_PATTERNS = (("model_id", r'"model_id"\s*:\s*"([^"\\]+)"'), ("seq_id", r'"seq_id"\s*:\s*(\d{1,19})\b'))
 
 
 def parse(raw: bytes | str, field: str = "body") -> Any:
@@ -27,7 +29,7 @@ def parse(raw: bytes | str, field: str = "body") -> Any:
         except UnicodeDecodeError as error:
             raise BadRequest(f"{field} is not valid UTF-8: {error.reason} at byte {error.start}", field=field) from None
     try:
-        value = json.loads(raw, parse_constant=_reject_constant)
+        value = json.loads(raw, parse_constant=lambda _: NON_FINITE)
     except RecursionError:
         raise BadRequest(f"{field} is nested more than {MAX_DEPTH} levels deep", field=field) from None
     except ValueError as error:
@@ -44,8 +46,30 @@ def parse_object(raw: bytes | str, field: str = "body") -> dict:
     return value
 
 
-def _reject_constant(name: str) -> float:
-    raise ValueError(f"{name} is not a JSON number; send finite numbers")
+def claimed_sequence(raw: bytes) -> tuple[str, int] | None:
+    """The (model_id, seq_id) that a refused training body claims, read leniently (Python's own
+    parser takes NaN and any integer; a body even that cannot read is searched for the two keys),
+    so the refusal can still use up that seq_id. None when the body names no valid pair."""
+    text = raw.decode("utf-8", errors="replace")
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError):
+        body = {key: match.group(1) for key, match in ((k, re.search(p, text)) for k, p in CLAIM_PATTERNS) if match}
+    if not isinstance(body, dict):
+        return None
+    model_id, seq_id = body.get("model_id"), body.get("seq_id")
+    if isinstance(seq_id, str) and seq_id.isdigit():
+        seq_id = int(seq_id)
+    if not isinstance(model_id, str) or isinstance(seq_id, bool) or not isinstance(seq_id, int):
+        return None
+    return (model_id, seq_id) if 1 <= seq_id <= INT64[1] else None
+
+
+class _NonFinite:
+    """What NaN, Infinity and -Infinity parse to: refused by the walk, which knows their place."""
+
+
+NON_FINITE = _NonFinite()
 
 
 def _check(root: Any, field: str) -> None:
@@ -91,7 +115,7 @@ def _scalar_ok(value: Any) -> bool:
         return True
     if isinstance(value, int):
         return INT64[0] <= value <= INT64[1]
-    return math.isfinite(value)
+    return isinstance(value, float) and math.isfinite(value)
 
 
 def _has_surrogate(value: str) -> bool:
@@ -107,7 +131,7 @@ def _refuse(value: Any, path: str) -> None:
         _check_string(value, path)
     if isinstance(value, int):
         raise BadRequest(f"{path} is outside the 64-bit integer range", field=path)
-    raise BadRequest(f"{path} must be a finite number", field=path)
+    raise BadRequest(f"{path} must be a finite number (JSON has no NaN or Infinity)", field=path)
 
 
 def _check_string(value: str, path: str) -> None:

@@ -138,7 +138,13 @@ def _training_view(kind: str, request_schema, summary: str, forced: dict | None 
     @schema.accepts(request_schema, summary=summary)
     @api_view(["POST"])
     def view(request):
-        body = {**body_of(request), **(forced or {})}
+        try:
+            body = {**body_of(request), **(forced or {})}
+        except BadRequest as refusal:  # refused before it could be read: its seq_id is used up all the same
+            claim = request_json.claimed_sequence(request.body)
+            if claim is not None:
+                training_requests.refuse_unreadable(request.user, kind, *claim, refusal)
+            raise
         op = training_requests.submit_training(request.user, kind, body)
         return Response(serializers.future_handle(op))
 

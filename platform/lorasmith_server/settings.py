@@ -59,6 +59,7 @@ MIDDLEWARE = [
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
+    "api.middleware.DatabaseBusyMiddleware",
 ]
 
 ROOT_URLCONF = "lorasmith_server.urls"
@@ -89,6 +90,14 @@ if DATABASES["default"]["ENGINE"].endswith("sqlite3"):
         "timeout": 30,
         "transaction_mode": "IMMEDIATE",
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+else:
+    # PostgreSQL: each process holds at most DB_POOL_SIZE connections, whatever the number of
+    # clients or threads; a request that waits DB_POOL_TIMEOUT_SECONDS for one answers 503.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env_int("LORASMITH_DB_POOL_SIZE", 8),
+        "timeout": env_float("LORASMITH_DB_POOL_TIMEOUT_SECONDS", 10.0),
     }
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 

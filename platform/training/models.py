@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, models, transaction
@@ -76,6 +77,12 @@ class TrainingRun(models.Model):
     @staticmethod
     def make_id(session_id: str, model_seq_id: int) -> str:
         return f"{session_id}:train:{model_seq_id}"
+
+    def lora_config(self) -> dict[str, Any]:
+        """What the user chose for the adapter (LoraSpec's fields), e.g. to copy into a new run."""
+        return {
+            name: getattr(self, name) for name in ("rank", "alpha", "seed", "train_attn", "train_mlp", "train_unembed")
+        }
 
 
 class SamplingSession(models.Model):
@@ -161,9 +168,33 @@ class Operation(models.Model):
         ]
         indexes = [models.Index(fields=["base_model", "status"])]
 
-    @staticmethod
-    def new_request_id() -> str:
-        return uuid.uuid4().hex
+    @classmethod
+    def of_run(cls, run: TrainingRun, kind: str, seq_id: int, payload: dict, **fields: Any) -> Operation:
+        """A new (unsaved) training operation of `run`, under a fresh request id."""
+        return cls(
+            id=uuid.uuid4().hex,
+            owner_id=run.owner_id,
+            kind=kind,
+            base_model=run.base_model,
+            training_run=run,
+            seq_id=seq_id,
+            payload=payload,
+            **fields,
+        )
+
+    @classmethod
+    def of_sampler(cls, sampler: SamplingSession, seq_id: int, payload: dict, **fields: Any) -> Operation:
+        """A new (unsaved) sample request of `sampler`, under a fresh request id."""
+        return cls(
+            id=uuid.uuid4().hex,
+            owner_id=sampler.owner_id,
+            kind="sample",
+            base_model=sampler.base_model,
+            sampling_session=sampler,
+            seq_id=seq_id,
+            payload=payload,
+            **fields,
+        )
 
     def require_run(self) -> TrainingRun:
         """The training run of a training operation (every kind but `sample` has one)."""

@@ -9,25 +9,12 @@ import dataclasses
 import json
 
 import pytest
-from rest_framework.test import APIClient
 
-from accounts.services import ensure_user, issue_api_key
-from training import dispatch
 from training.models import Operation
 
-from .wire import datum_json
+from .wire import TOKENS, Wire, datum_json
 
 pytestmark = pytest.mark.django_db
-TOKENS = [3, 320, 265, 203, 44, 538, 83, 685, 4]
-
-
-@pytest.fixture
-def api(monkeypatch):
-    """An in-process client of one user; no cycles run, so accepted work stays pending."""
-    monkeypatch.setattr(dispatch, "dispatch", lambda base_model: None)
-    client = APIClient()
-    client.credentials(HTTP_X_API_KEY=issue_api_key(ensure_user("quota-user"), "test"))
-    return client
 
 
 def _quotas(settings, **limits) -> None:
@@ -35,40 +22,24 @@ def _quotas(settings, **limits) -> None:
     settings.LORASMITH = dataclasses.replace(settings.LORASMITH, **{**unlimited, **limits})
 
 
-def _post(api: APIClient, path: str, body: dict):
-    return api.post(f"/api/v1/{path}", body, format="json")
+def _model(api: Wire, session: str, n: int = 0):
+    return api.create_model(session, n, rank=4)
 
 
-def _session(api: APIClient) -> str:
-    return _post(api, "create_session", {}).json()["session_id"]
-
-
-def _model(api: APIClient, session: str, n: int = 0):
-    return _post(
-        api,
-        "create_model",
-        {"session_id": session, "model_seq_id": n, "base_model": "tiny-llama", "lora_config": {"rank": 4}},
-    )
-
-
-def _forward_backward(api: APIClient, model_id: str, seq_id: int, data: list | None = None):
-    return _post(
-        api,
-        "forward_backward",
-        {"model_id": model_id, "seq_id": seq_id, "loss_fn": "cross_entropy", "data": data or [datum_json(TOKENS)]},
-    )
+def _forward_backward(api: Wire, model_id: str, seq_id: int, data: list | None = None):
+    return api.send("forward_backward", Wire.forward_backward_body(model_id, seq_id, data))
 
 
 def _assert_limited(response, field: str, message: str) -> None:
     assert response.status_code == 429, response.content
     body = response.json()
     assert body["field"] == field and message in body["error"]
-    assert int(response["Retry-After"]) >= 1 and body["retry_after_seconds"] > 0
+    assert int(response.headers["Retry-After"]) >= 1 and body["retry_after_seconds"] > 0
 
 
 def test_pending_operations_quota_refuses_without_storing_and_accepts_the_retry(api, settings):
     _quotas(settings, max_pending_operations=3)
-    model_id = f"{_session(api)}:train:0"
+    model_id = f"{api.session()}:train:0"
     assert _model(api, model_id.split(":")[0]).status_code == 200  # seq 0 is pending too
     accepted = [_forward_backward(api, model_id, seq).json()["request_id"] for seq in (1, 2)]
     _assert_limited(_forward_backward(api, model_id, 3), "quota.pending_operations", "3 operations pending")
@@ -83,30 +54,16 @@ def test_pending_operations_quota_refuses_without_storing_and_accepts_the_retry(
 
 def test_a_request_filling_a_gap_is_accepted_over_the_quota(api, settings):
     _quotas(settings, max_pending_operations=3)
-    session = _session(api)
+    session = api.session()
     model_id = f"{session}:train:0"
     _model(api, session)
     for seq in (2, 3):  # early arrivals: they wait for seq 1
         assert _forward_backward(api, model_id, seq).status_code == 200
     assert _forward_backward(api, model_id, 1).status_code == 200
     _assert_limited(_forward_backward(api, model_id, 4), "quota.pending_operations", "the most allowed is 3")
-    sampler = _post(
-        api,
-        "create_sampling_session",
-        {"session_id": session, "sampling_session_seq_id": 0, "base_model": "tiny-llama"},
-    ).json()["sampling_session_id"]
+    sampler = api.sampler(session)
     _assert_limited(
-        _post(
-            api,
-            "asample",
-            {
-                "sampling_session_id": sampler,
-                "seq_id": 0,
-                "num_samples": 1,
-                "prompt": {"chunks": [{"type": "encoded_text", "tokens": TOKENS}]},
-                "sampling_params": {"max_tokens": 2},
-            },
-        ),
+        api.send("asample", Wire.sample_body(sampler)),
         "quota.pending_operations",
         "retry when some have finished",
     )
@@ -115,7 +72,7 @@ def test_a_request_filling_a_gap_is_accepted_over_the_quota(api, settings):
 def test_pending_bytes_quota_counts_stored_payloads(api, settings):
     one = len(json.dumps(datum_json(TOKENS), separators=(",", ":")))  # ~280 bytes; a request adds ~80 more
     _quotas(settings, max_pending_bytes=5 * one)
-    session = _session(api)
+    session = api.session()
     model_id = f"{session}:train:0"
     _model(api, session)
     assert _forward_backward(api, model_id, 1, [datum_json(TOKENS)] * 3).status_code == 200
@@ -126,7 +83,7 @@ def test_pending_bytes_quota_counts_stored_payloads(api, settings):
 
 def test_a_request_bigger_than_the_byte_quota_is_413_and_uses_up_its_seq(api, settings):
     _quotas(settings, max_pending_bytes=2000)
-    session = _session(api)
+    session = api.session()
     model_id = f"{session}:train:0"
     _model(api, session)
     refused = _forward_backward(api, model_id, 1, [datum_json(TOKENS)] * 20)
@@ -137,10 +94,10 @@ def test_a_request_bigger_than_the_byte_quota_is_413_and_uses_up_its_seq(api, se
 
 def test_active_runs_quota_frees_up_when_a_session_finishes(api, settings):
     _quotas(settings, max_active_runs=1)
-    session = _session(api)
+    session = api.session()
     first = _model(api, session)
     assert first.status_code == 200
     _assert_limited(_model(api, session, 1), "quota.active_runs", "1 active training runs")
     assert _model(api, session).json()["request_id"] == first.json()["request_id"]  # repeat of the create
-    assert _post(api, f"sessions/{session}/finish", {}).status_code == 200
-    assert _model(api, _session(api)).status_code == 200
+    assert api.send(f"sessions/{session}/finish", {}).status_code == 200
+    assert _model(api, api.session()).status_code == 200

@@ -10,16 +10,16 @@ from pathlib import Path
 import pytest
 from django.conf import settings as django_settings
 from django.utils import timezone
-from rest_framework.test import APIClient
 
-from accounts.services import ensure_user, issue_api_key
+from accounts.services import ensure_user
 from gpu_runner import Engine
 from gpu_runner.errors import EngineInputError
 from gpu_runner.types import LoraSpec
-from training import dispatch
 from training.execution import engines, plan
 from training.models import Operation, SamplingSession, Session, TrainingRun
 from training.upkeep import retention
+
+from .wire import Wire
 
 pytestmark = pytest.mark.django_db
 
@@ -76,28 +76,16 @@ def _released(samplers) -> list[str]:
     )
 
 
-def test_old_snapshots_go_unless_a_pending_sample_needs_them(snapshots, monkeypatch):
+def test_old_snapshots_go_unless_a_pending_sample_needs_them(snapshots, api_for):
     user, _, root, samplers = snapshots
     assert retention.release_ephemeral_weights(root, keep=2) == 2
     assert _exists(root) == [1, 4, 5]
     assert _released(samplers) == ["s1:sample:2", "s1:sample:3"]
 
-    monkeypatch.setattr(dispatch, "dispatch", lambda base_model: None)
-    api = APIClient()
-    api.credentials(HTTP_X_API_KEY=issue_api_key(user, "t"))
+    api = api_for(user)
 
     def sample(sampler_id: str):
-        return api.post(
-            "/api/v1/asample",
-            {
-                "sampling_session_id": sampler_id,
-                "seq_id": 1,
-                "num_samples": 1,
-                "prompt": {"chunks": [{"type": "encoded_text", "tokens": [3, 320]}]},
-                "sampling_params": {"max_tokens": 2},
-            },
-            format="json",
-        )
+        return api.send("asample", Wire.sample_body(sampler_id, 1, [3, 320]))
 
     refused = sample("s1:sample:2")
     assert refused.status_code == 410 and refused.json()["field"] == "sampling_session_id"

@@ -9,9 +9,7 @@ from pathlib import Path
 
 import pytest
 from django.conf import settings
-from rest_framework.test import APIClient
 
-from accounts.services import ensure_user, issue_api_key
 from training import base_models, storage
 
 pytestmark = pytest.mark.django_db
@@ -38,16 +36,14 @@ def test_a_signed_token_for_a_file_outside_checkpoints_is_refused():
     assert storage.open_signed(token) == checkpoint.resolve()
 
 
-def test_tokenizer_of_a_base_model_served_by_local_path(settings):
+def test_tokenizer_of_a_base_model_served_by_local_path(settings, api):
     local = base_models.info("tiny-llama").model_dir  # a plain HF directory, served here by its path
     settings.LORASMITH = dataclasses.replace(settings.LORASMITH, base_models=("tiny-llama", local))
-    api = APIClient()
-    api.credentials(HTTP_X_API_KEY=issue_api_key(ensure_user("tok-user"), "t"))
-    answer = api.get(f"/api/v1/base_models/{local.replace('/', '%2F')}/tokenizer")
+    answer = api.client.get(f"base_models/{local.replace('/', '%2F')}/tokenizer")
     assert answer.status_code == 200, answer.content
     files = answer.json()["files"]
     assert "tokenizer.json" in files
     token = files["tokenizer.json"].split("/files/")[1].split("/")[0]
     assert storage.open_signed(token) == (Path(local) / "tokenizer.json").resolve()
-    download = api.get(files["tokenizer.json"].split("testserver")[1])
+    download = api.client.client.get(files["tokenizer.json"].split("testserver")[1])
     assert b"".join(download.streaming_content) == (Path(local) / "tokenizer.json").read_bytes()

@@ -47,14 +47,7 @@ class Finished:
 
 
 def adapter_spec(run: TrainingRun) -> LoraSpec:
-    return LoraSpec(
-        rank=run.rank,
-        alpha=run.alpha,
-        seed=run.seed,
-        train_attn=run.train_attn,
-        train_mlp=run.train_mlp,
-        train_unembed=run.train_unembed,
-    )
+    return LoraSpec(**run.lora_config())
 
 
 def engine_op(op: Operation) -> EngineOp:

@@ -56,18 +56,7 @@ def submit_sample(user, body: dict) -> Operation:
     size = quotas.payload_size(payload)
     quotas.check_size(size)
     quotas.check_pending(user, size)
-    op = Operation.objects.insert_or_racing(
-        Operation(
-            id=Operation.new_request_id(),
-            owner=user,
-            kind="sample",
-            base_model=sampler.base_model,
-            sampling_session=sampler,
-            seq_id=seq_id,
-            payload=payload,
-            payload_bytes=size,
-        )
-    )
+    op = Operation.objects.insert_or_racing(Operation.of_sampler(sampler, seq_id, payload, payload_bytes=size))
     dispatch.dispatch(sampler.base_model)
     return op
 

@@ -85,12 +85,7 @@ def load_weights(user, body: dict) -> Operation:
         session=session,
         owner=user,
         base_model=source.base_model,
-        rank=source.rank,
-        alpha=source.alpha,
-        seed=source.seed,
-        train_attn=source.train_attn,
-        train_mlp=source.train_mlp,
-        train_unembed=source.train_unembed,
+        **source.lora_config(),
         user_metadata=wire.optional(body, "user_metadata", dict, {}),
     )
     return _first_operation(user, run, "load_weights", {**_load_payload(checkpoint, body), "model_id": run.id})
@@ -118,16 +113,7 @@ def _first_operation(user, run: TrainingRun, kind: str, payload: dict) -> Operat
     size = quotas.payload_size(payload)
     quotas.check_pending(user, size)
     op = Operation.objects.insert_or_racing(
-        Operation(
-            id=Operation.new_request_id(),
-            owner=user,
-            kind=kind,
-            base_model=run.base_model,
-            training_run=run,
-            seq_id=0,
-            payload=payload,
-            payload_bytes=size,
-        ),
+        Operation.of_run(run, kind, 0, payload, payload_bytes=size),
         run,
     )
     dispatch.dispatch(run.base_model)
@@ -152,35 +138,33 @@ def submit_training(
     except ApiError as refusal:
         _hold_seq(user, kind, run, seq_id, refusal)
         raise
+    except (ValueError, TypeError, OverflowError, KeyError) as error:  # malformed in a way no check named
+        unreadable = BadRequest(f"the request could not be read: {type(error).__name__}: {error}", field="body")
+        _hold_seq(user, kind, run, seq_id, unreadable)
+        raise unreadable from None
     quotas.check_pending(user, size, run, seq_id)  # over quota: nothing stored, the same seq may come again
-    op = Operation.objects.insert_or_racing(
-        Operation(
-            id=Operation.new_request_id(),
-            owner=user,
-            kind=kind,
-            base_model=run.base_model,
-            training_run=run,
-            seq_id=seq_id,
-            payload=payload,
-            payload_bytes=size,
-        )
-    )
+    op = Operation.objects.insert_or_racing(Operation.of_run(run, kind, seq_id, payload, payload_bytes=size))
     if op.status == Operation.Status.REJECTED:
         return _repeat(op)
     dispatch.dispatch(run.base_model)
     return op
 
 
+def refuse_unreadable(user, kind: str, model_id: str, seq_id: int, refusal: ApiError) -> None:
+    """A training request whose body could not be read at all still uses up the seq_id it
+    claims, if that seq of the user's model is free, so the model is not wedged behind the gap."""
+    run = TrainingRun.objects.filter(id=model_id, owner=user).first()
+    if run is not None and not Operation.objects.filter(training_run=run, seq_id=seq_id).exists():
+        _hold_seq(user, kind, run, seq_id, refusal)
+
+
 def _hold_seq(user, kind: str, run: TrainingRun, seq_id: int, refusal: ApiError) -> None:
     held = Operation.objects.insert_or_racing(
-        Operation(
-            id=Operation.new_request_id(),
-            owner=user,
-            kind=kind,
-            base_model=run.base_model,
-            training_run=run,
-            seq_id=seq_id,
-            payload={"rejected": {"status": refusal.status, "field": refusal.field}},
+        Operation.of_run(
+            run,
+            kind,
+            seq_id,
+            {"rejected": {"status": refusal.status, "field": refusal.field}},
             status=Operation.Status.REJECTED,
             error=refusal.message,
             error_category="user",

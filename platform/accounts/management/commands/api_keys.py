@@ -6,6 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 
 from accounts.models import ApiKey
 from accounts.services import revoke_api_key
+from lorasmith_server.migrations_at_start import ensure_migrated
 
 
 class Command(BaseCommand):
@@ -16,6 +17,7 @@ class Command(BaseCommand):
         parser.add_argument("--revoke", metavar="PREFIX", help="revoke USERNAME's key with this prefix")
 
     def handle(self, username=None, revoke=None, **options):
+        ensure_migrated()
         if revoke:
             if not username:
                 raise CommandError("--revoke needs USERNAME")

@@ -3,6 +3,7 @@
 from django.core.management.base import BaseCommand
 
 from accounts.services import ensure_user, issue_api_key
+from lorasmith_server.migrations_at_start import ensure_migrated
 
 
 class Command(BaseCommand):
@@ -13,6 +14,7 @@ class Command(BaseCommand):
         parser.add_argument("--name", default="")
 
     def handle(self, username, name, **options):
+        ensure_migrated()
         user = ensure_user(username)
         self.stdout.write(f"API key for {user.username} (shown once, store it now):")
         self.stdout.write(issue_api_key(user, name))

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import httpx
 from django.conf import settings
-from django.core.management import call_command
 from django.core.management.base import BaseCommand
 
 from accounts.services import ensure_user, issue_api_key
 from gpu_runner.base_model import resolve_model_dir
+from lorasmith_server.migrations_at_start import ensure_migrated
 
 TEXT = "User: What is two plus two?\nAssistant: Two plus two is four."
 
@@ -35,7 +35,7 @@ class Command(BaseCommand):
         parser.add_argument("--steps", type=int, default=20)
 
     def handle(self, steps, **options):
-        call_command("migrate", interactive=False, verbosity=0)
+        ensure_migrated()
         key = issue_api_key(ensure_user("demo"), "demo")
         port = free_port()
         env = {**os.environ, "LORASMITH_DATA_DIR": str(settings.DATA_DIR)}

@@ -6,6 +6,7 @@ import threading
 
 from django.core.management.base import BaseCommand
 
+from lorasmith_server.migrations_at_start import ensure_migrated
 from training.base_models import served_models
 from training.execution.worker import start_worker
 
@@ -17,6 +18,7 @@ class Command(BaseCommand):
         parser.add_argument("--base-model", action="append", dest="base_models")
 
     def handle(self, base_models=None, **options):
+        ensure_migrated()
         models = base_models or served_models()
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

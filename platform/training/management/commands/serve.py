@@ -1,9 +1,15 @@
 """`manage.py serve --host H --port P`: migrations + the ASGI server (daphne). Without a broker URL it
 also runs the runner in-process, so one command is the whole service on a laptop."""
 
+from daphne.endpoints import build_endpoint_description_strings
+from daphne.server import Server
 from django.conf import settings
-from django.core.management import call_command
 from django.core.management.base import BaseCommand
+
+from lorasmith_server.asgi import application
+from lorasmith_server.migrations_at_start import ensure_migrated
+from training.base_models import served_models
+from training.execution.worker import start_worker
 
 
 class Command(BaseCommand):
@@ -18,14 +24,7 @@ class Command(BaseCommand):
         parser.add_argument("--no-runner", action="store_true", help="never start the in-process runner")
 
     def handle(self, host, port, no_runner, **options):
-        from daphne.endpoints import build_endpoint_description_strings
-        from daphne.server import Server
-
-        from lorasmith_server.asgi import application
-        from training.base_models import served_models
-        from training.execution.worker import start_worker
-
-        call_command("migrate", interactive=False, verbosity=0)
+        ensure_migrated()
         embedded = not settings.BROKER_URL and not no_runner
         if embedded:
             start_worker(served_models())

@@ -1,0 +1,26 @@
+"""In-process fixtures for platform tests: the API through Django's test client, no server."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from accounts.services import ensure_user, issue_api_key
+from training import dispatch
+
+from .wire import InProcess, Wire
+
+
+@pytest.fixture
+def api_for(db, monkeypatch) -> Callable[[Any], Wire]:
+    """The API of a given user, in process. No cycles run (dispatch is a no-op), so accepted
+    work stays queued for the test to inspect."""
+    monkeypatch.setattr(dispatch, "dispatch", lambda base_model: None)
+    return lambda user: Wire(InProcess(issue_api_key(user, "test")))
+
+
+@pytest.fixture
+def api(api_for) -> Wire:
+    return api_for(ensure_user("api-user"))

@@ -153,40 +153,66 @@ def _base_env(data_dir: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def live_server_embedded(tmp_path_factory):
-    data_dir = tmp_path_factory.mktemp("embedded")
-    server = LiveServer(_base_env(data_dir), data_dir, with_runner=False)
-    yield server
-    server.stop()
+    with embedded_server(tmp_path_factory.mktemp("embedded")) as server:
+        yield server
 
 
 @contextlib.contextmanager
-def redis_server(data_dir: Path, runner_args: tuple[str, ...] = ("runner",)):
-    """A web process + a runner process on a fresh PostgreSQL database and a fresh Redis namespace,
-    both dropped afterwards. Skips (fails under CI=true) when the services are unreachable."""
+def postgres_database():
+    """A fresh, empty PostgreSQL database (its URL), dropped afterwards. Skips (fails under
+    CI=true) when PostgreSQL is unreachable."""
     _require("PostgreSQL", _postgres_ok())
-    _require("Redis", _redis_ok())
     import psycopg
 
     db_name = f"lorasmith_test_{uuid.uuid4().hex[:10]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{db_name}"')
+    try:
+        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db_name}"
+    finally:
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+
+def redis_env(data_dir: Path, database_url: str) -> dict:
+    """The environment of a scale-path process: PostgreSQL, Redis and a namespace of its own."""
+    _require("Redis", _redis_ok())
     env = _base_env(data_dir)
     env.update(
         {
-            "DATABASE_URL": PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{db_name}",
+            "DATABASE_URL": database_url,
             "REDIS_URL": REDIS_TEST_URL,
             "LORASMITH_REDIS_NAMESPACE": f"lorasmith-test-{uuid.uuid4().hex[:8]}",
         }
     )
-    server = None
+    return env
+
+
+@contextlib.contextmanager
+def redis_server(data_dir: Path, runner_args: tuple[str, ...] = ("runner",), extra_env: dict | None = None):
+    """A web process + a runner process on a fresh PostgreSQL database and a fresh Redis namespace,
+    both dropped afterwards. Skips (fails under CI=true) when the services are unreachable."""
+    with postgres_database() as database_url:
+        server = LiveServer(
+            {**redis_env(data_dir, database_url), **(extra_env or {})},
+            data_dir,
+            with_runner=True,
+            runner_args=runner_args,
+        )
+        try:
+            yield server
+        finally:
+            server.stop()
+
+
+@contextlib.contextmanager
+def embedded_server(data_dir: Path, extra_env: dict | None = None):
+    """A private `manage.py serve` in embedded mode (SQLite, in-process runner)."""
+    server = LiveServer({**_base_env(data_dir), **(extra_env or {})}, data_dir, with_runner=False)
     try:
-        server = LiveServer(env, data_dir, with_runner=True, runner_args=runner_args)
         yield server
     finally:
-        if server is not None:
-            server.stop()
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+        server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -1,12 +1,15 @@
 """A small in-process fake of the platform's JSON wire, served through `httpx.MockTransport`, for
 SDK tests that need no real server: it records every request, finishes futures at once (or after
-some `try_again` answers) and can be told to fail the next requests of a path. Ids and answers
+some `try_again` answers, or `finish_after` seconds, long-polled like the real server's) and can be
+told to fail the next requests of a path. Ids and answers
 have the real server's shapes: the server, never the SDK, makes model and sampler ids."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +32,9 @@ class Call:
 @dataclass
 class FakeServer:
     pending_polls: int = 0  # `try_again` answers before a future's result is given
+    finish_after: float = 0.0  # seconds from a future's creation until it is finished
+    long_poll: float = 25.0  # how long retrieve_future holds an unfinished future before `try_again`
+    finished_at: dict[str, float] = field(default_factory=dict)  # request_id -> time.monotonic() it finishes
     delays: dict[int, float] = field(default_factory=dict)  # seq_id -> seconds the POST takes
     calls: list[Call] = field(default_factory=list)
     failures: dict[str, list[Failure]] = field(default_factory=dict)
@@ -63,11 +69,13 @@ class FakeServer:
         answer = getattr(self, "do_" + path.replace("/", "_").replace("-", "_"), None)
         if answer is None:
             return httpx.Response(404, json={"detail": f"fake server has no {path}"})
-        return httpx.Response(200, json=answer(body))
+        body = answer(body)
+        return httpx.Response(200, json=await body if inspect.isawaitable(body) else body)
 
     def future(self, result: Any, **extra) -> dict:
         request_id = f"req-{len(self.results)}"
         self.results[request_id] = result
+        self.finished_at[request_id] = time.monotonic() + self.finish_after
         return {"request_id": request_id, **extra}
 
     # ---- endpoints -----------------------------------------------------------------------------
@@ -78,11 +86,17 @@ class FakeServer:
     def do_create_session(self, body):
         return {"session_id": "sess"}
 
-    def do_retrieve_future(self, body):
+    async def do_retrieve_future(self, body):
         request_id = body["request_id"]
         self.polls[request_id] = self.polls.get(request_id, 0) + 1
+        try_again = {"type": "try_again", "request_id": request_id, "queue_state": "active"}
         if self.polls[request_id] <= self.pending_polls:
-            return {"type": "try_again", "request_id": request_id, "queue_state": "active"}
+            return try_again
+        left = self.finished_at[request_id] - time.monotonic()
+        if left > self.long_poll:
+            await asyncio.sleep(self.long_poll)
+            return try_again
+        await asyncio.sleep(max(left, 0))
         return self.results[request_id]
 
     def new_model(self, body: dict, result: dict) -> dict:

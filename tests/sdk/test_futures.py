@@ -15,6 +15,7 @@ def _datum():
 
 
 def test_websocket_push_needs_no_polling(live_server_embedded, service):
+    service.transport.push_quiet_seconds = 600.0  # no reconciling checks: only the push can resolve them
     training = service.create_lora_training_client("tiny-llama", rank=4, seed=3)
     before = live_server_embedded.retrieve_future_count()
     results = [training.forward([_datum()]).result() for _ in range(3)]

@@ -7,12 +7,13 @@ import time
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.services import user_for_key
 from training import access, test_hooks
-from training.errors import ApiError, BadRequest
+from training.errors import ApiError, BadRequest, TooLarge
 
 from . import request_json, serializers
 from .errors import error_body, json_error
@@ -21,10 +22,15 @@ POLL_INTERVAL = 0.05  # first re-check; most cycles finish within a few of these
 MAX_POLL_INTERVAL = 0.5  # later re-checks back off: many idle long-polls stay cheap
 
 
-def _lookup(key: str | None, raw: bytes) -> tuple[object, str]:
+def _lookup(key: str | None, request) -> tuple[object, str]:
+    """Authenticates first, then reads the body: a request without a valid key is 401 whatever it sent."""
     user = user_for_key(key)
     if user is None:
         raise ApiError("missing, invalid or revoked API key (X-API-Key)", field="X-API-Key")
+    try:
+        raw = request.body
+    except RequestDataTooBig:
+        raise TooLarge(f"request body exceeds {settings.LORASMITH.max_body_bytes} bytes", field="body") from None
     body = request_json.parse_object(raw)
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
@@ -40,10 +46,12 @@ def _state(user, request_id: str):
 @csrf_exempt
 async def retrieve_future(request):
     if request.method != "POST":
-        return JsonResponse(error_body("use POST"), status=405)
+        not_allowed = JsonResponse(error_body(f"method {request.method} not allowed; use POST"), status=405)
+        not_allowed["Allow"] = "POST"
+        return not_allowed
     test_hooks.count("retrieve_future")  # proves futures resolved over the WebSocket, not by polling
     try:
-        user, request_id = await sync_to_async(_lookup)(request.headers.get("X-API-Key"), request.body)
+        user, request_id = await sync_to_async(_lookup)(request.headers.get("X-API-Key"), request)
     except ApiError as error:
         if error.field == "X-API-Key":
             return JsonResponse(error_body(error.message, error.field), status=401)

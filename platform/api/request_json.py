@@ -105,7 +105,8 @@ def _numbers_in_range(values: list) -> bool:
 def _child(path: str, key: object) -> str:
     if isinstance(key, int):
         return f"{path}[{key}]"
-    return str(key) if path == "body" else f"{path}.{key}"
+    printable = str(key).encode("utf-8", "backslashreplace").decode()  # a key may hold a lone surrogate
+    return printable if path == "body" else f"{path}.{printable}"
 
 
 def _scalar_ok(value: Any) -> bool:

@@ -2,14 +2,27 @@
 
 Validation lives in `training.wire`/`training.intake` (one place, messages naming the field);
 these serializers only describe the shapes of TINKER_WIRE.md's JSON forms to the schema.
+Request bodies are JSON only (the one parser); each view's documented 200 answer has exactly the
+fields `api.views` returns (`ANSWERS`), checked by tests/platform/test_api_schema.py.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+from drf_spectacular import openapi
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, extend_schema
 from rest_framework import serializers as s
+
+
+class AutoSchema(openapi.AutoSchema):
+    def get_operation_id(self) -> str:
+        """`v1_<path with its parameters>_<action>`: the default drops path parameters, so that
+        `sessions` and `sessions/{session_id}` collided (and got numbered)."""
+        tokens = [token.strip("{}").replace("-", "_") for token in self.path.removeprefix("/api/").split("/") if token]
+        return "_".join([*tokens, self.method_mapping[self.method.lower()]])
 
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):
@@ -153,12 +166,289 @@ class CreateSamplingSession(s.Serializer):
     model_path = s.CharField(required=False, help_text="tinker://.../sampler_weights/<name>")
 
 
+# ---- answers (api.views returns exactly these fields) -----------------------------------------
+
+
+class CreateSessionAnswer(s.Serializer):
+    session_id = s.CharField()
+    type = s.ChoiceField(choices=["create_session"])
+
+
+class CreateSamplingSessionAnswer(s.Serializer):
+    sampling_session_id = s.CharField()
+    type = s.ChoiceField(choices=["create_sampling_session"])
+
+
+class ClientConfig(s.Serializer):
+    pjwt_auth_enabled = s.BooleanField()
+    proto_compress_fwdbwd = s.BooleanField()
+    parallel_fwdbwd_chunks = s.BooleanField()
+    sample_use_retrieve_futures = s.BooleanField()
+    custom_loss_server_side = s.BooleanField()
+
+
+class ClientDynamicConfig(s.Serializer):
+    refresh_interval_sec = s.IntegerField()
+    sample_cancel_enabled = s.BooleanField()
+    sample_cancel_max_batch_size = s.IntegerField()
+
+
+class Health(s.Serializer):
+    status = s.ChoiceField(choices=["ok"])
+    pid = s.IntegerField(help_text="the server process, to tell this server from another on the port")
+
+
+class SupportedModel(s.Serializer):
+    model_name = s.CharField()
+    max_context_length = s.IntegerField()
+    trainable = s.BooleanField()
+    sampleable = s.BooleanField()
+    arch = s.CharField()
+
+
+class ServerCapabilities(s.Serializer):
+    supported_models = SupportedModel(many=True)
+
+
+class SessionHeartbeat(s.Serializer):
+    session_id = s.CharField()
+
+
+class SessionHeartbeatAnswer(s.Serializer):
+    type = s.ChoiceField(choices=["session_heartbeat"])
+
+
+class FinishSession(s.Serializer):
+    reason = s.DictField(required=False, help_text="{type: success|error|...}; the first finish wins")
+    detail = s.CharField(required=False)
+
+
+class FinishSessionAnswer(s.Serializer):
+    session_id = s.CharField()
+
+
+class TelemetryAnswer(s.Serializer):
+    status = s.ChoiceField(choices=["accepted"])
+
+
+class GetInfo(s.Serializer):
+    model_id = s.CharField()
+
+
+class ModelData(s.Serializer):
+    arch = s.CharField()
+    model_name = s.CharField()
+    tokenizer_id = s.CharField()
+
+
+class OptimizerConfig(s.Serializer):
+    type = s.ChoiceField(choices=["adamw"])
+
+
+class ModelInfo(s.Serializer):
+    model_id = s.CharField()
+    model_name = s.CharField()
+    is_lora = s.BooleanField()
+    lora_rank = s.IntegerField()
+    model_data = ModelData()
+    optimizer_config = OptimizerConfig()
+    type = s.ChoiceField(choices=["get_info"])
+
+
+class Sampler(s.Serializer):
+    sampler_id = s.CharField()
+    base_model = s.CharField()
+    model_path = s.CharField(allow_null=True)
+
+
+class SessionList(s.Serializer):
+    sessions = s.ListField(child=s.CharField(), help_text="session ids, newest first")
+
+
+class SessionDetail(s.Serializer):
+    session_id = s.CharField()
+    training_run_ids = s.ListField(child=s.CharField())
+    sampler_ids = s.ListField(child=s.CharField())
+    user_metadata = s.DictField(allow_null=True)
+    tags = s.ListField(child=s.CharField())
+    display_name = s.CharField(allow_null=True)
+    project_id = s.CharField(allow_null=True)
+    finished_reason = s.CharField(allow_null=True)
+
+
+class CancelFuture(s.Serializer):
+    request_id = s.CharField()
+
+
+class CancelFutureAnswer(s.Serializer):
+    request_id = s.CharField()
+    cancelled = s.BooleanField(help_text="false: already started or finished, or not a sampling request")
+
+
+class Cursor(s.Serializer):
+    offset = s.IntegerField()
+    limit = s.IntegerField()
+    total_count = s.IntegerField()
+
+
+class CheckpointInfo(s.Serializer):
+    checkpoint_id = s.CharField(help_text="<weights|sampler_weights|external_weights>/<name>")
+    checkpoint_type = s.ChoiceField(choices=["training", "sampler", "external"])
+    time = s.DateTimeField()
+    tinker_path = s.CharField()
+    size_bytes = s.IntegerField()
+    public = s.BooleanField()
+    expires_at = s.DateTimeField(allow_null=True)
+    user_metadata = s.DictField(allow_null=True)
+
+
+class TrainingRunInfo(s.Serializer):
+    training_run_id = s.CharField()
+    base_model = s.CharField()
+    model_owner = s.CharField()
+    is_lora = s.BooleanField()
+    lora_rank = s.IntegerField()
+    corrupted = s.BooleanField()
+    last_request_time = s.DateTimeField()
+    user_metadata = s.DictField(allow_null=True)
+    last_checkpoint = CheckpointInfo(allow_null=True)
+    last_sampler_checkpoint = CheckpointInfo(allow_null=True)
+    step = s.IntegerField()
+
+
+class TrainingRunPage(s.Serializer):
+    training_runs = TrainingRunInfo(many=True)
+    cursor = Cursor()
+
+
+class CheckpointList(s.Serializer):
+    checkpoints = CheckpointInfo(many=True)
+
+
+class CheckpointPage(s.Serializer):
+    checkpoints = CheckpointInfo(many=True)
+    cursor = Cursor()
+
+
+class CheckpointTtl(s.Serializer):
+    ttl_seconds = s.IntegerField(required=False, allow_null=True, help_text="3600 s to 10 years; null: never expires")
+
+
+class ExternalWeightsUrls(s.Serializer):
+    urls = s.DictField(child=s.URLField(), help_text="file name -> signed download URL")
+    expires = s.DateTimeField(allow_null=True)
+
+
+class CheckpointArchive(s.Serializer):
+    url = s.URLField(help_text="signed download URL of a .tar of the checkpoint")
+    expires = s.DateTimeField()
+
+
+class WeightsInfoRequest(s.Serializer):
+    tinker_path = s.CharField(help_text="tinker://<model_id>/<weights|sampler_weights|external_weights>/<name>")
+
+
+class WeightsInfo(s.Serializer):
+    base_model = s.CharField()
+    is_lora = s.BooleanField()
+    lora_rank = s.IntegerField()
+    train_unembed = s.BooleanField()
+    train_mlp = s.BooleanField()
+    train_attn = s.BooleanField()
+    optimizer_config = OptimizerConfig()
+
+
+class TokenizerFileUrls(s.Serializer):
+    files = s.DictField(child=s.URLField(), help_text="file name -> signed download URL")
+
+
+class TokenizerHubId(s.Serializer):
+    hub_id = s.CharField(help_text="not local: fetch the tokenizer from the Hugging Face hub")
+
+
+TOKENIZER_FILES = PolymorphicProxySerializer(
+    component_name="TokenizerFiles",
+    serializers=[TokenizerFileUrls, TokenizerHubId],
+    resource_type_field_name=None,
+)
+
 ERRORS = {code: ErrorBody for code in (400, 401, 404, 410, 413, 429)}
+NO_CONTENT = object()  # a 204 answer without a body
+ANY_OBJECT = OpenApiTypes.OBJECT  # a body the view ignores: any JSON object
+
+# The views documented with `free_form()` (and the answers of `accepts()` views that are not future
+# handles), by view function name: (request body, 200 answer). A request of None: none is read.
+ANSWERS: dict[str, tuple[Any, Any]] = {
+    "client_config": (ANY_OBJECT, ClientConfig),
+    "client_dynamic_config": (ANY_OBJECT, ClientDynamicConfig),
+    "healthz": (None, Health),
+    "server_capabilities": (None, ServerCapabilities),
+    "create_session": (CreateSession, CreateSessionAnswer),
+    "session_heartbeat": (SessionHeartbeat, SessionHeartbeatAnswer),
+    "finish_session": (FinishSession, FinishSessionAnswer),
+    "telemetry": (ANY_OBJECT, TelemetryAnswer),
+    "get_info": (GetInfo, ModelInfo),
+    "create_sampling_session": (CreateSamplingSession, CreateSamplingSessionAnswer),
+    "get_sampler": (None, Sampler),
+    "list_sessions": (None, SessionList),
+    "session_detail": (None, SessionDetail),
+    "cancel_future": (CancelFuture, CancelFutureAnswer),
+    "training_runs": (None, TrainingRunPage),
+    "training_run": (None, TrainingRunInfo),
+    "run_checkpoints": (None, CheckpointList),
+    "user_checkpoints": (None, CheckpointPage),
+    "delete_checkpoint": (None, NO_CONTENT),
+    "publish_checkpoint": (None, CheckpointInfo),
+    "checkpoint_ttl": (CheckpointTtl, CheckpointInfo),
+    "external_weights_urls": (None, ExternalWeightsUrls),
+    "checkpoint_archive": (None, CheckpointArchive),
+    "weights_info": (WeightsInfoRequest, WeightsInfo),
+    "tokenizer_files": (None, TOKENIZER_FILES),
+}
 
 
-def accepts(request: type[s.Serializer], response: type[s.Serializer] = FutureHandle, summary: str = ""):
-    """Document a view's JSON body and answer (the answer of a submit is a future handle)."""
-    return extend_schema(request=request, responses={200: response, **ERRORS}, summary=summary or None)
+PAGED = {"list_sessions", "training_runs", "user_checkpoints"}  # these read ?limit=&offset=
+PAGE_PARAMETERS = [
+    OpenApiParameter("limit", int, description="1-1000 (default 20; 100 for checkpoints)"),
+    OpenApiParameter("offset", int, description=">= 0 (default 0)"),
+]
+
+
+def _responses(answer: Any) -> dict:
+    if answer is NO_CONTENT:
+        return {204: None, **ERRORS}
+    return {200: answer, **ERRORS}
+
+
+def _view_name(view: Any) -> str:
+    return getattr(getattr(view, "cls", None), "__name__", "")  # @api_view names its class after the function
+
+
+def accepts(request: type[s.Serializer], response: type[s.Serializer] | None = None, summary: str = ""):
+    """Document a view's JSON body and answer (by default a future handle: the answer of a submit)."""
+
+    def decorate(view: Any) -> Any:
+        answer = response or ANSWERS.get(_view_name(view), (None, FutureHandle))[1]
+        return extend_schema(request=request, responses=_responses(answer), summary=summary or None)(view)
+
+    return decorate
+
+
+def free_form(summary: str = ""):
+    """A view whose JSON body and answer are described in `ANSWERS` (by the view's name); a view
+    missing there is documented as taking and answering any JSON object."""
+
+    def decorate(view: Any) -> Any:
+        name = _view_name(view)
+        request, answer = ANSWERS.get(name, (ANY_OBJECT, ANY_OBJECT))
+        return extend_schema(
+            request=request,
+            responses=_responses(answer),
+            parameters=PAGE_PARAMETERS if name in PAGED else None,
+            summary=summary or None,
+        )(view)
+
+    return decorate
 
 
 def add_retrieve_future(result: dict, generator, request, public) -> dict:
@@ -167,17 +457,12 @@ def add_retrieve_future(result: dict, generator, request, public) -> dict:
     return result
 
 
-def free_form(summary: str = ""):
-    """A JSON object in and out (see TINKER_WIRE.md for its fields)."""
-    return extend_schema(
-        request=OpenApiTypes.OBJECT, responses={200: OpenApiTypes.OBJECT, **ERRORS}, summary=summary or None
-    )
-
+ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}  # the component of the DRF views' errors
 
 RETRIEVE_FUTURE_PATH = {
     "/api/v1/retrieve_future": {
         "post": {
-            "operationId": "retrieve_future",
+            "operationId": "v1_retrieve_future_create",
             "summary": "Long-poll a future: its result, {type: try_again, queue_state}, or {error, category}",
             "tags": ["api"],
             "security": [{"ApiKey": []}],
@@ -199,10 +484,25 @@ RETRIEVE_FUTURE_PATH = {
             "responses": {
                 "200": {
                     "description": "the operation's result (ForwardBackwardOutput, SampleResponse, ...), "
-                    "a try_again answer, or a failure with category user|server"
+                    "a try_again answer, or a failure with category user|server",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": {},
+                                "description": "free-form: the shape depends on the operation (TINKER_WIRE.md §5)",
+                            }
+                        }
+                    },
                 },
-                "401": {"description": "missing or invalid X-API-Key"},
-                "404": {"description": "no such future (or not yours)"},
+                **{
+                    code: {"description": text, "content": {"application/json": {"schema": ERROR_REF}}}
+                    for code, text in (
+                        ("400", "not JSON, or no request_id"),
+                        ("401", "missing or invalid X-API-Key"),
+                        ("404", "no such future (or not yours)"),
+                    )
+                },
             },
         }
     },

@@ -1,11 +1,27 @@
-from django.urls import path, re_path
+from django.urls import path, re_path, register_converter
 
 from training.wire import SEGMENT_CHOICES
 
 from . import futures, views
 
-RUN = r"(?P<run_id>[^/]+)"
-CHECKPOINT = rf"(?P<checkpoint_id>(?:{SEGMENT_CHOICES})/[^/]+)"
+# Path parameters never hold NUL: PostgreSQL refuses it in a query (a 500), so such a path is a 404.
+SEGMENT = r"[^/\x00]+"
+
+
+class SegmentConverter:
+    regex = SEGMENT
+
+    def to_python(self, value: str) -> str:
+        return value
+
+    def to_url(self, value: str) -> str:
+        return value
+
+
+register_converter(SegmentConverter, "segment")
+
+RUN = rf"(?P<run_id>{SEGMENT})"
+CHECKPOINT = rf"(?P<checkpoint_id>(?:{SEGMENT_CHOICES})/{SEGMENT})"
 
 urlpatterns = [
     path("client/config", views.client_config),
@@ -15,8 +31,8 @@ urlpatterns = [
     path("create_session", views.create_session),
     path("session_heartbeat", views.session_heartbeat),
     path("sessions", views.list_sessions),
-    path("sessions/<str:session_id>", views.session_detail),
-    path("sessions/<str:session_id>/finish", views.finish_session),
+    path("sessions/<segment:session_id>", views.session_detail),
+    path("sessions/<segment:session_id>/finish", views.finish_session),
     path("cancel_future", views.cancel_future),
     path("telemetry", views.telemetry),
     path("create_model", views.create_model),
@@ -29,7 +45,7 @@ urlpatterns = [
     path("save_weights_external", views.save_weights_external),
     path("load_weights", views.load_weights),
     path("create_sampling_session", views.create_sampling_session),
-    path("samplers/<str:sampler_id>", views.get_sampler),
+    path("samplers/<segment:sampler_id>", views.get_sampler),
     path("asample", views.asample),
     path("retrieve_future", futures.retrieve_future),
     path("training_runs", views.training_runs),
@@ -42,6 +58,6 @@ urlpatterns = [
     re_path(rf"^training_runs/{RUN}/checkpoints/{CHECKPOINT}/archive$", views.checkpoint_archive),
     path("checkpoints", views.user_checkpoints),
     path("weights_info", views.weights_info),
-    re_path(r"^base_models/(?P<name>.+)/tokenizer$", views.tokenizer_files),  # hub ids and paths have slashes
+    re_path(r"^base_models/(?P<name>[^\x00]+)/tokenizer$", views.tokenizer_files),  # hub ids and paths have slashes
     path("_test/counters", futures.counters),
 ]

@@ -13,6 +13,7 @@ from websockets.sync.client import connect
 
 from .wire import TOKENS, Wire, datum_json, prompt_json
 
+
 @pytest.fixture(scope="module", params=["embedded", "postgres_redis"])
 def server(request):
     return request.getfixturevalue("live_server_embedded" if request.param == "embedded" else "live_server_redis")
@@ -118,7 +119,7 @@ def test_a_checkpoint_name_with_a_trailing_newline_is_refused(server, quiet_log,
 
 def test_an_unreadable_training_body_still_uses_up_its_seq(server, quiet_log, model):
     seq = _take_seq(model)
-    raw = ('{"model_id": "%s", "seq_id": %d, "data": [' % (model["model_id"], seq)).encode()  # cut off
+    raw = f'{{"model_id": "{model["model_id"]}", "seq_id": {seq}, "data": ['.encode()  # cut off
     assert _refused(_raw(server, "forward_backward", raw), 400, "body", "not valid JSON")
     _then_next_seq_runs(model)
 
@@ -127,8 +128,15 @@ def test_bad_websocket_frames_get_an_error_and_keep_the_connection(server, quiet
     wire = model["wire"]
     url = server.base_url.replace("http", "ws") + "/ws/v1/events"
     with connect(url, additional_headers={"X-API-Key": server.api_key}, open_timeout=10) as ws:
-        for frame in ('{"type": "subscribe_futures", "request_ids": 5}', "[1, 2]", "not json", b"\x00\x01",
-                      '{"type": "subscribe_run", "model_id": ["x"]}', '{"a": NaN}', '"\\ud800"'):
+        for frame in (
+            '{"type": "subscribe_futures", "request_ids": 5}',
+            "[1, 2]",
+            "not json",
+            b"\x00\x01",
+            '{"type": "subscribe_run", "model_id": ["x"]}',
+            '{"a": NaN}',
+            '"\\ud800"',
+        ):
             ws.send(frame)
             answer = json.loads(ws.recv(timeout=10))
             assert answer["type"] == "error" and answer["error"], (frame, answer)
@@ -143,3 +151,13 @@ def test_the_prompt_chunks_must_hold_token_ids(server, quiet_log, model):
     sampler = model["wire"].sampler(model["session"], seq=200)
     body = {**Wire.sample_body(sampler), "prompt": prompt_json(["a", "b"])}
     _refused(model["wire"].send("asample", body), 400, "prompt.chunks[0].tokens", "list of integers")
+
+
+def test_a_malformed_form_body_gets_the_applications_answer(server, quiet_log):
+    """The web server itself must not answer (a bare 400 before the key is checked)."""
+    response = httpx.post(
+        f"{server.base_url}/api/v1/create_session",
+        content=b"--x\r\nbroken",
+        headers={"Content-Type": "multipart/form-data; boundary=x"},
+    )
+    assert response.status_code == 401 and response.json()["error"]

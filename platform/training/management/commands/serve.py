@@ -2,6 +2,7 @@
 also runs the runner in-process, so one command is the whole service on a laptop."""
 
 from daphne.endpoints import build_endpoint_description_strings
+from daphne.http_protocol import WebRequest
 from daphne.server import Server
 from django.conf import settings
 from django.core.management.base import BaseCommand
@@ -10,6 +11,19 @@ from lorasmith_server.asgi import application
 from lorasmith_server.migrations_at_start import ensure_migrated
 from training.base_models import served_models
 from training.execution.worker import start_worker
+
+
+def leave_request_bodies_to_django() -> None:
+    """Twisted parses multipart and form bodies itself and answers a bare, empty 400 when that
+    fails, before Django (and the API key check) sees the request. Django reads bodies on its own,
+    so Twisted's parse is switched off: every answer comes from the application."""
+    original_init = WebRequest.__init__
+
+    def init(self: WebRequest, *args: object, **kwargs: object) -> None:
+        original_init(self, *args, **kwargs)
+        self._parsePOSTFormSubmission = False
+
+    WebRequest.__init__ = init
 
 
 class Command(BaseCommand):
@@ -25,6 +39,7 @@ class Command(BaseCommand):
 
     def handle(self, host, port, no_runner, **options):
         ensure_migrated()
+        leave_request_bodies_to_django()
         embedded = not settings.BROKER_URL and not no_runner
         if embedded:
             start_worker(served_models())

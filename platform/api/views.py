@@ -317,20 +317,10 @@ def checkpoint_ttl(request, run_id: str, checkpoint_id: str):
     return Response(serializers.checkpoint(checkpoint))
 
 
-def _downloadable(user, run_id: str, checkpoint_id: str) -> Checkpoint:
-    """Sampler and external checkpoints download; training state (with optimizer) does not."""
-    checkpoint = access.readable_checkpoint(user, run_id, checkpoint_id)
-    if checkpoint.checkpoint_type == Checkpoint.Type.TRAINING:
-        raise BadRequest(
-            "training checkpoints are not downloadable; export with save_weights_external", field="checkpoint_id"
-        )
-    return checkpoint
-
-
 @schema.free_form()
 @api_view(["GET"])
 def external_weights_urls(request, run_id: str, checkpoint_id: str):
-    checkpoint = _downloadable(request.user, run_id, checkpoint_id)
+    checkpoint = access.downloadable_checkpoint(request.user, run_id, checkpoint_id)
     urls, expires = {}, None
     for file in sorted(Path(checkpoint.directory).iterdir()):
         urls[file.name], expires = storage.signed_url(request, file)
@@ -340,7 +330,7 @@ def external_weights_urls(request, run_id: str, checkpoint_id: str):
 @schema.free_form()
 @api_view(["GET"])
 def checkpoint_archive(request, run_id: str, checkpoint_id: str):
-    checkpoint = _downloadable(request.user, run_id, checkpoint_id)
+    checkpoint = access.downloadable_checkpoint(request.user, run_id, checkpoint_id)
     url, expires = storage.signed_url(request, storage.archive_of(Path(checkpoint.directory)))
     return Response({"url": url, "expires": expires.isoformat()})
 
@@ -371,8 +361,6 @@ def tokenizer_files(request, name: str):
     directory = Path(info.model_dir)
     if not directory.is_dir():
         return Response({"hub_id": info.model_dir})
-    files = {}
-    for file in sorted(directory.iterdir()):
-        if file.name.startswith(("tokenizer", "special_tokens", "chat_template", "vocab", "merges")):
-            files[file.name], _ = storage.signed_url(request, file)
-    return Response({"files": files})
+    return Response(
+        {"files": {file.name: storage.signed_url(request, file)[0] for file in storage.tokenizer_files(directory)}}
+    )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.db.models import Q
 
-from .errors import NotFound
+from .errors import BadRequest, NotFound
 from .models import Checkpoint, Operation, SamplingSession, Session, TrainingRun
 
 
@@ -42,6 +42,16 @@ def owned_checkpoint(user, run_id: str, checkpoint_id: str) -> Checkpoint:
 
 def readable_checkpoint(user, run_id: str, checkpoint_id: str) -> Checkpoint:
     return _find_checkpoint(readable_checkpoints(user), run_id, checkpoint_id)
+
+
+def downloadable_checkpoint(user, run_id: str, checkpoint_id: str) -> Checkpoint:
+    """Sampler and external checkpoints download; training state (with optimizer) does not."""
+    checkpoint = readable_checkpoint(user, run_id, checkpoint_id)
+    if checkpoint.checkpoint_type == Checkpoint.Type.TRAINING:
+        raise BadRequest(
+            "training checkpoints are not downloadable; export with save_weights_external", field="checkpoint_id"
+        )
+    return checkpoint
 
 
 def _find_checkpoint(queryset, run_id: str, checkpoint_id: str) -> Checkpoint:

@@ -28,6 +28,14 @@ def ephemeral_sampler_directory(owner_id: int, run_id: str, seq_id: int) -> Path
     return checkpoint_directory(owner_id, run_id, "ephemeral", f"seq-{seq_id}")
 
 
+TOKENIZER_FILE_PREFIXES = ("tokenizer", "special_tokens", "chat_template", "vocab", "merges")
+
+
+def tokenizer_files(model_dir: Path) -> list[Path]:
+    """The files of a local model directory a client needs to load its tokenizer."""
+    return [f for f in sorted(model_dir.iterdir()) if f.name.startswith(TOKENIZER_FILE_PREFIXES)]
+
+
 def sign_file(path: Path, seconds: int | None = None) -> tuple[str, datetime]:
     """A token for `path` (under a `servable_roots` directory) valid for `seconds`; returns (token, expiry)."""
     seconds = seconds or settings.LORASMITH.signed_url_seconds

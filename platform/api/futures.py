@@ -1,4 +1,6 @@
-"""`retrieve_future`: an async long-poll, so a waiting client holds no worker thread."""
+"""`retrieve_future`: an async long-poll, so a waiting client holds no worker thread. A finished
+forward/forward_backward or sample result is answered as protobuf when the client's Accept asks for
+it (Tinker's SDK does, and reads those two only as protobuf), as JSON otherwise."""
 
 from __future__ import annotations
 
@@ -8,14 +10,14 @@ import time
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.services import user_for_key
 from training import access, test_hooks
 from training.errors import ApiError, BadRequest, TooLarge
 
-from . import request_json, serializers
+from . import request_json, result_proto, serializers
 from .errors import error_body, json_error
 
 POLL_INTERVAL = 0.05  # first re-check; most cycles finish within a few of these
@@ -56,17 +58,25 @@ async def retrieve_future(request):
         if error.field == "X-API-Key":
             return JsonResponse(error_body(error.message, error.field), status=401)
         return json_error(error)
+    protobuf = result_proto.wants_protobuf(request.headers.get("Accept", ""))
     deadline = time.monotonic() + settings.LORASMITH.long_poll_seconds
     interval = POLL_INTERVAL
     while True:
         state = await sync_to_async(_state)(user, request_id)
         if state is not None:
-            return JsonResponse(state)
+            return _answer(state, protobuf)
         left = deadline - time.monotonic()
         if left <= 0:
             return JsonResponse({"type": "try_again", "request_id": request_id, "queue_state": "active"})
         await asyncio.sleep(min(interval, left))
         interval = min(interval * 1.5, MAX_POLL_INTERVAL)
+
+
+def _answer(state: dict, protobuf: bool) -> HttpResponse:
+    encoded = result_proto.encode(state) if protobuf else None
+    if encoded is None:
+        return JsonResponse(state)
+    return HttpResponse(encoded, content_type=result_proto.CONTENT_TYPE)
 
 
 def counters(request):

@@ -34,7 +34,7 @@ def parse(raw: bytes | str, field: str = "body") -> Any:
         raise BadRequest(f"{field} is nested more than {MAX_DEPTH} levels deep", field=field) from None
     except ValueError as error:
         raise BadRequest(f"{field} is not valid JSON: {error}", field=field) from None
-    _check(value, field)
+    check(value, field)
     return value
 
 
@@ -72,9 +72,11 @@ class _NonFinite:
 NON_FINITE = _NonFinite()
 
 
-def _check(root: Any, field: str) -> None:
-    """Walk the parsed value without recursion (its depth is what is being checked). Paths are
-    built only for containers and for the offending value: bodies hold long lists of numbers."""
+def check(root: Any, field: str = "body") -> None:
+    """Refuse what the rest of the service cannot store (see the module docstring); also run on
+    bodies decoded from protobuf. Walks the value without recursion (its depth is what is being
+    checked). Paths are built only for containers and for the offending value: bodies hold long
+    lists of numbers."""
     if not isinstance(root, dict | list):
         if not _scalar_ok(root):
             _refuse(root, field)
@@ -132,7 +134,11 @@ def _refuse(value: Any, path: str) -> None:
         _check_string(value, path)
     if isinstance(value, int):
         raise BadRequest(f"{path} is outside the 64-bit integer range", field=path)
-    raise BadRequest(f"{path} must be a finite number (JSON has no NaN or Infinity)", field=path)
+    raise not_finite(path)
+
+
+def not_finite(path: str) -> BadRequest:
+    return BadRequest(f"{path} must be a finite number (JSON has no NaN or Infinity)", field=path)
 
 
 def _check_string(value: str, path: str) -> None:

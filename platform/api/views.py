@@ -1,4 +1,7 @@
-"""The /api/v1 JSON endpoints (TINKER_WIRE.md §3-§7). Views parse and authorise; actions decide."""
+"""The /api/v1 endpoints (TINKER_WIRE.md §3-§7). Views parse and authorise; actions decide.
+
+Bodies are JSON, except that forward_backward (and forward) also take Tinker's protobuf form,
+decoded into the same JSON-shaped body so intake checks both alike."""
 
 from __future__ import annotations
 
@@ -12,20 +15,49 @@ from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
 from training import access, base_models, storage, wire
-from training.errors import BadRequest, TooLarge
+from training.errors import ApiError, BadRequest, TooLarge, UnsupportedMediaType
 from training.intake import sampling_requests, sessions, training_requests
 from training.models import Checkpoint, Session, TrainingRun
 from training.upkeep import retention
 
-from . import request_json, schema, serializers
+from . import request_json, request_proto, schema, serializers
+from .tinker_proto import CONTENT_TYPE as PROTOBUF
+
+
+def raw_body(request) -> bytes:
+    try:
+        return request.body
+    except RequestDataTooBig:
+        raise TooLarge(f"request body exceeds {settings.LORASMITH.max_body_bytes} bytes", field="body") from None
+
+
+def is_protobuf(request) -> bool:
+    return request.META.get("CONTENT_TYPE", "").split(";")[0].strip().lower() == PROTOBUF
 
 
 def body_of(request) -> dict:
+    if is_protobuf(request):
+        raise UnsupportedMediaType(
+            f"{request.path} takes a JSON body; only forward_backward and forward take {PROTOBUF}",
+            field="Content-Type",
+        )
+    return request_json.parse_object(raw_body(request))
+
+
+def _training_body(request, kind: str) -> dict:
+    if kind == "forward_backward" and is_protobuf(request):
+        return request_proto.forward_backward_body(raw_body(request), request.headers.get("Content-Encoding", ""))
+    return body_of(request)
+
+
+def _claimed_sequence(request, kind: str) -> tuple[str, int] | None:
     try:
         raw = request.body
     except RequestDataTooBig:
-        raise TooLarge(f"request body exceeds {settings.LORASMITH.max_body_bytes} bytes", field="body") from None
-    return request_json.parse_object(raw)
+        return None
+    if kind == "forward_backward" and is_protobuf(request):
+        return request_proto.claimed_sequence(raw, request.headers.get("Content-Encoding", ""))
+    return request_json.claimed_sequence(raw)
 
 
 # ---- service / session ------------------------------------------------------------------------
@@ -139,9 +171,9 @@ def _training_view(kind: str, request_schema, summary: str, forced: dict | None 
     @api_view(["POST"])
     def view(request):
         try:
-            body = {**body_of(request), **(forced or {})}
-        except BadRequest as refusal:  # refused before it could be read: its seq_id is used up all the same
-            claim = request_json.claimed_sequence(request.body)
+            body = {**_training_body(request, kind), **(forced or {})}
+        except ApiError as refusal:  # refused before it could be read: its seq_id is used up all the same
+            claim = _claimed_sequence(request, kind)
             if claim is not None:
                 training_requests.refuse_unreadable(request.user, kind, *claim, refusal)
             raise

@@ -31,6 +31,10 @@ class TooLarge(ApiError):
     status = 413
 
 
+class UnsupportedMediaType(ApiError):
+    status = 415
+
+
 class RateLimited(ApiError):
     """Over a per-user quota: nothing was stored, so the same request (same seq_id) may be sent
     again after `retry_after_seconds`."""

@@ -46,3 +46,8 @@ def user_for_key(key: str | None):
 
 def revoke_api_key(user, prefix: str) -> int:
     return ApiKey.objects.filter(user=user, prefix=prefix, revoked_at__isnull=True).update(revoked_at=timezone.now())
+
+
+def revoke_api_key_by_id(user, key_id: int) -> int:
+    """Revoke one of `user`'s keys by its row id (the dashboard's handle); 0 if not theirs or already revoked."""
+    return ApiKey.objects.filter(user=user, pk=key_id, revoked_at__isnull=True).update(revoked_at=timezone.now())

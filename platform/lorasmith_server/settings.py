@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "accounts",
     "training",
     "api",
+    "front",
 ]
 
 MIDDLEWARE = [
@@ -74,6 +75,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
+                "front.context.dashboard",
             ]
         },
     }
@@ -186,7 +188,42 @@ LORASMITH = ServiceSettings(
 )
 DATA_UPLOAD_MAX_MEMORY_SIZE = LORASMITH.max_body_bytes
 
+# The dashboard's assets (frontend/) and the admin's, served by the platform itself: asgi.py wraps
+# Django in the staticfiles handler, so `manage.py serve` (daphne) needs no collectstatic or proxy.
 STATIC_URL = "static/"
+STATICFILES_DIRS = [REPO_ROOT / "frontend"]
+STATIC_ROOT = DATA_DIR / "static"  # only for `collectstatic`, when a proxy serves /static/ instead
+
+# Browser accounts (front/): sign-up open unless LORASMITH_OPEN_SIGNUP=false; password reset mails go
+# to the console unless EMAIL_BACKEND names another backend (e.g. django.core.mail.backends.smtp.EmailBackend
+# with EMAIL_HOST/EMAIL_PORT/EMAIL_HOST_USER/EMAIL_HOST_PASSWORD/EMAIL_USE_TLS).
+LORASMITH_OPEN_SIGNUP = env_bool("LORASMITH_OPEN_SIGNUP", True)
+LORASMITH_LOGIN_FAILURES_ALLOWED = env_int("LORASMITH_LOGIN_FAILURES_ALLOWED", 10)  # per username and per IP
+LORASMITH_LOGIN_LOCKOUT_SECONDS = env_int("LORASMITH_LOGIN_LOCKOUT_SECONDS", 900)
+LOGIN_URL = "front:login"
+LOGIN_REDIRECT_URL = "front:runs"
+LOGOUT_REDIRECT_URL = "front:login"
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "lorasmith@localhost")
+
+# Cookies and HSTS: secure unless DEBUG. LORASMITH_SECURE_COOKIES=false serves plain-HTTP browsers on
+# a LAN (localhost works either way); behind a TLS proxy set LORASMITH_TLS_PROXY=true so X-Forwarded-Proto
+# counts, and CSRF_TRUSTED_ORIGINS when the proxy's origin differs from the Host header.
+SECURE_COOKIES = env_bool("LORASMITH_SECURE_COOKIES", not DEBUG)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = SECURE_COOKIES
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = CSRF_COOKIE_SAMESITE = "Lax"
+SECURE_HSTS_SECONDS = env_int("LORASMITH_HSTS_SECONDS", 0 if DEBUG else 31536000)  # sent over HTTPS only
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+if env_bool("LORASMITH_TLS_PROXY"):
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 USE_TZ = True
 TIME_ZONE = "UTC"
 LOGGING = {

@@ -10,6 +10,7 @@ urlpatterns = [
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
     path("files/<str:token>/<str:filename>", signed_file),
     path("admin/", admin.site.urls),
+    path("", include("front.urls")),  # the dashboard (front/), for browsers
     re_path(r"^api/", errors.not_found),  # unmatched /api/ routes: a JSON 404, not Django's page
 ]
 

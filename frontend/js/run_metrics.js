@@ -1,0 +1,88 @@
+// The run page: chart every metric the run has reported, then follow new points over the
+// dashboard WebSocket. After a reconnect it asks for the points after the last one it has, so
+// nothing is missed or drawn twice (point ids only grow).
+import { MetricChart, formatValue } from "./chart.js";
+
+const embedded = JSON.parse(document.getElementById("metric-points").textContent);
+const container = document.getElementById("charts");
+const liveState = document.getElementById("live-state");
+const series = new Map(); // metric name -> [[step, value], ...] in arrival order
+const charts = new Map();
+let lastId = 0;
+let drawPending = false;
+
+function add(points) {
+  for (const [id, step, name, value] of points) {
+    if (id <= lastId) continue;
+    lastId = id;
+    if (!series.has(name)) series.set(name, []);
+    series.get(name).push([step, value]);
+  }
+  if (!drawPending) {
+    drawPending = true;
+    requestAnimationFrame(draw);
+  }
+}
+
+function draw() {
+  drawPending = false;
+  const names = [...series.keys()].sort();
+  for (const name of names) {
+    if (!charts.has(name)) charts.set(name, new MetricChart(container, name));
+    charts.get(name).draw(series.get(name));
+  }
+  for (const name of names) container.append(charts.get(name).figure); // keep them in name order
+  updateLatest(names);
+}
+
+function updateLatest(names) {
+  if (names.length === 0) return;
+  document.getElementById("no-metrics")?.remove();
+  let table = document.getElementById("latest-values");
+  if (!table) {
+    const wrap = document.createElement("div");
+    wrap.className = "table-wrap";
+    wrap.innerHTML =
+      '<table id="latest-values"><thead><tr><th scope="col">Metric</th><th scope="col">Step</th>' +
+      '<th scope="col">Value</th></tr></thead><tbody></tbody></table>';
+    container.parentElement.append(wrap);
+    table = wrap.querySelector("table");
+  }
+  const rows = names.map((name) => {
+    const points = series.get(name);
+    const [step, value] = points[points.length - 1];
+    const row = document.createElement("tr");
+    for (const text of [name, String(step), formatValue(value)]) {
+      const cell = document.createElement("td");
+      cell.textContent = text;
+      row.append(cell);
+    }
+    return row;
+  });
+  table.tBodies[0].replaceChildren(...rows);
+}
+
+function follow(delay = 1000) {
+  const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(`${scheme}//${location.host}${container.dataset.socket}`);
+  socket.addEventListener("open", () => {
+    delay = 1000;
+    liveState.textContent = "Live: new points appear as the run reports them.";
+    socket.send(JSON.stringify({ type: "subscribe_run", model_id: embedded.model_id, after_id: lastId }));
+  });
+  socket.addEventListener("message", (event) => {
+    const message = JSON.parse(event.data);
+    if (message.type === "points" && message.model_id === embedded.model_id) add(message.points);
+  });
+  socket.addEventListener("close", (event) => {
+    if (event.code === 4401) {
+      liveState.textContent = "Live updates stopped: log in again, then reload.";
+      return;
+    }
+    liveState.textContent = "Connection lost; reconnecting…";
+    setTimeout(() => follow(Math.min(delay * 2, 30000)), delay);
+  });
+}
+
+add(embedded.points);
+follow();

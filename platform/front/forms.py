@@ -1,0 +1,84 @@
+"""The dashboard's forms. Each validates what a person typed and says what to fix in words."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib.auth import get_user_model
+from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
+
+from accounts import throttle
+
+from .runs import SORTS, STATUSES
+
+
+class SignupForm(UserCreationForm):
+    email = forms.EmailField(help_text="Used only to reset your password.")
+
+    class Meta(UserCreationForm.Meta):
+        model = get_user_model()
+        fields = ("username", "email")
+
+    def clean_email(self) -> str:
+        email = self.cleaned_data["email"].strip()
+        if get_user_model().objects.filter(email__iexact=email).exists():
+            raise forms.ValidationError(
+                "An account with this email address exists already; log in or reset its password."
+            )
+        return email
+
+
+class ThrottledLoginForm(AuthenticationForm):
+    """Django's login form, refusing attempts once a username or address has failed too often."""
+
+    error_messages = {
+        **AuthenticationForm.error_messages,
+        "throttled": "Too many failed attempts. Wait a few minutes, or reset your password.",
+    }
+
+    def clean(self):
+        username = self.data.get("username", "")
+        address = self.request.META.get("REMOTE_ADDR", "") if self.request else ""
+        if not throttle.login_allowed(username, address):
+            raise forms.ValidationError(self.error_messages["throttled"], code="throttled")
+        try:
+            cleaned = super().clean()
+        except forms.ValidationError:
+            throttle.record_failure(username, address)
+            raise
+        throttle.record_success(username, address)
+        return cleaned
+
+
+class ApiKeyForm(forms.Form):
+    name = forms.CharField(
+        max_length=100, help_text="Where the key will be used, e.g. “laptop” or “CI”, so you can tell keys apart."
+    )
+
+
+class RunFilterForm(forms.Form):
+    status = forms.ChoiceField(choices=[("", "Any status"), *STATUSES], required=False)
+    base_model = forms.ChoiceField(choices=[("", "Any base model")], required=False, label="Base model")
+    sort = forms.ChoiceField(choices=SORTS, required=False, label="Sort by")
+
+    def __init__(self, data, base_models: list[str]):
+        super().__init__(data)
+        field = self.fields["base_model"]
+        assert isinstance(field, forms.ChoiceField)
+        field.choices = [("", "Any base model"), *((m, m) for m in base_models)]
+
+
+DAY = 86400
+TTL_CHOICES = [
+    ("", "Keep forever"),
+    (str(DAY), "1 day"),
+    (str(7 * DAY), "7 days"),
+    (str(30 * DAY), "30 days"),
+    (str(90 * DAY), "90 days"),
+    (str(365 * DAY), "1 year"),
+]
+
+
+class CheckpointTtlForm(forms.Form):
+    ttl_seconds = forms.TypedChoiceField(
+        choices=TTL_CHOICES, coerce=int, empty_value=None, required=False, label="Expires after"
+    )

@@ -1,0 +1,75 @@
+"""What the dashboard shows of training runs: a run's status, its last loss, and the sorted,
+filtered list of one user's runs. Reads models only.
+
+A run's status is derived, not stored: `active` while it has queued or running operations,
+`finished` once its session finished (and nothing is pending), `idle` otherwise.
+"""
+
+from __future__ import annotations
+
+import math
+
+from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Subquery, Value, When
+
+from training.models import MetricPoint, Operation, TrainingRun
+
+STATUSES = [("active", "Active"), ("idle", "Idle"), ("finished", "Finished")]
+SORTS = [
+    ("-created_at", "Newest first"),
+    ("created_at", "Oldest first"),
+    ("-last_request_at", "Most recent request"),
+    ("-step", "Most steps"),
+    ("last_loss", "Lowest last loss"),
+    ("base_model", "Base model"),
+]
+LOSS_PREFIX = "loss"  # forward_backward records `loss:sum`; custom losses may add other `loss…` names
+
+
+def runs_of(user) -> QuerySet[TrainingRun]:
+    """`user`'s runs with `status` and `last_loss` annotated (one query for a whole page)."""
+    pending = Operation.objects.pending().filter(training_run=OuterRef("pk"))
+    last_loss = (
+        MetricPoint.objects.filter(training_run=OuterRef("pk"), name__startswith=LOSS_PREFIX)
+        .order_by("-id")
+        .values("value")[:1]
+    )
+    return (
+        TrainingRun.objects.filter(owner=user)
+        .select_related("session")
+        .annotate(
+            status=Case(
+                When(Exists(pending), then=Value("active")),
+                When(~Q(session__finished_reason=""), then=Value("finished")),
+                default=Value("idle"),
+            ),
+            last_loss=Subquery(last_loss),
+        )
+    )
+
+
+def filtered(runs: QuerySet[TrainingRun], status: str, base_model: str, sort: str) -> QuerySet[TrainingRun]:
+    if status:
+        runs = runs.filter(status=status)  # type: ignore[misc]  # an annotation, unseen by the stubs
+    if base_model:
+        runs = runs.filter(base_model=base_model)
+    sort = sort or SORTS[0][0]
+    if sort == "last_loss":  # runs without a loss yet go last
+        return runs.order_by(F("last_loss").asc(nulls_last=True), "-created_at")
+    return runs.order_by(sort, "-created_at")
+
+
+def finite(value: float) -> float | None:
+    """JSON has no NaN or Infinity: a diverged metric is drawn as a gap."""
+    return value if math.isfinite(value) else None
+
+
+def points_after(run_id: str, after_id: int, limit: int | None = None) -> list[list]:
+    """The run's metric points with ids above `after_id`, oldest first, as [id, step, name, value]."""
+    rows = (
+        MetricPoint.objects.filter(training_run_id=run_id, id__gt=after_id)
+        .order_by("id")
+        .values_list("id", "step", "name", "value")
+    )
+    if limit is not None:
+        rows = rows[:limit]
+    return [[point_id, step, name, finite(value)] for point_id, step, name, value in rows]

@@ -86,7 +86,7 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
 
     async def run_metrics(self, event: dict) -> None:
         if event["model_id"] in self.runs:
-            await self.send_json(
+            await self._send(
                 {"type": "metrics", "model_id": event["model_id"], "step": event["step"], "metrics": event["metrics"]}
             )
 
@@ -98,7 +98,7 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
             op = await database_sync_to_async(Operation.objects.filter(id=request_id, owner=self.user).first)()
         except Exception:  # e.g. no database connection free: keep the subscription
             log.warning("could not look up future %s for push; it stays subscribed", request_id, exc_info=True)
-            await self.send_json(
+            await self._send(
                 {
                     "type": "error",
                     "error": "the server could not look up this future now; "
@@ -112,7 +112,17 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
             return
         self.futures.discard(request_id)
         status = "failed" if "error" in state and op.status != Operation.Status.DONE else "completed"
-        await self.send_json({"type": "future", "request_id": request_id, "status": status, "result": state})
+        await self._send({"type": "future", "request_id": request_id, "status": status, "result": state})
+
+    async def _send(self, message: dict) -> None:
+        """A client may close its socket while a push is on its way (its future already resolved
+        by a check): that push is simply not needed any more, which is no server error."""
+        try:
+            await self.send_json(message)
+        except Exception as error:  # daphne raises autobahn's Disconnected here
+            if "closed" not in str(error).lower():
+                raise
+            log.debug("push to a closed socket dropped: %s", message.get("type"))
 
     async def _error(self, message: str, field: str) -> None:
-        await self.send_json({"type": "error", "error": message, "field": field})
+        await self._send({"type": "error", "error": message, "field": field})

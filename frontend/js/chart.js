@@ -1,7 +1,7 @@
 // A small SVG line chart of one metric over steps. No library: axes with a few ticks, one line,
 // gaps where a value is missing (JSON has no NaN), and an aria-label that states the latest value.
 const SVG = "http://www.w3.org/2000/svg";
-const WIDTH = 400, HEIGHT = 200, LEFT = 56, RIGHT = 12, TOP = 10, BOTTOM = 28;
+const WIDTH = 400, HEIGHT = 200, LEFT = 64, RIGHT = 12, TOP = 10, BOTTOM = 28;
 const MAX_DRAWN = 1500; // beyond this many points a line is thinned (the last point is always kept)
 
 const el = (name, attrs = {}, text) => {
@@ -11,7 +11,7 @@ const el = (name, attrs = {}, text) => {
   return node;
 };
 
-export const formatValue = (v) => (v === null ? "—" : Number(v.toPrecision(4)).toString());
+export const formatValue = (v, digits = 4) => (v === null ? "—" : Number(v.toPrecision(digits)).toString());
 
 const ticks = (low, high, count) =>
   Array.from({ length: count }, (_, i) => low + ((high - low) * i) / (count - 1));
@@ -56,7 +56,7 @@ export class MetricChart {
 
     for (const v of ticks(y0, y1, 4)) {
       this.svg.append(el("line", { class: "grid", x1: LEFT, x2: WIDTH - RIGHT, y1: y(v), y2: y(v) }));
-      this.svg.append(el("text", { x: LEFT - 6, y: y(v) + 4, "text-anchor": "end" }, formatValue(v)));
+      this.svg.append(el("text", { x: LEFT - 6, y: y(v) + 4, "text-anchor": "end" }, formatValue(v, 3)));
     }
     for (const s of ticks(x0, x1, 3)) {
       this.svg.append(el("text", { x: x(s), y: HEIGHT - 8, "text-anchor": "middle" }, String(Math.round(s))));

@@ -9,13 +9,12 @@ import time
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.services import user_for_key
 from training import access, test_hooks
-from training.errors import ApiError, BadRequest, TooLarge
+from training.errors import ApiError, BadRequest
 
 from . import request_json, result_proto, serializers
 from .errors import error_body, json_error
@@ -29,11 +28,7 @@ def _lookup(key: str | None, request) -> tuple[object, str]:
     user = user_for_key(key)
     if user is None:
         raise ApiError("missing, invalid or revoked API key (X-API-Key)", field="X-API-Key")
-    try:
-        raw = request.body
-    except RequestDataTooBig:
-        raise TooLarge(f"request body exceeds {settings.LORASMITH.max_body_bytes} bytes", field="body") from None
-    body = request_json.parse_object(raw)
+    body = request_json.parse_object(request_json.read_body(request))
     request_id = body.get("request_id")
     if not isinstance(request_id, str) or not request_id:
         raise BadRequest("request_id is required", field="request_id")

@@ -15,11 +15,23 @@ import math
 import re
 from typing import Any
 
-from training.errors import BadRequest
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
+from django.http import HttpRequest
+
+from training.errors import BadRequest, TooLarge
 
 MAX_DEPTH = 32  # the deepest real body (forward_backward: data[i].loss_fn_inputs.x.data) is 5 deep
 INT64 = (-(2**63), 2**63 - 1)
 CLAIM_PATTERNS = (("model_id", r'"model_id"\s*:\s*"([^"\\]+)"'), ("seq_id", r'"seq_id"\s*:\s*(\d{1,19})\b'))
+
+
+def read_body(request: HttpRequest) -> bytes:
+    """The raw body, or a 413 naming the limit when it is larger than the server accepts."""
+    try:
+        return request.body
+    except RequestDataTooBig:
+        raise TooLarge(f"request body exceeds {settings.LORASMITH.max_body_bytes} bytes", field="body") from None
 
 
 def parse(raw: bytes | str, field: str = "body") -> Any:

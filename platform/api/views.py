@@ -8,27 +8,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
 from training import access, base_models, storage, wire
-from training.errors import ApiError, BadRequest, TooLarge, UnsupportedMediaType
+from training.errors import ApiError, BadRequest, UnsupportedMediaType
 from training.intake import sampling_requests, sessions, training_requests
 from training.models import Checkpoint, Session, TrainingRun
 from training.upkeep import retention
 
 from . import request_json, request_proto, schema, serializers
 from .tinker_proto import CONTENT_TYPE as PROTOBUF
-
-
-def raw_body(request) -> bytes:
-    try:
-        return request.body
-    except RequestDataTooBig:
-        raise TooLarge(f"request body exceeds {settings.LORASMITH.max_body_bytes} bytes", field="body") from None
 
 
 def is_protobuf(request) -> bool:
@@ -41,12 +33,14 @@ def body_of(request) -> dict:
             f"{request.path} takes a JSON body; only forward_backward and forward take {PROTOBUF}",
             field="Content-Type",
         )
-    return request_json.parse_object(raw_body(request))
+    return request_json.parse_object(request_json.read_body(request))
 
 
 def _training_body(request, kind: str) -> dict:
     if kind == "forward_backward" and is_protobuf(request):
-        return request_proto.forward_backward_body(raw_body(request), request.headers.get("Content-Encoding", ""))
+        return request_proto.forward_backward_body(
+            request_json.read_body(request), request.headers.get("Content-Encoding", "")
+        )
     return body_of(request)
 
 
@@ -159,7 +153,11 @@ def get_info(request):
             "model_name": run.base_model,
             "is_lora": True,
             "lora_rank": run.rank,
-            "model_data": {"arch": info.arch, "model_name": run.base_model, "tokenizer_id": run.base_model},
+            "model_data": {
+                "arch": info.arch,
+                "model_name": run.base_model,
+                "tokenizer_id": base_models.tokenizer_id(run.base_model),
+            },
             "optimizer_config": {"type": "adamw"},
             "type": "get_info",
         }

@@ -1,12 +1,19 @@
 # Two commands on a fresh machine: `make demo` runs the service and a short training demo;
-# `make test` runs the test suite. Both create .venv at the repo root if it is missing.
+# `make test` runs the test suite. Both create .venv at the repo root if it is missing; `make test`
+# also builds .venv-tinker, the official Tinker client that tests/tinker/ runs against the server.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+# The official client, from PyPI, in a venv of its own: it must never be installed into the server's
+# venv, and tinker-cookbook pins transformers<=5.5.4, below what the server needs.
+TINKER_VENV := .venv-tinker
+TINKER_PY := $(TINKER_VENV)/bin/python
+TINKER_STAMP := $(TINKER_VENV)/.installed
+TINKER_PACKAGES := "tinker==0.38.0" "tinker-cookbook[math-rl]==0.5.8"
 
-.PHONY: demo test test-fast check bench serve clean-venv
+.PHONY: demo test test-fast check bench serve clean-venv tinker-venv
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml sdk_python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,10 +27,21 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml sdk_python/pyproj
 	$(PY) -m pip install -q --no-deps -e . -e sdk_python
 	touch $(STAMP)
 
+$(TINKER_STAMP): Makefile
+	test -x $(TINKER_PY) || $(PYTHON) -m venv $(TINKER_VENV)
+	$(TINKER_PY) -m pip install -q --upgrade pip
+	# CPU torch first, as for .venv: the cookbook would otherwise pull a CUDA build
+	$(TINKER_PY) -m pip install -q --retries 1 --extra-index-url $(TORCH_INDEX) torch==2.13.0
+	$(TINKER_PY) -c "import sys, torch; sys.exit(torch.version.cuda and 'refusing a CUDA build of torch: ' + torch.__version__)"
+	$(TINKER_PY) -m pip install -q $(TINKER_PACKAGES)
+	touch $(TINKER_STAMP)
+
+tinker-venv: $(TINKER_STAMP)
+
 demo: $(STAMP)
 	$(PY) manage.py demo
 
-test: $(STAMP)
+test: $(STAMP) $(TINKER_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 # What CI runs before the suite: lint, format, types, and the import rules of ARCHITECTURE.md.
@@ -33,7 +51,7 @@ check: $(STAMP)
 	$(VENV)/bin/mypy gpu_runner sdk_python/lorasmith platform
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_import_layers.py
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) $(TINKER_STAMP)
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
@@ -43,4 +61,4 @@ serve: $(STAMP)
 	$(PY) manage.py serve --host 127.0.0.1 --port 8000
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(TINKER_VENV)

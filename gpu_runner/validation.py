@@ -10,7 +10,7 @@ import torch
 
 from .base_model import BaseModelInfo
 from .errors import EngineInputError
-from .losses import LOSSES
+from .losses import LOSSES, UNSUPPORTED
 from .types import Datum, SamplingParams
 
 
@@ -42,6 +42,8 @@ def validate_tokens(tokens: Sequence[int], info: BaseModelInfo, field: str, datu
 def validate_forward_backward(
     info: BaseModelInfo, data: Sequence[Datum], loss_fn: str, loss_fn_config: dict | None
 ) -> None:
+    if loss_fn in UNSUPPORTED:
+        raise EngineInputError(f"loss_fn {loss_fn!r} is not supported here: {UNSUPPORTED[loss_fn]}", field="loss_fn")
     spec = LOSSES.get(loss_fn)
     if spec is None:
         raise EngineInputError(f"unknown loss_fn {loss_fn!r}; expected one of {sorted(LOSSES)}", field="loss_fn")

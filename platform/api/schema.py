@@ -2,8 +2,9 @@
 
 Validation lives in `training.wire`/`training.intake` (one place, messages naming the field);
 these serializers only describe the shapes of TINKER_WIRE.md's JSON forms to the schema.
-Request bodies are JSON only (the one parser); each view's documented 200 answer has exactly the
-fields `api.views` returns (`ANSWERS`), checked by tests/platform/test_api_schema.py.
+Request bodies are JSON (the one parser), except that forward_backward and forward also take
+Tinker's protobuf form (api/request_proto.py, not described here); each view's documented 200
+answer has exactly the fields `api.views` returns (`ANSWERS`), checked by test_api_schema.py.
 """
 
 from __future__ import annotations
@@ -95,7 +96,7 @@ class ForwardBackward(s.Serializer):
     seq_id = s.IntegerField(min_value=1)
     data = Datum(many=True)  # type: ignore[assignment]  # the wire's name shadows Serializer.data
     loss_fn = s.ChoiceField(
-        choices=["cross_entropy", "importance_sampling", "ppo", "cispo", "dro"], default="cross_entropy"
+        choices=["cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo"], default="cross_entropy"
     )
     loss_fn_config = s.DictField(child=s.FloatField(), required=False)
     forward_only = s.BooleanField(default=False)

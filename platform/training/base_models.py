@@ -7,7 +7,7 @@ import re
 
 from django.conf import settings
 
-from gpu_runner import BaseModelInfo, describe_base_model
+from gpu_runner import BaseModelInfo, describe_base_model, tiny_models
 
 from .errors import BadRequest
 
@@ -19,6 +19,13 @@ def served_models() -> list[str]:
 @functools.cache
 def info(name: str) -> BaseModelInfo:
     return describe_base_model(name, settings.DATA_DIR)
+
+
+def tokenizer_id(name: str) -> str:
+    """What Tinker's SDK hands to AutoTokenizer.from_pretrained. The built-in tiny models are on no
+    hub: their local directory lets a client on this machine load the tokenizer offline. Any other
+    model is named as served (a hub id, which a remote client can resolve)."""
+    return info(name).model_dir if tiny_models.is_builtin(name) else name
 
 
 def served_info(name: str, field: str = "base_model") -> BaseModelInfo:

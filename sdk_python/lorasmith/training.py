@@ -179,7 +179,7 @@ class TrainingClient(ClientFutureCompat):
 
         Args:
             data: The examples (Datum objects or dicts of their fields).
-            loss_fn: `"cross_entropy"`, `"importance_sampling"`, `"ppo"`, `"cispo"` or `"dro"`.
+            loss_fn: `"cross_entropy"`, `"importance_sampling"`, `"ppo"`, `"cispo"`, `"dro"` or `"gspo"`.
             loss_fn_config: The loss's options, e.g. PPO's clip thresholds.
 
         Returns:
@@ -649,7 +649,8 @@ class TrainingClient(ClientFutureCompat):
         Example:
             tokens = training.get_tokenizer().encode("Hello")
         """
-        name = self._info.model_data.get("tokenizer_id") or self._info.model_name
+        # the base model first: the server serves tokenizer files by it (tokenizer_id may be a path on the server)
+        name = self._info.model_name or self._info.model_data.get("tokenizer_id")
         if not name:
             raise LorasmithError(f"the server's info of {self.model_id} names no tokenizer or base model")
         return load_tokenizer(self.transport, name)

@@ -8,7 +8,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 FLOAT_INPUTS = {"weights", "advantages", "logprobs", "clip_low_threshold", "clip_high_threshold"}
-LossFnType = Literal["cross_entropy", "importance_sampling", "ppo", "cispo", "dro"]
+LossFnType = Literal["cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo"]
 StopReason = Literal["stop", "length"]
 TensorDtype = Literal["int64", "float32"]
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from gpu_runner.losses import LOSSES
 from gpu_runner.types import AdamParams, Datum, ForwardBackward, OptimStep
 
 from .reference import engine_lora_tensors, new_adapter, peft_reference, random_sequence, reference_target_logprobs
@@ -30,6 +31,12 @@ def reference_loss(name: str, p: torch.Tensor, inputs: dict, config: dict) -> to
         return -(torch.clamp(ratio, lo, hi).detach() * p * adv).sum()
     if name == "dro":
         return -(p * adv - 0.5 * config["beta"] * (p - q) ** 2).sum()
+    if name == "gspo":  # the paper's sequence objective, times the m masked tokens (one advantage on them)
+        mask = inputs["sequence_ratio_mask"]
+        lo, hi = config.get("clip_low_threshold", 0.8), config.get("clip_high_threshold", 1.2)
+        s = torch.exp(((p - q) * mask).sum() / mask.sum())
+        a = adv[mask.bool()][0]
+        return -mask.sum() * torch.min(s * a, torch.clamp(s, lo, hi) * a)
     raise AssertionError(name)
 
 
@@ -51,6 +58,16 @@ def make_data(loss_fn: str, two_d: bool = False) -> list[Datum]:
             inputs = {"target_tokens": targets, "weights": torch.rand(n, 3, generator=g)}
         elif loss_fn == "cross_entropy":
             inputs = {"target_tokens": torch.tensor(seq[1:]), "weights": torch.rand(n, generator=g) + 0.5}
+        elif loss_fn == "gspo":
+            # a prompt (mask 0, advantage 0) then a completion sharing one advantage; the two datums'
+            # sampler logprobs sit on either side of the truth, so one sequence ratio is clipped
+            completion = torch.arange(n) >= 3
+            inputs = {
+                "target_tokens": torch.tensor(seq[1:]),
+                "logprobs": torch.full((n,), (-7.4, -6.2)[i]),
+                "advantages": torch.where(completion, (1.5, 0.7)[i], 0.0),
+                "sequence_ratio_mask": completion.float(),
+            }
         else:
             # sampler logprobs around the truth (~ -6.8 for a random tiny model) so ratios straddle the clip range
             inputs = {
@@ -69,6 +86,7 @@ CASES = [
     ("ppo", {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}, False),
     ("cispo", {"clip_low_threshold": 0.5, "clip_high_threshold": 1.5}, False),
     ("dro", {"beta": 0.3}, False),
+    ("gspo", {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}, False),
 ]
 
 
@@ -104,3 +122,30 @@ def test_engine_matches_peft_reference(engine, tmp_path, loss_fn, config, two_d)
         # gradient element grows to ~1e-5 absolute, while a real error moves elements by ~lr per step.
         torch.testing.assert_close(actual[name], expected[name], rtol=1e-4, atol=0.01 * ADAM.learning_rate)
     assert any(not torch.equal(t, torch.zeros_like(t)) for n, t in actual.items() if "lora_B" in n)
+
+
+@pytest.mark.parametrize(
+    "sampler_shift,advantage,clipped",
+    [(0.02, 1.0, False), (-0.5, 1.0, True), (-0.5, -1.0, False)],
+    ids=["inside-the-clip", "above-the-clip-positive-advantage", "above-the-clip-negative-advantage"],
+)
+def test_gspo_has_the_value_and_gradient_of_the_sequence_objective(sampler_shift, advantage, clipped):
+    """On plain tensors, each branch of the clip: GSPO's token form against the paper's sequence
+    objective (ratio exp(mean(p - q)) over the masked tokens)."""
+    p_values = torch.tensor([-1.0, -2.5, -0.7, -3.1, -1.9])
+    mask = torch.tensor([0.0, 1.0, 1.0, 1.0, 1.0])
+    inputs = {
+        "logprobs": p_values + sampler_shift,  # s = exp(-shift)
+        "advantages": mask * advantage,
+        "sequence_ratio_mask": mask,
+    }
+    config = {"clip_low_threshold": 0.9, "clip_high_threshold": 1.1}
+    ours = p_values.clone().requires_grad_()
+    theirs = p_values.clone().requires_grad_()
+    loss = LOSSES["gspo"].fn(ours, inputs, LOSSES["gspo"].config(config))
+    expected = reference_loss("gspo", theirs, inputs, config)
+    loss.backward()
+    expected.backward()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    torch.testing.assert_close(ours.grad, theirs.grad)
+    assert bool((ours.grad == 0).all()) is clipped

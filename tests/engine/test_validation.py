@@ -91,6 +91,15 @@ def rl_datum(n=4, **overrides):
         ([rl_datum()], "dro", None, "loss_fn_config.beta", "dro needs loss_fn_config.beta"),
         ([rl_datum()], "ppo", {"beta": 1.0}, "loss_fn_config.beta", "is not used by ppo"),
         ([rl_datum(extra=torch.ones(4))], "ppo", None, "loss_fn_inputs.extra", "is not an input of ppo"),
+        (
+            [rl_datum()],
+            "gspo",
+            None,
+            "loss_fn_inputs.sequence_ratio_mask",
+            "gspo needs loss_fn_inputs.sequence_ratio_mask",
+        ),
+        ([rl_datum()], "stable_reinforce", None, "loss_fn", "'stable_reinforce' is not supported here: it needs"),
+        ([rl_datum()], "custom", None, "loss_fn", "use forward_backward_custom"),
     ],
 )
 def test_forward_backward_errors_name_the_field(engine, data, loss_fn, config, field, message):

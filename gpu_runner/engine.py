@@ -181,7 +181,9 @@ class Engine:
         if isinstance(op, ForwardBackward):
             validate_forward_backward(self.info, op.data, op.loss_fn, op.loss_fn_config)
         elif isinstance(op, Sample):
-            validate_sample(self.info, op.prompt, op.num_samples, op.params, op.topk_prompt_logprobs)
+            validate_sample(
+                self.info, op.prompt, op.num_samples, op.params, op.topk_prompt_logprobs, op.target_prompt_tokens
+            )
         # LoadState/ImportPeft create their adapter; a Sample without one runs on the bare base model
         if isinstance(op, (LoadState, ImportPeft)) or op.adapter_id is None:
             return
@@ -278,7 +280,11 @@ class Engine:
         outputs = [SampleOutput(sequences=[]) for _ in ops]
         for row, op_index in zip(rows, owner):
             outputs[op_index].sequences.append(row.result())
-        wanting = [i for i, op in enumerate(ops) if op.prompt_logprobs or op.topk_prompt_logprobs]
+        wanting = [
+            i
+            for i, op in enumerate(ops)
+            if op.prompt_logprobs or op.topk_prompt_logprobs or op.target_prompt_tokens is not None
+        ]
         if wanting:
             self._fill_prompt_logprobs([ops[i] for i in wanting], [outputs[i] for i in wanting])
         return outputs
@@ -312,6 +318,12 @@ class Engine:
                 output.topk_prompt_logprobs = [None] + [
                     list(zip(t.tolist(), v.tolist())) for t, v in zip(tokens.cpu(), values.cpu())
                 ]
+            if op.target_prompt_tokens is not None and n > 1:
+                asked = torch.tensor(op.target_prompt_tokens, dtype=torch.long, device=self.device)  # (n-1, K)
+                scored = lp.gather(-1, asked.clamp(min=0))  # (n-1, K)
+                output.target_prompt_logprobs = torch.where(asked >= 0, scored, 0.0).cpu().tolist()
+            elif op.target_prompt_tokens is not None:
+                output.target_prompt_logprobs = []
 
     def _stops(self, stop) -> tuple[frozenset[int], tuple[str, ...]]:
         if stop is None:

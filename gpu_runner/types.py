@@ -116,6 +116,9 @@ class Sample:
     params: SamplingParams = field(default_factory=SamplingParams)
     prompt_logprobs: bool = False
     topk_prompt_logprobs: int = 0
+    # [len(prompt) - 1][K] token ids: row i asks the logprobs of these tokens at prompt position i + 1;
+    # -1 cells ask nothing (their answer is 0.0)
+    target_prompt_tokens: list[list[int]] | None = None
 
 
 @dataclass
@@ -184,6 +187,7 @@ class SampleOutput:
     sequences: list[SampledSequence]
     prompt_logprobs: list[float | None] | None = None
     topk_prompt_logprobs: list[list[tuple[int, float]] | None] | None = None
+    target_prompt_logprobs: list[list[float]] | None = None  # the shape of Sample.target_prompt_tokens
 
 
 @dataclass

@@ -121,7 +121,12 @@ def _validate_datum(info: BaseModelInfo, datum: Datum, index: int, loss_fn: str,
 
 
 def validate_sample(
-    info: BaseModelInfo, prompt: Sequence[int], num_samples: int, params: SamplingParams, topk_prompt_logprobs: int = 0
+    info: BaseModelInfo,
+    prompt: Sequence[int],
+    num_samples: int,
+    params: SamplingParams,
+    topk_prompt_logprobs: int = 0,
+    target_prompt_tokens: Sequence[Sequence[int]] | None = None,
 ) -> None:
     validate_tokens(prompt, info, "prompt")
     if not 1 <= num_samples <= 128:
@@ -144,8 +149,27 @@ def validate_sample(
         )
     if not 0 <= topk_prompt_logprobs <= 100:
         raise EngineInputError("topk_prompt_logprobs must be between 0 and 100", field="topk_prompt_logprobs")
+    if target_prompt_tokens is not None:
+        _validate_target_prompt_tokens(target_prompt_tokens, len(prompt), info)
     for stop in params.stop or []:
         if isinstance(stop, int) and not 0 <= stop < info.vocab_size:
             raise EngineInputError(f"stop token {stop} is outside the vocabulary", field="sampling_params.stop")
         if isinstance(stop, str) and not stop:
             raise EngineInputError("stop strings must not be empty", field="sampling_params.stop")
+
+
+def _validate_target_prompt_tokens(rows: Sequence[Sequence[int]], prompt_length: int, info: BaseModelInfo) -> None:
+    field = "target_prompt_logprobs"
+    widths = {len(row) for row in rows}
+    if len(rows) != prompt_length - 1 or len(widths) > 1 or not 1 <= next(iter(widths), 1) <= 100:
+        raise EngineInputError(
+            f"{field} must have shape [len(prompt) - 1, K] = [{prompt_length - 1}, K] with 1 <= K <= 100 "
+            "(row i scores prompt position i + 1)",
+            field=field,
+        )
+    for i, row in enumerate(rows):
+        for token in row:
+            if not (token == -1 or 0 <= token < info.vocab_size):
+                raise EngineInputError(
+                    f"{field}[{i}] holds {token}: a token id in [0, {info.vocab_size}) or -1 (none)", field=field
+                )

@@ -36,7 +36,9 @@ def _api_error_response(exc: ApiError, response_class):
         body["retry_after_seconds"] = retry_after
     response = response_class(body, status=exc.status)
     if retry_after is not None:
+        # whole seconds for HTTP; milliseconds for clients that read the finer header (Tinker's SDK does)
         response["Retry-After"] = str(math.ceil(retry_after))
+        response["retry-after-ms"] = str(math.ceil(retry_after * 1000))
     return response
 
 

@@ -22,6 +22,7 @@ import zstandard
 from django.conf import settings
 from google.protobuf.message import DecodeError
 
+from training import wire
 from training.errors import BadRequest, TooLarge
 
 from . import request_json
@@ -131,26 +132,10 @@ def _densify(csr: Any, shape: list[int], numpy_dtype: str, where: str) -> np.nda
     """A CSR matrix as its dense row-major values (unlisted cells 0)."""
     if len(shape) != 2 or min(shape) < 0:
         raise BadRequest(f"{where} needs a 2-D shape [rows, columns], got {shape}", field=where)
-    rows, columns = shape
     itemsize = np.dtype(numpy_dtype).itemsize
     if math.prod(shape) * itemsize > settings.LORASMITH.max_body_bytes:
         raise TooLarge(f"{where}: dense shape {shape} exceeds the request body limit", field=where)
     values = _array(csr.values, numpy_dtype, f"{where}.values")
     crow = _array(csr.crow_indices, "<i8", f"{where}.crow_indices")
     cols = _array(csr.col_indices, "<i8", f"{where}.col_indices")
-    if len(crow) != rows + 1 or crow[0] != 0 or np.any(np.diff(crow) < 0):
-        raise BadRequest(
-            f"{where}.crow_indices must be {rows + 1} non-decreasing offsets from 0", field=f"{where}.crow_indices"
-        )
-    if not int(crow[-1]) == len(cols) == len(values):
-        raise BadRequest(
-            f"{where}: crow_indices end at {int(crow[-1])} but there are {len(cols)} column indices and "
-            f"{len(values)} values",
-            field=where,
-        )
-    if len(cols) and (cols.min() < 0 or cols.max() >= columns):
-        raise BadRequest(f"{where}.col_indices must lie in [0, {columns})", field=f"{where}.col_indices")
-    dense = np.zeros(rows * columns, dtype=numpy_dtype)
-    row_of = np.repeat(np.arange(rows, dtype=np.int64), np.diff(crow))
-    dense[row_of * columns + cols] = values
-    return dense
+    return wire.densify_csr(values, crow, cols, shape, 0, where, ("crow_indices", "col_indices"))

@@ -74,4 +74,9 @@ def sample_response(result: dict):
         message.topk_prompt_logprobs.length = len(topk)
         message.topk_prompt_logprobs.token_ids = np.asarray([t for row in cells for t, _ in row], "<i4").tobytes()
         message.topk_prompt_logprobs.logprobs = np.asarray([lp for row in cells for _, lp in row], "<f4").tobytes()
+    target = result.get("target_prompt_logprobs")
+    if target is not None:  # dense float32, the request's shape
+        message.target_prompt_logprobs.dtype = DTYPE["DTYPE_FLOAT32"]
+        message.target_prompt_logprobs.shape.extend(target["shape"])
+        message.target_prompt_logprobs.dense = np.asarray(target["data"], dtype="<f4").tobytes()
     return message

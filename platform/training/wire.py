@@ -11,11 +11,13 @@ import math
 import re
 from typing import Any, NamedTuple
 
+import numpy as np
 import torch
+from django.conf import settings
 
 from gpu_runner.types import AdamParams, Datum, ForwardBackwardOutput, SampleOutput, SamplingParams
 
-from .errors import BadRequest
+from .errors import BadRequest, TooLarge
 from .models import Checkpoint
 
 DTYPES = {"int64": torch.int64, "float32": torch.float32}
@@ -63,26 +65,74 @@ def model_input_tokens(value: Any, field: str) -> list[int]:
     return tokens
 
 
-def tensor_data(value: Any, field: str) -> torch.Tensor:
+def tensor_data(value: Any, field: str, pad: int | float = 0) -> torch.Tensor:
+    """TensorData JSON, dense or sparse CSR (`sparse_crow_indices`/`sparse_col_indices`, unlisted
+    cells `pad`), as a dense tensor."""
     if not isinstance(value, dict) or "data" not in value:
         raise BadRequest(f"{field} must be TensorData {{data, dtype, shape}}", field=field)
     dtype = value.get("dtype")
     if dtype not in DTYPES:
         raise BadRequest(f"{field}.dtype must be one of {sorted(DTYPES)}, got {dtype!r}", field=f"{field}.dtype")
-    data = value["data"]
-    if not isinstance(data, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in data):
-        raise BadRequest(f"{field}.data must be a flat list of numbers", field=f"{field}.data")
+    data = _numbers(value["data"], f"{field}.data")
     if data and not all(low <= x <= high for low, high in (DTYPE_RANGES[dtype],) for x in (min(data), max(data))):
         low, high = DTYPE_RANGES[dtype]
         raise BadRequest(f"{field}.data holds values outside {dtype}'s range [{low}, {high}]", field=f"{field}.data")
     if dtype == "int64" and not all(isinstance(x, int) or x.is_integer() for x in data):
         raise BadRequest(f"{field}.data must hold integers for dtype int64", field=f"{field}.data")
-    shape = value.get("shape") or [len(data)]
+    sparse = value.get("sparse_crow_indices") is not None or value.get("sparse_col_indices") is not None
+    shape = value.get("shape") or ([] if sparse else [len(data)])
     if not isinstance(shape, list) or not all(isinstance(s, int) and s >= 0 for s in shape) or len(shape) > 2:
         raise BadRequest(f"{field}.shape must be a list of at most 2 non-negative integers", field=f"{field}.shape")
+    numpy_dtype = "<i8" if dtype == "int64" else "<f4"
+    if sparse:
+        if math.prod(shape) * 4 > settings.LORASMITH.max_body_bytes:
+            raise TooLarge(f"{field}: dense shape {shape} exceeds the request body limit", field=field)
+        crow = _numbers(value.get("sparse_crow_indices"), f"{field}.sparse_crow_indices")
+        cols = _numbers(value.get("sparse_col_indices"), f"{field}.sparse_col_indices")
+        dense = densify_csr(
+            np.asarray(data, numpy_dtype), np.asarray(crow, "<i8"), np.asarray(cols, "<i8"), shape, pad, field
+        )
+        return torch.from_numpy(dense.copy()).reshape(shape)
     if math.prod(shape) != len(data):
         raise BadRequest(f"{field}.shape {shape} does not match {len(data)} values", field=f"{field}.shape")
     return torch.tensor(data, dtype=DTYPES[dtype]).reshape(shape)
+
+
+def _numbers(value: Any, field: str) -> list:
+    if not isinstance(value, list) or not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in value):
+        raise BadRequest(f"{field} must be a flat list of numbers", field=field)
+    return value
+
+
+def densify_csr(
+    values: np.ndarray,
+    crow: np.ndarray,
+    cols: np.ndarray,
+    shape: list[int],
+    pad: int | float,
+    where: str,
+    index_names: tuple[str, str] = ("sparse_crow_indices", "sparse_col_indices"),
+) -> np.ndarray:
+    """A CSR matrix (either encoding's; `index_names` are its fields' names) as its dense row-major
+    values, unlisted cells `pad`. The caller bounds the dense size (the body limit) before calling."""
+    crow_field, col_field = (f"{where}.{name}" for name in index_names)
+    if len(shape) != 2:
+        raise BadRequest(f"{where} is sparse, so it needs a 2-D shape [rows, columns], got {shape}", field=where)
+    rows, columns = shape
+    if len(crow) != rows + 1 or crow[0] != 0 or np.any(np.diff(crow) < 0):
+        raise BadRequest(f"{crow_field} must be {rows + 1} non-decreasing offsets from 0", field=crow_field)
+    if not int(crow[-1]) == len(cols) == len(values):
+        raise BadRequest(
+            f"{where}: {crow_field} ends at {int(crow[-1])} but there are {len(cols)} column indices and "
+            f"{len(values)} values",
+            field=where,
+        )
+    if len(cols) and (cols.min() < 0 or cols.max() >= columns):
+        raise BadRequest(f"{col_field} must lie in [0, {columns})", field=col_field)
+    dense = np.full(rows * columns, pad, dtype=values.dtype)
+    row_of = np.repeat(np.arange(rows, dtype=np.int64), np.diff(crow))
+    dense[row_of * columns + cols] = values
+    return dense
 
 
 def datum(value: Any, index: int) -> Datum:
@@ -212,4 +262,9 @@ def sample_json(output: SampleOutput, prompt_logprobs_last_n: int | None = None)
         if topk is None
         else [None if row is None else [[t, lp] for t, lp in row] for row in topk],
         "prompt_cache_hit_tokens": 0,
+        **(
+            {"target_prompt_logprobs": tensor_json(torch.tensor(output.target_prompt_logprobs, dtype=torch.float32))}
+            if output.target_prompt_logprobs is not None
+            else {}
+        ),
     }

@@ -106,6 +106,7 @@ def _plan_sample(engine: Engine, op: Operation, imported: set[str]) -> Plan:
         wire.sampling_params(payload["sampling_params"]),
         payload["prompt_logprobs"],
         payload["topk_prompt_logprobs"],
+        payload.get("target_prompt_tokens"),
     )
     last_n = payload.get("prompt_logprobs_last_n")
     return Plan(op, sample, lambda out: {**wire.sample_json(out, last_n), "type": "sample"}, helpers)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from django.utils import timezone
 
+from accounts.services import key_id_of
 from gpu_runner import validate_sample
 from gpu_runner.errors import EngineInputError
 
@@ -17,7 +19,7 @@ from . import quotas
 from .sessions import open_session
 
 # Tinker sample options this server does not implement, with the value that means "off"
-UNSUPPORTED_SAMPLE_OPTIONS = {"topk_sample_logprobs": 0, "prompt_alt_tokens_k": 0, "target_prompt_logprobs": None}
+UNSUPPORTED_SAMPLE_OPTIONS = {"topk_sample_logprobs": 0, "prompt_alt_tokens_k": 0}
 
 
 def create_sampling_session(user, body: dict) -> SamplingSession:
@@ -56,7 +58,9 @@ def submit_sample(user, body: dict) -> Operation:
     size = quotas.payload_size(payload)
     quotas.check_size(size)
     quotas.check_pending(user, size)
-    op = Operation.objects.insert_or_racing(Operation.of_sampler(sampler, seq_id, payload, payload_bytes=size))
+    op = Operation.objects.insert_or_racing(
+        Operation.of_sampler(sampler, seq_id, payload, payload_bytes=size, api_key_id=key_id_of(user))
+    )
     dispatch.dispatch(sampler.base_model)
     return op
 
@@ -67,8 +71,9 @@ def _sample_payload(sampler: SamplingSession, body: dict) -> dict:
     raw_params = wire.optional(body, "sampling_params", dict, {})
     params = wire.sampling_params(raw_params)
     topk = wire.optional(body, "topk_prompt_logprobs", int, 0)
+    targets = _target_prompt_tokens(body.get("target_prompt_logprobs"))
     try:
-        validate_sample(base_models.info(sampler.base_model), prompt, num_samples, params, topk)
+        validate_sample(base_models.info(sampler.base_model), prompt, num_samples, params, topk, targets)
     except EngineInputError as error:
         raise BadRequest(str(error), field=error.field) from None
     for option, default in UNSUPPORTED_SAMPLE_OPTIONS.items():
@@ -84,7 +89,20 @@ def _sample_payload(sampler: SamplingSession, body: dict) -> dict:
         "prompt_logprobs": bool(body.get("prompt_logprobs", False)),
         "topk_prompt_logprobs": topk,
         "prompt_logprobs_last_n": last_n,
+        "target_prompt_tokens": targets,
     }
+
+
+def _target_prompt_tokens(value: object) -> list[list[int]] | None:
+    """The token ids to score at each prompt position: int64 TensorData [len(prompt) - 1, K], dense
+    or sparse CSR with -1 in the cells left out."""
+    if value is None:
+        return None
+    field = "target_prompt_logprobs"
+    tensor = wire.tensor_data(value, field, pad=-1)
+    if tensor.dtype != torch.int64 or tensor.dim() != 2:
+        raise BadRequest(f"{field} must be int64 TensorData of shape [len(prompt) - 1, K]", field=field)
+    return tensor.tolist()
 
 
 def _check_weights_present(sampler: SamplingSession) -> None:

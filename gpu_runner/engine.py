@@ -320,8 +320,8 @@ class Engine:
                 ]
             if op.target_prompt_tokens is not None and n > 1:
                 asked = torch.tensor(op.target_prompt_tokens, dtype=torch.long, device=self.device)  # (n-1, K)
-                scored = lp.gather(-1, asked.clamp(min=0))  # (n-1, K)
-                output.target_prompt_logprobs = torch.where(asked >= 0, scored, 0.0).cpu().tolist()
+                target_scores = lp.gather(-1, asked.clamp(min=0))  # (n-1, K)
+                output.target_prompt_logprobs = torch.where(asked >= 0, target_scores, 0.0).cpu().tolist()
             elif op.target_prompt_tokens is not None:
                 output.target_prompt_logprobs = []
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.permissions import AllowAny
@@ -64,7 +65,7 @@ def client_config(request):
     return Response(
         {
             "pjwt_auth_enabled": False,
-            "proto_compress_fwdbwd": False,
+            "proto_compress_fwdbwd": settings.LORASMITH.proto_compress_fwdbwd,
             "parallel_fwdbwd_chunks": True,
             "sample_use_retrieve_futures": False,
             "custom_loss_server_side": False,

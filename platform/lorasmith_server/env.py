@@ -72,4 +72,6 @@ class ServiceSettings:
     max_pending_operations: int
     max_pending_bytes: int
     test_hooks: bool  # training.test_hooks' faults and counters
+    # client/config asks Tinker's SDK to zstd-compress forward_backward bodies (CPU for bandwidth)
+    proto_compress_fwdbwd: bool
     queue_prefix: str  # prefixed to the per-base-model queue names, so deployments can share a broker

@@ -152,6 +152,16 @@ if REDIS_URL:
     }
 else:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+# The cache holds the login throttle's failure counts: with several web processes they must share
+# one count (Redis), or each process would allow its own budget of guesses.
+if REDIS_URL:
+    CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": REDIS_URL,
+            "KEY_PREFIX": REDIS_NAMESPACE,
+        }
+    }
 DRAMATIQ_AUTODISCOVER_MODULES = ["execution.actors"]
 
 REST_FRAMEWORK = {
@@ -184,6 +194,7 @@ LORASMITH = ServiceSettings(
     max_pending_operations=env_int("LORASMITH_MAX_PENDING_OPERATIONS", 4096),
     max_pending_bytes=env_int("LORASMITH_MAX_PENDING_BYTES", 1024**3),
     test_hooks=env_bool("LORASMITH_TEST_HOOKS"),
+    proto_compress_fwdbwd=env_bool("LORASMITH_PROTO_COMPRESS_FWDBWD"),
     queue_prefix=env_str("LORASMITH_QUEUE_PREFIX"),
 )
 DATA_UPLOAD_MAX_MEMORY_SIZE = LORASMITH.max_body_bytes

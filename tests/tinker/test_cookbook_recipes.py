@@ -2,7 +2,8 @@
 tiny model is served by its local path (`LORASMITH_BASE_MODELS=<dir>`), so the cookbook's own
 `get_tokenizer(model_name)` loads it from disk, with the `role_colon` renderer. The server keeps
 at most 3 operations pending per user, so the recipes' pipelined requests meet 429s with
-`retry-after-ms`, which the SDK must wait out."""
+`retry-after-ms`, which the SDK must wait out; and `client/config` turns `proto_compress_fwdbwd`
+on, so every forward_backward body arrives zstd-compressed."""
 
 from __future__ import annotations
 
@@ -24,7 +25,11 @@ RETRY_SECONDS = 2.0  # training.intake.quotas.RETRY_PENDING_SECONDS, as the 429s
 def path_server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("path-served")
     model_dir = describe_base_model("tiny-llama", data_dir).model_dir  # built before the server reads the list
-    extra = {"LORASMITH_BASE_MODELS": model_dir, "LORASMITH_MAX_PENDING_OPERATIONS": str(MAX_PENDING)}
+    extra = {
+        "LORASMITH_BASE_MODELS": model_dir,
+        "LORASMITH_MAX_PENDING_OPERATIONS": str(MAX_PENDING),
+        "LORASMITH_PROTO_COMPRESS_FWDBWD": "true",  # the SDK then sends zstd forward_backward bodies
+    }
     with embedded_server(data_dir, extra) as server:
         server.model_dir = model_dir
         yield server
@@ -64,6 +69,7 @@ def test_chat_sl_on_the_cookbooks_conversations_lowers_the_loss(tinker_python, p
     # pipelined steps went past the pending quota: each 429 was waited out as long as it asked
     assert "Retrying due to status code 429" in done.stderr
     assert f"in {RETRY_SECONDS:f} seconds" in done.stderr
+    assert "'Content-Encoding': 'zstd'" in done.stderr  # the SDK's debug log of its request headers
 
 
 def test_math_rl_arithmetic_with_the_default_loss(tinker_python, path_server, tmp_path):

@@ -25,8 +25,12 @@ const thinned = (points) => {
 };
 
 export class MetricChart {
-  constructor(container, name) {
+  // options.xLabel(x) names a tick of the x axis (default: the step number); options.xName is the
+  // x axis's word in the aria-label ("step" by default)
+  constructor(container, name, options = {}) {
     this.name = name;
+    this.xLabel = options.xLabel || ((s) => String(Math.round(s)));
+    this.xName = options.xName || "step";
     this.figure = document.createElement("figure");
     this.figure.className = "chart";
     this.figure.dataset.metric = name;
@@ -42,7 +46,7 @@ export class MetricChart {
     const last = points[points.length - 1];
     this.svg.setAttribute(
       "aria-label",
-      `${this.name}: ${points.length} points; latest ${formatValue(last[1])} at step ${last[0]}`,
+      `${this.name}: ${points.length} points; latest ${formatValue(last[1])} at ${this.xName} ${this.xLabel(last[0])}`,
     );
     this.svg.replaceChildren();
     if (known.length === 0) return;
@@ -58,9 +62,10 @@ export class MetricChart {
       this.svg.append(el("line", { class: "grid", x1: LEFT, x2: WIDTH - RIGHT, y1: y(v), y2: y(v) }));
       this.svg.append(el("text", { x: LEFT - 6, y: y(v) + 4, "text-anchor": "end" }, formatValue(v, 3)));
     }
-    for (const s of ticks(x0, x1, 3)) {
-      this.svg.append(el("text", { x: x(s), y: HEIGHT - 8, "text-anchor": "middle" }, String(Math.round(s))));
-    }
+    ticks(x0, x1, 3).forEach((s, i) => {
+      const anchor = i === 2 ? "end" : "middle"; // the last label ends at the axis's end, inside the chart
+      this.svg.append(el("text", { x: x(s), y: HEIGHT - 8, "text-anchor": anchor }, this.xLabel(s)));
+    });
     this.svg.append(el("line", { class: "axis", x1: LEFT, x2: LEFT, y1: TOP, y2: HEIGHT - BOTTOM }));
     this.svg.append(el("line", { class: "axis", x1: LEFT, x2: WIDTH - RIGHT, y1: HEIGHT - BOTTOM, y2: HEIGHT - BOTTOM }));
 

@@ -1,5 +1,5 @@
-// The run page: chart every metric the run has reported, then follow new points over the
-// dashboard WebSocket. After a reconnect it asks for the points after the last one it has, so
+// The run page: chart every metric the run has reported, then follow new points (and the run's
+// status and steps) over the dashboard WebSocket. After a reconnect it asks for the points after the last one it has, so
 // nothing is missed or drawn twice (point ids only grow).
 import { MetricChart, formatValue } from "./chart.js";
 
@@ -35,8 +35,27 @@ function draw() {
   updateLatest(names);
 }
 
+// the run's status and steps, pushed after each of its operations finishes
+function showState({ status, step }) {
+  const badge = document.getElementById("run-status");
+  badge.textContent = status;
+  badge.className = `status status-${status}`;
+  document.getElementById("run-steps").textContent = String(step);
+}
+
+// the page's facts that points tell: steps done (optim_step reports at the new step) and the last loss
+function updateFacts() {
+  const steps = document.getElementById("run-steps"), loss = document.getElementById("run-last-loss");
+  for (const [name, points] of series) {
+    const [step, value] = points[points.length - 1];
+    if (name.startsWith("loss")) loss.textContent = formatValue(value);
+    else if (steps && step > Number(steps.textContent)) steps.textContent = String(step);
+  }
+}
+
 function updateLatest(names) {
   if (names.length === 0) return;
+  updateFacts();
   document.getElementById("no-metrics")?.remove();
   let table = document.getElementById("latest-values");
   if (!table) {
@@ -72,7 +91,9 @@ function follow(delay = 1000) {
   });
   socket.addEventListener("message", (event) => {
     const message = JSON.parse(event.data);
-    if (message.type === "points" && message.model_id === embedded.model_id) add(message.points);
+    if (message.model_id !== embedded.model_id) return;
+    if (message.type === "points") add(message.points);
+    else if (message.type === "run") showState(message);
   });
   socket.addEventListener("close", (event) => {
     if (event.code === 4401) {

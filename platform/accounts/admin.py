@@ -1,9 +1,9 @@
 """Django admin for API keys: listed by prefix, revocable; the hash is never shown or editable."""
 
 from django.contrib import admin
-from django.utils import timezone
 
 from .models import ApiKey
+from .services import revoke_keys
 
 
 @admin.register(ApiKey)
@@ -20,4 +20,4 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke the selected keys")
     def revoke(self, request, queryset):
-        queryset.filter(revoked_at__isnull=True).update(revoked_at=timezone.now())
+        revoke_keys(queryset.filter(revoked_at__isnull=True))

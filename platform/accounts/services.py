@@ -9,6 +9,8 @@ from datetime import timedelta
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
+from training import events
+
 from .models import ApiKey
 
 KEY_PREFIX = "tml-"
@@ -41,13 +43,33 @@ def user_for_key(key: str | None):
     now = timezone.now()
     if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
         ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
-    return api_key.user
+    user = api_key.user
+    user.lorasmith_api_key_id = api_key.pk  # type: ignore[attr-defined]  # this request's own instance: `key_id_of`
+    return user
+
+
+def key_id_of(user) -> int | None:
+    """The id of the API key `user` came in with on this request (set by `user_for_key`), so that
+    what the request stores can name it; None for a browser session or a user loaded otherwise."""
+    return getattr(user, "lorasmith_api_key_id", None)
 
 
 def revoke_api_key(user, prefix: str) -> int:
-    return ApiKey.objects.filter(user=user, prefix=prefix, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    return revoke_keys(ApiKey.objects.filter(user=user, prefix=prefix, revoked_at__isnull=True))
 
 
 def revoke_api_key_by_id(user, key_id: int) -> int:
     """Revoke one of `user`'s keys by its row id (the dashboard's handle); 0 if not theirs or already revoked."""
-    return ApiKey.objects.filter(user=user, pk=key_id, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    return revoke_keys(ApiKey.objects.filter(user=user, pk=key_id, revoked_at__isnull=True))
+
+
+def revoke_keys(keys) -> int:
+    """Revoke `keys` (an ApiKey queryset; every revocation goes through here): from now on
+    `user_for_key` refuses them, and the WebSockets opened with them are told to close."""
+    found = list(keys.values_list("pk", "user_id"))
+    revoked = ApiKey.objects.filter(pk__in=[pk for pk, _ in found], revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )
+    for key_id, user_id in found:
+        events.api_key_revoked(user_id, key_id)
+    return revoked

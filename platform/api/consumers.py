@@ -16,7 +16,7 @@ from urllib.parse import parse_qs
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncJsonWebsocketConsumer
 
-from accounts.services import user_for_key
+from accounts.services import key_id_of, user_for_key
 from training.errors import BadRequest
 from training.events import user_group
 from training.models import Operation, TrainingRun
@@ -36,6 +36,7 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
         if self.user is None:
             await self.close(code=4401)
             return
+        self.key_id = key_id_of(self.user)
         self.futures: set[str] = set()
         self.runs: set[str] = set()
         await self.channel_layer.group_add(user_group(self.user.id), self.channel_name)
@@ -83,6 +84,10 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
     async def future_finished(self, event: dict) -> None:
         if event["request_id"] in self.futures:
             await self._push_future(event["request_id"])
+
+    async def api_key_revoked(self, event: dict) -> None:
+        if event["key_id"] == self.key_id:  # refused at once, as the API refuses it
+            await self.close(code=4401)
 
     async def run_metrics(self, event: dict) -> None:
         if event["model_id"] in self.runs:

@@ -412,6 +412,15 @@ class Usage(s.Serializer):
     per_api_key = UsageKey(many=True)
 
 
+class UserMetrics(s.Serializer):
+    step = s.IntegerField(min_value=0, help_text="the x of these points: e.g. the optimizer steps taken so far")
+    metrics = s.DictField(child=s.FloatField(), help_text="1-64 names (letters, digits, _ . / : -) to finite numbers")
+
+
+class UserMetricsAnswer(s.Serializer):
+    recorded = s.IntegerField()
+
+
 ERRORS = {code: ErrorBody for code in (400, 401, 404, 410, 413, 429)}
 NO_CONTENT = object()  # a 204 answer without a body
 ANY_OBJECT = OpenApiTypes.OBJECT  # a body the view ignores: any JSON object
@@ -440,6 +449,7 @@ ANSWERS: dict[str, tuple[Any, Any]] = {
     "delete_checkpoint": (None, NO_CONTENT),
     "publish_checkpoint": (None, CheckpointInfo),
     "checkpoint_ttl": (CheckpointTtl, CheckpointInfo),
+    "run_user_metrics": (UserMetrics, UserMetricsAnswer),
     "external_weights_urls": (None, ExternalWeightsUrls),
     "checkpoint_archive": (None, CheckpointArchive),
     "weights_info": (WeightsInfoRequest, WeightsInfo),

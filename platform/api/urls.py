@@ -2,7 +2,7 @@ from django.urls import path, re_path, register_converter
 
 from training.wire import SEGMENT_CHOICES
 
-from . import futures, views
+from . import futures, usage_views, views
 
 # Path parameters never hold NUL: PostgreSQL refuses it in a query (a 500), so such a path is a 404.
 SEGMENT = r"[^/\x00]+"
@@ -51,6 +51,7 @@ urlpatterns = [
     path("training_runs", views.training_runs),
     re_path(rf"^training_runs/{RUN}$", views.training_run),
     re_path(rf"^training_runs/{RUN}/checkpoints$", views.run_checkpoints),
+    re_path(rf"^training_runs/{RUN}/metrics$", views.run_user_metrics),
     re_path(rf"^training_runs/{RUN}/checkpoints/{CHECKPOINT}$", views.delete_checkpoint),
     re_path(rf"^training_runs/{RUN}/checkpoints/{CHECKPOINT}/publish$", views.publish_checkpoint),
     re_path(rf"^training_runs/{RUN}/checkpoints/{CHECKPOINT}/ttl$", views.checkpoint_ttl),
@@ -59,5 +60,6 @@ urlpatterns = [
     path("checkpoints", views.user_checkpoints),
     path("weights_info", views.weights_info),
     re_path(r"^base_models/(?P<name>[^\x00]+)/tokenizer$", views.tokenizer_files),  # hub ids and paths have slashes
+    path("usage", usage_views.usage_summary),
     path("_test/counters", futures.counters),
 ]

@@ -14,7 +14,7 @@ from rest_framework.decorators import api_view, permission_classes
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
-from training import access, base_models, storage, wire
+from training import access, base_models, run_metrics, storage, wire
 from training.errors import ApiError, BadRequest, UnsupportedMediaType
 from training.intake import sampling_requests, sessions, training_requests
 from training.models import Checkpoint, Session, TrainingRun
@@ -337,6 +337,13 @@ def publish_checkpoint(request, run_id: str, checkpoint_id: str):
     checkpoint = access.owned_checkpoint(request.user, run_id, checkpoint_id)
     checkpoint.publish(request.method == "POST")
     return Response(serializers.checkpoint(checkpoint))
+
+
+@schema.free_form(summary="Add your loop's own metrics (held-out NLL, rewards) to a run's chart")
+@api_view(["POST"])
+def run_user_metrics(request, run_id: str):
+    recorded = run_metrics.record_user_metrics(request.user, run_id, body_of(request))
+    return Response({"recorded": recorded})
 
 
 @schema.free_form()

@@ -3,7 +3,8 @@ Channels' AuthMiddlewareStack) subscribes to its runs' metric points.
 
 `{"type": "subscribe_run", "model_id": ..., "after_id": N}` answers every point of the run with an id
 above N, then one `points` message whenever the runner records more: ids only grow, so a page that
-reconnects asks for what came after the last point it has and misses nothing, twice nothing.
+reconnects asks for what came after the last point it has and misses nothing, twice nothing. A
+`run` message ({status, step}) follows the subscription and each finished operation of the run.
 Another user's run is answered like a run that does not exist. The handshake must come from this
 server's own pages (Origin equal to Host): a session cookie must not let another site listen in.
 """
@@ -20,8 +21,9 @@ from channels.generic.websocket import AsyncJsonWebsocketConsumer
 from training import access
 from training.errors import NotFound
 from training.events import user_group
+from training.models import Operation
 
-from .runs import points_after
+from .runs import points_after, runs_of
 
 POINTS_PER_MESSAGE = 5000
 
@@ -73,10 +75,27 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
         else:
             self.after[model_id] = after_id
             await self._send_points(model_id)
+            await self._send_state(model_id)
 
     async def run_metrics(self, event: dict) -> None:
         if event["model_id"] in self.after:
             await self._send_points(event["model_id"])
+
+    async def future_finished(self, event: dict) -> None:
+        """An operation finished: if it is a subscribed run's, the run's status and steps may have changed."""
+        model_id = await database_sync_to_async(self._run_of_operation)(event["request_id"])
+        if model_id in self.after:
+            await self._send_state(model_id)
+
+    def _run_of_operation(self, request_id: str) -> str | None:
+        return (
+            Operation.objects.filter(id=request_id, owner=self.user).values_list("training_run_id", flat=True).first()
+        )
+
+    async def _send_state(self, model_id: str) -> None:
+        state = runs_of(self.user).values("status", "step")  # type: ignore[misc]  # an annotation, unseen by the stubs
+        run = await database_sync_to_async(state.get)(id=model_id)
+        await self.send_json({"type": "run", "model_id": model_id, "status": run["status"], "step": run["step"]})
 
     async def _send_points(self, model_id: str) -> None:
         while True:

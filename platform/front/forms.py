@@ -82,3 +82,35 @@ class CheckpointTtlForm(forms.Form):
     ttl_seconds = forms.TypedChoiceField(
         choices=TTL_CHOICES, coerce=int, empty_value=None, required=False, label="Expires after"
     )
+
+
+class PlaygroundForm(forms.Form):
+    """What a person sets in the sampling playground; the intake checks the rest (prompt length
+    against the model's context, and so on) exactly as it does for the API."""
+
+    prompt = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 4}),
+        max_length=20_000,
+        help_text="Plain text, encoded with the base model's own tokenizer.",
+    )
+    max_tokens = forms.IntegerField(min_value=1, max_value=512, initial=32, label="Max tokens")
+    temperature = forms.FloatField(min_value=0.0, max_value=5.0, initial=1.0, help_text="0 picks the likeliest token.")
+    top_p = forms.FloatField(min_value=0.0, max_value=1.0, initial=1.0, label="Top p")
+    top_k = forms.IntegerField(min_value=-1, initial=-1, label="Top k", help_text="-1: off.")
+    seed = forms.IntegerField(required=False, min_value=0, help_text="Optional: the same seed gives the same output.")
+    num_samples = forms.IntegerField(min_value=1, max_value=8, initial=1, label="Samples")
+
+    def sampling_params(self) -> dict:
+        """num_samples and the wire's sampling_params, from the cleaned form."""
+        data = dict(self.cleaned_data)
+        data.pop("prompt")
+        if data["seed"] is None:
+            data.pop("seed")
+        return data
+
+
+USAGE_WINDOWS = [(7, "Last 7 days"), (30, "Last 30 days"), (90, "Last 90 days"), (366, "Last year")]
+
+
+class UsageWindowForm(forms.Form):
+    days = forms.TypedChoiceField(choices=USAGE_WINDOWS, coerce=int, initial=30, required=False, label="Period")

@@ -36,3 +36,15 @@ def downloadable_or_404(user, run_id: str, segment: str, name: str) -> Checkpoin
 def checkpoint_args(checkpoint: Checkpoint) -> list[str]:
     """The URL arguments that name `checkpoint`: its run, then its `<segment>/<name>` id in two parts."""
     return [checkpoint.training_run_id, *checkpoint.checkpoint_id.split("/", 1)]
+
+
+def sampleable_or_404(user, run_id: str, segment: str, name: str) -> Checkpoint:
+    """A checkpoint `user` may sample from (theirs or published) with weights for a sampler; an
+    external (PEFT download) checkpoint is not one."""
+    try:
+        checkpoint = access.readable_checkpoint(user, run_id, f"{segment}/{name}")
+    except NotFound as error:
+        raise Http404(error.message) from None
+    if checkpoint.checkpoint_type == Checkpoint.Type.EXTERNAL:
+        raise Http404("external checkpoints are for download; sample from a sampler checkpoint")
+    return checkpoint

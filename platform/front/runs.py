@@ -1,19 +1,15 @@
-"""What the dashboard shows of training runs: a run's status, its last loss, and the sorted,
-filtered list of one user's runs. Reads models only.
-
-A run's status is derived, not stored: `active` while it has queued or running operations,
-`finished` once its session finished (and nothing is pending), `idle` otherwise.
-"""
+"""What the dashboard shows of training runs: a run's status (`TrainingRunQuerySet.with_status`),
+its last loss, and the sorted, filtered list of one user's runs. Reads models only."""
 
 from __future__ import annotations
 
 import math
 
-from django.db.models import Case, Exists, F, OuterRef, Q, QuerySet, Subquery, Value, When
+from django.db.models import F, OuterRef, QuerySet, Subquery
 
-from training.models import MetricPoint, Operation, TrainingRun
+from training.models import MetricPoint, TrainingRun
 
-STATUSES = [("active", "Active"), ("idle", "Idle"), ("finished", "Finished")]
+STATUSES = [(status, status.capitalize()) for status in TrainingRun.STATUSES]
 SORTS = [
     ("-created_at", "Newest first"),
     ("created_at", "Oldest first"),
@@ -27,7 +23,6 @@ LOSS_PREFIX = "loss"  # forward_backward records `loss:sum`; custom losses may a
 
 def runs_of(user) -> QuerySet[TrainingRun]:
     """`user`'s runs with `status` and `last_loss` annotated (one query for a whole page)."""
-    pending = Operation.objects.pending().filter(training_run=OuterRef("pk"))
     last_loss = (
         MetricPoint.objects.filter(training_run=OuterRef("pk"), name__startswith=LOSS_PREFIX)
         .order_by("-id")
@@ -35,15 +30,9 @@ def runs_of(user) -> QuerySet[TrainingRun]:
     )
     return (
         TrainingRun.objects.filter(owner=user)
+        .with_status()
         .select_related("session")
-        .annotate(
-            status=Case(
-                When(Exists(pending), then=Value("active")),
-                When(~Q(session__finished_reason=""), then=Value("finished")),
-                default=Value("idle"),
-            ),
-            last_loss=Subquery(last_loss),
-        )
+        .annotate(last_loss=Subquery(last_loss))
     )
 
 

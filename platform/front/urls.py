@@ -8,7 +8,7 @@ from django.urls import path, reverse_lazy
 from django.views.decorators.clickjacking import xframe_options_deny
 
 from .forms import ThrottledLoginForm
-from .views import accounts, checkpoints, keys, runs
+from .views import accounts, checkpoints, keys, overview, playground, runs, usage
 
 app_name = "front"
 CHECKPOINT = "runs/<str:run_id>/checkpoints/<str:segment>/<str:name>"
@@ -77,4 +77,7 @@ urlpatterns = [
     page(f"{CHECKPOINT}/delete/", checkpoints.delete, "checkpoint_delete"),
     page(f"{CHECKPOINT}/ttl/", checkpoints.ttl, "checkpoint_ttl"),
     page(f"{CHECKPOINT}/publish/", checkpoints.publish, "checkpoint_publish"),
+    page(f"{CHECKPOINT}/playground/", playground.playground_page, "checkpoint_playground"),
+    page("usage/", usage.usage_page, "usage"),
+    page("overview/", overview.overview_page, "overview"),
 ]

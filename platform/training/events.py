@@ -1,4 +1,4 @@
-"""Push to the Channels layer: future completions and run metrics, per user group."""
+"""Push to the Channels layer: future completions, run metrics and key revocations, per user group."""
 
 from __future__ import annotations
 
@@ -54,3 +54,8 @@ def future_finished(user_id: int, request_id: str) -> None:
 
 def metrics(user_id: int, model_id: str, step: int, values: dict) -> None:
     publish(user_id, {"type": "run.metrics", "model_id": model_id, "step": step, "metrics": values})
+
+
+def api_key_revoked(user_id: int, key_id: int) -> None:
+    """The SDK WebSockets opened with key `key_id` close (the API refuses it from now on)."""
+    publish(user_id, {"type": "api_key.revoked", "key_id": key_id})

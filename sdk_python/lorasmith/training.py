@@ -620,6 +620,31 @@ class TrainingClient(ClientFutureCompat):
 
         return points()
 
+    # ---- your own metrics ------------------------------------------------------------------
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> APIFuture[dict]:
+        """Add what your loop measures (held-out NLL, rewards, accuracy) to the run's metrics, so the
+        dashboard charts it beside the server's own `loss:sum` and optimizer metrics. Not ordered
+        with training requests and uses no seq_id.
+
+        Args:
+            metrics: 1-64 names (letters, digits, `_ . / : -`) to finite numbers.
+            step: The x of these points, e.g. the optimizer steps taken so far.
+
+        Returns:
+            A future of `{"recorded": n}`.
+
+        Raises:
+            BadRequestError: A name or value the server refuses (named in the message).
+
+        Example:
+            training.log_metrics({"heldout/nll": 2.31}, step=40).result()
+        """
+        body = {"step": step, "metrics": dict(metrics)}
+        return APIFuture(
+            background.submit(self.transport.request("POST", f"training_runs/{self.model_id}/metrics", body))
+        )
+
     # ---- info ------------------------------------------------------------------------------
 
     def get_info(self) -> GetInfoResponse:

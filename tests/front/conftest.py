@@ -10,6 +10,11 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 
+from accounts.models import ApiKey
+from accounts.services import issue_api_key
+from tests.platform.wire import InProcess, Wire
+from training import dispatch
+from training.execution.cycle import execute_cycle
 from training.models import Checkpoint, MetricPoint, Operation, Session, TrainingRun
 from training.storage import checkpoint_directory
 
@@ -84,3 +89,21 @@ def data_dir(settings, tmp_path):
     """Checkpoint files of this test under its own tmp dir."""
     settings.DATA_DIR = tmp_path
     return tmp_path
+
+
+@pytest.fixture
+def runner(monkeypatch):
+    """Cycles run at once, in process, inside the request that dispatched them (the real engine,
+    tiny-llama): a submitted operation is finished when its POST returns."""
+    monkeypatch.setattr(dispatch, "_send", execute_cycle)
+
+
+@pytest.fixture
+def api_of(db):
+    """The API in process for one of a user's keys: `api_of(user, "laptop")` -> (Wire, key row)."""
+
+    def make(user, name: str = "test"):
+        secret = issue_api_key(user, name)
+        return Wire(InProcess(secret)), ApiKey.objects.get(user=user, name=name)
+
+    return make

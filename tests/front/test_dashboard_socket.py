@@ -11,8 +11,9 @@ from channels.testing import WebsocketCommunicator
 
 from lorasmith_server.asgi import router
 from training.events import user_group
+from training.models import Operation, TrainingRun
 
-from .conftest import add_points, make_run
+from .conftest import add_points, make_operation, make_run
 
 
 def _headers(client=None, origin: str = "http://testserver") -> list[tuple[bytes, bytes]]:
@@ -36,18 +37,50 @@ def test_backlog_after_the_given_id_then_live_points(browser, alice):
         assert connected
         await socket.send_json_to({"type": "subscribe_run", "model_id": run.id, "after_id": first[0].pk})
         backlog = await socket.receive_json_from(timeout=5)
+        state = await socket.receive_json_from(timeout=5)
         await _add_points_async(run)
         await get_channel_layer().group_send(
             user_group(alice.id), {"type": "run.metrics", "model_id": run.id, "step": 2, "metrics": {}}
         )
         live = await socket.receive_json_from(timeout=5)
         await socket.disconnect()
-        return backlog, live
+        return backlog, state, live
 
-    backlog, live = async_to_sync(scenario)()
+    backlog, state, live = async_to_sync(scenario)()
     assert backlog == {"type": "points", "model_id": run.id, "points": [[second[0].pk, 1, "loss:sum", 1.0]]}
+    assert state == {"type": "run", "model_id": run.id, "status": "idle", "step": 0}
     assert [p[1:] for p in live["points"]] == [[2, "loss:sum", 0.5], [2, "grad_norm:mean", 3.0]]
     assert live["points"][0][0] > second[0].pk
+
+
+def test_a_finished_operation_pushes_the_runs_status_and_steps(browser, alice):
+    run = make_run(alice, step=3)
+    queued = make_operation(run, status="queued")
+    other_run_op = make_operation(make_run(alice), status="done")
+
+    async def scenario():
+        socket = _socket(_headers(browser))
+        await socket.connect()
+        await socket.send_json_to({"type": "subscribe_run", "model_id": run.id})
+        before = await socket.receive_json_from(timeout=5)
+        await database_sync_to_async(_finish)(queued)
+        layer, group = get_channel_layer(), user_group(alice.id)
+        await layer.group_send(group, {"type": "future.finished", "request_id": other_run_op.id})
+        await layer.group_send(group, {"type": "future.finished", "request_id": queued.id})
+        after = await socket.receive_json_from(timeout=5)
+        nothing_more = await socket.receive_nothing(timeout=0.3)
+        await socket.disconnect()
+        return before, after, nothing_more
+
+    before, after, nothing_more = async_to_sync(scenario)()
+    assert before == {"type": "run", "model_id": run.id, "status": "queued", "step": 3}
+    assert after == {"type": "run", "model_id": run.id, "status": "idle", "step": 4}
+    assert nothing_more  # the other run's operation pushed nothing
+
+
+def _finish(op):
+    Operation.objects.filter(pk=op.pk).update(status="done")
+    TrainingRun.objects.filter(pk=op.training_run_id).update(step=4)
 
 
 async def _add_points_async(run):
@@ -61,6 +94,7 @@ def test_events_of_other_runs_and_kinds_are_skipped(browser, alice):
         socket = _socket(_headers(browser))
         await socket.connect()
         await socket.send_json_to({"type": "subscribe_run", "model_id": run.id})
+        assert (await socket.receive_json_from(timeout=5))["type"] == "run"
         layer, group = get_channel_layer(), user_group(alice.id)
         await layer.group_send(group, {"type": "future.finished", "request_id": "x"})
         await layer.group_send(group, {"type": "some.future_event"})

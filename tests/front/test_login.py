@@ -3,8 +3,15 @@ the limit even the right password is refused until the window ends."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import uuid
+
 import pytest
 from django.test import Client
+
+from tests.conftest import REDIS_TEST_URL, ROOT, _redis_ok, _require
 
 from .conftest import PASSWORD
 
@@ -65,3 +72,33 @@ def test_landing_page_sends_to_login_or_runs(client, alice):
     assert client.get("/")["Location"] == "/accounts/login/"
     client.force_login(alice)
     assert client.get("/")["Location"] == "/runs/"
+
+
+def test_with_redis_every_web_process_counts_the_same_failures(tmp_path):
+    """With REDIS_URL the throttle's counts live in Redis: failures in one web process are refused
+    in another (with the default per-process cache each would allow its own budget)."""
+    _require("Redis", _redis_ok())
+    env = {
+        **{k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "DJANGO_SETTINGS_MODULE")},
+        "LORASMITH_DATA_DIR": str(tmp_path),
+        "REDIS_URL": REDIS_TEST_URL,
+        "LORASMITH_REDIS_NAMESPACE": f"lorasmith-test-{uuid.uuid4().hex[:8]}",
+        "LORASMITH_LOGIN_FAILURES_ALLOWED": "2",
+        "LORASMITH_LOGIN_LOCKOUT_SECONDS": "60",
+    }
+
+    def in_a_process(code: str) -> str:
+        script = f"from accounts import throttle\nfrom django.conf import settings\n{code}"
+        done = subprocess.run(
+            [sys.executable, "manage.py", "shell", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip().splitlines()[-1]  # after the shell's own "N objects imported"
+
+    first = in_a_process(
+        "print(settings.CACHES['default']['BACKEND'])\n"
+        "throttle.record_failure('mallory', '10.9.9.9'); throttle.record_failure('mallory', '10.9.9.9')"
+    )
+    assert first == "django.core.cache.backends.redis.RedisCache"
+    assert in_a_process("print(throttle.login_allowed('mallory', '10.8.8.8'))") == "False"  # the username's count
+    assert in_a_process("print(throttle.login_allowed('someone', '10.8.8.8'))") == "True"

@@ -29,16 +29,31 @@ def test_columns_status_and_last_loss(browser, alice):
     add_points(run, 7, {"loss:sum": 1.25, "grad_norm:mean": 3.0})
     make_operation(run, status="queued")
     page = browser.get("/runs/").content.decode()
-    assert "status-active" in page and ">16<" in page and ">7<" in page and ">1.25<" in page
+    assert "status-queued" in page and ">16<" in page and ">7<" in page and ">1.25<" in page
 
 
 def test_status_filter(browser, alice):
-    active, idle, finished = make_run(alice), make_run(alice), make_run(alice, finished=True)
-    make_operation(active, status="running")
+    running, queued, idle = make_run(alice), make_run(alice), make_run(alice)
+    failed, finished = make_run(alice), make_run(alice, finished=True)
+    make_operation(running, status="running", seq_id=1)
+    make_operation(running, status="queued", seq_id=2)
+    make_operation(queued, status="queued")
     make_operation(idle, status="done")
-    assert _rows(browser.get("/runs/?status=active")) == [active.id]
+    make_operation(failed, status="done", seq_id=1)
+    make_operation(failed, status="failed", seq_id=2)
+    make_operation(finished, status="done")
+    assert _rows(browser.get("/runs/?status=running")) == [running.id]
+    assert _rows(browser.get("/runs/?status=queued")) == [queued.id]
     assert _rows(browser.get("/runs/?status=idle")) == [idle.id]
+    assert _rows(browser.get("/runs/?status=failed")) == [failed.id]
     assert _rows(browser.get("/runs/?status=finished")) == [finished.id]
+
+
+def test_a_failure_followed_by_success_is_not_failed(browser, alice):
+    run = make_run(alice)
+    make_operation(run, status="failed", seq_id=1)
+    make_operation(run, status="done", seq_id=2)
+    assert _rows(browser.get("/runs/?status=idle")) == [run.id]
 
 
 def test_base_model_filter_offers_own_models(browser, alice, bob):

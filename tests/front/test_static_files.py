@@ -27,7 +27,11 @@ def _get(path: str) -> dict:
 
 
 def test_dashboard_assets_are_served(db):
-    for path, kind in (("/static/css/lorasmith.css", b"text/css"), ("/static/js/run_metrics.js", b"javascript")):
+    scripts = ("run_metrics", "chart", "usage_chart", "playground", "copy")
+    for path, kind in (
+        ("/static/css/lorasmith.css", b"text/css"),
+        *((f"/static/js/{name}.js", b"javascript") for name in scripts),
+    ):
         response = _get(path)
         assert response["status"] == 200, path
         assert kind in dict(response["headers"])[b"Content-Type"]

@@ -283,6 +283,7 @@ def test_actual_answers_match_the_documented_ones(api, tmp_path, short_polls):
     call("GET", v1 + "training_runs")
     call("GET", v1 + "training_runs/{run_id}", run_id=model_id)
     call("GET", v1 + "training_runs/{run_id}/checkpoints", run_id=model_id)
+    call("POST", v1 + "training_runs/{run_id}/metrics", {"step": 1, "metrics": {"heldout/nll": 2.0}}, run_id=model_id)
     call("GET", v1 + "checkpoints")
     one = {"run_id": model_id, "checkpoint_id": sampler_checkpoint.checkpoint_id}
     checkpoint = v1 + "training_runs/{run_id}/checkpoints/{checkpoint_id}"
@@ -294,6 +295,7 @@ def test_actual_answers_match_the_documented_ones(api, tmp_path, short_polls):
     call("GET", checkpoint + "/archive", **one)
     call("POST", v1 + "weights_info", {"tinker_path": external.tinker_path})
     call("GET", v1 + "base_models/{name}/tokenizer", name="tiny-llama")
+    call("GET", v1 + "usage")
     call("DELETE", checkpoint, run_id=model_id, checkpoint_id=external.checkpoint_id)
     call("POST", v1 + "sessions/{session_id}/finish", {"reason": {"type": "success"}}, session_id=session)
 

@@ -1,4 +1,4 @@
-"""Template filters of the dashboard: checkpoint action URLs, short durations."""
+"""Template filters of the dashboard: checkpoint action URLs, short durations, metric values."""
 
 from __future__ import annotations
 
@@ -25,10 +25,18 @@ def elapsed(start: datetime | None, end: datetime | None) -> str:
     """`{% elapsed op.created_at op.started_at %}`: "1.2 s", "3 min 4 s", or "—" if either is unknown."""
     if start is None or end is None:
         return "—"
-    seconds = max((end - start).total_seconds(), 0.0)
-    if seconds < 60:
-        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
-    minutes, rest = divmod(int(seconds), 60)
+    return seconds((end - start).total_seconds())
+
+
+@register.filter
+def seconds(value: float | None) -> str:
+    """A duration in seconds as "1.2 s", "3 min 4 s" or "2 h 5 min"; "—" when there is none."""
+    if value is None:
+        return "—"
+    value = max(value, 0.0)
+    if value < 60:
+        return f"{value:.1f} s" if value < 10 else f"{value:.0f} s"
+    minutes, rest = divmod(int(value), 60)
     if minutes < 60:
         return f"{minutes} min {rest} s"
     hours, minutes = divmod(minutes, 60)

@@ -17,7 +17,7 @@ from .. import dispatch, test_hooks
 from ..models import Operation, TrainingRun
 from ..upkeep import housekeeping
 from . import outcomes
-from .engines import engine_for, release_idle_adapters
+from .engines import engine_for, record_heartbeat, release_idle_adapters
 from .plan import Finished, Plan, plan
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,14 @@ def execute_cycle(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
         dispatch.release_slot(base_model, cycle_id)
         dispatch.dispatch(base_model)
         housekeeping.run_if_due(also=[release_idle_adapters])
+        _heartbeat(base_model)
+
+
+def _heartbeat(base_model: str) -> None:
+    try:
+        record_heartbeat(base_model)
+    except Exception:  # the overview's view of this runner goes stale; the cycle itself is done
+        log.exception("could not record the runner's heartbeat")
 
 
 def _run(engine: Engine, ops: list[Operation]) -> None:

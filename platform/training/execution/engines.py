@@ -5,12 +5,15 @@ are dropped from them between cycles."""
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 
 from django.conf import settings
 
 from gpu_runner import Engine
 
+from ..models import RunnerHeartbeat
 from ..upkeep import retention
 
 log = logging.getLogger(__name__)
@@ -42,3 +45,24 @@ def release_idle_adapters() -> int:
     if dropped:
         log.info("dropped %d idle adapters", dropped)
     return dropped
+
+
+RUNNER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+def record_heartbeat(base_model: str) -> None:
+    """What this runner holds for `base_model` now (its resident adapters and their memory), for
+    the dashboard's overview; zeros before its engine is loaded."""
+    with _lock:
+        engine = _engines.get(base_model)
+    report = engine.memory_report() if engine is not None else {}
+    RunnerHeartbeat.objects.update_or_create(
+        runner=RUNNER,
+        base_model=base_model,
+        defaults={
+            "resident_adapters": report.get("resident_adapters", []),
+            "adapters": report.get("adapters", 0),
+            "resident_bytes": report.get("resident_bytes", 0),
+            "budget_bytes": report.get("budget_bytes", settings.LORASMITH.adapter_memory_bytes),
+        },
+    )

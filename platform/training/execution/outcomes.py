@@ -1,5 +1,6 @@
 """Writing an operation's outcome to the op log: its result or its error (+ who is to blame), the
-resources it made (checkpoints, ephemeral samplers, metrics), and the push that it finished.
+resources it made (checkpoints, ephemeral samplers, metrics), what it consumed (`usage`), and the
+push that it finished.
 
 Pushes go out after the row is committed, so a client woken by one always finds the result.
 """
@@ -14,13 +15,17 @@ from django.utils import timezone
 
 from gpu_runner.types import CheckpointOutput, ForwardBackwardOutput, OptimStepOutput
 
-from .. import events, storage, wire
-from ..models import Checkpoint, MetricPoint, Operation, SamplingSession, TrainingRun
+from .. import events, run_metrics, storage, usage, wire
+from ..models import Checkpoint, Operation, SamplingSession, TrainingRun
 from ..upkeep import retention
 
 
 def complete(op: Operation, result: dict) -> None:
-    Operation.objects.filter(pk=op.pk).update(status=Operation.Status.DONE, result=result, finished_at=timezone.now())
+    with transaction.atomic():  # the result and what it consumed are stored together, or neither
+        Operation.objects.filter(pk=op.pk).update(
+            status=Operation.Status.DONE, result=result, finished_at=timezone.now()
+        )
+        usage.record(op, result)
     _announce(op)
 
 
@@ -82,7 +87,7 @@ def ephemeral_sampler(op: Operation, out: CheckpointOutput) -> dict:
 def forward_backward_done(op: Operation, out: ForwardBackwardOutput) -> dict:
     run = op.require_run()
     if not op.payload["forward_only"]:
-        record_metrics(run, run.step, {"loss:sum": out.metrics["loss:sum"]})
+        run_metrics.record(run, run.step, {"loss:sum": out.metrics["loss:sum"]})
     return {**wire.forward_backward_json(out), "type": "forward_backward"}
 
 
@@ -90,13 +95,5 @@ def optim_step_done(op: Operation, out: OptimStepOutput) -> dict:
     run = op.require_run()
     TrainingRun.objects.filter(pk=run.pk).update(step=run.step + 1)
     run.step += 1  # the cycle shares one instance per run, so a second step in the cycle counts on
-    record_metrics(run, run.step, out.metrics)
+    run_metrics.record(run, run.step, out.metrics)
     return {"metrics": out.metrics, "type": "optim_step"}
-
-
-def record_metrics(run: TrainingRun, step: int, values: dict[str, float]) -> None:
-    MetricPoint.objects.bulk_create(
-        [MetricPoint(training_run=run, step=step, name=k, value=float(v)) for k, v in values.items()]
-    )
-    owner_id, run_id = run.owner_id, run.id
-    transaction.on_commit(lambda: events.metrics(owner_id, run_id, step, values))

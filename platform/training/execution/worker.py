@@ -11,6 +11,7 @@ import dramatiq
 from .. import dispatch
 from ..base_models import queue_name
 from . import actors  # noqa: F401 - registers the cycle actor with the broker
+from .engines import record_heartbeat
 
 
 class RunnerWorker(dramatiq.Worker):
@@ -25,4 +26,6 @@ def start_worker(base_models: list[str]) -> dramatiq.Worker:
     worker = RunnerWorker(broker, queues=queues, worker_threads=1)
     worker.start()
     dispatch.recover(base_models)
+    for base_model in base_models:  # the overview lists this runner from the start, not after its first cycle
+        record_heartbeat(base_model)
     return worker

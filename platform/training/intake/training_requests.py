@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from django.utils import timezone
 
+from accounts.services import key_id_of
 from gpu_runner import validate_forward_backward
 from gpu_runner.errors import EngineInputError
 from gpu_runner.types import LoraSpec
@@ -113,7 +114,7 @@ def _first_operation(user, run: TrainingRun, kind: str, payload: dict) -> Operat
     size = quotas.payload_size(payload)
     quotas.check_pending(user, size)
     op = Operation.objects.insert_or_racing(
-        Operation.of_run(run, kind, 0, payload, payload_bytes=size),
+        Operation.of_run(run, kind, 0, payload, payload_bytes=size, api_key_id=key_id_of(user)),
         run,
     )
     dispatch.dispatch(run.base_model)
@@ -143,7 +144,9 @@ def submit_training(
         _hold_seq(user, kind, run, seq_id, unreadable)
         raise unreadable from None
     quotas.check_pending(user, size, run, seq_id)  # over quota: nothing stored, the same seq may come again
-    op = Operation.objects.insert_or_racing(Operation.of_run(run, kind, seq_id, payload, payload_bytes=size))
+    op = Operation.objects.insert_or_racing(
+        Operation.of_run(run, kind, seq_id, payload, payload_bytes=size, api_key_id=key_id_of(user))
+    )
     if op.status == Operation.Status.REJECTED:
         return _repeat(op)
     dispatch.dispatch(run.base_model)

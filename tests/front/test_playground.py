@@ -1,0 +1,131 @@
+"""The sampling playground on a checkpoint: the prompt goes through the base model's tokenizer and
+the API's own intake (so it is refused for the same reasons), the output shows each token with its
+logprob; only the owner (or anyone, once published) may sample, and only their own samples show."""
+
+from __future__ import annotations
+
+import html
+import re
+
+from accounts.models import ApiKey
+from front.playground import tokenizer
+from training.models import Operation, UsageRecord
+
+from .conftest import make_checkpoint, make_run
+
+
+def _trained_checkpoint(wire):
+    """A run with one sampler checkpoint saved by the runner (real adapter weights)."""
+    model_id = wire.model(wire.session())
+    saved = wire.result(wire.post("save_weights_for_sampler", {"model_id": model_id, "seq_id": 1, "path": "s1"}))
+    return saved["path"], f"/runs/{model_id}/checkpoints/sampler_weights/s1/playground/"
+
+
+def test_form_and_empty_state(browser, alice, data_dir):
+    run = make_run(alice)
+    make_checkpoint(run, "s1")
+    page = browser.get(f"/runs/{run.id}/checkpoints/sampler_weights/s1/playground/").content.decode()
+    assert 'id="no-sample"' in page and 'name="prompt"' in page and 'for="id_temperature"' in page
+
+
+def test_a_sample_is_tokenized_queued_like_the_api_and_shown_with_logprobs(browser, alice, api_of, runner, data_dir):
+    wire, _ = api_of(alice)
+    path, url = _trained_checkpoint(wire)
+    prompt = "Once upon a time"
+
+    answer = browser.post(
+        url, {"prompt": prompt, "max_tokens": 5, "temperature": 0, "top_p": 1, "top_k": -1, "num_samples": 2}
+    )
+
+    assert answer.status_code == 302
+    op = Operation.objects.get(kind="sample", owner=alice)
+    assert answer["Location"] == f"{url}?request={op.id}"
+    assert op.payload["prompt"] == tokenizer("tiny-llama").encode(prompt)  # the base model's own tokenizer
+    assert op.sampling_session.model_path == path and op.api_key is None
+    page = browser.get(answer["Location"]).content.decode()
+    assert op.status == "done" or Operation.objects.get(pk=op.pk).status == "done"
+    result = Operation.objects.get(pk=op.pk).result
+    logprobs = re.findall(r'class="token" tabindex="0" data-logprob="([^"]+)"', page)
+    expected = [f"{lp:.4g}" for s in result["sequences"] for lp in s["logprobs"]]
+    assert logprobs == expected and len(expected) == sum(len(s["tokens"]) for s in result["sequences"])
+    assert page.count('class="sequence"') == 2 and html.escape(prompt) in page
+    assert 'value="5"' in page  # the form keeps what was asked
+    assert UsageRecord.objects.get(operation=op).tokens_sampled == len(expected)  # counted, under no key
+
+
+def test_the_intakes_refusal_is_shown_on_the_form(browser, alice, api_of, runner, data_dir):
+    wire, _ = api_of(alice)
+    _, url = _trained_checkpoint(wire)
+    long_prompt = "word " * 1000  # 3,000 tokens, past tiny-llama's context of 512: the intake says so
+    page = browser.post(
+        url, {"prompt": long_prompt, "max_tokens": 5, "temperature": 1, "top_p": 1, "top_k": -1, "num_samples": 1}
+    )
+    text = page.content.decode()
+    assert page.status_code == 200 and 'class="errors" role="alert"' in text and "512" in text
+    assert not Operation.objects.filter(kind="sample").exists()
+
+
+def test_form_errors_name_the_field(browser, alice, data_dir):
+    run = make_run(alice)
+    make_checkpoint(run, "s1")
+    url = f"/runs/{run.id}/checkpoints/sampler_weights/s1/playground/"
+    page = browser.post(
+        url, {"prompt": "", "max_tokens": 0, "temperature": 1, "top_p": 2, "top_k": -1, "num_samples": 1}
+    )
+    text = page.content.decode()
+    assert page.status_code == 200 and text.count('class="error"') == 3  # prompt, max_tokens, top_p
+
+
+def test_another_users_checkpoint_and_samples_are_404(browser, alice, bob, api_of, runner, data_dir):
+    theirs, _ = api_of(bob)
+    _, url = _trained_checkpoint(theirs)
+    assert browser.get(url).status_code == 404
+    assert browser.post(url, {"prompt": "hi"}).status_code == 404
+
+    mine, _ = api_of(alice)
+    _, my_url = _trained_checkpoint(mine)
+    sampler = theirs.sampler(theirs.session())
+    their_sample = theirs.post("asample", theirs.sample_body(sampler))
+    assert browser.get(f"{my_url}?request={their_sample['request_id']}").status_code == 404
+
+
+def test_a_published_checkpoint_may_be_sampled_by_anyone(browser, alice, bob, data_dir):
+    run = make_run(bob)
+    make_checkpoint(run, "s1", public=True)
+    assert browser.get(f"/runs/{run.id}/checkpoints/sampler_weights/s1/playground/").status_code == 200
+
+
+def test_external_checkpoints_are_not_for_sampling(browser, alice, data_dir):
+    run = make_run(alice)
+    make_checkpoint(run, "e1", kind="external")
+    assert browser.get(f"/runs/{run.id}/checkpoints/external_weights/e1/playground/").status_code == 404
+
+
+def test_a_pending_sample_asks_to_be_refreshed(browser, alice, api_of, data_dir):
+    run = make_run(alice)
+    checkpoint = make_checkpoint(run, "s1")
+    url = f"/runs/{run.id}/checkpoints/sampler_weights/s1/playground/"
+    browser.post(url, {"prompt": "hi", "max_tokens": 3, "temperature": 1, "top_p": 1, "top_k": -1, "num_samples": 1})
+    op = Operation.objects.get(kind="sample")  # no runner here: it stays queued
+    assert op.sampling_session.model_path == checkpoint.tinker_path
+    page = browser.get(f"{url}?request={op.id}").content.decode()
+    assert 'id="sample-pending"' in page and f'data-refresh="{url}?request={op.id}&amp;fragment=1"' in page
+    fragment = browser.get(f"{url}?request={op.id}&fragment=1").content.decode()
+    assert 'id="sample-pending"' in fragment and "<html" not in fragment
+
+
+def test_one_dashboard_session_and_sampler_are_reused(browser, alice, data_dir):
+    run = make_run(alice)
+    make_checkpoint(run, "s1")
+    url = f"/runs/{run.id}/checkpoints/sampler_weights/s1/playground/"
+    for _ in range(2):
+        browser.post(
+            url, {"prompt": "hi", "max_tokens": 3, "temperature": 1, "top_p": 1, "top_k": -1, "num_samples": 1}
+        )
+    samples = Operation.objects.filter(kind="sample")
+    assert samples.count() == 2 and len({op.sampling_session_id for op in samples}) == 1
+    assert not ApiKey.objects.exists()
+
+
+def test_anonymous_is_sent_to_login(client, db):
+    assert client.get("/runs/r/checkpoints/sampler_weights/s/playground/")["Location"].startswith("/accounts/login/")

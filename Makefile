@@ -13,7 +13,7 @@ TINKER_PY := $(TINKER_VENV)/bin/python
 TINKER_STAMP := $(TINKER_VENV)/.installed
 TINKER_PACKAGES := "tinker==0.38.0" "tinker-cookbook[math-rl]==0.5.8"
 
-.PHONY: demo test test-fast check bench serve clean-venv tinker-venv
+.PHONY: demo demo-rlhf test test-fast check bench serve clean-venv tinker-venv
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml sdk_python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ tinker-venv: $(TINKER_STAMP)
 demo: $(STAMP)
 	$(PY) manage.py demo
 
+demo-rlhf: $(STAMP)
+	$(PY) manage.py demo --recipe rlhf
+
 test: $(STAMP) $(TINKER_STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -48,7 +51,7 @@ test: $(STAMP) $(TINKER_STAMP)
 check: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy gpu_runner sdk_python/lorasmith platform
+	$(VENV)/bin/mypy gpu_runner sdk_python/lorasmith platform cookbook
 	$(PY) -m pytest -q -p no:cacheprovider tests/test_import_layers.py
 
 test-fast: $(STAMP) $(TINKER_STAMP)

@@ -1,5 +1,7 @@
-"""`make demo`'s command works on a fresh data dir: it starts the embedded service, trains over
-HTTP (the loss falls), samples and downloads the adapter, then stops its server."""
+"""`make demo`'s command works on a fresh data dir: it starts the embedded service, runs the
+cookbook's sl recipe (the loss falls), samples from the adapter, downloads it and loads it with
+peft, stops its server, and what it prints (the run's URL, the login) opens the run on the dashboard,
+whose chart has the recipe's own held-out NLL."""
 
 from __future__ import annotations
 
@@ -7,20 +9,53 @@ import re
 import subprocess
 import sys
 
-from tests.conftest import ROOT, _base_env
+from tests.conftest import ROOT, _base_env, free_port
+
+DASHBOARD_CHECK = """
+from django.test import Client
+client = Client()
+assert client.login(username="demo", password={password!r}), "the printed login does not log in"
+page = client.get({path!r})
+html = page.content.decode()
+print("status", page.status_code, "shows the run", {run_id!r} in html, "charts heldout/nll", "heldout/nll" in html)
+"""
 
 
-def test_demo_trains_samples_and_downloads(tmp_path):
+def test_demo_trains_samples_downloads_and_points_at_its_run(tmp_path):
+    env = _base_env(tmp_path)
+
     done = subprocess.run(
-        [sys.executable, "manage.py", "demo", "--steps", "4"],
+        [sys.executable, "manage.py", "demo", "--steps", "6", "--port", str(free_port())],
         cwd=ROOT,
-        env=_base_env(tmp_path),
+        env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=400,
     )
+
     assert done.returncode == 0, done.stderr[-3000:]
-    losses = [float(x) for x in re.findall(r"step +\d+ +loss +([0-9.]+)", done.stdout)]
-    assert len(losses) == 4 and losses[-1] < losses[0]
-    assert "greedy sample after training:" in done.stdout
-    assert "adapter_model.safetensors" in done.stdout and "adapter_config.json" in done.stdout
+    out = done.stdout
+    before, after = map(float, re.search(r"held-out NLL per token: ([0-9.]+) -> ([0-9.]+)", out).groups())
+    assert after < before
+    assert re.search(r"Assistant: '.*'", out)
+    assert "adapter_model.safetensors" in out and "adapter_config.json" in out
+    assert int(re.search(r"it loads with peft onto tiny-llama: (\d+) LoRA tensors", out).group(1)) > 0
+
+    path, run_id = re.search(r"open http://127\.0\.0\.1:8000(/runs/([^/\s]+)/)", out).groups()
+    password = re.search(r"log in as: demo / (\S+)", out).group(1)
+    check = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "-c",
+            DASHBOARD_CHECK.format(password=password, path=path, run_id=run_id),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert "status 200 shows the run True charts heldout/nll True" in check.stdout  # the recipe's own metric

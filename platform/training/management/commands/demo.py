@@ -1,25 +1,45 @@
-"""`manage.py demo`: start the embedded service on a free port, then train tiny-llama over plain
-HTTP (the Tinker JSON wire), sample from the result and download it as a PEFT adapter."""
+"""`manage.py demo` (`make demo`): the whole product in two minutes on a laptop.
+
+It uses the service at `--port` if one is running there on this data dir, or starts the embedded
+service on a free port; creates the `demo` user (a fresh password, printed) and an API key; runs a
+cookbook recipe as a user would (`python -m cookbook.recipes.sl`, its progress bar and metrics on
+the console); samples from the trained adapter; downloads it as a PEFT adapter and loads it with
+peft; and prints how to see the run on the dashboard. Everything it makes stays in the data dir.
+`--recipe rlhf` (`make demo-rlhf`) runs the three-stage RLHF pipeline instead.
+
+The recipe talks to the service only over HTTP with the public SDK, like any user's script; only
+the account and the server process are handled here, on the server's side.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import socket
 import subprocess
 import sys
-import tempfile
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 from django.conf import settings
-from django.core.management.base import BaseCommand
+from django.core.management.base import BaseCommand, CommandError
+from django.urls import reverse
+from peft import PeftModel
+from transformers import AutoModelForCausalLM
 
+import lorasmith
 from accounts.services import ensure_user, issue_api_key
+from cookbook.renderers import Message, get_renderer
 from gpu_runner.base_model import resolve_model_dir
 from lorasmith_server.migrations_at_start import ensure_migrated
 
-TEXT = "User: What is two plus two?\nAssistant: Two plus two is four."
+BASE_MODEL = "tiny-llama"
+QUESTION = "What is 3 plus 6?"  # in the shape of the shipped arithmetic chats
+DASHBOARD_PORT = 8000  # where `make serve` listens
+SL_STEPS = 30  # ~1 minute on 2 cores; the held-out NLL falls from ~6.8 to ~3
 
 
 def free_port() -> int:
@@ -28,110 +48,151 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def _serves_this_data_dir(base_url: str, key: str) -> bool:
+    """A Lorasmith answers at `base_url` and knows the key just made in this data dir's database."""
+    try:
+        if httpx.get(f"{base_url}/api/v1/healthz", timeout=2).status_code != 200:
+            return False
+        listing = httpx.get(f"{base_url}/api/v1/training_runs", headers={"X-API-Key": key}, timeout=10)
+    except httpx.TransportError:
+        return False
+    return listing.status_code == 200
+
+
 class Command(BaseCommand):
-    help = "Run the service in embedded mode and train, sample and download a LoRA over HTTP."
+    help = "Train, sample and download a LoRA with a cookbook recipe on the embedded service."
 
     def add_arguments(self, parser):
-        parser.add_argument("--steps", type=int, default=20)
+        parser.add_argument("--recipe", choices=["sl", "rlhf"], default="sl")
+        parser.add_argument(
+            "--steps", type=int, default=None, help="training steps (of each stage for rlhf); default: 30 for sl"
+        )
+        parser.add_argument("--port", type=int, default=DASHBOARD_PORT, help="use a service already running here")
 
-    def handle(self, steps, **options):
+    def handle(self, recipe: str, steps: int | None, port: int, **options):
         ensure_migrated()
-        key = issue_api_key(ensure_user("demo"), "demo")
+        password = secrets.token_urlsafe(9)
+        user = ensure_user("demo")
+        user.set_password(password)
+        user.save(update_fields=["password"])
+        key = issue_api_key(user, "demo")
+        self.stdout.write(f"demo user's API key (shown once, for your own scripts): {key}")
+        base_url = f"http://127.0.0.1:{port}"
+        server = None
+        if _serves_this_data_dir(base_url, key):
+            self.stdout.write(f"Using the Lorasmith already running at {base_url}")
+        else:
+            server, base_url = self._start_server()
+        try:
+            log_dir = Path(settings.DATA_DIR) / "demo" / f"{recipe}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+            result = self._run_recipe(recipe, steps, base_url, key, log_dir)
+            sampler_path = result["checkpoint/sampler_path" if recipe == "sl" else "policy/sampler_path"]
+            self._sample(base_url, key, sampler_path)
+            self._download(base_url, key, sampler_path, log_dir / "adapter")
+        finally:
+            if server is not None:
+                server.terminate()
+                server.wait(timeout=30)
+        self._point_at_dashboard(recipe, result, sampler_path, password, log_dir)
+
+    def _start_server(self) -> tuple[subprocess.Popen, str]:
         port = free_port()
+        base_url = f"http://127.0.0.1:{port}"
+        self.stdout.write(f"Starting the embedded service on {base_url} (data dir {settings.DATA_DIR})")
         env = {**os.environ, "LORASMITH_DATA_DIR": str(settings.DATA_DIR)}
         server = subprocess.Popen(
             [sys.executable, "manage.py", "serve", "--port", str(port)], cwd=settings.REPO_ROOT, env=env
         )
-        try:
-            self._run(f"http://127.0.0.1:{port}/api/v1", key, steps)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
-
-    def _run(self, base: str, key: str, steps: int) -> None:
-        client = httpx.Client(headers={"X-API-Key": key}, timeout=60)
-
-        def call(path: str, body: dict) -> dict:
-            response = client.post(f"{base}/{path}", json=body)
-            response.raise_for_status()
-            return response.json()
-
-        def result(handle: dict) -> dict:
-            while True:
-                answer = call("retrieve_future", {"request_id": handle["request_id"]})
-                if answer.get("type") != "try_again":
-                    if "error" in answer:
-                        raise RuntimeError(answer["error"])
-                    return answer
-
-        for _ in range(240):  # the server migrates and loads the engine first
+        deadline = time.monotonic() + 240  # the first start builds the tiny model
+        while time.monotonic() < deadline:
+            if server.poll() is not None:
+                raise CommandError(f"the embedded service exited with status {server.returncode}")
             try:
-                if client.get(f"{base}/healthz").status_code == 200:
-                    break
+                health = httpx.get(f"{base_url}/api/v1/healthz", timeout=2)
+                if health.status_code == 200 and health.json().get("pid") == server.pid:
+                    return server, base_url
             except httpx.TransportError:
                 pass
             time.sleep(0.5)
-        else:
-            raise RuntimeError("the embedded service did not come up")
-        from transformers import AutoTokenizer
+        server.terminate()
+        raise CommandError("the embedded service did not come up within 240 s")
 
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_dir("tiny-llama", settings.DATA_DIR))
-        tokens = tokenizer(TEXT)["input_ids"]
-        prompt_len = len(tokenizer(TEXT.split("Assistant:")[0] + "Assistant:")["input_ids"])
-        weights = [0.0 if i + 1 < prompt_len else 1.0 for i in range(len(tokens) - 1)]
-        datum = {
-            "model_input": {"chunks": [{"type": "encoded_text", "tokens": tokens[:-1]}]},
-            "loss_fn_inputs": {
-                "target_tokens": {"data": tokens[1:], "dtype": "int64", "shape": [len(tokens) - 1]},
-                "weights": {"data": weights, "dtype": "float32", "shape": [len(weights)]},
-            },
-        }
-        session = call("create_session", {"tags": ["demo"], "user_metadata": {}, "sdk_version": "demo"})["session_id"]
-        model = call(
-            "create_model",
-            {
-                "session_id": session,
-                "model_seq_id": 0,
-                "base_model": "tiny-llama",
-                "lora_config": {"rank": 16, "seed": 0},
-            },
+    def _run_recipe(self, recipe: str, steps: int | None, base_url: str, key: str, log_dir: Path) -> dict:
+        stage_steps = ["--steps", str(steps or SL_STEPS)]
+        if recipe == "rlhf":  # the recipe's own defaults unless told
+            stage_steps = []
+            if steps:
+                stage_steps = [
+                    "--sft-steps",
+                    str(steps),
+                    "--rm-steps",
+                    str(steps),
+                    "--rl-steps",
+                    str(max(steps // 2, 1)),
+                ]
+        flags = ["--base-url", base_url, "--base-model", BASE_MODEL, "--log-dir", str(log_dir), *stage_steps]
+        self.stdout.write(f"\n$ python -m cookbook.recipes.{recipe} --api-key tml-… {' '.join(flags)}")
+        done = subprocess.run(
+            [sys.executable, "-m", f"cookbook.recipes.{recipe}", "--api-key", key, *flags],
+            cwd=settings.REPO_ROOT,
+            stdout=subprocess.DEVNULL,  # the result is read from result.json; the bar goes to stderr
         )
-        model_id = result(model)["model_id"]
-        self.stdout.write(f"training {model_id} on: {TEXT!r}")
-        seq = 1
-        for step in range(steps):
-            fb = call(
-                "forward_backward", {"model_id": model_id, "seq_id": seq, "data": [datum], "loss_fn": "cross_entropy"}
+        if done.returncode != 0:
+            raise CommandError(f"the {recipe} recipe failed (status {done.returncode}); see above")
+        result = json.loads((log_dir / "result.json").read_text())
+        metrics = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+        self.stdout.write(f"metrics of every step: {log_dir / 'metrics.jsonl'}")
+        if recipe == "sl":
+            losses = [m["train/nll"] for m in metrics if "train/nll" in m]
+            self.stdout.write(f"training loss (NLL per token): {losses[0]:.3f} -> {losses[-1]:.3f}")
+            self.stdout.write(
+                f"held-out NLL per token: {result['heldout/nll_initial']:.3f} -> {result['heldout/nll']:.3f}"
             )
-            opt = call("optim_step", {"model_id": model_id, "seq_id": seq + 1, "adam_params": {"learning_rate": 5e-3}})
-            seq += 2
-            loss = result(fb)["metrics"]["loss:sum"]
-            result(opt)
-            self.stdout.write(f"  step {step + 1:2d}  loss {loss:8.4f}")
-        saved = result(call("save_weights_for_sampler", {"model_id": model_id, "seq_id": seq, "path": "demo"}))
-        sampler = call(
-            "create_sampling_session",
-            {"session_id": session, "sampling_session_seq_id": 0, "model_path": saved["path"]},
-        )["sampling_session_id"]
-        prompt = tokens[:prompt_len]
-        sample = result(
-            call(
-                "asample",
-                {
-                    "sampling_session_id": sampler,
-                    "seq_id": 0,
-                    "num_samples": 1,
-                    "prompt": {"chunks": [{"type": "encoded_text", "tokens": prompt}]},
-                    "sampling_params": {"max_tokens": 12, "temperature": 0.0},
-                },
+        else:
+            self.stdout.write(
+                f"reward model, held-out pairs ranked right: {result['rm/heldout_accuracy_initial']:.2f} -> "
+                f"{result['rm/heldout_accuracy']:.2f}"
             )
-        )
-        completion = tokenizer.decode(sample["sequences"][0]["tokens"], skip_special_tokens=True)
-        self.stdout.write(f"greedy sample after training: {completion!r}")
-        export = result(call("save_weights_external", {"model_id": model_id, "seq_id": seq + 1, "path": "demo"}))
-        run_id, _, checkpoint_id = export["path"].removeprefix("tinker://").partition("/")
-        urls = client.get(f"{base}/training_runs/{run_id}/checkpoints/{checkpoint_id}/external_weights_urls").json()
-        target = Path(tempfile.mkdtemp(prefix="lorasmith-demo-adapter-"))
-        for name, url in urls["urls"].items():
-            (target / name).write_bytes(httpx.get(url).content)
-        self.stdout.write(f"PEFT adapter downloaded to {target}: {sorted(p.name for p in target.iterdir())}")
+            self.stdout.write(
+                f"reward model's mean score of the policy: {result['rl/rm_score_initial']:.3f} -> "
+                f"{result['rl/rm_score']:.3f}"
+            )
+        return result
+
+    def _sample(self, base_url: str, key: str, sampler_path: str) -> None:
+        with lorasmith.ServiceClient(base_url=base_url, api_key=key, display_name="demo.sample") as service:
+            sampler = service.create_sampling_client(model_path=sampler_path)
+            renderer = get_renderer("role_colon", sampler.get_tokenizer())
+            prompt = renderer.build_generation_prompt([Message(role="user", content=QUESTION)])
+            params = lorasmith.SamplingParams(max_tokens=16, temperature=0.0, stop=renderer.get_stop_sequences())
+            sequence = sampler.sample(prompt, 1, params).result().sequences[0]
+        answer = renderer.parse_response(sequence.tokens).message["content"]
+        self.stdout.write(f"\nsampled from the trained adapter (greedy):\n  User: {QUESTION}\n  Assistant: {answer!r}")
+
+    def _download(self, base_url: str, key: str, sampler_path: str, target: Path) -> None:
+
+        import lorasmith
+
+        rest = lorasmith.RestClient(base_url=base_url, api_key=key)
+        rest.download_checkpoint(sampler_path, target, progress=False)
+        files = sorted(p.name for p in target.iterdir())
+        base = AutoModelForCausalLM.from_pretrained(resolve_model_dir(BASE_MODEL, settings.DATA_DIR))
+        model = PeftModel.from_pretrained(base, str(target))
+        lora_tensors = sum(1 for name, _ in model.named_parameters() if "lora_" in name)
+        self.stdout.write(f"\nPEFT adapter downloaded to {target}: {files}")
+        self.stdout.write(f"it loads with peft onto {BASE_MODEL}: {lora_tensors} LoRA tensors")
+
+    def _point_at_dashboard(self, recipe: str, result: dict, sampler_path: str, password: str, log_dir: Path) -> None:
+        run_id = sampler_path.removeprefix("tinker://").split("/")[0]
+        urls = [f"http://127.0.0.1:{DASHBOARD_PORT}{reverse('front:run', args=[run_id])}"]
+        if recipe == "rlhf":
+            urls.append(f"http://127.0.0.1:{DASHBOARD_PORT}{reverse('front:run', args=[result['rm/run_id']])}")
+        self.stdout.write("\nSee the run on the dashboard (its chart has the recipe's metrics beside the server's):")
+        serve = "make serve"
+        if Path(settings.DATA_DIR) != Path(settings.REPO_ROOT) / ".data":
+            serve = f"LORASMITH_DATA_DIR={settings.DATA_DIR} make serve"
+        self.stdout.write(f"  {serve}    (in {settings.REPO_ROOT}; serves this data dir on port {DASHBOARD_PORT})")
+        for url in urls:
+            self.stdout.write(f"  open {url}")
+        self.stdout.write(f"  log in as: demo / {password}")
+        self.stdout.write(f"Recipe output (metrics.jsonl, checkpoints, result.json, the adapter): {log_dir}")

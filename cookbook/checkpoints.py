@@ -15,6 +15,8 @@ from typing import Any
 import lorasmith
 from lorasmith.types import SaveWeightsResponse
 
+from .cli import as_metadata
+
 FILE = "checkpoints.jsonl"
 
 
@@ -42,7 +44,7 @@ class PendingCheckpoint:
 def submit_checkpoint(training: lorasmith.TrainingClient, step: int, metadata: dict[str, Any]) -> PendingCheckpoint:
     """Queue saving state and sampler weights named `step-<step>`, `metadata` stored with them."""
     name = f"step-{step:06d}"
-    user_metadata = {"step": step, **metadata}
+    user_metadata = as_metadata({"step": step, **metadata})
     return PendingCheckpoint(
         step,
         training.save_state(name, user_metadata=user_metadata),

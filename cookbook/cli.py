@@ -73,7 +73,12 @@ def parse_config(config_class: type[C], argv: Sequence[str] | None = None, descr
 def run_metadata(config: RunConfig, recipe: str) -> dict[str, Any]:
     """The config as a training run's user_metadata: everything but the server's address and the key."""
     hidden = ("base_url", "api_key", "show_progress")
-    return {"recipe": recipe, **{k: v for k, v in dataclasses.asdict(config).items() if k not in hidden}}
+    return as_metadata({"recipe": recipe, **{k: v for k, v in dataclasses.asdict(config).items() if k not in hidden}})
+
+
+def as_metadata(values: dict[str, Any]) -> dict[str, str]:
+    """`user_metadata` maps strings to strings (Tinker's SDK reads nothing else back)."""
+    return {key: str(value) for key, value in values.items()}
 
 
 def main(config_class: type[C], run: Callable[[C], dict[str, Any]], recipe: str, description: str | None) -> None:

@@ -22,7 +22,7 @@ import torch
 import lorasmith
 from lorasmith import AdamParams, Datum
 
-from ..cli import DATA_DIR, RunConfig, connect, log_dir_of, main, run_metadata
+from ..cli import DATA_DIR, RunConfig, as_metadata, connect, log_dir_of, main, run_metadata
 from ..data import Comparison, batch_at_step, load_comparisons, split_held_out
 from ..losses import dpo_loss
 from ..metrics import MetricsLogger
@@ -146,7 +146,9 @@ def run(config: Config) -> dict[str, Any]:
                     }
                     logger.log(config.steps, evaluation, advance=False)
                     final.update(evaluation)
-        final["checkpoint/sampler_path"] = training.save_weights_for_sampler("final", user_metadata=final).result().path
+        final["checkpoint/sampler_path"] = (
+            training.save_weights_for_sampler("final", user_metadata=as_metadata(final)).result().path
+        )
         return final
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import lorasmith
 from lorasmith import SamplingParams
 
-from ..cli import RunConfig, connect, log_dir_of, main, run_metadata
+from ..cli import RunConfig, as_metadata, connect, log_dir_of, main, run_metadata
 from ..data import conversation_to_datum
 from ..evaluation import grade, score_on_task
 from ..metrics import MetricsLogger
@@ -85,7 +85,9 @@ def run(config: Config) -> dict[str, Any]:
             log_dir, config.steps, RECIPE, append=True, show_progress=config.show_progress, run=training
         ) as logger:
             final = reinforce(training, renderer, task, config, logger)
-        final["checkpoint/sampler_path"] = training.save_weights_for_sampler("final", user_metadata=final).result().path
+        final["checkpoint/sampler_path"] = (
+            training.save_weights_for_sampler("final", user_metadata=as_metadata(final)).result().path
+        )
         return final
 
 

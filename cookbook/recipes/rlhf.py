@@ -36,7 +36,7 @@ import torch
 import lorasmith
 from lorasmith import AdamParams, Datum, SamplingParams
 
-from ..cli import DATA_DIR, RunConfig, connect, log_dir_of, main, run_metadata
+from ..cli import DATA_DIR, RunConfig, as_metadata, connect, log_dir_of, main, run_metadata
 from ..data import (
     Comparison,
     batch_at_step,
@@ -270,7 +270,9 @@ def run(config: Config) -> dict[str, Any]:
             after, _ = run_policy_gradient(policy, renderer, prompts, score, loop, logger)
             final["rl/rm_score"] = policy_score(after, model, renderer, eval_prompts, config.eval_samples, evaluation)
             logger.log(config.rl_steps, {"rl/rm_score": final["rl/rm_score"]}, advance=False)
-        final["policy/sampler_path"] = policy.save_weights_for_sampler("final", user_metadata=final).result().path
+        final["policy/sampler_path"] = (
+            policy.save_weights_for_sampler("final", user_metadata=as_metadata(final)).result().path
+        )
         return final
 
 

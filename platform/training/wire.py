@@ -50,6 +50,19 @@ def optional(body: dict, key: str, kind: type | tuple, default: Any = None, wher
     return require(body, key, kind, where)
 
 
+def user_metadata(body: dict) -> dict[str, str]:
+    """Tinker's `user_metadata` is string to string: its SDK refuses any other value when it reads a
+    run or checkpoint back, so one odd value would break every listing of the user's runs."""
+    metadata = optional(body, "user_metadata", dict, {}) or {}
+    for key, value in metadata.items():
+        if not isinstance(value, str):
+            raise BadRequest(
+                f"user_metadata.{key} must be a string (got {type(value).__name__}); send str(value)",
+                field=f"user_metadata.{key}",
+            )
+    return metadata
+
+
 def model_input_tokens(value: Any, field: str) -> list[int]:
     if not isinstance(value, dict) or not isinstance(value.get("chunks"), list):
         raise BadRequest(f"{field} must be {{'chunks': [...]}}", field=field)

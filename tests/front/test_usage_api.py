@@ -78,7 +78,7 @@ def test_nothing_is_recorded_for_failed_or_tokenless_operations(alice, api_of, r
     session = wire.session()
     model_id = wire.model(session)
     wire.result(wire.post("save_weights", {"model_id": model_id, "seq_id": 1, "path": "w"}))
-    failing = wire.model(session, seq=1, force_runner_failure=True)
+    failing = wire.model(session, seq=1, force_runner_failure="yes")
     assert "error" in _train(wire, failing, 1, SEQUENCES)
 
     assert wire.get("usage")["totals"]["tokens_trained"] == 0

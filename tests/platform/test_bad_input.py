@@ -135,6 +135,18 @@ def test_other_classes(live_server_embedded, accepted):
         },
     )
     assert bad_sample.status_code == 400 and bad_sample.json()["field"] == "sampling_params.top_p"
+    # user_metadata maps strings to strings: Tinker's SDK could not list a run holding a number
+    for path, body in [
+        ("create_session", {"user_metadata": {"lr": 0.001}}),
+        (
+            "create_model",
+            {"session_id": wire.session(), "model_seq_id": 1, "base_model": "tiny-llama", "user_metadata": {"n": 1}},
+        ),
+        ("save_weights", {"model_id": model_id, "seq_id": 101, "path": "m", "user_metadata": {"step": 3}}),
+    ]:
+        refused = wire.client.post(path, json=body)
+        assert refused.status_code == 400, (path, refused.text)
+        assert refused.json()["field"].startswith("user_metadata.") and "must be a string" in refused.json()["error"]
 
 
 def test_missing_or_bad_key_is_401(live_server_embedded):

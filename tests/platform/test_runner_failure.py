@@ -15,7 +15,7 @@ SEQUENCE = [3, 320, 265, 203, 44, 538, 83, 685, 4]
 def test_forced_failure_is_contained(live_server_embedded):
     wire = Wire(live_server_embedded.client())
     session = wire.session()
-    doomed = wire.model(session, 0, seed=1, force_runner_failure=True)
+    doomed = wire.model(session, 0, seed=1, force_runner_failure="yes")
     healthy = wire.model(session, 1, seed=1)
     failing = wire.forward_backward(doomed, 1, [datum_json(SEQUENCE)])
     fine = wire.forward_backward(healthy, 1, [datum_json(SEQUENCE)])
@@ -30,7 +30,7 @@ def test_crash_mid_cycle_fails_its_futures_and_leaves_no_trace(live_server_embed
     """The cycle holding seq 3 raises after the engine ran it (gradients already accumulated): its
     future fails with category server, and training goes on exactly as if seq 3 never happened."""
     wire = Wire(live_server_embedded.client())
-    model_id = wire.model(wire.session(), seed=1, force_cycle_failure_seq=3)
+    model_id = wire.model(wire.session(), seed=1, force_cycle_failure_seq="3")
     losses = [wire.result(wire.forward_backward(model_id, 1, [datum_json(FLOW_SEQUENCE)]))["metrics"]["loss:sum"]]
     wire.result(wire.optim_step(model_id, 2, LR))
     crashed = wire.result(wire.forward_backward(model_id, 3, [datum_json(FLOW_SEQUENCE)]))

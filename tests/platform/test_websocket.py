@@ -54,7 +54,7 @@ def test_future_completion_and_run_metrics_are_pushed(live_server_embedded):
 def test_failed_future_is_pushed_as_failed(live_server_embedded):
     server = live_server_embedded
     wire = Wire(server.client())
-    model_id = wire.model(wire.session(), seed=4, force_runner_failure=True)
+    model_id = wire.model(wire.session(), seed=4, force_runner_failure="yes")
     handle = wire.forward_backward(model_id, 1, [datum_json(SEQUENCE)])
     with _ws(server, server.api_key) as ws:
         ws.send(json.dumps({"type": "subscribe_futures", "request_ids": [handle["request_id"]]}))

@@ -45,7 +45,7 @@ def test_errors_are_typed_with_the_server_message(live_server_embedded, service)
         lorasmith.ServiceClient(base_url=live_server_embedded.base_url, api_key="tml-wrong").session_id
 
     doomed = service.create_lora_training_client(
-        "tiny-llama", rank=4, seed=1, user_metadata={"force_runner_failure": True}
+        "tiny-llama", rank=4, seed=1, user_metadata={"force_runner_failure": "yes"}
     )
     with pytest.raises(lorasmith.RequestFailedError) as failed:
         doomed.forward_backward([datum]).result()

@@ -17,7 +17,7 @@ def _datum() -> Datum:
 
 def test_rest_client_manages_runs_and_checkpoints(service):
     training = service.create_lora_training_client("tiny-llama", rank=4, seed=2, user_metadata={"purpose": "rest"})
-    state = training.save_state("s1", user_metadata={"epoch": 1}).result().path
+    state = training.save_state("s1", user_metadata={"epoch": "1"}).result().path
     sampler = training.save_weights_for_sampler("w1").result().path
     rest = service.create_rest_client()
 
@@ -31,7 +31,7 @@ def test_rest_client_manages_runs_and_checkpoints(service):
     listed = {c["tinker_path"]: c for c in rest.list_checkpoints(training.model_id).result()["checkpoints"]}
     assert {state, sampler} <= set(listed)
     assert listed[sampler]["checkpoint_type"] == "sampler"
-    assert (listed[state]["user_metadata"], listed[sampler]["user_metadata"]) == ({"epoch": 1}, None)
+    assert (listed[state]["user_metadata"], listed[sampler]["user_metadata"]) == ({"epoch": "1"}, None)
     assert sampler in [c["tinker_path"] for c in rest.list_user_checkpoints().result()["checkpoints"]]
 
     rest.publish_checkpoint(sampler).result()

@@ -13,7 +13,7 @@ MAX_LABEL_CHARS = 200  # display_name, project_id
 
 def create_session(user, body: dict) -> Session:
     tags = wire.optional(body, "tags", list, [])
-    metadata = wire.optional(body, "user_metadata", dict, {})
+    metadata = wire.user_metadata(body)
     labels = {key: wire.optional(body, key, str, "") for key in ("display_name", "project_id")}
     for key, value in labels.items():
         if len(value) > MAX_LABEL_CHARS:

@@ -57,7 +57,7 @@ def create_model(user, body: dict) -> Operation:
         rank=spec.rank,
         alpha=spec.alpha,
         seed=spec.seed if spec.seed is not None else secrets.randbits(62),
-        user_metadata=wire.optional(body, "user_metadata", dict, {}),
+        user_metadata=wire.user_metadata(body),
         **flags,
     )
     return _first_operation(user, run, "create_model", {"model_id": run.id})
@@ -87,7 +87,7 @@ def load_weights(user, body: dict) -> Operation:
         owner=user,
         base_model=source.base_model,
         **source.lora_config(),
-        user_metadata=wire.optional(body, "user_metadata", dict, {}),
+        user_metadata=wire.user_metadata(body),
     )
     return _first_operation(user, run, "load_weights", {**_load_payload(checkpoint, body), "model_id": run.id})
 
@@ -220,7 +220,7 @@ def _save_payload(run: TrainingRun, kind: str, body: dict) -> dict:
         "ttl_seconds": ttl,
         "overwrite": overwrite,
         "sampling_session_seq_id": wire.optional(body, "sampling_session_seq_id", int, None),
-        "user_metadata": wire.optional(body, "user_metadata", dict, {}),
+        "user_metadata": wire.user_metadata(body),
     }
 
 

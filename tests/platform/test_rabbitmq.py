@@ -25,6 +25,7 @@ def _rabbitmq_ok() -> bool:
         return False
 
 
+@pytest.mark.slow  # another broker for the same path; CI runs it (make test), the fast tier skips it
 @pytest.mark.services
 def test_cycles_travel_over_rabbitmq(tmp_path):
     _require("RabbitMQ", _rabbitmq_ok())

@@ -14,6 +14,7 @@ from .wire import Wire, datum_json
 RUNDRAMATIQ = ("rundramatiq", "--processes", "1", "--threads", "1", "--queues", "runner.tiny-llama")
 
 
+@pytest.mark.slow  # the stock worker for the same cycles; CI runs it (make test), the fast tier skips it
 @pytest.mark.services
 def test_rundramatiq_worker_runs_cycles(tmp_path):
     with redis_server(tmp_path, runner_args=RUNDRAMATIQ) as server:

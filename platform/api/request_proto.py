@@ -14,7 +14,6 @@ become lists of ints.
 from __future__ import annotations
 
 import io
-import math
 from typing import Any
 
 import numpy as np
@@ -130,11 +129,6 @@ def _array(raw: bytes, numpy_dtype: str, where: str) -> np.ndarray:
 
 def _densify(csr: Any, shape: list[int], numpy_dtype: str, where: str) -> np.ndarray:
     """A CSR matrix as its dense row-major values (unlisted cells 0)."""
-    if len(shape) != 2 or min(shape) < 0:
-        raise BadRequest(f"{where} needs a 2-D shape [rows, columns], got {shape}", field=where)
-    itemsize = np.dtype(numpy_dtype).itemsize
-    if math.prod(shape) * itemsize > settings.LORASMITH.max_body_bytes:
-        raise TooLarge(f"{where}: dense shape {shape} exceeds the request body limit", field=where)
     values = _array(csr.values, numpy_dtype, f"{where}.values")
     crow = _array(csr.crow_indices, "<i8", f"{where}.crow_indices")
     cols = _array(csr.col_indices, "<i8", f"{where}.col_indices")

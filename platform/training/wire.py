@@ -98,8 +98,6 @@ def tensor_data(value: Any, field: str, pad: int | float = 0) -> torch.Tensor:
         raise BadRequest(f"{field}.shape must be a list of at most 2 non-negative integers", field=f"{field}.shape")
     numpy_dtype = "<i8" if dtype == "int64" else "<f4"
     if sparse:
-        if math.prod(shape) * 4 > settings.LORASMITH.max_body_bytes:
-            raise TooLarge(f"{field}: dense shape {shape} exceeds the request body limit", field=field)
         crow = _numbers(value.get("sparse_crow_indices"), f"{field}.sparse_crow_indices")
         cols = _numbers(value.get("sparse_col_indices"), f"{field}.sparse_col_indices")
         dense = densify_csr(
@@ -127,10 +125,12 @@ def densify_csr(
     index_names: tuple[str, str] = ("sparse_crow_indices", "sparse_col_indices"),
 ) -> np.ndarray:
     """A CSR matrix (either encoding's; `index_names` are its fields' names) as its dense row-major
-    values, unlisted cells `pad`. The caller bounds the dense size (the body limit) before calling."""
+    values, unlisted cells `pad`; the dense size is bounded by the request body limit."""
     crow_field, col_field = (f"{where}.{name}" for name in index_names)
-    if len(shape) != 2:
+    if len(shape) != 2 or min(shape) < 0:
         raise BadRequest(f"{where} is sparse, so it needs a 2-D shape [rows, columns], got {shape}", field=where)
+    if math.prod(shape) * values.dtype.itemsize > settings.LORASMITH.max_body_bytes:
+        raise TooLarge(f"{where}: dense shape {shape} exceeds the request body limit", field=where)
     rows, columns = shape
     if len(crow) != rows + 1 or crow[0] != 0 or np.any(np.diff(crow) < 0):
         raise BadRequest(f"{crow_field} must be {rows + 1} non-decreasing offsets from 0", field=crow_field)

@@ -23,8 +23,8 @@ class Session(models.Model):
     tags = models.JSONField(default=list)
     user_metadata = models.JSONField(default=dict)
     sdk_version = models.CharField(max_length=40, blank=True)
-    display_name = models.CharField(max_length=200, blank=True)  # shown in the dashboard
-    project_id = models.CharField(max_length=200, blank=True)
+    display_name = models.CharField(max_length=2000, blank=True)  # shown in the dashboard
+    project_id = models.CharField(max_length=2000, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     last_heartbeat_at = models.DateTimeField(auto_now_add=True)
     finished_reason = models.CharField(max_length=20, blank=True)

@@ -68,6 +68,12 @@ def test_sessions_list_and_detail(live_server_embedded):
     }
     refused = wire.client.post("create_session", json={"display_name": 5})
     assert refused.status_code == 400 and refused.json()["field"] == "display_name"
+    # tinker-cookbook names a run after its dataset and model paths: hundreds of characters in a deep checkout
+    cookbook_name = "/check/work/main/.venv-tinker/lib/python3.11/site-packages/" * 12 + "-8rank-0.001lr"
+    long_named = wire.post("create_session", {"display_name": cookbook_name})["session_id"]
+    assert wire.get(f"sessions/{long_named}")["display_name"] == cookbook_name
+    too_long = wire.client.post("create_session", json={"project_id": "p" * 2001})
+    assert too_long.status_code == 400 and too_long.json()["field"] == "project_id"
 
 
 def test_cancel_future_leaves_training_and_finished_work_alone(live_server_embedded):

@@ -112,6 +112,11 @@ class SamplingSession(models.Model):
     base_model = models.CharField(max_length=200)
     model_path = models.CharField(max_length=400, blank=True)
     weights_dir = models.CharField(max_length=500, blank=True)
+    # the sampler's owner's run whose checkpoint it samples: its usage is that run's (an RL loop's
+    # sampling is part of the run's cost); None for the base model or another user's published one
+    source_run = models.ForeignKey(
+        TrainingRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="samplers"
+    )
     released_at = models.DateTimeField(null=True, blank=True)  # its ephemeral weights were deleted
     created_at = models.DateTimeField(auto_now_add=True)
 

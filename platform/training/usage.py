@@ -63,11 +63,18 @@ def record(op: Operation, result: dict) -> UsageRecord | None:
         operation=op,
         owner_id=op.owner_id,
         api_key_id=op.api_key_id,
-        training_run_id=op.training_run_id,
+        training_run_id=op.training_run_id or _sampled_run_id(op),
         base_model=op.base_model,
         day=timezone.now().date(),  # UTC: TIME_ZONE is UTC
         **counts.to_dict(),
     )
+
+
+def _sampled_run_id(op: Operation) -> str | None:
+    """The run a sample is charged to: the one whose checkpoint its sampler reads, when the sampler's
+    owner owns that run."""
+    sampler = op.sampling_session
+    return sampler.source_run_id if sampler is not None else None
 
 
 # ---- one user's usage -----------------------------------------------------------------------
@@ -101,8 +108,9 @@ def per_day(records: QuerySet[UsageRecord], first_day: date, last_day: date | No
 
 
 def per_run(records: QuerySet[UsageRecord]) -> list[dict]:
-    """{run_id, base_model, counts...} per training run, most tokens trained first; sampling from
-    a checkpoint's weights has no run and is counted under run_id None."""
+    """{run_id, base_model, counts...} per training run, most tokens trained first; sampling from one
+    of the user's own checkpoints counts for its run; the bare base model or another user's
+    published checkpoint has no run of theirs and is counted under run_id None."""
     rows = _sums(records, "training_run_id", "base_model")
     rows.sort(key=lambda row: (-row["tokens_trained"], -row["tokens_sampled"], row["training_run_id"] or ""))
     return [{"run_id": row.pop("training_run_id"), **row} for row in rows]

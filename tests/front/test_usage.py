@@ -60,7 +60,7 @@ def test_totals_per_day_per_run_and_per_key(browser, alice):
     assert chart["series"]["tokens_trained"][-1] == 40 and chart["series"]["tokens_trained"][-4] == 2
     assert sum(chart["series"]["tokens_sampled"]) == 9
     assert f'href="/runs/{run.id}/"' in page and f"{key.prefix}…" in page and "laptop" in page
-    assert "Sampling from checkpoints" in page and "Dashboard" in page
+    assert "Base model and shared checkpoints" in page and "Dashboard" in page
     assert page.count("<tr><td><time") == 2  # the table lists only the two days with usage
 
 

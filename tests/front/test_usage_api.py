@@ -57,6 +57,31 @@ def test_usage_counts_equal_the_tokens_sent_and_sampled(alice, api_of, runner):
     ]
 
 
+def _sampled_tokens(wire, sampler) -> int:
+    sample = wire.result(wire.post("asample", {**wire.sample_body(sampler, 0, max_tokens=5), "num_samples": 2}))
+    return sum(len(s["tokens"]) for s in sample["sequences"])
+
+
+def test_sampling_a_runs_own_checkpoint_is_that_runs_usage(alice, bob, api_of, runner):
+    """An RL loop samples its run's latest weights: that sampling is part of the run's cost. Another
+    user sampling the same checkpoint once it is published is charged, but not to a run of alice's."""
+    wire, _ = api_of(alice)
+    session = wire.session()
+    model_id = wire.model(session)
+    _train(wire, model_id, 1, SEQUENCES[:1])
+    path = wire.result(wire.post("save_weights_for_sampler", {"model_id": model_id, "seq_id": 2, "path": "s1"}))["path"]
+    own = _sampled_tokens(wire, wire.sampler(session, 0, model_path=path))
+    base = _sampled_tokens(wire, wire.sampler(session, 1))
+    wire.post(f"training_runs/{model_id}/checkpoints/sampler_weights/s1/publish", {})
+    theirs, _ = api_of(bob)
+    shared = _sampled_tokens(theirs, theirs.sampler(theirs.session(), 0, model_path=path))
+
+    assert own > 0 and base > 0 and shared > 0
+    mine = {r["run_id"]: r["tokens_sampled"] for r in wire.get("usage")["per_run"]}
+    assert mine == {model_id: own, None: base}
+    assert {r["run_id"]: r["tokens_sampled"] for r in theirs.get("usage")["per_run"]} == {None: shared}
+
+
 def test_each_key_is_charged_what_it_sent(alice, api_of, runner):
     laptop, laptop_key = api_of(alice, "laptop")
     ci, ci_key = api_of(alice, "ci")

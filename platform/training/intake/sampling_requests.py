@@ -41,6 +41,7 @@ def create_sampling_session(user, body: dict) -> SamplingSession:
             base_model=checkpoint.training_run.base_model,
             model_path=model_path,
             weights_dir=checkpoint.directory,
+            source_run=checkpoint.training_run if checkpoint.training_run.owner_id == user.id else None,
         )
     base_model = wire.require(body, "base_model", str)
     base_models.served_info(base_model)

@@ -21,17 +21,16 @@ print("status", page.status_code, "shows the run", {run_id!r} in html, "charts h
 """
 
 
+def _manage(env: dict, *args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
 def test_demo_trains_samples_downloads_and_points_at_its_run(tmp_path):
     env = _base_env(tmp_path)
 
-    done = subprocess.run(
-        [sys.executable, "manage.py", "demo", "--steps", "6", "--port", str(free_port())],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=400,
-    )
+    done = _manage(env, "demo", "--steps", "6", "--port", str(free_port()), timeout=400)
 
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
@@ -43,19 +42,8 @@ def test_demo_trains_samples_downloads_and_points_at_its_run(tmp_path):
 
     path, run_id = re.search(r"open http://127\.0\.0\.1:8000(/runs/([^/\s]+)/)", out).groups()
     password = re.search(r"log in as: demo / (\S+)", out).group(1)
-    check = subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "shell",
-            "-c",
-            DASHBOARD_CHECK.format(password=password, path=path, run_id=run_id),
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    check = _manage(
+        env, "shell", "-c", DASHBOARD_CHECK.format(password=password, path=path, run_id=run_id), timeout=120
     )
     assert check.returncode == 0, check.stderr[-3000:]
     assert "status 200 shows the run True charts heldout/nll True" in check.stdout  # the recipe's own metric

@@ -84,24 +84,9 @@ def _work(session: Session) -> tuple[Operation, Operation]:
     sampler = SamplingSession.objects.create(
         id=f"{session.id}:sample:0", session=session, owner=user, base_model="tiny-llama"
     )
-    sample = Operation.objects.create(
-        id=f"{session.id}-sample",
-        owner=user,
-        kind="sample",
-        base_model="tiny-llama",
-        sampling_session=sampler,
-        seq_id=0,
-        payload={},
-    )
-    step = Operation.objects.create(
-        id=f"{session.id}-step",
-        owner=user,
-        kind="optim_step",
-        base_model="tiny-llama",
-        training_run=run,
-        seq_id=1,
-        payload={},
-    )
+    sample = Operation.of_sampler(sampler, 0, {})
+    step = Operation.of_run(run, "optim_step", 1, {})
+    Operation.objects.bulk_create([sample, step])
     return sample, step
 
 

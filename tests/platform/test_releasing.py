@@ -52,15 +52,7 @@ def snapshots(tmp_path):
             model_path="tinker://s1:train:0/sampler_weights/named",
         )
     )
-    Operation.objects.create(
-        id="pending-sample",
-        owner=user,
-        kind="sample",
-        base_model="tiny-llama",
-        sampling_session=samplers[0],
-        seq_id=0,
-        payload={},
-    )
+    Operation.of_sampler(samplers[0], 0, {}).save()
     return user, session, root, samplers
 
 
@@ -98,7 +90,7 @@ def test_a_finished_session_releases_every_snapshot_once_nothing_waits(snapshots
     Session.objects.filter(pk=session.pk).update(finished_reason="success")
     assert retention.release_finished_sessions_weights() == 4
     assert _exists(root) == [1]  # its sample is still pending
-    Operation.objects.filter(id="pending-sample").update(status=Operation.Status.DONE)
+    Operation.objects.filter(sampling_session=samplers[0]).update(status=Operation.Status.DONE)
     assert retention.release_finished_sessions_weights() == 1
     assert _exists(root) == [] and retention.release_finished_sessions_weights() == 0
     assert _released(samplers) == [f"s1:sample:{i}" for i in range(1, 6)]  # a named checkpoint's sampler stays
@@ -114,15 +106,7 @@ def test_idle_adapters_leave_the_engine_and_busy_ones_stay(monkeypatch):
         i: TrainingRun.objects.create(id=i, session=s, owner=user, base_model="tiny-llama", rank=2, seed=1)
         for i, s in (("fin:train:0", finished), ("fin:train:1", finished), ("live:train:0", live))
     }
-    Operation.objects.create(
-        id="queued-step",
-        owner=user,
-        kind="optim_step",
-        base_model="tiny-llama",
-        training_run=runs["fin:train:1"],
-        seq_id=1,
-        payload={},
-    )
+    Operation.of_run(runs["fin:train:1"], "optim_step", 1, {}).save()
     for seq, released in ((3, True), (4, False)):
         SamplingSession.objects.create(
             id=f"live:sample:{seq}",
@@ -144,15 +128,8 @@ def test_idle_adapters_leave_the_engine_and_busy_ones_stay(monkeypatch):
 def test_a_queued_sample_whose_snapshot_went_meanwhile_fails_as_a_user_error(snapshots):
     user, _, root, samplers = snapshots
     retention.release_ephemeral_weights(root, keep=0)  # spares seq-1: its sample is pending
-    op = Operation.objects.create(
-        id="raced",
-        owner=user,
-        kind="sample",
-        base_model="tiny-llama",
-        sampling_session=samplers[1],
-        seq_id=0,
-        payload={},
-    )
+    op = Operation.of_sampler(samplers[1], 0, {})
+    op.save()
 
     class NoAdapters:
         def has_adapter(self, adapter_id: str) -> bool:

@@ -12,6 +12,8 @@ from lorasmith_server.migrations_at_start import ensure_migrated
 from training.base_models import served_models
 from training.execution.worker import start_worker
 
+WORKER_STOP_TIMEOUT_MS = 60_000
+
 
 def leave_request_bodies_to_django() -> None:
     """Twisted parses multipart and form bodies itself and answers a bare, empty 400 when that
@@ -41,14 +43,20 @@ class Command(BaseCommand):
         ensure_migrated()
         leave_request_bodies_to_django()
         embedded = not settings.BROKER_URL and not no_runner
-        if embedded:
-            start_worker(served_models())
+        worker = start_worker(served_models()) if embedded else None
         mode = "embedded (in-process runner)" if embedded else "web only"
         self.stdout.write(f"Lorasmith serving on http://{host}:{port} — {mode}")
         self.stdout.flush()
-        Server(
-            application=application,
-            endpoints=build_endpoint_description_strings(host=host, port=port),
-            signal_handlers=True,
-            verbosity=0,
-        ).run()
+        try:
+            Server(
+                application=application,
+                endpoints=build_endpoint_description_strings(host=host, port=port),
+                signal_handlers=True,
+                verbosity=0,
+            ).run()
+        finally:
+            if worker is not None:
+                # on SIGTERM the server returns here: the cycle in flight finishes (and publishes its
+                # results) before the interpreter shuts down under it; what is still queued stays
+                # queued in the database and runs after the next start
+                worker.stop(timeout=WORKER_STOP_TIMEOUT_MS)

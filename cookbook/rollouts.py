@@ -101,3 +101,20 @@ def sample_train_kl(output: ForwardBackwardOutput, batch: PolicyGradientBatch) -
         total += sum(s - t for s, t in zip(sampler, trainer))
         count += len(trainer)
     return total / max(count, 1)
+
+
+def reference_logprobs(reference: lorasmith.SamplingClient, completions: Sequence[Completion]) -> list[list[float]]:
+    """Each completion's sampled tokens' logprobs under a frozen `reference` sampler (the SFT policy
+    in RLHF), every request submitted before any is awaited. compute_logprobs scores token i at
+    index i, so the completion's tokens are the ones after its prompt."""
+    futures = [reference.compute_logprobs(ModelInput.from_ints(c.prompt.to_ints() + c.tokens)) for c in completions]
+    return [[lp or 0.0 for lp in future.result()[c.prompt.length :]] for c, future in zip(completions, futures)]
+
+
+def mean_log_ratio(completion: Completion, reference: Sequence[float]) -> float:
+    """mean over the sampled tokens of log pi(token) - log pi_ref(token): the sampled estimate of
+    KL(pi || pi_ref) per token (pi's logprobs are the sampler's, exact at temperature 1); 0 for an
+    empty completion."""
+    if len(reference) != len(completion.logprobs):
+        raise ValueError(f"{len(completion.logprobs)} sampled logprobs but {len(reference)} reference ones")
+    return sum(p - r for p, r in zip(completion.logprobs, reference)) / max(len(reference), 1)

@@ -20,8 +20,14 @@ The design, and why:
   client (never stepped again) and `compute_logprobs` on a frozen base-model sampler.
 - **RL** (`--rl-steps`): the GRPO-style loop of `cookbook.recipes.rl`, the reward of a completion
   being the frozen reward model's score, centred per group; an answer that never ends ranks last
-  in its group whatever its score (`unfinished_last`). The reward model's mean score of the
-  policy's samples on fixed prompts, with the same seeded sampling, is measured before and after RL.
+  in its group whatever its score (`unfinished_last`). The reward is penalised by the policy's
+  drift from the SFT policy, as in InstructGPT: score - `kl_coef` * mean over the completion's
+  tokens of log pi(token) - log pi_sft(token), pi's logprobs being the sampler's and pi_sft's
+  `compute_logprobs` on a frozen sampler of the SFT weights (the mean per token, as the reward
+  model's score is). Without it the policy finds what the reward model overrates and drifts into
+  text no SFT policy would write; `rl/kl_to_sft` charts the drift each step (0 at the first, whose
+  policy is the SFT one). The reward model's mean score of the policy's samples on fixed prompts,
+  with the same seeded sampling, is measured before and after RL.
 Everything goes to one `metrics.jsonl` (a `stage` field per line) and one progress bar per stage.
 """
 
@@ -50,7 +56,7 @@ from ..metrics import MetricsLogger
 from ..policy_gradient import LoopConfig, run_policy_gradient
 from ..preference import completion_datum, forward_scores, pair_datums, sampler_scores, weighted_scores
 from ..renderers import Message, Renderer, get_renderer
-from ..rollouts import Completion, sample_groups
+from ..rollouts import Completion, mean_log_ratio, reference_logprobs, sample_groups
 from ..supervised import train
 
 RECIPE = "rlhf"
@@ -74,6 +80,7 @@ class Config(RunConfig):
     max_tokens: int = 12
     temperature: float = 1.0
     rl_learning_rate: float = 2e-3
+    kl_coef: float = 0.1  # reward - kl_coef * mean log(pi / pi_sft) per token; 0 turns it off
     eval_prompts: int = 12
     eval_samples: int = 4
 
@@ -172,6 +179,11 @@ def unfinished_last(group: list[Completion], scores: list[float]) -> list[float]
     return [score if completion.terminated else score - below for completion, score in zip(group, scores)]
 
 
+def kl_penalised(scores: Sequence[float], log_ratios: Sequence[float], kl_coef: float) -> list[float]:
+    """Each score minus `kl_coef` times its completion's mean log(pi / pi_sft) per token."""
+    return [score - kl_coef * ratio for score, ratio in zip(scores, log_ratios)]
+
+
 def unique_prompts(comparisons: Sequence[Comparison]) -> list[list[Message]]:
     """Each distinct prompt once, in first-seen order."""
     seen: dict[str, list[Message]] = {}
@@ -182,7 +194,9 @@ def unique_prompts(comparisons: Sequence[Comparison]) -> list[list[Message]]:
 
 def run(config: Config) -> dict[str, Any]:
     """All three stages; returns `rm/heldout_accuracy(_initial)`, `rl/rm_score(_initial)` (the reward
-    model's mean score of the policy before and after RL), `sft/train_nll` and the final paths."""
+    model's mean score of the policy before and after RL), `rl/kl_to_sft_first`/`_last` (the
+    policy's drift from the SFT policy at the first and last RL steps), `sft/train_nll` and the
+    checkpoints' paths."""
     log_dir = log_dir_of(config, RECIPE)
     with connect(config, RECIPE) as service:
         policy = service.create_lora_training_client(
@@ -206,6 +220,8 @@ def run(config: Config) -> dict[str, Any]:
                 logger.log,
             )
         final["sft/train_nll"] = sft.get("train/nll")
+        final["sft/sampler_path"] = policy.save_weights_for_sampler("sft").result().path
+        sft_policy = service.create_sampling_client(model_path=final["sft/sampler_path"])
 
         comparisons = load_comparisons(config.preference_data)
         train_pairs, held_out_pairs = split_held_out(comparisons, config.held_out_fraction, config.seed)
@@ -241,15 +257,6 @@ def run(config: Config) -> dict[str, Any]:
             seed=config.seed,
         )
 
-        def score(chosen: list[int], groups: list[list[Completion]]) -> list[list[float]]:
-            flat = model.scores(
-                [prompts[i] for i, group in zip(chosen, groups) for _ in group],
-                [c.message["content"] for group in groups for c in group],
-            )
-            sizes = [len(group) for group in groups]
-            scored = [flat[sum(sizes[:k]) : sum(sizes[: k + 1])] for k in range(len(groups))]
-            return [unfinished_last(group, rewards) for group, rewards in zip(groups, scored)]
-
         loop = LoopConfig(
             steps=config.rl_steps,
             prompts_per_step=config.prompts_per_step,
@@ -262,6 +269,24 @@ def run(config: Config) -> dict[str, Any]:
         with MetricsLogger(
             log_dir, config.rl_steps, "rl", append=True, show_progress=config.show_progress, run=policy
         ) as logger:
+            drift: list[float] = []  # each RL step's mean log(pi / pi_sft) per token
+
+            def score(chosen: list[int], groups: list[list[Completion]]) -> list[list[float]]:
+                completions = [c for group in groups for c in group]
+                flat = model.scores(
+                    [prompts[i] for i, group in zip(chosen, groups) for _ in group],
+                    [c.message["content"] for c in completions],
+                )
+                ratios = [
+                    mean_log_ratio(c, ref) for c, ref in zip(completions, reference_logprobs(sft_policy, completions))
+                ]
+                drift.append(sum(ratios) / len(ratios))
+                logger.log(len(drift) - 1, {"rl/kl_to_sft": drift[-1]}, advance=False)
+                penalised = kl_penalised(flat, ratios, config.kl_coef)
+                sizes = [len(group) for group in groups]
+                scored = [penalised[sum(sizes[:k]) : sum(sizes[: k + 1])] for k in range(len(groups))]
+                return [unfinished_last(group, rewards) for group, rewards in zip(groups, scored)]
+
             before = policy.save_weights_and_get_sampling_client()
             final["rl/rm_score_initial"] = policy_score(
                 before, model, renderer, eval_prompts, config.eval_samples, evaluation
@@ -269,6 +294,7 @@ def run(config: Config) -> dict[str, Any]:
             logger.log(0, {"rl/rm_score": final["rl/rm_score_initial"]}, advance=False)
             after, _ = run_policy_gradient(policy, renderer, prompts, score, loop, logger)
             final["rl/rm_score"] = policy_score(after, model, renderer, eval_prompts, config.eval_samples, evaluation)
+            final["rl/kl_to_sft_first"], final["rl/kl_to_sft_last"] = drift[0], drift[-1]
             logger.log(config.rl_steps, {"rl/rm_score": final["rl/rm_score"]}, advance=False)
         final["policy/sampler_path"] = (
             policy.save_weights_for_sampler("final", user_metadata=as_metadata(final)).result().path

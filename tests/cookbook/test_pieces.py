@@ -10,8 +10,15 @@ import pytest
 import torch
 
 from cookbook.losses import bradley_terry_loss, dpo_loss
-from cookbook.recipes.rlhf import unfinished_last
-from cookbook.rollouts import Completion, completion_datum, group_advantages, policy_gradient_batch
+from cookbook.recipes.rlhf import kl_penalised, unfinished_last
+from cookbook.rollouts import (
+    Completion,
+    completion_datum,
+    group_advantages,
+    mean_log_ratio,
+    policy_gradient_batch,
+    reference_logprobs,
+)
 from cookbook.schedules import learning_rate_at
 from cookbook.tasks import AdditionTask, ReversalTask
 from lorasmith import ModelInput
@@ -89,3 +96,46 @@ def test_an_unfinished_answer_ranks_last_in_its_group():
     finished, rambling = _completion([8]), replace(_completion([8]), terminated=False)
 
     assert unfinished_last([finished, rambling, finished], [2.0, 5.0, 1.0]) == [2.0, 0.0, 1.0]
+
+
+class _Done:
+    def __init__(self, value):
+        self.value = value
+
+    def result(self):
+        return self.value
+
+
+class _ScoringSampler:
+    """compute_logprobs as the SDK answers it: token i's logprob at index i, None first; here the
+    logprob of token t is -t / 10, so every expected value is written down by hand."""
+
+    def __init__(self):
+        self.scored: list[list[int]] = []
+
+    def compute_logprobs(self, prompt: ModelInput):
+        tokens = prompt.to_ints()
+        self.scored.append(tokens)
+        return _Done([None] + [-t / 10 for t in tokens[1:]])
+
+
+def test_reference_logprobs_are_the_completions_tokens_after_the_prompt():
+    sampler = _ScoringSampler()
+    short, long = _completion([8]), _completion([9, 4, 2])
+
+    first, second = reference_logprobs(sampler, [short, long])
+
+    assert first == pytest.approx([-0.8]) and second == pytest.approx([-0.9, -0.4, -0.2])
+    assert sampler.scored == [[5, 6, 7, 8], [5, 6, 7, 9, 4, 2]]  # prompt + completion, one request each
+
+
+def test_mean_log_ratio_and_the_kl_penalty():
+    completion = replace(_completion([8, 9]), logprobs=[-0.5, -1.0])  # the policy's own logprobs
+
+    ratio = mean_log_ratio(completion, [-0.7, -2.0])
+
+    assert ratio == pytest.approx(((-0.5 + 0.7) + (-1.0 + 2.0)) / 2)
+    assert mean_log_ratio(replace(_completion([]), logprobs=[]), []) == 0.0
+    with pytest.raises(ValueError, match="2 sampled logprobs but 1 reference"):
+        mean_log_ratio(completion, [-0.7])
+    assert kl_penalised([1.0, 2.0], [ratio, -0.5], kl_coef=0.1) == pytest.approx([1.0 - 0.1 * 0.6, 2.05])

@@ -1,6 +1,7 @@
 """The rlhf recipe on tiny-llama, all three stages: the reward model ranks held-out pairs better
-than chance (checked again through samplers on its saved weights and the base model), and RL
-raises the reward model's mean score of the policy's samples."""
+than chance (checked again through samplers on its saved weights and the base model), RL raises
+the reward model's mean score of the policy's samples, and the KL penalty's drift from the SFT
+policy starts at zero."""
 
 from __future__ import annotations
 
@@ -30,6 +31,11 @@ def test_rlhf_reward_model_ranks_and_rl_raises_its_score(recipe_flags, service):
     rm_losses = [m["rm/rm_loss"] for m in _lines(Path(config.log_dir) / "metrics.jsonl") if "rm/rm_loss" in m]
     assert rm_losses[-1] < rm_losses[0]
     assert result["rl/rm_score"] > result["rl/rm_score_initial"]
+    # the first RL step samples the SFT weights themselves: the sampler's logprobs and the frozen SFT
+    # sampler's compute_logprobs of the same tokens agree, so the KL estimate starts at zero
+    assert result["rl/kl_to_sft_first"] == pytest.approx(0.0, abs=1e-3)
+    drift = [m["rl/kl_to_sft"] for m in _lines(Path(config.log_dir) / "metrics.jsonl") if "rl/kl_to_sft" in m]
+    assert len(drift) == config.rl_steps and drift[-1] == result["rl/kl_to_sft_last"]
 
     # independently: samplers on the reward model's saved weights and on the base model
     reward = service.create_sampling_client(model_path=result["rm/sampler_path"])

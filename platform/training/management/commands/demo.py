@@ -157,6 +157,10 @@ class Command(BaseCommand):
                 f"reward model's mean score of the policy: {result['rl/rm_score_initial']:.3f} -> "
                 f"{result['rl/rm_score']:.3f}"
             )
+            self.stdout.write(
+                f"the policy's drift from the SFT policy (KL per token, penalised): "
+                f"{result['rl/kl_to_sft_first']:.3f} -> {result['rl/kl_to_sft_last']:.3f}"
+            )
         return result
 
     def _sample(self, base_url: str, key: str, sampler_path: str) -> None:
@@ -170,9 +174,6 @@ class Command(BaseCommand):
         self.stdout.write(f"\nsampled from the trained adapter (greedy):\n  User: {QUESTION}\n  Assistant: {answer!r}")
 
     def _download(self, base_url: str, key: str, sampler_path: str, target: Path) -> None:
-
-        import lorasmith
-
         rest = lorasmith.RestClient(base_url=base_url, api_key=key)
         rest.download_checkpoint(sampler_path, target, progress=False)
         files = sorted(p.name for p in target.iterdir())

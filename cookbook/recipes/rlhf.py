@@ -17,7 +17,9 @@ The design, and why:
   `forward_backward_custom`; the base model's scores of the pairs are its own before the first step
   (a LoRA starts as a no-op). Its ranking accuracy on held-out pairs (never trained on) is measured
   before (0.5, all ties) and after. Scoring a batch of responses is one forward pass of its training
-  client (never stepped again) and `compute_logprobs` on a frozen base-model sampler.
+  client (never stepped again) and `compute_logprobs` on a frozen base-model sampler. The shipped
+  pairs reject three kinds of answer: refusals, wrong sums and empty answers (a reward model shown
+  only refusals scored an empty answer high, and RL found it: the policy learned to stop at once).
 - **RL** (`--rl-steps`): the GRPO-style loop of `cookbook.recipes.rl`, the reward of a completion
   being the frozen reward model's score, centred per group; an answer that never ends ranks last
   in its group whatever its score (`unfinished_last`). The reward is penalised by the policy's
@@ -80,7 +82,7 @@ class Config(RunConfig):
     max_tokens: int = 12
     temperature: float = 1.0
     rl_learning_rate: float = 2e-3
-    kl_coef: float = 0.1  # reward - kl_coef * mean log(pi / pi_sft) per token; 0 turns it off
+    kl_coef: float = 1.0  # reward - kl_coef * mean log(pi / pi_sft) per token; 0 turns it off
     eval_prompts: int = 12
     eval_samples: int = 4
 

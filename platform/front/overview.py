@@ -15,7 +15,7 @@ from training.models import Operation, RunnerHeartbeat, SamplingSession, Trainin
 
 RECENT_STARTS = 100  # the queue wait of the last this many started operations, per base model
 RUNNER_SHOWN_FOR = timedelta(days=1)  # a runner not heard of for longer is left off
-RUNNER_QUIET_AFTER = timedelta(minutes=10)  # ... and shown as quiet after this long without a cycle
+RUNNER_QUIET_AFTER = timedelta(minutes=10)  # ... and shown as quiet after this long without a report
 RECENT_FAILURES = 20
 
 

@@ -353,7 +353,8 @@ class UsageRecord(models.Model):
 
 
 class RunnerHeartbeat(models.Model):
-    """One row per runner process and base model, rewritten after each cycle: what the runner holds
+    """One row per runner process and base model, rewritten after each cycle (and renewed every
+    minute while the runner runs, `execution.worker.keep_reporting_alive`): what the runner holds
     (its resident adapters and their memory), for the dashboard's overview."""
 
     runner = models.CharField(max_length=200)  # host:pid

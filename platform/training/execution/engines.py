@@ -10,6 +10,7 @@ import socket
 import threading
 
 from django.conf import settings
+from django.utils import timezone
 
 from gpu_runner import Engine
 
@@ -66,3 +67,10 @@ def record_heartbeat(base_model: str) -> None:
             "budget_bytes": report.get("budget_bytes", settings.LORASMITH.adapter_memory_bytes),
         },
     )
+
+
+def report_alive() -> int:
+    """Renew this runner's heartbeat rows without recomputing them: an idle runner is alive, and
+    what it holds has not changed since its last cycle. Safe from another thread (it reads no
+    engine). Returns the rows renewed."""
+    return RunnerHeartbeat.objects.filter(runner=RUNNER).update(updated_at=timezone.now())

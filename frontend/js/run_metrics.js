@@ -48,7 +48,7 @@ function updateFacts() {
   const steps = document.getElementById("run-steps"), loss = document.getElementById("run-last-loss");
   for (const [name, points] of series) {
     const [step, value] = points[points.length - 1];
-    if (name.startsWith("loss")) loss.textContent = formatValue(value);
+    if (name === "loss:per_token") loss.textContent = formatValue(value);
     else if (steps && step > Number(steps.textContent)) steps.textContent = String(step);
   }
 }

@@ -8,6 +8,7 @@ import math
 from django.db.models import F, OuterRef, QuerySet, Subquery
 
 from training.models import MetricPoint, TrainingRun
+from training.run_metrics import PER_TOKEN_LOSS
 
 STATUSES = [(status, status.capitalize()) for status in TrainingRun.STATUSES]
 SORTS = [
@@ -15,16 +16,16 @@ SORTS = [
     ("created_at", "Oldest first"),
     ("-last_request_at", "Most recent request"),
     ("-step", "Most steps"),
-    ("last_loss", "Lowest last loss"),
+    ("last_loss", "Lowest last loss (per token)"),
     ("base_model", "Base model"),
 ]
-LOSS_PREFIX = "loss"  # forward_backward records `loss:sum`; custom losses may add other `loss…` names
 
 
 def runs_of(user) -> QuerySet[TrainingRun]:
-    """`user`'s runs with `status` and `last_loss` annotated (one query for a whole page)."""
+    """`user`'s runs with `status` and `last_loss` (the last per-token loss: runs of different batch
+    sizes compare, which `loss:sum` does not) annotated, in one query for a whole page."""
     last_loss = (
-        MetricPoint.objects.filter(training_run=OuterRef("pk"), name__startswith=LOSS_PREFIX)
+        MetricPoint.objects.filter(training_run=OuterRef("pk"), name=PER_TOKEN_LOSS)
         .order_by("-id")
         .values("value")[:1]
     )

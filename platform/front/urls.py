@@ -4,8 +4,10 @@ pages need a logged-in user."""
 from __future__ import annotations
 
 from django.contrib.auth import views as auth_views
+from django.templatetags.static import static
 from django.urls import path, reverse_lazy
 from django.views.decorators.clickjacking import xframe_options_deny
+from django.views.generic import RedirectView
 
 from .forms import ThrottledLoginForm
 from .views import accounts, checkpoints, keys, overview, playground, runs, usage
@@ -20,6 +22,7 @@ def page(route: str, view, name: str):
 
 urlpatterns = [
     page("", accounts.index, "index"),
+    path("favicon.ico", RedirectView.as_view(url=static("favicon.svg"), permanent=True)),
     page("accounts/signup/", accounts.signup, "signup"),
     page(
         "accounts/login/",
@@ -28,7 +31,7 @@ urlpatterns = [
         ),
         "login",
     ),
-    page("accounts/logout/", auth_views.LogoutView.as_view(), "logout"),
+    page("accounts/logout/", accounts.logout, "logout"),
     page(
         "accounts/password/",
         auth_views.PasswordChangeView.as_view(

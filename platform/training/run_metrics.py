@@ -14,6 +14,8 @@ from .errors import BadRequest
 from .models import MetricPoint, TrainingRun
 
 MAX_NAMES_PER_POST = 64
+LOSS_SUM = "loss:sum"  # what the engine reports of a forward_backward: comparable only at equal batch sizes
+PER_TOKEN_LOSS = "loss:per_token"  # loss:sum / the sum of the batch's weights: comparable across runs
 METRIC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_./:-]{0,99}")  # fullmatch; fits MetricPoint.name
 
 
@@ -45,3 +47,23 @@ def record_user_metrics(user, run_id: str, body: dict) -> int:
     with transaction.atomic():
         record(run, step, {name: float(value) for name, value in values.items()})
     return len(values)
+
+
+def forward_backward_points(payload: dict, loss_sum: float) -> dict[str, float]:
+    """The points a training forward_backward puts on its run's chart: `loss:sum`, and for
+    cross_entropy the per-token loss, `loss:sum` / the sum of every datum's weights (a datum
+    without weights weighs 1 per target token, as the engine counts it). Other losses (importance
+    sampling, PPO, a custom loss's linear surrogate) have no per-token meaning and get none."""
+    points = {LOSS_SUM: loss_sum}
+    if payload.get("loss_fn", "cross_entropy") != "cross_entropy":
+        return points
+    total = sum(_weight_sum(datum, index) for index, datum in enumerate(payload["data"]))
+    if total > 0:
+        points[PER_TOKEN_LOSS] = loss_sum / total
+    return points
+
+
+def _weight_sum(datum_json: dict, index: int) -> float:
+    inputs = wire.datum(datum_json, index).loss_fn_inputs
+    weights = inputs.get("weights")
+    return float(weights.sum()) if weights is not None else float(inputs["target_tokens"].numel())

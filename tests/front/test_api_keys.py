@@ -15,15 +15,18 @@ def test_empty_state_says_what_to_do(browser):
 
 
 def test_create_shows_the_secret_once(browser, alice):
-    answer = browser.post("/keys/", {"name": "laptop"})
+    created = browser.post("/keys/", {"name": "laptop"})
+    assert created.status_code == 302 and created["Location"] == "/keys/"  # POST-redirect-GET
+    answer = browser.get("/keys/")
     page = answer.content.decode()
     secret = re.search(r'id="new-key-secret">(tml-[^<]+)<', page)[1]
-    assert answer.status_code == 201 and "no-store" in answer["Cache-Control"]
+    assert answer.status_code == 200 and "no-store" in answer["Cache-Control"]
     assert user_for_key(secret) == alice
     assert 'data-copy="#new-key-secret"' in page
     assert f'lorasmith.ServiceClient(base_url="http://testserver", api_key="{secret}")' in page
-    again = browser.get("/keys/").content.decode()
+    again = browser.get("/keys/").content.decode()  # a reload: the list, no secret, no second key
     assert secret not in again and secret[:12] in again and "laptop" in again
+    assert ApiKey.objects.filter(user=alice).count() == 1
 
 
 def test_a_name_is_required(browser):

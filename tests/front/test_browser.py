@@ -124,7 +124,10 @@ def test_a_users_journey_through_the_dashboard(site, tmp_path):
 
     # sign up, log out, log in
     carol.sign_up("carol")
+    page.get_by_role("link", name="Log out").click()  # a confirmation page, then the POST
+    carol.shot("logout-confirm")
     page.get_by_role("button", name="Log out").click()
+    page.wait_for_url("**/accounts/login/")
     carol.go("/accounts/login/")
     page.get_by_label("Username").fill("carol")
     page.get_by_label("Password").fill(PASSWORD)

@@ -41,3 +41,14 @@ def test_another_users_checkpoint_is_404(browser, bob, data_dir):
     assert browser.post(_url(checkpoint), {"ttl_seconds": "86400"}).status_code == 404
     checkpoint.refresh_from_db()
     assert checkpoint.expires_at is None
+
+
+def test_the_selector_shows_the_current_expiry(browser, alice, data_dir):
+    checkpoint = make_checkpoint(make_run(alice))
+    page = browser.get("/checkpoints/").content.decode()
+    assert '<option value="" selected>Keep forever</option>' in page
+    browser.post(_url(checkpoint), {"ttl_seconds": "86400"})
+    page = browser.get("/checkpoints/").content.decode()
+    assert '<option value="86400" selected>1 day</option>' in page and page.count(" selected>") == 1
+    browser.post(_url(checkpoint), {"ttl_seconds": str(30 * 86400)})
+    assert f'<option value="{30 * 86400}" selected>30 days</option>' in browser.get("/checkpoints/").content.decode()

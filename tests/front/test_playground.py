@@ -129,3 +129,28 @@ def test_one_dashboard_session_and_sampler_are_reused(browser, alice, data_dir):
 
 def test_anonymous_is_sent_to_login(client, db):
     assert client.get("/runs/r/checkpoints/sampler_weights/s/playground/")["Location"].startswith("/accounts/login/")
+
+
+def test_a_training_checkpoint_is_refused_when_its_sampler_is_made(browser, alice, api_of, runner, data_dir):
+    """weights/… holds training state, not sampler weights: the API refuses the sampler with a 400
+    naming model_path and the sampler_weights alternative, and the playground shows that refusal
+    (and links no playground for it) instead of queueing samples that would all fail."""
+    wire, _ = api_of(alice)
+    session = wire.session()
+    model_id = wire.model(session)
+    saved = wire.result(wire.post("save_weights", {"model_id": model_id, "seq_id": 1, "path": "state1"}))
+    assert "/weights/state1" in saved["path"]
+
+    refused = wire.send(
+        "create_sampling_session", {"session_id": session, "sampling_session_seq_id": 0, "model_path": saved["path"]}
+    )
+
+    assert refused.status_code == 400 and refused.json()["field"] == "model_path"
+    assert "sampler_weights" in refused.json()["error"] and "save_weights_for_sampler" in refused.json()["error"]
+    url = f"/runs/{model_id}/checkpoints/weights/state1/playground/"
+    page = browser.post(
+        url, {"prompt": "hi", "max_tokens": 2, "temperature": 0, "top_p": 1, "top_k": -1, "num_samples": 1}
+    )
+    assert page.status_code == 200 and "sampler_weights" in html.unescape(page.content.decode())
+    assert not Operation.objects.filter(kind="sample").exists()
+    assert "playground" not in browser.get("/checkpoints/").content.decode().split("<tbody>")[1]

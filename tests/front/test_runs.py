@@ -25,11 +25,11 @@ def test_shows_own_runs_only(browser, alice, bob):
 
 def test_columns_status_and_last_loss(browser, alice):
     run = make_run(alice, rank=16, step=7)
-    add_points(run, 6, {"loss:sum": 2.5})
-    add_points(run, 7, {"loss:sum": 1.25, "grad_norm:mean": 3.0})
+    add_points(run, 6, {"loss:sum": 25.0, "loss:per_token": 2.5})
+    add_points(run, 7, {"loss:per_token": 1.25, "loss:sum": 12.5, "grad_norm:mean": 3.0})
     make_operation(run, status="queued")
     page = browser.get("/runs/").content.decode()
-    assert "status-queued" in page and ">16<" in page and ">7<" in page and ">1.25<" in page
+    assert "status-queued" in page and ">16<" in page and ">7<" in page and ">1.25<" in page  # per token, not the sum
 
 
 def test_status_filter(browser, alice):
@@ -66,8 +66,8 @@ def test_base_model_filter_offers_own_models(browser, alice, bob):
 
 def test_sorts(browser, alice):
     few, many = make_run(alice, step=1), make_run(alice, step=9)
-    add_points(few, 1, {"loss:sum": 0.5})
-    add_points(many, 9, {"loss:sum": 3.0})
+    add_points(few, 1, {"loss:sum": 50.0, "loss:per_token": 0.5})  # a bigger batch's sum is bigger
+    add_points(many, 9, {"loss:sum": 3.0, "loss:per_token": 3.0})
     unscored = make_run(alice)
     assert _rows(browser.get("/runs/")) == [unscored.id, many.id, few.id]  # newest first
     assert _rows(browser.get("/runs/?sort=-step")) == [many.id, few.id, unscored.id]

@@ -82,6 +82,24 @@ def test_sampling_a_runs_own_checkpoint_is_that_runs_usage(alice, bob, api_of, r
     assert {r["run_id"]: r["tokens_sampled"] for r in theirs.get("usage")["per_run"]} == {None: shared}
 
 
+def test_an_rl_loops_ephemeral_samplers_count_for_its_run(alice, api_of, runner):
+    """save_weights_and_get_sampling_client: an unnamed save_weights_for_sampler gives a sampler on a
+    snapshot of the run's weights (no checkpoint path); what it samples is the run's usage."""
+    wire, _ = api_of(alice)
+    session = wire.session()
+    model_id = wire.model(session)
+    _train(wire, model_id, 1, SEQUENCES[:1])
+    saved = wire.result(
+        wire.post("save_weights_for_sampler", {"model_id": model_id, "seq_id": 2, "sampling_session_seq_id": 7})
+    )
+    assert saved["path"] is None
+    own = _sampled_tokens(wire, saved["sampling_session_id"])
+    base = _sampled_tokens(wire, wire.sampler(session, 1))
+
+    assert own > 0 and base > 0
+    assert {r["run_id"]: r["tokens_sampled"] for r in wire.get("usage")["per_run"]} == {model_id: own, None: base}
+
+
 def test_each_key_is_charged_what_it_sent(alice, api_of, runner):
     laptop, laptop_key = api_of(alice, "laptop")
     ci, ci_key = api_of(alice, "ci")

@@ -6,9 +6,11 @@ from datetime import datetime
 
 from django import template
 from django.urls import reverse
+from django.utils import timezone
 
 from training.models import Checkpoint
 
+from ..forms import TTL_CHOICES
 from ..lookups import checkpoint_args
 
 register = template.Library()
@@ -47,3 +49,15 @@ def seconds(value: float | None) -> str:
 def metric(value: float | None) -> str:
     """A metric value in 4 significant digits; "—" when there is none."""
     return "—" if value is None else f"{value:.4g}"
+
+
+@register.filter
+def ttl_choice(checkpoint: Checkpoint) -> str:
+    """The expiry option that matches `checkpoint` now, so the selector shows its current value: ""
+    (keep forever) without an expiry, else the shortest offered duration that covers the time left
+    (a checkpoint set to "7 days" shows "7 days" until it expires)."""
+    if checkpoint.expires_at is None:
+        return ""
+    left = (checkpoint.expires_at - timezone.now()).total_seconds()
+    offered = sorted(int(value) for value, _ in TTL_CHOICES if value)
+    return str(next((value for value in offered if value >= left), offered[-1]))

@@ -6,6 +6,7 @@ from __future__ import annotations
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import login
+from django.contrib.auth import views as auth_views
 from django.shortcuts import redirect, render
 
 from ..forms import SignupForm
@@ -27,3 +28,11 @@ def signup(request):
         messages.success(request, "Welcome to Lorasmith. Create an API key to start training with the SDK.")
         return redirect("front:api_keys")
     return render(request, "front/signup.html", {"form": form})
+
+
+def logout(request):
+    """POST logs out (Django's LogoutView); GET asks first, with a button that POSTs, so a link or a
+    prefetch never logs anyone out and a typed URL is not a blank 405."""
+    if request.method == "POST":
+        return auth_views.LogoutView.as_view()(request)
+    return render(request, "front/logout.html")

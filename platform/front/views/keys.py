@@ -1,4 +1,7 @@
-"""API keys: create one with a name (its secret is on that one answer only), list by prefix, revoke."""
+"""API keys: create one with a name (its secret is shown on the next page only), list by prefix, revoke.
+
+Creating is POST-redirect-GET: the secret is put in the Django session and the page it redirects to
+takes it out, so reloading that page shows the list without the secret and never creates a second key."""
 
 from __future__ import annotations
 
@@ -13,15 +16,17 @@ from accounts.services import issue_api_key, revoke_api_key_by_id
 
 from ..forms import ApiKeyForm
 
+NEW_SECRET = "new_api_key"  # in request.session between the creating POST and the page it redirects to
+
 
 @never_cache  # the one answer that carries a secret must not be kept by any cache or the back button
 @login_required
 def api_keys(request):
     form = ApiKeyForm(request.POST or None)
-    secret = None
     if request.method == "POST" and form.is_valid():
-        secret = issue_api_key(request.user, form.cleaned_data["name"])
-        form = ApiKeyForm()
+        request.session[NEW_SECRET] = issue_api_key(request.user, form.cleaned_data["name"])
+        return redirect("front:api_keys", permanent=False)
+    secret = request.session.pop(NEW_SECRET, None) if request.method == "GET" else None
     keys = ApiKey.objects.filter(user=request.user, revoked_at__isnull=True).order_by("-created_at")
     context = {
         "form": form,
@@ -29,7 +34,7 @@ def api_keys(request):
         "secret": secret,
         "server_url": request.build_absolute_uri("/").rstrip("/"),
     }
-    return render(request, "front/api_keys.html", context, status=201 if secret else 200)
+    return render(request, "front/api_keys.html", context)
 
 
 @login_required

@@ -78,6 +78,7 @@ def ephemeral_sampler(op: Operation, out: CheckpointOutput) -> dict:
             "weights_dir": str(out.directory),
             "model_path": "",
             "released_at": None,
+            "source_run_id": run.id,  # its samples (an RL loop's) count for the run in Usage
         },
     )
     retention.release_ephemeral_weights(Path(out.directory).parent, settings.LORASMITH.ephemeral_samplers_kept)
@@ -87,7 +88,7 @@ def ephemeral_sampler(op: Operation, out: CheckpointOutput) -> dict:
 def forward_backward_done(op: Operation, out: ForwardBackwardOutput) -> dict:
     run = op.require_run()
     if not op.payload["forward_only"]:
-        run_metrics.record(run, run.step, {"loss:sum": out.metrics["loss:sum"]})
+        run_metrics.record(run, run.step, run_metrics.forward_backward_points(op.payload, out.metrics["loss:sum"]))
     return {**wire.forward_backward_json(out), "type": "forward_backward"}
 
 

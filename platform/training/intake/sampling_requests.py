@@ -20,6 +20,13 @@ from .sessions import open_session
 
 # Tinker sample options this server does not implement, with the value that means "off"
 UNSUPPORTED_SAMPLE_OPTIONS = {"topk_sample_logprobs": 0, "prompt_alt_tokens_k": 0}
+# a weights/ checkpoint is training state (adapter and optimizer, for load_state): refused when the
+# sampler is made, rather than accepted and failing every sample later
+TRAINING_CHECKPOINT_REFUSED = (
+    "model_path {path} is a training checkpoint (weights/…, state for load_state), which a sampler cannot "
+    "read; save sampler weights with save_weights_for_sampler(name) and sample from its "
+    "tinker://<run>/sampler_weights/<name> path, or use save_weights_and_get_sampling_client()"
+)
 
 
 def create_sampling_session(user, body: dict) -> SamplingSession:
@@ -32,7 +39,9 @@ def create_sampling_session(user, body: dict) -> SamplingSession:
     if model_path:
         path = wire.parse_tinker_path(model_path, field="model_path")
         if path.checkpoint_type == Checkpoint.Type.EXTERNAL:
-            raise BadRequest("sample from a sampler_weights or weights checkpoint", field="model_path")
+            raise BadRequest("sample from a sampler_weights checkpoint", field="model_path")
+        if path.checkpoint_type == Checkpoint.Type.TRAINING:
+            raise BadRequest(TRAINING_CHECKPOINT_REFUSED.format(path=model_path), field="model_path")
         checkpoint = access.readable_checkpoint(user, path.run_id, path.checkpoint_id)
         return SamplingSession.objects.create(
             id=sampler_id,

@@ -35,12 +35,27 @@ function draw() {
   updateLatest(names);
 }
 
+const LIVE = "Live: new points, operations and checkpoints appear as the run reports them.";
+let runStatus = document.getElementById("run-status").textContent.trim();
+
+// "Live" only while the run can still change: a finished run's page says so instead
+function showLive() {
+  liveState.textContent = runStatus === "finished" ? "This run is finished: its session ended, nothing more will arrive." : LIVE;
+}
+
 // the run's status and steps, pushed after each of its operations finishes
 function showState({ status, step }) {
   const badge = document.getElementById("run-status");
   badge.textContent = status;
   badge.className = `status status-${status}`;
   document.getElementById("run-steps").textContent = String(step);
+  runStatus = status;
+  showLive();
+}
+
+// the operations and checkpoints tables, rendered by the server (escaped by Django's templates)
+function showActivity(html) {
+  document.getElementById("run-activity").innerHTML = html;
 }
 
 // the page's facts that points tell: steps done (optim_step reports at the new step) and the last loss
@@ -86,14 +101,17 @@ function follow(delay = 1000) {
   const socket = new WebSocket(`${scheme}//${location.host}${container.dataset.socket}`);
   socket.addEventListener("open", () => {
     delay = 1000;
-    liveState.textContent = "Live: new points appear as the run reports them.";
-    socket.send(JSON.stringify({ type: "subscribe_run", model_id: embedded.model_id, after_id: lastId }));
+    showLive();
+    socket.send(
+      JSON.stringify({ type: "subscribe_run", model_id: embedded.model_id, after_id: lastId, activity: true }),
+    );
   });
   socket.addEventListener("message", (event) => {
     const message = JSON.parse(event.data);
     if (message.model_id !== embedded.model_id) return;
     if (message.type === "points") add(message.points);
     else if (message.type === "run") showState(message);
+    else if (message.type === "activity") showActivity(message.html);
   });
   socket.addEventListener("close", (event) => {
     if (event.code === 4401) {

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import math
 
-from django.db.models import F, OuterRef, QuerySet, Subquery
+from django.db.models import F, OuterRef, Q, QuerySet, Subquery
+from django.template.loader import render_to_string
 
-from training.models import MetricPoint, TrainingRun
+from training.models import Checkpoint, MetricPoint, Operation, TrainingRun
 from training.run_metrics import PER_TOKEN_LOSS
 
 STATUSES = [(status, status.capitalize()) for status in TrainingRun.STATUSES]
@@ -25,9 +26,7 @@ def runs_of(user) -> QuerySet[TrainingRun]:
     """`user`'s runs with `status` and `last_loss` (the last per-token loss: runs of different batch
     sizes compare, which `loss:sum` does not) annotated, in one query for a whole page."""
     last_loss = (
-        MetricPoint.objects.filter(training_run=OuterRef("pk"), name=PER_TOKEN_LOSS)
-        .order_by("-id")
-        .values("value")[:1]
+        MetricPoint.objects.filter(training_run=OuterRef("pk"), name=PER_TOKEN_LOSS).order_by("-id").values("value")[:1]
     )
     return (
         TrainingRun.objects.filter(owner=user)
@@ -63,3 +62,33 @@ def points_after(run_id: str, after_id: int, limit: int | None = None) -> list[l
     if limit is not None:
         rows = rows[:limit]
     return [[point_id, step, name, finite(value)] for point_id, step, name, value in rows]
+
+
+RECENT_OPERATIONS = 50
+
+
+def recent_operations(run: TrainingRun, limit: int = RECENT_OPERATIONS) -> QuerySet[Operation]:
+    """The run's newest operations, its own and the samples of samplers on its weights (an RL
+    loop's), newest first."""
+    mine = Q(training_run=run) | Q(sampling_session__source_run=run)
+    return Operation.objects.filter(mine).order_by("-created_at", "-seq_id")[:limit]
+
+
+def checkpoints_of(run: TrainingRun) -> QuerySet[Checkpoint]:
+    return run.checkpoints.unexpired().order_by("-created_at")
+
+
+def activity_html(run: TrainingRun, csrf_token: str) -> str:
+    """The run page's operations and checkpoints tables, as the page shows them and as the
+    dashboard socket pushes them while the run works (`csrf_token` for the checkpoints' forms)."""
+    from .forms import TTL_CHOICES
+
+    context = {
+        "run": run,
+        "operations": list(recent_operations(run)),
+        "checkpoints": list(checkpoints_of(run)),
+        "ttl_choices": TTL_CHOICES,
+        "actions": True,
+        "csrf_token": csrf_token,
+    }
+    return render_to_string("front/run_activity.html", context)

@@ -43,14 +43,17 @@ class Session(models.Model):
 class TrainingRunQuerySet(models.QuerySet["TrainingRun"]):
     def with_status(self) -> TrainingRunQuerySet:
         """Each run's `status`, derived, never stored (one query for a whole page): `running` while
-        an operation of it runs, else `queued` while one waits; `failed` if its latest operation
+        an operation of it runs, else `queued` while one waits; `sampling` while a sampler of its
+        weights (an RL loop's) has a sample queued or running; `failed` if its latest operation
         failed; `finished` once its session finished; `idle` otherwise."""
         ops = Operation.objects.filter(training_run=models.OuterRef("pk"))
+        samples = Operation.objects.filter(sampling_session__source_run=models.OuterRef("pk")).pending()
         latest = ops.exclude(status=Operation.Status.REJECTED).order_by("-seq_id").values("status")[:1]
         return self.alias(latest_status=models.Subquery(latest)).annotate(
             status=models.Case(
                 models.When(models.Exists(ops.filter(status=Operation.Status.RUNNING)), then=models.Value("running")),
                 models.When(models.Exists(ops.filter(status=Operation.Status.QUEUED)), then=models.Value("queued")),
+                models.When(models.Exists(samples), then=models.Value("sampling")),
                 models.When(latest_status=Operation.Status.FAILED, then=models.Value("failed")),
                 models.When(~models.Q(session__finished_reason=""), then=models.Value("finished")),
                 default=models.Value("idle"),
@@ -90,7 +93,7 @@ class TrainingRun(models.Model):
     last_request_at = models.DateTimeField(auto_now=True)
 
     objects = TrainingRunQuerySet.as_manager()
-    STATUSES = ("queued", "running", "idle", "finished", "failed")  # as `TrainingRunQuerySet.with_status` derives them
+    STATUSES = ("queued", "running", "sampling", "idle", "finished", "failed")  # as `TrainingRunQuerySet.with_status` derives them
 
     @staticmethod
     def make_id(session_id: str, model_seq_id: int) -> str:

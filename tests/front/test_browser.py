@@ -153,7 +153,7 @@ def test_a_users_journey_through_the_dashboard(site, tmp_path):
     service = lorasmith.ServiceClient(base_url=server.base_url, api_key=secret)
     training = service.create_lora_training_client("tiny-llama", rank=8, seed=3)
     carol.go(f"/runs/{training.model_id}/")
-    page.get_by_text("Live: new points appear").wait_for()
+    page.get_by_text("Live: new points").wait_for()
     page.evaluate("window.loadedOnce = true")  # gone if the page reloads
     first_step_seen, done, errors = threading.Event(), threading.Event(), []
 

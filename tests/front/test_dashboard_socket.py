@@ -11,9 +11,9 @@ from channels.testing import WebsocketCommunicator
 
 from lorasmith_server.asgi import router
 from training.events import user_group
-from training.models import Operation, TrainingRun
+from training.models import Operation, SamplingSession, TrainingRun
 
-from .conftest import add_points, make_operation, make_run
+from .conftest import add_points, make_checkpoint, make_operation, make_run
 
 
 def _headers(client=None, origin: str = "http://testserver") -> list[tuple[bytes, bytes]]:
@@ -141,3 +141,63 @@ def test_another_users_run_and_bad_messages_are_answered_with_errors(browser, bo
     answers = async_to_sync(scenario)()
     assert [a["type"] for a in answers] == ["error"] * 4
     assert answers[0]["error"] == f"run {theirs.id!r} not found"
+
+
+def test_activity_pushes_the_runs_operations_samples_and_checkpoints_as_they_change(browser, alice, data_dir):
+    """Asked for, the run page's operations and checkpoints come as HTML at once and again when
+    they change: a sample of a sampler on the run's weights queued (no event: the periodic check
+    finds it; the run is "sampling"), then a checkpoint saved and the sample finished (an event)."""
+    run = make_run(alice)
+    make_operation(run, "forward_backward", status="done", seq_id=1)
+    sampler = SamplingSession.objects.create(
+        id=SamplingSession.make_id(run.session_id, 0),
+        session=run.session,
+        owner=alice,
+        base_model="tiny-llama",
+        source_run=run,
+    )
+
+    async def scenario():
+        socket = _socket(_headers(browser))
+        await socket.connect()
+        await socket.send_json_to({"type": "subscribe_run", "model_id": run.id, "activity": True})
+        state = await socket.receive_json_from(timeout=5)
+        first = await socket.receive_json_from(timeout=5)
+        sample = await database_sync_to_async(_queue_sample)(sampler)
+        queued = await socket.receive_json_from(timeout=10)  # found by the periodic check
+        sampling = await socket.receive_json_from(timeout=5)
+        await database_sync_to_async(_finish_sample_and_save)(sample, run)
+        await get_channel_layer().group_send(user_group(alice.id), {"type": "future.finished", "request_id": sample.id})
+        done = await socket.receive_json_from(timeout=5)
+        await socket.disconnect()
+        return state, first, queued, sampling, done
+
+    state, first, queued, sampling, done = async_to_sync(scenario)()
+    assert state["status"] == "idle" and first["type"] == "activity"
+    assert 'data-kind="forward_backward"' in first["html"] and 'data-kind="sample"' not in first["html"]
+    assert 'data-kind="sample" data-status="queued"' in queued["html"]
+    assert sampling == {"type": "run", "model_id": run.id, "status": "sampling", "step": 0}
+    assert done["status"] == "idle"  # the sample's end pushes the state first, then the tables
+    after = async_to_sync(_next_activity)(browser, run)
+    assert 'data-kind="sample" data-status="done"' in after and "sampler_weights/s9" in after
+
+
+def _queue_sample(sampler):
+    op = Operation.of_sampler(sampler, 0, {}, status="queued")
+    op.save(force_insert=True)
+    return op
+
+
+def _finish_sample_and_save(op, run):
+    Operation.objects.filter(pk=op.pk).update(status="done")
+    make_checkpoint(run, "s9")
+
+
+async def _next_activity(browser, run) -> str:
+    socket = _socket(_headers(browser))
+    await socket.connect()
+    await socket.send_json_to({"type": "subscribe_run", "model_id": run.id, "activity": True})
+    while (message := await socket.receive_json_from(timeout=5))["type"] != "activity":
+        pass
+    await socket.disconnect()
+    return message["html"]

@@ -66,3 +66,13 @@ def test_another_users_run_is_404(browser, bob):
     run = make_run(bob)
     assert browser.get(f"/runs/{run.id}/").status_code == 404
     assert browser.get("/runs/no-such-run/").status_code == 404
+
+
+def test_the_header_names_the_run_and_shows_its_metadata(browser, alice):
+    run = make_run(alice, rank=4, user_metadata={"recipe": "sl", "dataset": "<b>chats</b>"})
+    run.session.display_name = "cookbook.sl"
+    run.session.save(update_fields=["display_name"])
+    page = browser.get(f"/runs/{run.id}/").content.decode()
+    assert "<h1>cookbook.sl</h1>" in page and f"Run <code>{run.id}</code>" in page
+    assert "<dt>LoRA rank</dt><dd>4</dd>" in page and "<dt>Base model</dt><dd>tiny-llama</dd>" in page
+    assert "<dt>recipe</dt><dd><code>sl</code>" in page and "&lt;b&gt;chats&lt;/b&gt;" in page  # escaped

@@ -1,5 +1,5 @@
-"""Training runs: the filtered, sorted, paged list, and one run's page (live metrics chart,
-recent operations, LoRA config, checkpoints)."""
+"""Training runs: the filtered, sorted, paged list, and one run's page (header, live metrics chart,
+live operations and checkpoints, LoRA config)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,11 @@ from django.shortcuts import render
 
 from training.models import TrainingRun
 
-from ..forms import RunFilterForm
+from ..forms import TTL_CHOICES, RunFilterForm
 from ..lookups import run_or_404
-from ..runs import filtered, points_after, runs_of
+from ..runs import checkpoints_of, filtered, points_after, recent_operations, runs_of
 
 RUNS_PER_PAGE = 25
-RECENT_OPERATIONS = 50
 
 
 @login_required
@@ -46,8 +45,10 @@ def run(request, run_id: str):
     context = {
         "run": annotated,
         "lora_config": found.lora_config(),
-        "operations": found.operations.order_by("-seq_id")[:RECENT_OPERATIONS],
-        "checkpoints": found.checkpoints.unexpired().order_by("-created_at"),
+        "operations": recent_operations(found),
+        "checkpoints": checkpoints_of(found),
+        "ttl_choices": TTL_CHOICES,
+        "actions": True,
         "metrics": {"model_id": found.id, "points": points},
         "latest": _latest_values(points),
     }

@@ -310,6 +310,13 @@ class CheckpointInfo(s.Serializer):
     user_metadata = s.DictField(allow_null=True)
 
 
+class RunnerInfo(s.Serializer):
+    id = s.CharField()
+    host = s.CharField()
+    device = s.CharField(help_text="empty: the engine's default device")
+    state = s.ChoiceField(choices=["live", "dead"])
+
+
 class TrainingRunInfo(s.Serializer):
     training_run_id = s.CharField()
     base_model = s.CharField()
@@ -322,6 +329,10 @@ class TrainingRunInfo(s.Serializer):
     last_checkpoint = CheckpointInfo(allow_null=True)
     last_sampler_checkpoint = CheckpointInfo(allow_null=True)
     step = s.IntegerField()
+    runner = RunnerInfo(allow_null=True, help_text="the runner holding the run's adapter; null until placed")
+    snapshot_seq_id = s.IntegerField(
+        allow_null=True, help_text="the last seq_id covered by the run's latest snapshot; null before its first"
+    )
 
 
 class TrainingRunPage(s.Serializer):

@@ -34,6 +34,10 @@ def training_run(run: TrainingRun) -> dict:
         "last_checkpoint": _maybe_checkpoint(last[Checkpoint.Type.TRAINING]),
         "last_sampler_checkpoint": _maybe_checkpoint(last[Checkpoint.Type.SAMPLER]),
         "step": run.step,
+        # DESIGN §6: the runner holding the run's adapter (None until placed), and the last seq_id
+        # its latest snapshot covers (None before its first)
+        "runner": run.runner.describe() if run.runner is not None else None,
+        "snapshot_seq_id": run.snapshot_seq_id(),
     }
 
 

@@ -75,3 +75,8 @@ class ServiceSettings:
     # client/config asks Tinker's SDK to zstd-compress forward_backward bodies (CPU for bandwidth)
     proto_compress_fwdbwd: bool
     queue_prefix: str  # prefixed to the per-base-model queue names, so deployments can share a broker
+    # a runner without a heartbeat this long is declared dead and its runs move to live runners
+    runner_dead_after_seconds: float = 30.0
+    # a run's adapter + optimizer are snapshotted every this many optimizer steps (0: never), so a
+    # takeover replays only the operations after the latest snapshot
+    snapshot_every_steps: int = 20

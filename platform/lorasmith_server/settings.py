@@ -196,6 +196,8 @@ LORASMITH = ServiceSettings(
     test_hooks=env_bool("LORASMITH_TEST_HOOKS"),
     proto_compress_fwdbwd=env_bool("LORASMITH_PROTO_COMPRESS_FWDBWD"),
     queue_prefix=env_str("LORASMITH_QUEUE_PREFIX"),
+    runner_dead_after_seconds=env_float("LORASMITH_RUNNER_DEAD_AFTER_SECONDS", 30.0),
+    snapshot_every_steps=env_int("LORASMITH_SNAPSHOT_EVERY_STEPS", 20),
 )
 DATA_UPLOAD_MAX_MEMORY_SIZE = LORASMITH.max_body_bytes
 

@@ -1,98 +1,215 @@
-"""The dispatcher: per base model, at most one cycle in flight; a new one starts as soon as the
-runner is free and something is ready (continuous batching, no clock).
+"""The dispatcher: every live runner has at most one cycle in flight, and a new one starts on a
+runner as soon as it is free and something placed on it is ready (continuous batching, no clock).
+N runners of one base model run N cycles at once (DESIGN §6).
 
-Ready means: for each training model, its queued operations that continue its seq_id sequence
-without a gap (early arrivals wait; a request rejected at the door fills its seq without running);
-every queued sampling operation (they never wait for gaps).
+Ready means: for each training run placed on the runner, its queued operations that continue its
+seq_id sequence without a gap (early arrivals wait; a request rejected at the door fills its seq
+without running); the queued samples of the samplers placed on it (they never wait for gaps).
+A cycle is filled fairly (`fill`): tenants in turn, and within a tenant its runs and samplers in
+turn, so neither sampling nor one large tenant starves the others.
+
+Every call also does what any live process must: it declares runners without a heartbeat dead
+and moves their work (`retire`), and places runs and samplers that wait without a live runner.
 """
 
 from __future__ import annotations
 
 import logging
 import uuid
-from datetime import timedelta
+from collections import OrderedDict, deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
 
 import dramatiq
 from django.db import transaction
-from django.db.models import Q
+from django.db.models import F
 from django.utils import timezone
 
+from . import events, runners
 from .base_models import queue_name
-from .models import DispatchSlot, Operation, TrainingRun
+from .models import Operation, Runner, TrainingRun
 
 log = logging.getLogger(__name__)
 
 # The message a cycle travels as, by name: the actor (`execution.actors`) imports dispatch, never
-# the other way round. Its arguments: (base_model, cycle_id, op_ids).
+# the other way round. Its arguments: (runner_id, epoch, cycle_id, op_ids).
 CYCLE_ACTOR = "execute_cycle"
 CYCLE_LIMIT = 64  # operations per cycle: keeps a cycle short so results stream back
-STALE_CYCLE = timedelta(minutes=30)  # a runner that died mid-cycle frees its slot after this
+SAMPLES_READ = 16 * CYCLE_LIMIT  # queued samples read per fill (the oldest), a bound on one query
+# an operation in flight when its runner died this many times is failed, never replayed for ever
+MAX_ATTEMPTS = 2
 
 
 def dispatch(base_model: str) -> None:
-    """Start a cycle for `base_model` if none is in flight and work is ready."""
+    """Start a cycle on every free live runner of `base_model` that has ready work."""
+    for runner_id in runners.overdue(base_model):
+        retire(runner_id, reason="no heartbeat")
+    _place_waiting(base_model)
+    for runner in Runner.objects.live(base_model).filter(busy_cycle=""):
+        dispatch_runner(runner)
+
+
+def dispatch_runner(runner: Runner) -> None:
+    """Start a cycle on `runner` if it is free and work placed on it is ready."""
     for _ in range(3):  # bounded: a dispatcher racing us will pick up what we leave
         cycle_id = uuid.uuid4().hex
-        if not _claim_slot(base_model, cycle_id):
+        if not _claim(runner.id, cycle_id):
             return
-        op_ids = _take_ready(base_model, cycle_id)
+        op_ids = _take_ready(runner.id, cycle_id)
         if op_ids:
-            _send(base_model, cycle_id, op_ids)
+            _send(runner, cycle_id, op_ids)
             return
-        release_slot(base_model, cycle_id)
-        if not _ready(base_model)[0]:  # re-check: a submit may have landed while we held the slot
+        release_slot(runner.id, cycle_id)
+        if not _ready(runner.id)[0]:  # re-check: a submit may have landed while we held the slot
             return
 
 
-def release_slot(base_model: str, cycle_id: str | None = None) -> None:
-    """Free the slot; given a cycle id, only if that cycle still holds it (a stale message of a
-    re-queued cycle must not free the slot of the cycle now in flight)."""
-    slot = DispatchSlot.objects.filter(base_model=base_model)
-    if cycle_id is not None:
-        slot = slot.filter(cycle_id=cycle_id)
-    slot.update(busy=False, busy_since=None, cycle_id="")
+def _place_waiting(base_model: str) -> None:
+    run_ids, sampler_ids = runners.unplaced_with_work(base_model)
+    for run_id in run_ids:
+        runners.place_run(run_id, base_model)
+    for sampler_id in sampler_ids:
+        runners.place_sampler(sampler_id, base_model)
 
 
-def _claim_slot(base_model: str, cycle_id: str) -> bool:
-    DispatchSlot.objects.get_or_create(base_model=base_model)
-    now = timezone.now()
-    claimed = (
-        DispatchSlot.objects.filter(base_model=base_model)
-        .filter(Q(busy=False) | Q(busy_since__lt=now - STALE_CYCLE))
-        .update(busy=True, busy_since=now, cycle_id=cycle_id)
+def release_slot(runner_id: str, cycle_id: str) -> None:
+    """Free the runner, only if that cycle still holds it (a stale message of a re-queued cycle
+    must not free the slot of the cycle now in flight)."""
+    Runner.objects.filter(pk=runner_id, busy_cycle=cycle_id).update(busy_cycle="", busy_since=None)
+
+
+def _claim(runner_id: str, cycle_id: str) -> bool:
+    return (
+        Runner.objects.filter(pk=runner_id, state=Runner.State.LIVE, busy_cycle="").update(
+            busy_cycle=cycle_id, busy_since=timezone.now()
+        )
+        == 1
     )
-    return claimed == 1
 
 
-def _ready(base_model: str) -> tuple[list[str], dict[str, int]]:
-    """Ready operation ids in cycle order, and each model's new dispatch position."""
-    queued = Operation.objects.filter(base_model=base_model, status=Operation.Status.QUEUED)
-    taken = list(
-        queued.filter(sampling_session__isnull=False).order_by("created_at").values_list("id", flat=True)[:CYCLE_LIMIT]
-    )
-    positions: dict[str, int] = {}
-    run_ids = set(queued.filter(training_run__isnull=False).values_list("training_run_id", flat=True))
-    chain = Operation.objects.filter(status__in=(Operation.Status.QUEUED, Operation.Status.REJECTED))
-    for run in TrainingRun.objects.filter(id__in=run_ids).order_by("last_request_at"):
-        next_seq = run.dispatched_seq + 1
-        for op_id, seq_id, status in (
-            chain.filter(training_run=run, seq_id__gte=next_seq)
-            .order_by("seq_id")
-            .values_list("id", "seq_id", "status")
-        ):
-            if seq_id != next_seq or len(taken) >= CYCLE_LIMIT:
-                break  # a gap: later arrivals wait for it to fill
-            if status == Operation.Status.QUEUED:
+# ---- filling a cycle ---------------------------------------------------------------------------
+
+
+@dataclass
+class Waiting:
+    """A queued (or rejected: holds its seq only) operation at the head of its run or sampler."""
+
+    op_id: str
+    seq_id: int
+    rejected: bool = False
+    attempts: int = 0
+
+
+@dataclass
+class Lane:
+    """One run's gap-free chain of waiting operations, or one sampler's queued samples."""
+
+    owner_id: int
+    run_id: str | None
+    oldest: datetime
+    items: deque[Waiting] = field(default_factory=deque)
+    position: int | None = None  # a run's new dispatch position once something was taken
+
+    def _skip_rejected(self) -> None:
+        while self.items and self.items[0].rejected:
+            self.position = self.items.popleft().seq_id
+
+    def head(self) -> Waiting | None:
+        return next((w for w in self.items if not w.rejected), None)
+
+    def take(self) -> str | None:
+        self._skip_rejected()
+        if not self.items:
+            return None
+        item = self.items.popleft()
+        self.position = item.seq_id
+        self._skip_rejected()  # a rejected request right after only holds its seq: step over it
+        return item.op_id
+
+
+def fill(lanes: Iterable[Lane], limit: int = CYCLE_LIMIT) -> tuple[list[str], dict[str, int]]:
+    """The operations of one cycle, and each run's new dispatch position.
+
+    Tenants take turns (oldest waiting first), one operation per turn, and within a tenant its
+    lanes take turns; so a stream of samples or one tenant's many runs cannot starve anyone. An
+    operation that was in flight when a runner died goes in a cycle of its own, so an operation
+    that kills runners takes no other tenant's work down with it a second time."""
+    lanes = [lane for lane in lanes if lane.head() is not None]
+    for lane in lanes:
+        head = lane.head()
+        if head is not None and head.attempts > 0:
+            op_id = lane.take()
+            assert op_id is not None
+            return [op_id], ({lane.run_id: lane.position} if lane.run_id and lane.position is not None else {})
+    tenants: OrderedDict[int, deque[Lane]] = OrderedDict()
+    for lane in sorted(lanes, key=lambda lane: lane.oldest):
+        tenants.setdefault(lane.owner_id, deque()).append(lane)
+    taken: list[str] = []
+    while tenants and len(taken) < limit:
+        for owner in list(tenants):
+            turn = tenants[owner]
+            lane = turn.popleft()
+            op_id = lane.take()
+            if op_id is not None:
                 taken.append(op_id)
-            next_seq += 1  # a rejected request only holds its seq: step over it
-        if next_seq - 1 != run.dispatched_seq:
-            positions[run.id] = next_seq - 1
+            if lane.head() is not None:
+                turn.append(lane)
+            if not turn:
+                del tenants[owner]
+            if len(taken) >= limit:
+                break
+    positions = {lane.run_id: lane.position for lane in lanes if lane.run_id and lane.position is not None}
+    return taken, positions
+
+
+def _lanes(runner_id: str) -> list[Lane]:
+    """What is waiting on a runner, in two queries whatever the number of runs."""
+    lanes: dict[str, Lane] = {}
+    samples = (
+        Operation.objects.filter(sampling_session__runner_id=runner_id, status=Operation.Status.QUEUED)
+        .order_by("created_at")
+        .values_list("id", "sampling_session_id", "owner_id", "seq_id", "attempts", "created_at")[:SAMPLES_READ]
+    )
+    for op_id, sampler_id, owner_id, seq_id, attempts, created_at in samples:
+        lane = lanes.setdefault(sampler_id, Lane(owner_id, None, created_at))
+        lane.items.append(Waiting(op_id, seq_id, attempts=attempts))
+    chains = (
+        Operation.objects.filter(
+            training_run__runner_id=runner_id,
+            status__in=(Operation.Status.QUEUED, Operation.Status.REJECTED),
+            seq_id__gt=F("training_run__dispatched_seq"),
+        )
+        .order_by("training_run_id", "seq_id")
+        .values_list(
+            "id",
+            "training_run_id",
+            "owner_id",
+            "seq_id",
+            "status",
+            "attempts",
+            "created_at",
+            "training_run__dispatched_seq",
+        )
+    )
+    expected: dict[str, int] = {}
+    for op_id, run_id, owner_id, seq_id, status, attempts, created_at, dispatched in chains:
+        if expected.setdefault(run_id, dispatched + 1) != seq_id:
+            continue  # a gap: later arrivals wait for it to fill
+        lane = lanes.setdefault(run_id, Lane(owner_id, run_id, created_at))
+        lane.items.append(Waiting(op_id, seq_id, status == Operation.Status.REJECTED, attempts))
+        expected[run_id] = seq_id + 1
+    return list(lanes.values())
+
+
+def _ready(runner_id: str) -> tuple[list[str], dict[str, int]]:
+    taken, positions = fill(_lanes(runner_id))
     return taken, positions if taken else {}
 
 
-def _take_ready(base_model: str, cycle_id: str) -> list[str]:
+def _take_ready(runner_id: str, cycle_id: str) -> list[str]:
     with transaction.atomic():
-        taken, positions = _ready(base_model)
+        taken, positions = _ready(runner_id)
         for run_id, position in positions.items():
             TrainingRun.objects.filter(pk=run_id).update(dispatched_seq=position)
         Operation.objects.filter(id__in=taken).update(
@@ -101,42 +218,92 @@ def _take_ready(base_model: str, cycle_id: str) -> list[str]:
     return taken
 
 
-def _send(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
+def _send(runner: Runner, cycle_id: str, op_ids: list[str]) -> None:
     broker = dramatiq.get_broker()
-    queue = queue_name(base_model)
-    broker.declare_queue(queue)
+    broker.declare_queue(runner.queue)
     message: dramatiq.Message = dramatiq.Message(
-        queue_name=queue, actor_name=CYCLE_ACTOR, args=(base_model, cycle_id, op_ids), kwargs={}, options={}
+        queue_name=runner.queue,
+        actor_name=CYCLE_ACTOR,
+        args=(runner.id, runner.epoch, cycle_id, op_ids),
+        kwargs={},
+        options={},
     )
     try:
         broker.enqueue(message)
     except Exception:
         log.exception("could not enqueue cycle %s; its operations go back to the queue", cycle_id)
         requeue(cycle_id)
-        release_slot(base_model, cycle_id)
+        release_slot(runner.id, cycle_id)
         raise
 
 
-def requeue(cycle_id: str) -> None:
-    """Put a cycle's unfinished operations back, rewinding each model's dispatch position."""
+# ---- putting work back -------------------------------------------------------------------------
+
+
+def requeue(cycle_id: str, runner_died: bool = False) -> None:
+    """Put a cycle's unfinished operations back, rewinding each run's dispatch position. When its
+    runner died, each counts an attempt, and one at `MAX_ATTEMPTS` is failed instead."""
+    failed: list[tuple[int, str]] = []
     with transaction.atomic():
         ops = Operation.objects.filter(cycle_id=cycle_id, status=Operation.Status.RUNNING)
-        for run_id in set(ops.exclude(training_run=None).values_list("training_run_id", flat=True)):
-            first = min(ops.filter(training_run_id=run_id).values_list("seq_id", flat=True))
-            TrainingRun.objects.filter(pk=run_id).update(dispatched_seq=first - 1)
-        ops.update(status=Operation.Status.QUEUED, cycle_id="", started_at=None)
+        if runner_died:
+            ops.update(attempts=F("attempts") + 1)
+            doomed = ops.filter(attempts__gte=MAX_ATTEMPTS)
+            failed = list(doomed.values_list("owner_id", "id"))
+            doomed.update(
+                status=Operation.Status.FAILED,
+                error=f"this operation was in flight when its runner died {MAX_ATTEMPTS} times; it is not run again",
+                error_category="server",
+                finished_at=timezone.now(),
+            )
+        cycle_ops = Operation.objects.filter(cycle_id=cycle_id)
+        for run_id in set(cycle_ops.exclude(training_run=None).values_list("training_run_id", flat=True)):
+            of_run = cycle_ops.filter(training_run_id=run_id)
+            back = list(of_run.filter(status=Operation.Status.RUNNING).values_list("seq_id", flat=True))
+            gone = list(of_run.filter(status=Operation.Status.FAILED).values_list("seq_id", flat=True))
+            # back in the queue: from its first; failed here: they count as dispatched
+            position = min(back) - 1 if back else max(gone)
+            TrainingRun.objects.filter(pk=run_id).update(dispatched_seq=position)
+        ops.filter(status=Operation.Status.RUNNING).update(status=Operation.Status.QUEUED, cycle_id="", started_at=None)
+    for owner_id, op_id in failed:
+        transaction.on_commit(lambda o=owner_id, r=op_id: events.future_finished(o, r))
+
+
+def retire(runner_id: str, reason: str) -> bool:
+    """Declare a runner dead (no heartbeat, or it stopped) and move its work: its epoch is bumped
+    (its messages now do nothing), its queue flushed, its cycle in flight re-queued from the op log,
+    its runs and samplers placed on live runners of its base model, which rebuild each adapter
+    (latest snapshot, then the logged operations after it). False if another process did it."""
+    with transaction.atomic():
+        before = runners.declare_dead(runner_id)
+        if before is None:
+            return False
+        if before.busy_cycle:
+            requeue(before.busy_cycle, runner_died=reason != "stopped")
+        run_ids = runners.unplace_all(runner_id)
+    log.warning("runner %s (%s %s) retired: %s", runner_id, before.host, before.base_model, reason)
+    if before.queue != queue_name(before.base_model):  # its own queue: nobody else reads it
+        try:
+            broker = dramatiq.get_broker()
+            broker.declare_queue(before.queue)  # a broker that never saw the queue has nothing to flush
+            broker.flush(before.queue)
+        except Exception:  # the broker is down: the messages left are fenced off by the epoch anyway
+            log.exception("could not flush the queue of runner %s", runner_id)
+    for run_id in run_ids:
+        runners.place_run(run_id, before.base_model)
+    return True
 
 
 def recover(base_models: list[str]) -> None:
-    """At a runner's start: put back the cycles a dead runner left running (DESIGN §6), free the
-    slots, and dispatch again."""
+    """At a runner's start: put back cycles that no live runner holds (left by a runner that died
+    before it had a row, or whose row is gone), then dispatch (which also retires overdue runners)."""
     cycles = set(
         Operation.objects.filter(base_model__in=base_models, status=Operation.Status.RUNNING).values_list(
             "cycle_id", flat=True
         )
-    )
-    for cycle_id in cycles:
+    )  # read before the holders: a cycle claimed in between is then not taken for an orphan
+    held = set(Runner.objects.live().exclude(busy_cycle="").values_list("busy_cycle", flat=True))
+    for cycle_id in cycles - held:
         requeue(cycle_id)
     for base_model in base_models:
-        release_slot(base_model)
         dispatch(base_model)

@@ -64,11 +64,15 @@ class TrainingRunQuerySet(models.QuerySet["TrainingRun"]):
     def with_latest_checkpoints(self) -> TrainingRunQuerySet:
         """Owner and unexpired checkpoints (newest first, as `checkpoints_newest_first`) fetched with
         the page: one query each, whatever the page size."""
-        return self.select_related("owner").prefetch_related(
-            models.Prefetch(
-                "checkpoints",
-                queryset=Checkpoint.objects.unexpired().order_by("-created_at"),
-                to_attr="checkpoints_newest_first",
+        return (
+            self.select_related("owner", "runner")
+            .annotate(latest_snapshot_seq=models.Max("snapshots__seq_id"))
+            .prefetch_related(
+                models.Prefetch(
+                    "checkpoints",
+                    queryset=Checkpoint.objects.unexpired().order_by("-created_at"),
+                    to_attr="checkpoints_newest_first",
+                )
             )
         )
 
@@ -88,6 +92,11 @@ class TrainingRun(models.Model):
     train_unembed = models.BooleanField(default=True)
     user_metadata = models.JSONField(default=dict)
     dispatched_seq = models.IntegerField(default=-1)  # highest seq_id handed to a runner
+    # the runner holding the run's adapter and optimizer (sticky; None until its first dispatch or
+    # after its runner stopped), and a count bumped at every placement: a runner that held the run
+    # under an older placement must rebuild the adapter, its copy may be stale (DESIGN §6)
+    runner = models.ForeignKey("Runner", null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
+    placement_epoch = models.IntegerField(default=0)
     step = models.IntegerField(default=0)  # optimizer steps done
     created_at = models.DateTimeField(auto_now_add=True)
     last_request_at = models.DateTimeField(auto_now=True)
@@ -98,6 +107,12 @@ class TrainingRun(models.Model):
     @staticmethod
     def make_id(session_id: str, model_seq_id: int) -> str:
         return f"{session_id}:train:{model_seq_id}"
+
+    def snapshot_seq_id(self) -> int | None:
+        """The last seq_id covered by the run's latest snapshot (annotated on list pages)."""
+        if hasattr(self, "latest_snapshot_seq"):
+            return self.latest_snapshot_seq
+        return self.snapshots.aggregate(seq=models.Max("seq_id"))["seq"]
 
     def lora_config(self) -> dict[str, Any]:
         """What the user chose for the adapter (LoraSpec's fields), e.g. to copy into a new run."""
@@ -121,6 +136,8 @@ class SamplingSession(models.Model):
         TrainingRun, null=True, blank=True, on_delete=models.SET_NULL, related_name="samplers"
     )
     released_at = models.DateTimeField(null=True, blank=True)  # its ephemeral weights were deleted
+    # where its samples run: sticky once placed, so its adapter is imported once (DESIGN §6)
+    runner = models.ForeignKey("Runner", null=True, blank=True, on_delete=models.SET_NULL, related_name="samplers")
     created_at = models.DateTimeField(auto_now_add=True)
 
     @staticmethod
@@ -176,6 +193,9 @@ class Operation(models.Model):
     started_at = models.DateTimeField(null=True)
     finished_at = models.DateTimeField(null=True)
     cycle_id = models.CharField(max_length=64, blank=True)
+    # cycles it was handed to whose runner died before it finished: at the limit it is failed, so an
+    # operation that kills its runner is never replayed for ever
+    attempts = models.IntegerField(default=0)
     # the key the request came in with (None: made by the platform itself, or before keys were kept)
     api_key = models.ForeignKey("accounts.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
 
@@ -325,13 +345,59 @@ class MetricPoint(models.Model):
         indexes = [models.Index(fields=["training_run", "step"])]
 
 
-class DispatchSlot(models.Model):
-    """One row per base model: `busy` while a cycle is in flight, so cycles never overlap."""
+class RunnerQuerySet(models.QuerySet["Runner"]):
+    def live(self, base_model: str | None = None) -> RunnerQuerySet:
+        found = self.filter(state=Runner.State.LIVE)
+        return found.filter(base_model=base_model) if base_model is not None else found
 
-    base_model = models.CharField(primary_key=True, max_length=200)
-    busy = models.BooleanField(default=False)
-    busy_since = models.DateTimeField(null=True)
-    cycle_id = models.CharField(max_length=64, blank=True, default="")  # the cycle holding the slot
+
+class Runner(models.Model):
+    """One runner process's engine for one base model (`training.runners` registers them): it
+    consumes its own queue, holds the adapters of the runs placed on it, and has at most one cycle
+    in flight (`busy_cycle`). `epoch` is its fencing token: taken at registration, bumped when it
+    is declared dead; a cycle message carries it, and one of an older epoch does nothing."""
+
+    class State(models.TextChoices):
+        LIVE = "live"
+        DEAD = "dead"  # stopped, or no heartbeat for LORASMITH_RUNNER_DEAD_AFTER_SECONDS
+
+    id = models.CharField(primary_key=True, max_length=32)
+    base_model = models.CharField(max_length=200)
+    host = models.CharField(max_length=200)
+    pid = models.IntegerField(default=0)
+    device = models.CharField(max_length=40, blank=True)
+    queue = models.CharField(max_length=300)
+    capacity_bytes = models.BigIntegerField(null=True, blank=True)  # adapter memory budget; None: no limit
+    epoch = models.BigIntegerField(default=1)
+    state = models.CharField(max_length=8, choices=State.choices, default=State.LIVE)
+    heartbeat_at = models.DateTimeField()
+    busy_cycle = models.CharField(max_length=64, blank=True, default="")  # the cycle in flight, "" when free
+    busy_since = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(auto_now_add=True)
+
+    objects = RunnerQuerySet.as_manager()
+
+    class Meta:
+        indexes = [models.Index(fields=["base_model", "state"])]
+
+    def describe(self) -> dict[str, str]:
+        """What the API shows of the runner holding a run."""
+        return {"id": self.id, "host": self.host, "device": self.device, "state": self.state}
+
+
+class Snapshot(models.Model):
+    """A run's adapter and optimizer state after the operation `seq_id` (taken every
+    LORASMITH_SNAPSHOT_EVERY_STEPS optimizer steps): a runner that takes the run over loads the
+    latest one and replays only the logged operations after it. The op log stays the truth."""
+
+    training_run = models.ForeignKey(TrainingRun, on_delete=models.CASCADE, related_name="snapshots")
+    seq_id = models.BigIntegerField()
+    step = models.IntegerField()
+    directory = models.CharField(max_length=500)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["training_run", "seq_id"], name="unique_snapshot_seq")]
 
 
 class UsageRecord(models.Model):

@@ -13,7 +13,7 @@ from django.core.cache import cache
 from accounts.models import ApiKey
 from accounts.services import issue_api_key
 from tests.platform.wire import InProcess, Wire
-from training import dispatch
+from training import dispatch, runners
 from training.execution.cycle import execute_cycle
 from training.models import Checkpoint, MetricPoint, Operation, Session, TrainingRun
 from training.storage import checkpoint_directory
@@ -95,7 +95,10 @@ def data_dir(settings, tmp_path):
 def runner(monkeypatch):
     """Cycles run at once, in process, inside the request that dispatched them (the real engine,
     tiny-llama): a submitted operation is finished when its POST returns."""
-    monkeypatch.setattr(dispatch, "_send", execute_cycle)
+    runners.register("tiny-llama")
+    monkeypatch.setattr(
+        dispatch, "_send", lambda runner, cycle_id, op_ids: execute_cycle(runner.id, runner.epoch, cycle_id, op_ids)
+    )
 
 
 @pytest.fixture

@@ -13,14 +13,15 @@ from training import dispatch
 from training.execution import cycle
 from training.execution.middleware import RecoverOnBoot
 from training.intake import sampling_requests
-from training.models import DispatchSlot, Operation, SamplingSession, Session, TrainingRun
+from training.models import Operation, Runner, SamplingSession, Session, TrainingRun
 
 pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture
 def interrupted():
-    """seq 1 and 2 of a model were in flight in cycle `dead` when its runner died."""
+    """seq 1 and 2 of a model were in flight in cycle `dead` when its runner died (before runners
+    had rows: no live runner holds the cycle)."""
     user = User.objects.create(username="alice")
     session = Session.objects.create(id="s", owner=user)
     run = TrainingRun.objects.create(
@@ -38,27 +39,34 @@ def interrupted():
             status=Operation.Status.RUNNING,
             cycle_id="dead",
         )
-    DispatchSlot.objects.create(base_model="tiny-llama", busy=True, cycle_id="dead")
     return run
 
 
 def test_booting_worker_requeues_and_redispatches(interrupted, monkeypatch):
     sent = []
-    monkeypatch.setattr(dispatch, "_send", lambda base_model, cycle_id, op_ids: sent.append((cycle_id, op_ids)))
-    RecoverOnBoot().after_worker_boot(None, SimpleNamespace(consumer_whitelist={"runner.tiny-llama"}))
-    [(cycle_id, op_ids)] = sent
-    assert op_ids == ["op1", "op2"] and cycle_id != "dead"
-    assert set(Operation.objects.values_list("cycle_id", "status")) == {(cycle_id, "running")}
-    assert DispatchSlot.objects.get().cycle_id == cycle_id
+    monkeypatch.setattr(dispatch, "_send", lambda runner, cycle_id, op_ids: sent.append((runner, cycle_id, op_ids)))
+    worker = SimpleNamespace(consumer_whitelist={"runner.tiny-llama"})
+    RecoverOnBoot().after_worker_boot(None, worker)
+    try:
+        [(runner, cycle_id, op_ids)] = sent
+        assert op_ids == ["op1", "op2"] and cycle_id != "dead"
+        assert runner.queue == "runner.tiny-llama"  # a plain rundramatiq worker serves the shared queue
+        assert set(Operation.objects.values_list("cycle_id", "status")) == {(cycle_id, "running")}
+        assert Runner.objects.get(pk=runner.pk).busy_cycle == cycle_id
+        assert TrainingRun.objects.get().runner_id == runner.id
 
-    cycle.execute_cycle("tiny-llama", "dead", ["op1", "op2"])  # the dead runner's message, delivered late
-    assert set(Operation.objects.values_list("cycle_id", "status")) == {(cycle_id, "running")}
-    assert DispatchSlot.objects.get().busy and DispatchSlot.objects.get().cycle_id == cycle_id
+        cycle.execute_cycle(runner.id, runner.epoch, "dead", ["op1", "op2"])  # the dead cycle's message, late
+        assert set(Operation.objects.values_list("cycle_id", "status")) == {(cycle_id, "running")}
+        assert Runner.objects.get(pk=runner.pk).busy_cycle == cycle_id
+    finally:
+        RecoverOnBoot().after_worker_shutdown(None, worker)
+    assert Runner.objects.get(pk=runner.pk).state == "dead"  # a worker that stops retires its runner
 
 
 def test_workers_of_other_queues_leave_it_alone(interrupted):
     RecoverOnBoot().after_worker_boot(None, SimpleNamespace(consumer_whitelist={"runner.tiny-qwen3"}))
     assert set(Operation.objects.values_list("cycle_id", "status")) == {("dead", "running")}
+    assert not Runner.objects.exists()
 
 
 def test_a_queued_sample_can_be_cancelled_once(interrupted):

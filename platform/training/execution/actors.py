@@ -1,4 +1,5 @@
-"""Dramatiq actors: thin shells over `execution.cycle`. Dispatch sends cycles by actor name."""
+"""Dramatiq actors: thin shells over `execution.cycle`. Dispatch sends cycles by actor name, each
+to the queue of the runner that holds its runs."""
 
 import dramatiq
 
@@ -8,12 +9,12 @@ from .cycle import execute_cycle as run_cycle
 
 
 @dramatiq.actor(actor_name=dispatch.CYCLE_ACTOR, max_retries=0, time_limit=3_600_000, queue_name="runner.default")
-def execute_cycle(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
-    run_cycle(base_model, cycle_id, op_ids)
+def execute_cycle(runner_id: str, epoch: int, cycle_id: str, op_ids: list[str]) -> None:
+    run_cycle(runner_id, epoch, cycle_id, op_ids)
 
 
-# Cycles travel on one queue per base model (dispatch puts each message there). A worker only
-# consumes queues its broker has declared, so declare them here: then a plain
-# `manage.py rundramatiq --queues runner.<model>` serves them, not only `manage.py runner`.
+# `manage.py runner` declares its own queue (`runner.<model>.<id>`). A plain
+# `manage.py rundramatiq --queues runner.<model>` registers one runner on the base model's shared
+# queue (`middleware.RecoverOnBoot`); a worker only consumes queues its broker has declared.
 for _model in served_models():
     dramatiq.get_broker().declare_queue(queue_name(_model))

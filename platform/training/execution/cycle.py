@@ -13,17 +13,21 @@ from gpu_runner import Engine
 from gpu_runner.errors import EngineInputError
 from gpu_runner.types import EngineOp, OpResult
 
-from .. import dispatch, test_hooks
-from ..models import Operation, TrainingRun
+from .. import dispatch, runners, test_hooks
+from ..models import Operation, Runner, TrainingRun
 from ..upkeep import housekeeping
 from . import outcomes
-from .engines import engine_for, record_heartbeat, release_idle_adapters
+from .engines import Resident, record_heartbeat, release_idle_adapters, resident_for
 from .plan import Finished, Plan, plan
 
 log = logging.getLogger(__name__)
 
 
-def execute_cycle(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
+def execute_cycle(runner_id: str, epoch: int, cycle_id: str, op_ids: list[str]) -> None:
+    runner = Runner.objects.filter(pk=runner_id, epoch=epoch, state=Runner.State.LIVE).first()
+    if runner is None:  # fenced: the runner was declared dead since; its work was re-queued
+        log.warning("cycle %s of runner %s at epoch %s is stale: nothing done", cycle_id, runner_id, epoch)
+        return
     try:
         # only operations this cycle still owns: a re-queued cycle's stale message does nothing
         ops = list(
@@ -37,27 +41,28 @@ def execute_cycle(base_model: str, cycle_id: str, op_ids: list[str]) -> None:
             if op.training_run is not None:
                 op.training_run = runs.setdefault(op.training_run.id, op.training_run)
         if ops:
-            _run(engine_for(base_model), ops)
+            _run(runner, resident_for(runner), ops)
     except Exception as error:
         log.exception("cycle %s failed", cycle_id)
         for op in Operation.objects.filter(cycle_id=cycle_id, status=Operation.Status.RUNNING):
             outcomes.fail(op, f"runner failure: {type(error).__name__}: {error}", "server")
     finally:
-        dispatch.release_slot(base_model, cycle_id)
-        dispatch.dispatch(base_model)
+        dispatch.release_slot(runner.id, cycle_id)
+        dispatch.dispatch(runner.base_model)
         housekeeping.run_if_due(also=[release_idle_adapters])
-        _heartbeat(base_model)
+        _heartbeat(runner)
 
 
-def _heartbeat(base_model: str) -> None:
+def _heartbeat(runner: Runner) -> None:
     try:
-        record_heartbeat(base_model)
+        record_heartbeat(runner)
     except Exception:  # the overview's view of this runner goes stale; the cycle itself is done
         log.exception("could not record the runner's heartbeat")
 
 
-def _run(engine: Engine, ops: list[Operation]) -> None:
-    plans = _plan_all(engine, ops)
+def _run(runner: Runner, resident: Resident, ops: list[Operation]) -> None:
+    engine = resident.engine
+    plans = _plan_all(resident, ops)
     if not plans:
         return
     batch: list[EngineOp] = []
@@ -78,18 +83,24 @@ def _run(engine: Engine, ops: list[Operation]) -> None:
         for item in plans:
             outcomes.fail(item.op, f"runner failure during the cycle: {type(error).__name__}: {error}", "server")
         return
+    if not runners.is_current(runner.id, runner.epoch):
+        # declared dead while the cycle ran (it stalled): its runs moved and its operations were
+        # re-queued, so nothing of this cycle may be written, and its adapters are stale
+        log.warning("runner %s lost its runs during cycle; its results are dropped", runner.id)
+        _forget_adapters(engine, batch)
+        return
     for owner, result in zip(owners, results):
         if owner is not None:
             _record(owner, result)
 
 
-def _plan_all(engine: Engine, ops: list[Operation]) -> list[Plan]:
+def _plan_all(resident: Resident, ops: list[Operation]) -> list[Plan]:
     """Plans of the operations that need the engine; the others are finished or failed here."""
     plans: list[Plan] = []
     imported: set[str] = set()
     for op in ops:
         try:
-            planned = plan(engine, op, imported)
+            planned = plan(resident.engine, op, imported, resident.built_under)
         except EngineInputError as error:
             outcomes.fail(op, str(error), "user")
             continue

@@ -1,6 +1,10 @@
-"""The runner process's resident engines: one per base model, created on first use (after any
-fork, inside the worker) and kept for the life of the process; adapters nobody can use any more
-are dropped from them between cycles."""
+"""The runner process's resident engines: one per registered runner (a base model on a device),
+created on first use (after any fork, inside the worker) and kept for the life of the process;
+adapters nobody can use any more are dropped from them between cycles.
+
+Each engine also remembers under which placement of its run every training adapter was built: a
+run that moved away and came back (its runner was declared dead, then revived) has a stale copy
+here, which must be rebuilt from the op log rather than trained on (DESIGN §6)."""
 
 from __future__ import annotations
 
@@ -8,28 +12,44 @@ import logging
 import os
 import socket
 import threading
+from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.utils import timezone
 
 from gpu_runner import Engine
 
-from ..models import RunnerHeartbeat
+from ..models import Runner, RunnerHeartbeat
 from ..upkeep import retention
 
 log = logging.getLogger(__name__)
 
-_engines: dict[str, Engine] = {}
+
+@dataclass
+class Resident:
+    engine: Engine
+    built_under: dict[str, int] = field(default_factory=dict)  # run id -> its placement_epoch then
+
+
+_engines: dict[str, Resident] = {}
 _lock = threading.Lock()
 
 
-def engine_for(base_model: str) -> Engine:
+def resident_for(runner: Runner) -> Resident:
     with _lock:
-        if base_model not in _engines:
-            _engines[base_model] = Engine(
-                base_model, data_dir=settings.DATA_DIR, memory_budget_bytes=settings.LORASMITH.adapter_memory_bytes
+        if runner.id not in _engines:
+            engine = Engine(
+                runner.base_model,
+                data_dir=settings.DATA_DIR,
+                device=runner.device or None,
+                memory_budget_bytes=settings.LORASMITH.adapter_memory_bytes,
             )
-        return _engines[base_model]
+            _engines[runner.id] = Resident(engine)
+        return _engines[runner.id]
+
+
+def engine_for(runner: Runner) -> Engine:
+    return resident_for(runner).engine
 
 
 def release_idle_adapters() -> int:
@@ -37,7 +57,7 @@ def release_idle_adapters() -> int:
     adapter that is asked for again is rebuilt from the op log, so this only frees memory. Call
     between cycles."""
     with _lock:
-        engines = list(_engines.values())
+        engines = [resident.engine for resident in _engines.values()]
     dropped = 0
     for engine in engines:
         for adapter_id in retention.idle_adapter_ids(engine.adapter_ids()):
@@ -51,15 +71,15 @@ def release_idle_adapters() -> int:
 RUNNER = f"{socket.gethostname()}:{os.getpid()}"
 
 
-def record_heartbeat(base_model: str) -> None:
-    """What this runner holds for `base_model` now (its resident adapters and their memory), for
-    the dashboard's overview; zeros before its engine is loaded."""
+def record_heartbeat(runner: Runner) -> None:
+    """What `runner` holds now (its resident adapters and their memory), for the dashboard's
+    overview; zeros before its engine is loaded."""
     with _lock:
-        engine = _engines.get(base_model)
-    report = engine.memory_report() if engine is not None else {}
+        resident = _engines.get(runner.id)
+    report = resident.engine.memory_report() if resident is not None else {}
     RunnerHeartbeat.objects.update_or_create(
         runner=RUNNER,
-        base_model=base_model,
+        base_model=runner.base_model,
         defaults={
             "resident_adapters": report.get("resident_adapters", []),
             "adapters": report.get("adapters", 0),

@@ -20,20 +20,27 @@ from ..models import Checkpoint, Operation, SamplingSession, TrainingRun
 from ..upkeep import retention
 
 
+def _still_ours(op: Operation):
+    """The op's row only while its cycle still holds it: once a takeover re-queued it (its runner
+    was declared dead), a late outcome of the old cycle writes nothing and resolves no future."""
+    return Operation.objects.filter(pk=op.pk, status=Operation.Status.RUNNING, cycle_id=op.cycle_id)
+
+
 def complete(op: Operation, result: dict) -> None:
     with transaction.atomic():  # the result and what it consumed are stored together, or neither
-        Operation.objects.filter(pk=op.pk).update(
-            status=Operation.Status.DONE, result=result, finished_at=timezone.now()
-        )
+        if not _still_ours(op).update(status=Operation.Status.DONE, result=result, finished_at=timezone.now()):
+            return
         usage.record(op, result)
     _announce(op)
 
 
 def fail(op: Operation, message: str, category: str) -> None:
-    Operation.objects.filter(pk=op.pk).update(
+    if _still_ours(op).update(
         status=Operation.Status.FAILED, error=message, error_category=category, finished_at=timezone.now()
-    )
-    _announce(op)
+    ):
+        _announce(op)
+
+
 
 
 def _announce(op: Operation) -> None:

@@ -8,6 +8,7 @@ converter from an op-log row to an engine op, shared by planning and by `restore
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,8 @@ from gpu_runner.types import (
 from .. import storage, test_hooks, wire
 from ..models import Checkpoint, Operation, SamplingSession, TrainingRun
 from . import outcomes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -64,19 +67,29 @@ def engine_op(op: Operation) -> EngineOp:
     raise ValueError(f"operation kind {op.kind!r} has no adapter-changing engine op")
 
 
-def plan(engine: Engine, op: Operation, imported: set[str]) -> Plan | Finished:
-    """`imported`: sampler adapters already imported by an earlier plan of this cycle."""
+def plan(
+    engine: Engine, op: Operation, imported: set[str], built_under: dict[str, int] | None = None
+) -> Plan | Finished:
+    """`imported`: sampler adapters already imported by an earlier plan of this cycle.
+    `built_under`: per run, the placement under which this engine built its adapter (a copy built
+    under an older placement is stale: the run trained elsewhere meanwhile)."""
     if op.kind == "sample":
         return _plan_sample(engine, op, imported)
     run = op.require_run()
+    built = built_under if built_under is not None else {}
     if op.kind == "create_model":
         engine.create_adapter(run.id, adapter_spec(run))
+        built[run.id] = run.placement_epoch
         return Finished(op, {"model_id": run.id, "type": "create_model"})
     if op.kind == "load_weights":
         path = op.payload["path"]
+        built[run.id] = run.placement_epoch
         return Plan(op, engine_op(op), lambda out: {"path": path, "model_id": run.id, "type": "load_weights"})
+    if engine.has_adapter(run.id) and built.get(run.id, run.placement_epoch) != run.placement_epoch:
+        engine.remove_adapter(run.id)  # stale: built before the run moved away and back
     if not engine.has_adapter(run.id):
         restore(engine, run)
+        built[run.id] = run.placement_epoch
     if op.kind == "forward_backward":
         test_hooks.fail_before_forward_backward(run.user_metadata)
         return Plan(op, engine_op(op), lambda out: outcomes.forward_backward_done(op, out))
@@ -135,11 +148,17 @@ def _plan_save(op: Operation, run: TrainingRun) -> Plan:
     return Plan(op, save, lambda out: outcomes.checkpoint_saved(op, out))
 
 
-def restore(engine: Engine, run: TrainingRun) -> None:
-    """Rebuild an adapter the engine lost (runner restart, dropped while idle, a failed cycle):
-    the same seed, then the logged training operations that finished, replayed in order (DESIGN §6)."""
+def restore(engine: Engine, run: TrainingRun) -> int:
+    """Rebuild an adapter the engine lost (runner restart or takeover, dropped while idle, a failed
+    cycle): from the run's latest snapshot if it has one (adapter + optimizer), else from its seed;
+    then the logged training operations after it that finished, replayed in order (DESIGN §6).
+    Returns how many operations were replayed."""
+    snapshot = run.snapshots.order_by("-seq_id").first()
     done = run.operations.filter(status=Operation.Status.DONE).order_by("seq_id")
     replay: list[EngineOp] = []
+    if snapshot is not None:
+        done = done.filter(seq_id__gt=snapshot.seq_id)
+        replay.append(LoadState(run.id, Path(snapshot.directory), include_optimizer=True))
     for op in done:
         if op.kind == "create_model":
             engine.create_adapter(run.id, adapter_spec(run))
@@ -152,3 +171,11 @@ def restore(engine: Engine, run: TrainingRun) -> None:
     failed = [r.error for r in engine.run_cycle(replay) if not r.ok] if replay else []
     if failed:
         raise RuntimeError(f"could not restore model {run.id}: {failed[0]}")
+    replayed = len(replay) - (snapshot is not None)
+    log.info(
+        "restored run %s from %s, replaying %d operations",
+        run.id,
+        f"its snapshot at seq {snapshot.seq_id}" if snapshot is not None else "its seed",
+        replayed,
+    )
+    return replayed

@@ -1,7 +1,10 @@
-"""Starting a runner: a Dramatiq worker consuming the queues of the base models it serves.
+"""Starting a runner: it registers one `Runner` row per base model it serves and a Dramatiq worker
+consumes those runners' own queues.
 
-One worker thread: the engine is one resident model per GPU, and cycles of a base model never
-overlap anyway. Operations left `running` by a runner that died are put back first (DESIGN §6).
+One worker thread: the engine is one resident model per device, and a runner never has two cycles
+in flight. A timer thread renews the rows' heartbeats and, like any live process, declares runners
+without one dead so their runs move here or to another live runner (DESIGN §6). On a graceful stop
+the runner retires itself at once: its runs move without waiting for the deadline.
 """
 
 from __future__ import annotations
@@ -10,53 +13,88 @@ import logging
 import threading
 
 import dramatiq
+from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 
-from .. import dispatch
-from ..base_models import queue_name
+from .. import dispatch, runners
+from ..models import Runner
 from . import actors  # noqa: F401 - registers the cycle actor with the broker
 from .engines import record_heartbeat, report_alive
 
 log = logging.getLogger(__name__)
 
-ALIVE_EVERY_SECONDS = 60.0  # the overview marks a runner quiet after 10 minutes without a report
+ALIVE_EVERY_SECONDS = 10.0  # at most; a third of LORASMITH_RUNNER_DEAD_AFTER_SECONDS when that is less
 
 
 class RunnerWorker(dramatiq.Worker):
-    lorasmith_managed = True  # recovers itself in start_worker; RecoverOnBoot leaves it alone
+    lorasmith_managed = True  # registers and recovers itself in start_worker; RecoverOnBoot leaves it alone
+    runner_ids: list[str]
 
     def start(self) -> None:
         super().start()
         self._stop_reporting = threading.Event()
         threading.Thread(
-            target=keep_reporting_alive, args=(self._stop_reporting,), name="runner-alive", daemon=True
+            target=keep_reporting_alive,
+            args=(self._stop_reporting, None, self.runner_ids),
+            name="runner-alive",
+            daemon=True,
         ).start()
 
     def stop(self, timeout: int = 600_000) -> None:
         self._stop_reporting.set()
-        super().stop(timeout)
+        super().stop(timeout)  # the cycle in flight finishes and publishes first
+        retire_all(self.runner_ids)
 
 
-def keep_reporting_alive(stop: threading.Event, every_seconds: float | None = None) -> None:
-    """Renew the runner's heartbeat every `every_seconds` until `stop` is set, so that on the
-    overview "quiet" means a runner that stopped reporting, not one with nothing to do."""
-    while not stop.wait(every_seconds or ALIVE_EVERY_SECONDS):
+def beat_seconds() -> float:
+    return min(ALIVE_EVERY_SECONDS, settings.LORASMITH.runner_dead_after_seconds / 3)
+
+
+def keep_reporting_alive(stop: threading.Event, every_seconds: float | None = None, runner_ids: list[str] = ()) -> None:
+    """Every `every_seconds` until `stop` is set: renew the runners' heartbeats (reviving one that
+    was declared dead while it stalled), retire overdue runners of the same base models and dispatch
+    what they left; and renew the overview's heartbeat rows, so "quiet" means a runner that
+    stopped reporting, not one with nothing to do."""
+    while not stop.wait(every_seconds or beat_seconds()):
         try:
+            for runner_id in runner_ids:
+                beat(runner_id)
             report_alive()
         except DatabaseError as error:  # a busy database: the next report comes soon enough
             log.warning("could not renew the runner heartbeat: %s", error)
+        except Exception:
+            log.exception("the runner's heartbeat failed")
         finally:
             close_old_connections()
 
 
-def start_worker(base_models: list[str]) -> dramatiq.Worker:
+def beat(runner_id: str) -> None:
+    if not runners.heartbeat(runner_id):
+        log.warning("runner %s was declared dead while it stalled; it comes back under a new epoch", runner_id)
+        runners.revive(runner_id)
+    base_model = Runner.objects.filter(pk=runner_id).values_list("base_model", flat=True).first()
+    if base_model is not None:
+        dispatch.dispatch(base_model)  # retires overdue runners and sends their runs' work on
+
+
+def retire_all(runner_ids: list[str]) -> None:
+    for runner_id in runner_ids:
+        try:
+            dispatch.retire(runner_id, reason="stopped")
+        except Exception:
+            log.exception("runner %s could not retire; it is declared dead after the deadline", runner_id)
+    close_old_connections()
+
+
+def start_worker(base_models: list[str], device: str = "") -> dramatiq.Worker:
     broker = dramatiq.get_broker()
-    queues = {queue_name(m) for m in base_models}
-    for queue in queues:
-        broker.declare_queue(queue)
-    worker = RunnerWorker(broker, queues=queues, worker_threads=1)
+    registered = [runners.register(m, device) for m in base_models]
+    for runner in registered:
+        broker.declare_queue(runner.queue)
+    worker = RunnerWorker(broker, queues={r.queue for r in registered}, worker_threads=1)
+    worker.runner_ids = [r.id for r in registered]
     worker.start()
     dispatch.recover(base_models)
-    for base_model in base_models:  # the overview lists this runner from the start, not after its first cycle
-        record_heartbeat(base_model)
+    for runner in registered:  # the overview lists this runner from the start, not after its first cycle
+        record_heartbeat(runner)
     return worker

@@ -1,5 +1,7 @@
-"""`manage.py runner [--base-model NAME ...]`: a GPU runner process (a Dramatiq worker) that keeps
-the engine resident and executes cycles from its base models' queues until stopped."""
+"""`manage.py runner [--base-model NAME ...] [--device cuda:N]`: a GPU runner process (a Dramatiq
+worker) that registers one runner per base model, keeps the engine resident on its device and
+executes cycles from its runners' own queues until stopped. Start one per GPU: runs are placed on
+the least-loaded live runner of their base model (DESIGN §6)."""
 
 import signal
 import threading
@@ -16,14 +18,15 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--base-model", action="append", dest="base_models")
+        parser.add_argument("--device", default="", help="torch device, e.g. cuda:1 (default: the engine's pick)")
 
-    def handle(self, base_models=None, **options):
+    def handle(self, base_models=None, device="", **options):
         ensure_migrated()
         models = base_models or served_models()
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-        worker = start_worker(models)
+        worker = start_worker(models, device=device)
         self.stdout.write(f"runner ready for {', '.join(models)}", ending="\n")
         self.stdout.flush()
         stop.wait()

@@ -19,6 +19,11 @@ import lorasmith
 POSTFIX_KEYS = 3  # metrics shown on the bar (the recipe's own, not the server's `name:reduction` ones)
 
 
+# what the server charts itself for every step (`learning_rate:mean` with the optimizer's metrics):
+# posting the loop's copy too would draw the same quantity twice, one step apart
+SERVER_CHARTED = frozenset({"learning_rate"})
+
+
 def _number(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)  # JSON has no NaN/Infinity
@@ -66,7 +71,7 @@ class MetricsLogger:
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         self.latest.update(metrics)
-        own = {k: float(v) for k, v in metrics.items() if ":" not in k and _finite(v)}
+        own = {k: float(v) for k, v in metrics.items() if ":" not in k and k not in SERVER_CHARTED and _finite(v)}
         if self._run is not None and own:
             self._posted.append(self._run.log_metrics(own, step))
         shown = {k: f"{v:.4g}" for k, v in list(own.items())[:POSTFIX_KEYS]}

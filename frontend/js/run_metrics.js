@@ -1,7 +1,7 @@
 // The run page: chart every metric the run has reported, then follow new points (and the run's
 // status and steps) over the dashboard WebSocket. After a reconnect it asks for the points after the last one it has, so
 // nothing is missed or drawn twice (point ids only grow).
-import { MetricChart, formatValue } from "./chart.js";
+import { MetricChart, chartControls, formatValue } from "./chart.js";
 
 const embedded = JSON.parse(document.getElementById("metric-points").textContent);
 const container = document.getElementById("charts");
@@ -10,6 +10,11 @@ const series = new Map(); // metric name -> [[step, value], ...] in arrival orde
 const charts = new Map();
 let lastId = 0;
 let drawPending = false;
+let view = { smoothing: 0, log: false };
+chartControls(container, (chosen) => {
+  view = chosen;
+  for (const chart of charts.values()) chart.setView(view);
+});
 
 function add(points) {
   for (const [id, step, name, value] of points) {
@@ -28,7 +33,10 @@ function draw() {
   drawPending = false;
   const names = [...series.keys()].sort();
   for (const name of names) {
-    if (!charts.has(name)) charts.set(name, new MetricChart(container, name));
+    if (!charts.has(name)) {
+      charts.set(name, new MetricChart(container, name));
+      charts.get(name).view = { ...view };
+    }
     charts.get(name).draw(series.get(name));
   }
   for (const name of names) container.append(charts.get(name).figure); // keep them in name order

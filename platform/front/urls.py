@@ -74,6 +74,7 @@ urlpatterns = [
     page("keys/", keys.api_keys, "api_keys"),
     page("keys/<int:key_id>/revoke/", keys.revoke_api_key, "revoke_api_key"),
     page("runs/", runs.runs, "runs"),
+    page("runs/compare/", runs.compare, "compare"),
     page("runs/<str:run_id>/", runs.run, "run"),
     page("checkpoints/", checkpoints.checkpoints, "checkpoints"),
     page(f"{CHECKPOINT}/download/", checkpoints.download, "checkpoint_download"),

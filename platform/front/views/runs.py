@@ -14,6 +14,7 @@ from ..lookups import run_or_404
 from ..runs import checkpoints_of, filtered, points_after, recent_operations, runs_of
 
 RUNS_PER_PAGE = 25
+MAX_COMPARED = 8  # one colour each
 
 
 @login_required
@@ -59,3 +60,21 @@ def _latest_values(points: list[list]) -> list[tuple[str, int, float | None]]:
     """Each metric's last (name, step, value), by name: the chart's text equivalent."""
     latest = {name: (name, step, value) for _, step, name, value in points}
     return [latest[name] for name in sorted(latest)]
+
+
+@login_required
+def compare(request):
+    """`/runs/compare/?run=A&run=B…`: each metric of the chosen runs overlaid, one colour per run;
+    a run that is not the user's is a 404, as its own page is."""
+    run_ids = list(dict.fromkeys(request.GET.getlist("run")))[:MAX_COMPARED]
+    for run_id in run_ids:
+        run_or_404(request.user, run_id)
+    annotated = {run.id: run for run in runs_of(request.user).filter(pk__in=run_ids)}
+    runs = [annotated[run_id] for run_id in run_ids]
+    series = [
+        {"model_id": run.id, "label": run.session.display_name or run.id, "points": points_after(run.id, 0)}
+        for run in runs
+    ]
+    has_points = any(s["points"] for s in series)
+    context = {"runs": runs, "series": series, "has_points": has_points, "max_compared": MAX_COMPARED}
+    return render(request, "front/compare.html", context)

@@ -7,6 +7,7 @@ from api.files import signed_file
 
 urlpatterns = [
     path("api/v1/", include("api.urls")),
+    path("oai/api/v1/", include("api.oai.urls")),  # OpenAI-compatible sampling (DESIGN §11)
     path("api/schema", SpectacularAPIView.as_view(), name="schema"),
     path("files/<str:token>/<str:filename>", signed_file),
     path("admin/", admin.site.urls),

@@ -10,6 +10,7 @@ runners must give exactly its numbers."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import defaultdict, deque
 from datetime import timedelta
 
@@ -22,7 +23,8 @@ from gpu_runner import Engine
 from gpu_runner.types import AdamParams, Datum, ForwardBackward, LoraSpec, OptimStep
 from training import dispatch, runners
 from training.execution import cycle
-from training.models import Operation, Runner
+from training.execution.worker import retire_all, snapshot_all
+from training.models import Operation, Runner, Snapshot
 
 from .flow import LR, SEQUENCE
 from .wire import InProcess, Wire, datum_json
@@ -190,3 +192,52 @@ def test_a_graceful_stop_moves_the_runs_at_once(queues, wire):
     assert dispatch.retire(first.id, reason="stopped")
     assert not dispatch.retire(first.id, reason="stopped")  # once only: a racing process finds it done
     assert wire.get(f"training_runs/{model_id}")["runner"]["id"] == second.id
+
+
+def _replayed(caplog, model_id: str) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"restored run {model_id} ")]
+
+
+def test_takeover_restores_from_the_latest_snapshot_and_replays_only_the_tail(queues, wire, settings, caplog):
+    settings.LORASMITH = dataclasses.replace(settings.LORASMITH, snapshot_every_steps=2)
+    first = runners.register("tiny-llama")
+    model_id = wire.create_model(wire.session(), seed=9).json()["model_id"]
+    handles = []
+    for step in range(7):  # snapshots after steps 2, 4 and 6 (seq 4, 8, 12); the oldest is dropped
+        handles.append(submit_step(wire, model_id, step)[0])
+        queues.pump()
+    snapshots = list(Snapshot.objects.filter(training_run_id=model_id).order_by("seq_id"))
+    assert [(s.seq_id, s.step) for s in snapshots] == [(8, 4), (12, 6)]
+    assert wire.get(f"training_runs/{model_id}")["snapshot_seq_id"] == 12
+
+    second = runners.register("tiny-llama")
+    _overdue(first)
+    caplog.set_level(logging.INFO, logger="training.execution.plan")
+    final = wire.forward_backward(model_id, 15, [datum_json(SEQUENCE)], forward_only=True)
+    queues.pump()
+    assert wire.get(f"training_runs/{model_id}")["runner"]["id"] == second.id
+    # from the snapshot at seq 12, only seq 13 and 14 are replayed, of the run's 14 logged operations
+    [restored] = _replayed(caplog, model_id)
+    assert restored.endswith("from its snapshot at seq 12, replaying 2 operations")
+    assert [loss_of(h) for h in [*handles, final]] == pytest.approx(reference_losses(9, steps=7), rel=1e-5, abs=1e-6)
+
+
+def test_a_stopping_runner_snapshots_its_runs_so_the_next_replays_nothing(queues, wire, caplog):
+    first = runners.register("tiny-llama")
+    model_id = wire.create_model(wire.session(), seed=4).json()["model_id"]
+    handles = []
+    for step in range(3):
+        handles.append(submit_step(wire, model_id, step)[0])
+        queues.pump()
+    assert wire.get(f"training_runs/{model_id}")["snapshot_seq_id"] is None  # 3 steps: none due yet
+    second = runners.register("tiny-llama")
+    snapshot_all([first.id])  # what a runner does on a graceful stop, before it retires
+    retire_all([first.id])
+    assert wire.get(f"training_runs/{model_id}")["snapshot_seq_id"] == 6
+    caplog.set_level(logging.INFO, logger="training.execution.plan")
+    handles.append(final_forward(wire, model_id))
+    queues.pump()
+    assert wire.get(f"training_runs/{model_id}")["runner"]["id"] == second.id
+    [restored] = _replayed(caplog, model_id)
+    assert restored.endswith("from its snapshot at seq 6, replaying 0 operations")
+    assert [loss_of(h) for h in handles] == pytest.approx(reference_losses(4), rel=1e-5, abs=1e-6)

@@ -16,7 +16,7 @@ from gpu_runner.types import EngineOp, OpResult
 from .. import dispatch, runners, test_hooks
 from ..models import Operation, Runner, TrainingRun
 from ..upkeep import housekeeping
-from . import outcomes
+from . import outcomes, snapshots
 from .engines import Resident, record_heartbeat, release_idle_adapters, resident_for
 from .plan import Finished, Plan, plan
 
@@ -67,11 +67,18 @@ def _run(runner: Runner, resident: Resident, ops: list[Operation]) -> None:
         return
     batch: list[EngineOp] = []
     owners: list[Plan | None] = []  # per engine op: the plan whose future it answers (None: a helper)
+    steps: dict[str, int] = {}
+    due: list[tuple[int, snapshots.Due]] = []  # a snapshot right after the step at this batch index
     for item in plans:
         batch.extend(item.helpers)
         owners.extend([None] * len(item.helpers))
         batch.append(item.engine_op)
         owners.append(item)
+        snapshot = snapshots.due_after(item.op, steps)
+        if snapshot is not None:
+            due.append((len(batch) - 1, snapshot))
+            batch.append(snapshot.save)
+            owners.append(None)
     try:
         results = engine.run_cycle(batch)
         test_hooks.fail_after_cycle(
@@ -92,6 +99,12 @@ def _run(runner: Runner, resident: Resident, ops: list[Operation]) -> None:
     for owner, result in zip(owners, results):
         if owner is not None:
             _record(owner, result)
+    for step_index, snapshot in due:
+        if results[step_index].ok and results[step_index + 1].ok:
+            try:
+                snapshots.record(snapshot)
+            except Exception:  # the op log still holds everything: the next takeover replays more
+                log.exception("could not record the snapshot of run %s", snapshot.run.id)
 
 
 def _plan_all(resident: Resident, ops: list[Operation]) -> list[Plan]:

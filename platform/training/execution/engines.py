@@ -48,6 +48,11 @@ def resident_for(runner: Runner) -> Resident:
         return _engines[runner.id]
 
 
+def resident_if_loaded(runner_id: str) -> Resident | None:
+    with _lock:
+        return _engines.get(runner_id)
+
+
 def engine_for(runner: Runner) -> Engine:
     return resident_for(runner).engine
 

@@ -53,7 +53,8 @@ class RecoverOnBoot(dramatiq.Middleware):
         runner_ids = getattr(worker, "lorasmith_runner_ids", None)
         if not runner_ids or getattr(worker, "lorasmith_managed", False):
             return
-        from .worker import retire_all
+        from .worker import retire_all, snapshot_all
 
         worker.lorasmith_stop_reporting.set()
+        snapshot_all(runner_ids)
         retire_all(runner_ids)

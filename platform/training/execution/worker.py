@@ -18,8 +18,8 @@ from django.db import DatabaseError, close_old_connections
 
 from .. import dispatch, runners
 from ..models import Runner
-from . import actors  # noqa: F401 - registers the cycle actor with the broker
-from .engines import record_heartbeat, report_alive
+from . import actors, snapshots  # noqa: F401 - actors registers the cycle actor with the broker
+from .engines import record_heartbeat, report_alive, resident_if_loaded
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,7 @@ class RunnerWorker(dramatiq.Worker):
     def stop(self, timeout: int = 600_000) -> None:
         self._stop_reporting.set()
         super().stop(timeout)  # the cycle in flight finishes and publishes first
+        snapshot_all(self.runner_ids)
         retire_all(self.runner_ids)
 
 
@@ -75,6 +76,19 @@ def beat(runner_id: str) -> None:
     base_model = Runner.objects.filter(pk=runner_id).values_list("base_model", flat=True).first()
     if base_model is not None:
         dispatch.dispatch(base_model)  # retires overdue runners and sends their runs' work on
+
+
+def snapshot_all(runner_ids: list[str]) -> None:
+    """On a graceful stop: snapshot the runs held here, so whoever takes them replays little."""
+    for runner_id in runner_ids:
+        resident = resident_if_loaded(runner_id)
+        if resident is None:
+            continue
+        try:
+            taken = snapshots.take_all(runner_id, resident)
+            log.info("runner %s stopping: %d runs snapshotted", runner_id, taken)
+        except Exception:
+            log.exception("runner %s could not snapshot its runs on stopping", runner_id)
 
 
 def retire_all(runner_ids: list[str]) -> None:

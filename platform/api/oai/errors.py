@@ -29,6 +29,8 @@ PARAM_OF_FIELD = {
     "sampling_params.stop": "stop",
     "sampling_params.seed": "seed",
     "sampling_session_id": "model",
+    "checkpoint_id": "model",
+    "model_path": "model",
     "body": None,
 }
 

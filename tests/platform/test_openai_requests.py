@@ -1,0 +1,173 @@
+"""The OpenAI-compatible endpoint's door, in process (no cycles run): refusals in OpenAI's error
+shape with the status the `openai` client maps to its exceptions, quotas as 429 + Retry-After with
+nothing stored, and the text rules (stop strings cut, end-of-sequence dropped, pieces join to the
+decoded text) checked against the tokenizer's own decode."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+from django.test import Client
+
+from accounts.services import ensure_user, issue_api_key
+from api.oai import request_params, text
+from api.oai.errors import OaiError
+from training import dispatch
+from training.models import Operation
+
+from .wire import InProcess, Wire
+
+BASE = "tiny-llama"
+
+
+@pytest.fixture
+def key(db, monkeypatch) -> str:
+    monkeypatch.setattr(dispatch, "dispatch", lambda base_model: None)
+    return issue_api_key(ensure_user("oai-user"), "test")
+
+
+def _post(path: str, body: dict, key: str | None):
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {key}"} if key else {}
+    return Client().post(f"/oai/api/v1/{path}", json.dumps(body), content_type="application/json", **headers)
+
+
+def _error(response, status: int) -> dict:
+    assert response.status_code == status, response.content
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    return error
+
+
+def test_over_the_quota_a_call_is_429_with_retry_after_and_nothing_stored(key, settings):
+    unlimited = {"max_active_runs": 0, "max_pending_operations": 1, "max_pending_bytes": 0}
+    settings.LORASMITH = dataclasses.replace(settings.LORASMITH, **unlimited)
+    wire = Wire(InProcess(key))
+    assert wire.create_model(wire.session()).status_code == 200  # one operation pending: the quota is full
+    before = Operation.objects.count()
+    response = _post("completions", {"model": BASE, "prompt": "The cat", "max_tokens": 2}, key)
+    error = _error(response, 429)
+    assert error["type"] == "rate_limit_error" and "1 operations pending" in error["message"]
+    assert int(response["Retry-After"]) >= 1
+    assert Operation.objects.count() == before
+
+
+def test_refusals_have_openais_shape_and_name_the_parameter(key):
+    no_key = _error(_post("completions", {"model": BASE, "prompt": "x"}, None), 401)
+    assert no_key["code"] == "invalid_api_key"
+    assert _error(_post("completions", {"model": BASE, "prompt": "x"}, "tml-wrong"), 401)["code"] == "invalid_api_key"
+
+    unknown_model = _error(_post("completions", {"model": "gpt-4o", "prompt": "x"}, key), 404)
+    assert unknown_model["param"] == "model" and unknown_model["code"] == "model_not_found"
+    missing = _error(_post("completions", {"model": "tinker://run-x/sampler_weights/s", "prompt": "x"}, key), 404)
+    assert missing["param"] == "model"
+    state = _error(
+        _post(
+            "chat/completions",
+            {"model": "tinker://run-x/weights/s", "messages": [{"role": "user", "content": "x"}]},
+            key,
+        ),
+        400,
+    )
+    assert state["param"] == "model" and "tinker://run-x/sampler_weights/" in state["message"]
+
+    body = {"model": BASE, "prompt": "x", "max_tokens": 2}
+    assert _error(_post("completions", {**body, "suffix": "!"}, key), 400)["param"] == "suffix"
+    assert _error(_post("completions", {**body, "n": 0}, key), 400)["param"] == "n"
+    too_long = _error(_post("completions", {**body, "max_tokens": 10**6}, key), 400)
+    assert too_long["param"] == "max_tokens" and "context" in too_long["message"]
+    vocab = _error(_post("completions", {**body, "prompt": [10**7]}, key), 400)
+    assert vocab["param"] == "prompt"
+    chat = _error(_post("chat/completions", {"model": BASE, "messages": [{"role": "tool", "content": "x"}]}, key), 400)
+    assert chat["param"] == "messages[0].role"
+    assert not Operation.objects.filter(kind="sample").exists()
+
+    assert _error(Client().get("/oai/api/v1/completions"), 405)["type"] == "invalid_request_error"
+    assert _error(Client().post("/oai/api/v1/embeddings"), 404)["code"] == "unknown_url"
+
+
+def test_an_accepted_call_is_a_sample_request_of_the_callers_api_session(key):
+    """(The view then waits for the cycle; here none runs, so only the submission is checked.)"""
+    from training.intake import served_models
+
+    user = ensure_user("oai-user")
+    served = served_models.resolve(user, BASE)
+    sampler = served_models.sampler_for(user, served)
+    assert served_models.sampler_for(user, served).id == sampler.id  # one sampler per model, reused
+    op = served_models.submit(user, sampler, [3, 320, 265], 2, {"max_tokens": 4, "temperature": 0.0, "seed": 3})
+    assert op.kind == "sample" and op.status == Operation.Status.QUEUED
+    assert op.payload["num_samples"] == 2 and op.payload["sampling_params"]["seed"] == 3
+    assert sampler.session.display_name == served_models.API_SESSION_NAME and sampler.source_run is None
+
+
+@pytest.mark.parametrize(
+    ("body", "param"),
+    [
+        ({"top_logprobs": 2, "logprobs": True}, "top_logprobs"),
+        ({"stream_options": {"include_usage": True}}, "stream_options"),
+        ({"temperature": 3}, "temperature"),
+        ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]}, "messages[0].content"),
+        ({"messages": [{"role": "user", "content": "x", "tool_calls": []}]}, "messages[0]"),
+        ({"frequency_penalty": 1.0}, "frequency_penalty"),
+    ],
+)
+def test_chat_parameters_outside_what_is_served_are_refused_by_name(body, param):
+    with pytest.raises(OaiError) as refused:
+        request_params.parse({"model": BASE, "messages": [{"role": "user", "content": "hi"}], **body}, chat=True)
+    assert refused.value.status == 400 and refused.value.param == param
+
+
+def test_parameters_at_their_off_value_and_nulls_pass():
+    call = request_params.parse(
+        {"model": BASE, "prompt": [1, 2], "presence_penalty": 0, "echo": False, "seed": None, "logprobs": 0},
+        chat=False,
+    )
+    assert call.prompt == [1, 2] and call.seed is None and call.logprobs
+    with pytest.raises(OaiError) as refused:
+        request_params.parse({"model": BASE, "prompt": "x", "logprobs": 2}, chat=False)
+    assert refused.value.param == "logprobs"
+    with pytest.raises(OaiError) as refused:
+        request_params.parse({"model": BASE, "prompt": ["a", "b"]}, chat=False)
+    assert refused.value.param == "prompt"
+
+
+@pytest.fixture
+def words(db):
+    return text.tokenizer(BASE)
+
+
+def test_visible_text_cuts_at_the_stop_string_and_drops_the_end_token(words):
+    tokens = words.encode(" the cat sat on the mat", add_special_tokens=False)
+    decoded = words.decode(tokens)
+    sequence = {"tokens": tokens + [words.eos_token_id], "logprobs": [-0.5] * (len(tokens) + 1), "stop_reason": "stop"}
+    whole = text.visible(words, sequence, [])
+    assert whole.text == decoded and whole.tokens == tokens and whole.finish_reason == "stop"
+    assert len(whole.pieces) == len(whole.logprobs) == len(tokens)
+
+    cut = text.visible(words, {**sequence, "stop_reason": "length"}, [" on"])
+    assert cut.text == decoded[: decoded.index(" on")] and cut.finish_reason == "stop"
+    assert "".join(cut.pieces) == cut.text and len(cut.logprobs) == len(cut.pieces)
+
+    ran_out = text.visible(words, {"tokens": tokens, "logprobs": [-1.0] * len(tokens), "stop_reason": "length"}, [])
+    assert ran_out.finish_reason == "length" and ran_out.text == decoded
+
+
+def test_pieces_join_to_the_decoded_text_across_split_characters(words):
+    tokens = words.encode("naïve café ☃ über", add_special_tokens=False)
+    pieces = text.text_pieces(words, tokens)
+    assert len(pieces) == len(tokens) and "".join(pieces) == words.decode(tokens)
+
+
+def test_chat_without_a_template_falls_back_to_role_colon(words, monkeypatch):
+    messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
+    with_template, stops = text.render_chat(words, messages)
+    assert words.decode(with_template) == words.apply_chat_template(
+        messages, add_generation_prompt=True, tokenize=False
+    )
+    assert stops == []
+    monkeypatch.setattr(words, "chat_template", None)
+    plain, stops = text.render_chat(words, messages)
+    assert words.decode(plain, skip_special_tokens=True) == "System: Be brief.\nUser: Hi\nAssistant:"
+    assert stops == ["\nUser:"]

@@ -128,13 +128,14 @@ class Lane:
         return item.op_id
 
 
-def fill(lanes: Iterable[Lane], limit: int = CYCLE_LIMIT) -> tuple[list[str], dict[str, int]]:
+def fill(lanes: Iterable[Lane], limit: int | None = None) -> tuple[list[str], dict[str, int]]:
     """The operations of one cycle, and each run's new dispatch position.
 
     Tenants take turns (oldest waiting first), one operation per turn, and within a tenant its
     lanes take turns; so a stream of samples or one tenant's many runs cannot starve anyone. An
     operation that was in flight when a runner died goes in a cycle of its own, so an operation
     that kills runners takes no other tenant's work down with it a second time."""
+    limit = limit or CYCLE_LIMIT
     lanes = [lane for lane in lanes if lane.head() is not None]
     for lane in lanes:
         head = lane.head()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import shutil
 import tarfile
 import threading
 from datetime import UTC, datetime, timedelta
@@ -33,6 +34,13 @@ PASSWORD = "a-long-enough-password-1"
 SEQUENCES = [[3, 320, 265, 203, 44, 538, 83], [3, 17, 99, 41, 7]]
 STEPS = 4
 FORWARD_ONLY = [[3, 5, 6, 7, 8, 9]]
+
+
+# what sticks out past a 390 px screen, for the failure message
+WIDER_THAN_THE_SCREEN = """[...document.querySelectorAll("body *")]
+    .filter((e) => e.getBoundingClientRect().right > 391)
+    .slice(0, 5)
+    .map((e) => `${e.tagName}.${e.className} ${Math.round(e.getBoundingClientRect().right)}`)"""
 
 
 def _missing() -> str | None:
@@ -145,8 +153,9 @@ def test_a_users_journey_through_the_dashboard(site, tmp_path):
     assert secret.startswith("tml-")
     assert f'base_url="{server.base_url}"' in page.locator("#new-key-snippet").inner_text()
     carol.shot("key-created")
-    carol.go("/keys/")
+    page.reload()  # POST-redirect-GET: a reload shows the list, never makes a second key
     assert secret not in page.content() and f"{secret[:12]}…" in page.locator("table").inner_text()
+    assert page.locator("table tbody tr").count() == 1
     carol.shot("keys")
 
     # train through the SDK in the background while the run page is open
@@ -166,6 +175,7 @@ def test_a_users_journey_through_the_dashboard(site, tmp_path):
                     assert first_step_seen.wait(60), "the page never showed the first point"
             training.forward([_datum(s) for s in FORWARD_ONLY]).result()
             training.save_weights_for_sampler("s1").result()
+            training.save_state("state1").result()
         except BaseException as error:  # noqa: BLE001 - reported by the main thread
             errors.append(error)
         finally:
@@ -182,6 +192,12 @@ def test_a_users_journey_through_the_dashboard(site, tmp_path):
     assert _points(page, "loss:sum") == STEPS
     assert page.locator("#run-steps").inner_text() == str(STEPS)  # the facts follow too
     page.locator("#run-status", has_text="idle").wait_for()
+    # the operations and checkpoints tables followed too, without a reload
+    page.locator("#run-checkpoints tr", has_text="sampler_weights/s1").wait_for(timeout=30_000)
+    page.locator("#run-checkpoints tr", has_text="weights/state1").wait_for(timeout=30_000)
+    assert page.locator('#run-operations tr[data-kind="optim_step"][data-status="done"]').count() == STEPS
+    assert page.locator('#run-operations tr[data-kind="save_weights_for_sampler"]').count() == 1
+    assert page.evaluate("window.loadedOnce") is True
     carol.shot("run-live")
     carol.go("/runs/")
     assert page.get_by_role("link", name=training.model_id).is_visible()
@@ -225,6 +241,16 @@ def test_a_users_journey_through_the_dashboard(site, tmp_path):
     assert float(tokens.first.get_attribute("data-logprob")) <= 0
     carol.shot("playground")
 
+    # a training checkpoint offers no playground, and its playground URL shows the intake's refusal
+    assert page.locator("tr", has_text="weights/state1").get_by_role("link", name=re.compile("Playground")).count() == 0
+    carol.go(f"/runs/{training.model_id}/checkpoints/weights/state1/playground/")
+    page.get_by_label("Prompt").fill("Once upon a time")
+    page.get_by_role("button", name="Sample").click()
+    refusal = page.locator("form .errors, .errorlist, .error").first
+    refusal.wait_for()
+    assert "sampler_weights" in page.locator("main").inner_text() and "model_path" in page.locator("main").inner_text()
+    carol.shot("playground-training-refused")
+
     # usage equals what was sent: model_input tokens of each step, the forward pass, the sampled tokens
     carol.go("/usage/")
     trained = STEPS * sum(len(s) - 1 for s in SEQUENCES)
@@ -242,6 +268,48 @@ def test_a_users_journey_through_the_dashboard(site, tmp_path):
     assert page.locator("#runners").is_visible()
     carol.shot("overview")
 
+    # compare this run with a second one: ticked in the runs list, two lines per shared metric
+    second = service.create_lora_training_client("tiny-llama", rank=4, seed=5)
+    for _ in range(2):
+        second.forward_backward([_datum(s) for s in SEQUENCES]).result()
+        second.optim_step(AdamParams(learning_rate=1e-2)).result()
+    carol.go("/runs/")
+    page.get_by_label(f"Compare {training.model_id}").check()
+    page.get_by_label(f"Compare {second.model_id}").check()
+    page.get_by_role("button", name="Compare selected").click()
+    page.wait_for_url("**/runs/compare/?run=*")
+    lines = page.locator('figure[data-metric="loss:per_token"] path.line')
+    lines.first.wait_for()
+    assert lines.count() == 2 and page.locator("#compare-legend li").count() == 2
+    assert {lines.nth(i).get_attribute("stroke") for i in range(2)} == {"#0072b2", "#d55e00"}  # one colour each
+    page.locator('figure[data-metric="loss:per_token"] svg').hover()
+    assert page.locator('figure[data-metric="loss:per_token"] .chart-hover').inner_text().count(":") >= 2
+    page.get_by_label("Log scale").check()
+    carol.shot("compare")
+
+    # a phone: no page scrolls sideways at 390 x 844 (tables scroll inside their box)
+    page.set_viewport_size({"width": 390, "height": 844})
+    checkpoint = f"/runs/{training.model_id}/checkpoints/sampler_weights/s1"
+    for name, url in [
+        ("runs", "/runs/"),
+        ("run", f"/runs/{training.model_id}/"),
+        ("compare", f"/runs/compare/?run={training.model_id}&run={second.model_id}"),
+        ("checkpoints", "/checkpoints/"),
+        ("playground", f"{checkpoint}/playground/"),
+        ("usage", "/usage/"),
+        ("overview", "/overview/"),
+        ("keys", "/keys/"),
+        ("password", "/accounts/password/"),
+        ("logout", "/accounts/logout/"),
+        ("not-found", "/no/such/page/"),
+    ]:
+        carol.go(url)
+        page.wait_for_load_state("networkidle")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        carol.shot(f"phone-{name}")
+        assert width <= 390, (name, width, page.evaluate(WIDER_THAN_THE_SCREEN))
+    page.set_viewport_size({"width": 1100, "height": 900})
+
     # revoke the key: the SDK is refused from then on
     carol.go("/keys/")
     page.get_by_role("link", name=re.compile(r"Revoke")).click()
@@ -254,7 +322,17 @@ def test_a_users_journey_through_the_dashboard(site, tmp_path):
         training.forward_backward([_datum(SEQUENCES[0])]).result()
     service.close()
     carol.context.close()
-    assert len(list(tmp_path.glob("carol-*.png"))) >= 15
+    assert len(list(tmp_path.glob("carol-*.png"))) >= 28
+    _keep_screenshots(tmp_path)
+
+
+def _keep_screenshots(shots: Path) -> None:
+    """LORASMITH_SCREENSHOTS=dir copies the screenshots there, to be looked at."""
+    target = os.environ.get("LORASMITH_SCREENSHOTS")
+    if target:
+        Path(target).mkdir(parents=True, exist_ok=True)
+        for shot in shots.glob("*.png"):
+            shutil.copy(shot, Path(target) / shot.name)
 
 
 def _assert_loads_in_peft(data_dir: Path, adapter: Path) -> None:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from asgiref.sync import sync_to_async
 from django.core.exceptions import RequestDataTooBig
-from django.db import connection
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -28,7 +27,7 @@ from training.models import Operation
 from . import errors, request_params, shapes, text
 from .errors import OaiError
 from .request_params import SampleCall
-from .waiting import OperationWatch
+from .waiting import OperationWatch, release_connection
 
 COMPLETIONS_DEFAULT_MAX_TOKENS = 16  # OpenAI's default for /completions; chat fills the context
 RESULT_DEADLINE_SECONDS = 600.0  # the openai client's own default timeout
@@ -99,7 +98,7 @@ def _submit(request: HttpRequest, chat: bool) -> Submitted:
     except ApiError as error:
         raise errors.from_api_error(error, "messages" if chat else "prompt") from None
     finally:
-        connection.close()
+        release_connection()
     prefix = "chatcmpl" if chat else "cmpl"
     meta = {"id": f"{prefix}-{op.id}", "created": int(time.time()), "model": call.model, "system_fingerprint": None}
     return Submitted(user, op.id, call, chat, served.base_model, len(prompt), call.stop + stops, meta)
@@ -109,7 +108,7 @@ def _cancel(submitted: Submitted) -> None:
     try:
         sampling_requests.cancel_future(submitted.user, submitted.op_id)
     finally:
-        connection.close()
+        release_connection()
 
 
 def _outcome_error(op: Operation) -> OaiError | None:
@@ -252,7 +251,7 @@ def _model_list(request: HttpRequest) -> dict:
             data.append({**entry, "name": checkpoint.name, "public": checkpoint.public})
         return {"object": "list", "data": data}
     finally:
-        connection.close()
+        release_connection()
 
 
 @csrf_exempt

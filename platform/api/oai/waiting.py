@@ -18,11 +18,18 @@ RECHECK_SECONDS = 2.0
 FINISHED = (Operation.Status.DONE, Operation.Status.FAILED, Operation.Status.CANCELLED, Operation.Status.REJECTED)
 
 
+def release_connection() -> None:
+    """Hand this thread's database connection back (to the pool on PostgreSQL): a call may wait
+    minutes for its cycle, and holding a connection all that time would starve other requests."""
+    if not connection.in_atomic_block:
+        connection.close()
+
+
 def _read(op_id: str) -> Operation:
     try:
         return Operation.objects.get(pk=op_id)
     finally:
-        connection.close()  # back to the pool (or closed): nothing held while this request waits
+        release_connection()
 
 
 read_operation = sync_to_async(_read)

@@ -1,6 +1,7 @@
-"""`retrieve_future`: an async long-poll, so a waiting client holds no worker thread. A finished
-forward/forward_backward or sample result is answered as protobuf when the client's Accept asks for
-it (Tinker's SDK does, and reads those two only as protobuf), as JSON otherwise."""
+"""`retrieve_future`: an async long-poll, so a waiting client holds no worker thread and, between its
+polls, no database connection. A finished forward/forward_backward or sample result is answered as
+protobuf when the client's Accept asks for it (Tinker's SDK does, and reads those two only as
+protobuf), as JSON otherwise."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import time
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -36,8 +38,26 @@ def _lookup(key: str | None, request) -> tuple[object, str]:
     return user, request_id
 
 
+def _lookup_and_release(key: str | None, request) -> tuple[object, str]:
+    try:
+        return _lookup(key, request)
+    finally:
+        _release_connection()
+
+
 def _state(user, request_id: str):
-    return serializers.future_state(access.operation_of(user, request_id))
+    try:
+        return serializers.future_state(access.operation_of(user, request_id))
+    finally:
+        _release_connection()
+
+
+def _release_connection() -> None:
+    """Hand this thread's database connection back (to the pool on PostgreSQL) between polls: a
+    long-poll waits for up to LORASMITH_LONG_POLL_SECONDS, and holding a connection all that time
+    would let a few pending polls take every connection from everyone else's requests."""
+    if not connection.in_atomic_block:
+        connection.close()
 
 
 @csrf_exempt
@@ -48,7 +68,7 @@ async def retrieve_future(request):
         return not_allowed
     test_hooks.count("retrieve_future")  # proves futures resolved over the WebSocket, not by polling
     try:
-        user, request_id = await sync_to_async(_lookup)(request.headers.get("X-API-Key"), request)
+        user, request_id = await sync_to_async(_lookup_and_release)(request.headers.get("X-API-Key"), request)
     except ApiError as error:
         if error.field == "X-API-Key":
             return JsonResponse(error_body(error.message, error.field), status=401)

@@ -10,10 +10,13 @@ nesting deeper than MAX_DEPTH.
 
 from __future__ import annotations
 
+import io
+import itertools
 import json
 import math
 import re
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, BinaryIO
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
@@ -24,6 +27,9 @@ from training.errors import BadRequest, TooLarge
 MAX_DEPTH = 32  # the deepest real body (forward_backward: data[i].loss_fn_inputs.x.data) is 5 deep
 INT64 = (-(2**63), 2**63 - 1)
 CLAIM_PATTERNS = (("model_id", r'"model_id"\s*:\s*"([^"\\]+)"'), ("seq_id", r'"seq_id"\s*:\s*(\d{1,19})\b'))
+CLAIM_CHUNK_BYTES = 1 << 20
+CLAIM_OVERLAP_BYTES = 512  # longer than any claim key with its value
+CLAIM_SCAN_LIMIT = 4 << 30  # an oversized body is searched this far for its claim, then given up
 
 
 def read_body(request: HttpRequest) -> bytes:
@@ -58,15 +64,33 @@ def parse_object(raw: bytes | str, field: str = "body") -> dict:
     return value
 
 
-def claimed_sequence(raw: bytes) -> tuple[str, int] | None:
+def body_stream(request: Any) -> BinaryIO:
+    """The body as a stream from its start, also a body too large for `request.body` (Django
+    refuses that one before reading it; the server has buffered it all the same), so a refusal
+    can still read the seq_id it claims, a chunk at a time."""
+    django_request = getattr(request, "_request", request)  # DRF's Request wraps Django's
+    if hasattr(django_request, "_body"):
+        return io.BytesIO(django_request._body)
+    stream = django_request._stream
+    if stream.seekable():
+        stream.seek(0)
+    return stream
+
+
+def claimed_sequence(stream: BinaryIO) -> tuple[str, int] | None:
     """The (model_id, seq_id) that a refused training body claims, read leniently (Python's own
-    parser takes NaN and any integer; a body even that cannot read is searched for the two keys),
-    so the refusal can still use up that seq_id. None when the body names no valid pair."""
-    text = raw.decode("utf-8", errors="replace")
-    try:
-        body = json.loads(text)
-    except (ValueError, RecursionError):
-        body = {key: match.group(1) for key, match in ((k, re.search(p, text)) for k, p in CLAIM_PATTERNS) if match}
+    parser takes NaN and any integer; a body even that cannot read is searched for the two keys,
+    and one over the body limit is searched a chunk at a time, never held whole), so the refusal
+    can still use up that seq_id. None when the body names no valid pair."""
+    raw = stream.read(settings.LORASMITH.max_body_bytes + 1)
+    if len(raw) <= settings.LORASMITH.max_body_bytes:
+        text = raw.decode("utf-8", errors="replace")
+        try:
+            body = json.loads(text)
+        except (ValueError, RecursionError):
+            body = _search_claims([raw])
+    else:
+        body = _search_claims(itertools.chain([raw], iter(lambda: stream.read(CLAIM_CHUNK_BYTES), b"")))
     if not isinstance(body, dict):
         return None
     model_id, seq_id = body.get("model_id"), body.get("seq_id")
@@ -75,6 +99,25 @@ def claimed_sequence(raw: bytes) -> tuple[str, int] | None:
     if not isinstance(model_id, str) or isinstance(seq_id, bool) or not isinstance(seq_id, int):
         return None
     return (model_id, seq_id) if 1 <= seq_id <= INT64[1] else None
+
+
+def _search_claims(chunks: Iterable[bytes]) -> dict:
+    """The first value of each claim key in a stream of body chunks (a key split across two chunks
+    is found too: each search overlaps the previous chunk's tail), stopping once both are found or
+    after CLAIM_SCAN_LIMIT bytes."""
+    found: dict[str, str] = {}
+    tail, scanned = b"", 0
+    for chunk in chunks:
+        text = (tail + chunk).decode("utf-8", errors="replace")
+        for key, pattern in CLAIM_PATTERNS:
+            match = re.search(pattern, text) if key not in found else None
+            if match:
+                found[key] = match.group(1)
+        scanned += len(chunk)
+        if len(found) == len(CLAIM_PATTERNS) or scanned > CLAIM_SCAN_LIMIT:
+            break
+        tail = chunk[-CLAIM_OVERLAP_BYTES:]
+    return found
 
 
 class _NonFinite:

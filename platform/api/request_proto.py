@@ -14,7 +14,7 @@ become lists of ints.
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import zstandard
@@ -23,18 +23,21 @@ from google.protobuf.message import DecodeError
 
 from training import wire
 from training.errors import BadRequest, TooLarge
+from training.intake import request_bounds
 
 from . import request_json
 from .tinker_proto import ForwardBackwardRequest
 
 # proto dtype number -> (TensorData dtype name, little-endian numpy dtype); names other than
 # float32/int64 pass through, for intake to refuse with the message a JSON body gets
+CLAIM_FIELD_BYTES = 4096  # a model_id is far shorter
 DTYPES = {1: ("float32", "<f4"), 2: ("int64", "<i8"), 3: ("int32", "<i4"), 4: ("bfloat16", "<u2")}
 
 
 def forward_backward_body(raw: bytes, content_encoding: str = "") -> dict:
     """The JSON-shaped body of a protobuf `ForwardBackwardRequest`, checked like a JSON one."""
     message = _parse(raw, content_encoding)
+    request_bounds.check_training(*_cost(message))  # before any tensor is densified or listed
     body: dict[str, Any] = {
         "data": [_datum(d, f"data[{i}]") for i, d in enumerate(message.data)],
         "loss_fn_config": dict(message.loss_fn_config),
@@ -53,13 +56,90 @@ def forward_backward_body(raw: bytes, content_encoding: str = "") -> dict:
     return body
 
 
-def claimed_sequence(raw: bytes, content_encoding: str = "") -> tuple[str, int] | None:
-    """The (model_id, seq_id) of a refused protobuf body, when it parses far enough to name them."""
-    try:
-        message = _parse(raw, content_encoding)
-    except BadRequest:
+def claimed_sequence(stream: BinaryIO, content_encoding: str = "") -> tuple[str, int] | None:
+    """The (model_id, seq_id) of a refused protobuf body, when it reads far enough to name them.
+    Only the message's top-level fields are walked, a chunk at a time (the tensors in between are
+    skipped unread), so a body over the limit, or a zstd body that decompresses past it, still
+    names the seq_id it uses up."""
+    encoding = content_encoding.strip().lower()
+    if encoding == "zstd":
+        stream = zstandard.ZstdDecompressor().stream_reader(stream)
+    elif encoding not in ("", "identity"):
         return None
-    return (message.model_id, message.seq_id) if message.model_id and message.seq_id >= 1 else None
+    try:
+        fields = _top_level_fields(stream, wanted={1: "model_id", 2: "seq_id"})
+    except (zstandard.ZstdError, UnicodeDecodeError, EOFError):
+        return None
+    model_id, seq_id = fields.get("model_id"), fields.get("seq_id")
+    if isinstance(model_id, bytes) and isinstance(seq_id, int) and 1 <= seq_id < 2**31:
+        return model_id.decode("utf-8"), seq_id
+    return None
+
+
+def _top_level_fields(stream: BinaryIO, wanted: dict[int, str]) -> dict[str, int | bytes]:
+    """The first value of each wanted top-level field (varints as ints, length-delimited ones up to
+    CLAIM_FIELD_BYTES as bytes), read in protobuf's wire format without decoding anything else."""
+    found: dict[str, int | bytes] = {}
+    scanned = 0
+    while len(found) < len(wanted) and scanned <= request_json.CLAIM_SCAN_LIMIT:
+        tag = _tag(stream)
+        if tag is None:
+            break
+        name, wire_type = wanted.get(tag >> 3), tag & 7
+        if wire_type == 0:
+            value = _varint(stream)
+            if name is not None:
+                found.setdefault(name, value)
+        elif wire_type == 2:
+            length = _varint(stream)
+            if name is not None and length <= CLAIM_FIELD_BYTES:
+                found.setdefault(name, _read_exactly(stream, length))
+            else:
+                _skip(stream, length)
+            scanned += length
+        elif wire_type in (1, 5):
+            _skip(stream, 8 if wire_type == 1 else 4)
+        else:
+            break  # groups or garbage: no claim past here
+    return found
+
+
+def _tag(stream: BinaryIO) -> int | None:
+    """The next field's tag, or None at the clean end of the message."""
+    first = stream.read(1)
+    if not first:
+        return None
+    return _varint(stream, first)
+
+
+def _varint(stream: BinaryIO, first: bytes = b"") -> int:
+    value = shift = 0
+    while True:
+        byte = first or stream.read(1)
+        first = b""
+        if not byte:
+            raise EOFError("truncated varint")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+        shift += 7
+        if shift > 63:
+            raise EOFError("varint too long")
+
+
+def _read_exactly(stream: BinaryIO, length: int) -> bytes:
+    data = stream.read(length)
+    if len(data) != length:
+        raise EOFError("truncated field")
+    return data
+
+
+def _skip(stream: BinaryIO, length: int) -> None:
+    while length > 0:
+        chunk = stream.read(min(length, request_json.CLAIM_CHUNK_BYTES))
+        if not chunk:
+            raise EOFError("truncated field")
+        length -= len(chunk)
 
 
 def _parse(raw: bytes, content_encoding: str) -> Any:
@@ -85,6 +165,23 @@ def _decompress(raw: bytes) -> bytes:
     if len(data) > limit:
         raise TooLarge(f"request body exceeds {limit} bytes once decompressed", field="body")
     return data
+
+
+def _cost(message: Any) -> tuple[int, int]:
+    """(decoded bytes, tokens) the message declares: token bytes, dense tensors' bytes, sparse
+    tensors' dense shape at their dtype's size; read from lengths and shapes, nothing decoded."""
+    decoded = tokens = 0
+    for datum in message.data:
+        for chunk in datum.model_input:
+            if chunk.WhichOneof("chunk") == "encoded_text":
+                tokens += len(chunk.encoded_text.tokens) // request_bounds.TOKEN_BYTES
+        for tensor in datum.loss_fn_inputs.values():
+            itemsize = np.dtype(DTYPES.get(tensor.dtype, (None, "<i8"))[1]).itemsize
+            if tensor.WhichOneof("encoding") == "sparse_csr":
+                decoded += request_bounds.dense_bytes(list(tensor.shape), itemsize)
+            else:
+                decoded += len(tensor.dense)
+    return decoded + tokens * request_bounds.TOKEN_BYTES, tokens
 
 
 def _datum(datum: Any, where: str) -> dict:

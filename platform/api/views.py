@@ -9,13 +9,12 @@ import os
 from pathlib import Path
 
 from django.conf import settings
-from django.core.exceptions import RequestDataTooBig
 from rest_framework.decorators import api_view, permission_classes
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
 from training import access, base_models, run_metrics, storage, wire
-from training.errors import ApiError, BadRequest, UnsupportedMediaType
+from training.errors import BadRequest, UnsupportedMediaType
 from training.intake import sampling_requests, sessions, training_requests
 from training.models import Checkpoint, Session, TrainingRun
 from training.upkeep import retention
@@ -46,13 +45,10 @@ def _training_body(request, kind: str) -> dict:
 
 
 def _claimed_sequence(request, kind: str) -> tuple[str, int] | None:
-    try:
-        raw = request.body
-    except RequestDataTooBig:
-        return None
+    stream = request_json.body_stream(request)
     if kind == "forward_backward" and is_protobuf(request):
-        return request_proto.claimed_sequence(raw, request.headers.get("Content-Encoding", ""))
-    return request_json.claimed_sequence(raw)
+        return request_proto.claimed_sequence(stream, request.headers.get("Content-Encoding", ""))
+    return request_json.claimed_sequence(stream)
 
 
 # ---- service / session ------------------------------------------------------------------------
@@ -169,14 +165,12 @@ def _training_view(kind: str, request_schema, summary: str, forced: dict | None 
     @schema.accepts(request_schema, summary=summary)
     @api_view(["POST"])
     def view(request):
-        try:
-            body = {**_training_body(request, kind), **(forced or {})}
-        except ApiError as refusal:  # refused before it could be read: its seq_id is used up all the same
-            claim = _claimed_sequence(request, kind)
-            if claim is not None:
-                training_requests.refuse_unreadable(request.user, kind, *claim, refusal)
-            raise
-        op = training_requests.submit_training(request.user, kind, body)
+        op = training_requests.submit_at_door(
+            request.user,
+            kind,
+            read=lambda: {**_training_body(request, kind), **(forced or {})},
+            claim=lambda: _claimed_sequence(request, kind),
+        )
         return Response(serializers.future_handle(op))
 
     view.cls.__name__ = f"{kind.title().replace('_', '')}View"

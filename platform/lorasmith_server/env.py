@@ -61,6 +61,13 @@ class ServiceSettings:
     signed_url_seconds: int
     session_timeout_seconds: int  # no heartbeat this long: the session is finished, queued samples cancelled
     max_body_bytes: int
+    # what one request may ask for (0 = unlimited): training tokens summed over its datums, and a
+    # sample's num_samples x (prompt + max_tokens); beyond, 413 naming the field
+    max_request_tokens: int
+    max_sample_tokens: int
+    # an open WebSocket re-checks its API key this often (a revocation from a process that does not
+    # share the channel layer closes it within this time)
+    ws_key_check_seconds: float
     # ephemeral sampler snapshots (save_weights_and_get_sampling_client) kept per training run;
     # older ones are deleted (sampling them answers 410); all go when their session finishes
     ephemeral_samplers_kept: int

@@ -188,6 +188,9 @@ LORASMITH = ServiceSettings(
     signed_url_seconds=env_int("LORASMITH_SIGNED_URL_SECONDS", 3600),
     session_timeout_seconds=env_int("LORASMITH_SESSION_TIMEOUT_SECONDS", 600),
     max_body_bytes=env_int("LORASMITH_MAX_BODY_BYTES", 64 * 1024 * 1024),
+    max_request_tokens=env_int("LORASMITH_MAX_REQUEST_TOKENS", 131072),
+    max_sample_tokens=env_int("LORASMITH_MAX_SAMPLE_TOKENS", 32768),
+    ws_key_check_seconds=env_float("LORASMITH_WS_KEY_CHECK_SECONDS", 5.0),
     ephemeral_samplers_kept=env_int("LORASMITH_EPHEMERAL_SAMPLERS_KEPT", 8),
     adapter_memory_bytes=env_optional_int("LORASMITH_ADAPTER_MEMORY_BYTES"),
     max_active_runs=env_int("LORASMITH_MAX_ACTIVE_RUNS", 64),
@@ -200,6 +203,11 @@ LORASMITH = ServiceSettings(
     snapshot_every_steps=env_int("LORASMITH_SNAPSHOT_EVERY_STEPS", 20),
 )
 DATA_UPLOAD_MAX_MEMORY_SIZE = LORASMITH.max_body_bytes
+# The ASGI server's connection guards (lorasmith_server/connection_guard.py): a request's headers and
+# body must arrive within this many seconds of its first byte; at most this many connections at once
+# from one client address (0: no cap; behind a reverse proxy, which shares one address, let it limit)
+LORASMITH_REQUEST_DEADLINE_SECONDS = env_float("LORASMITH_REQUEST_DEADLINE_SECONDS", 60.0)
+LORASMITH_MAX_CONNECTIONS_PER_ADDRESS = env_int("LORASMITH_MAX_CONNECTIONS_PER_ADDRESS", 256)
 
 # The dashboard's assets (frontend/) and the admin's, served by the platform itself: asgi.py wraps
 # Django in the staticfiles handler, so `manage.py serve` (daphne) needs no collectstatic or proxy.

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
+import shutil
 import tarfile
 import time
 import uuid
@@ -19,13 +20,57 @@ from .base_models import info, served_models
 SALT = "lorasmith.files"
 
 
-def checkpoint_directory(owner_id: int, run_id: str, kind: str, name: str) -> Path:
+VERSION_PREFIX = "v-"  # a checkpoint name starts with a letter or digit, so never with this
+ARCHIVE_SUFFIX = ".archive"
+
+
+def _run_root(owner_id: int, run_id: str) -> Path:
     safe_run = re.sub(r"[^A-Za-z0-9._-]", "_", run_id)
-    return settings.DATA_DIR / "checkpoints" / str(owner_id) / safe_run / kind / name
+    return settings.DATA_DIR / "checkpoints" / str(owner_id) / safe_run
+
+
+def checkpoint_directory(owner_id: int, run_id: str, kind: str, name: str) -> Path:
+    """A fresh directory for one save of checkpoint `name`: `<kind>/<name>/v-<random>/`.
+
+    Every save, a new name or an overwrite, writes a version of its own, and the Checkpoint row
+    switches to it (one database update) only once the save has finished; the version it replaced
+    goes afterwards (`drop_replaced`). So a save killed midway leaves the old version listed and
+    whole, never a mixture of two steps' files; and a checkpoint's files and archive live inside its
+    own `<name>/` folder, where no other name's (`X.tar` next to `X`) can reach."""
+    return _run_root(owner_id, run_id) / kind / name / f"{VERSION_PREFIX}{uuid.uuid4().hex}"
 
 
 def ephemeral_sampler_directory(owner_id: int, run_id: str, seq_id: int) -> Path:
-    return checkpoint_directory(owner_id, run_id, "ephemeral", f"seq-{seq_id}")
+    """Written once per seq (never overwritten), so it needs no versions."""
+    return _run_root(owner_id, run_id) / "ephemeral" / f"seq-{seq_id}"
+
+
+def is_version(directory: Path) -> bool:
+    return Path(directory).name.startswith(VERSION_PREFIX)
+
+
+def drop_replaced(old: Path | str, new: Path | str) -> None:
+    """After a checkpoint's row moved from version `old` to `new`: the old version's files and
+    archive go (a checkpoint saved before versions existed is overwritten in place: only its
+    stale archive goes)."""
+    old, new = Path(old), Path(new)
+    if old == new or not is_version(old):
+        discard_archive(new)
+        return
+    shutil.rmtree(old, ignore_errors=True)
+    discard_archive(old)
+
+
+def remove_checkpoint_files(directory: Path | str) -> None:
+    """A deleted checkpoint's files: every version of its name (also one a killed save left
+    behind) with their archives; for a checkpoint saved before versions existed, its directory and
+    archive."""
+    directory = Path(directory)
+    if is_version(directory):
+        shutil.rmtree(directory.parent, ignore_errors=True)
+    else:
+        shutil.rmtree(directory, ignore_errors=True)
+        discard_archive(directory)
 
 
 TOKENIZER_FILE_PREFIXES = ("tokenizer", "special_tokens", "chat_template", "vocab", "merges")
@@ -90,8 +135,12 @@ def sha256(path: Path) -> str:
 
 
 def archive_path(directory: Path) -> Path:
-    """Where the `.tar` of a checkpoint directory lives: next to it."""
+    """Where the `.tar` of a checkpoint directory lives: for a version, `<name>/v-<id>.archive/<name>.tar`
+    (downloaded as `<name>.tar`, inside the checkpoint's own folder); for a directory from before
+    versions, next to it."""
     directory = Path(directory)
+    if is_version(directory):
+        return directory.with_name(directory.name + ARCHIVE_SUFFIX) / f"{directory.parent.name}.tar"
     return directory.with_name(directory.name + ".tar")
 
 
@@ -101,7 +150,8 @@ def archive_of(directory: Path) -> Path:
     directory = Path(directory)
     target = archive_path(directory)
     if not target.exists():
-        partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.part")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")
         with tarfile.open(partial, "w") as tar:
             for file in sorted(directory.iterdir()):
                 tar.add(file, arcname=file.name)
@@ -110,4 +160,8 @@ def archive_of(directory: Path) -> Path:
 
 
 def discard_archive(directory: Path) -> None:
-    archive_path(directory).unlink(missing_ok=True)
+    archive = archive_path(directory)
+    if is_version(directory):
+        shutil.rmtree(archive.parent, ignore_errors=True)
+    else:
+        archive.unlink(missing_ok=True)

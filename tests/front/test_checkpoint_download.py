@@ -4,9 +4,13 @@ a login; training checkpoints are refused with a message; another user's private
 from __future__ import annotations
 
 import io
+import json
 import tarfile
+from pathlib import Path
 
 from django.test import Client
+
+from training.models import SamplingSession
 
 from .conftest import make_checkpoint, make_run
 
@@ -40,3 +44,24 @@ def test_a_published_checkpoint_downloads_for_everyone(browser, bob, data_dir):
     run = make_run(bob)
     make_checkpoint(run, "shared", public=True)
     assert browser.get(f"/runs/{run.id}/checkpoints/sampler_weights/shared/download/").status_code == 302
+
+
+def test_a_downloaded_adapter_names_the_served_base_model(browser, alice, api_of, runner, data_dir):
+    """adapter_config.json says `tiny-llama`, the name the run was created with and the server
+    serves, not the directory the server loaded the model from; for named and unnamed saves."""
+    wire, _ = api_of(alice)
+    model_id = wire.model(wire.session())
+    wire.result(wire.post("save_weights_for_sampler", {"model_id": model_id, "seq_id": 1, "path": "s1"}))
+    wire.result(wire.post("save_weights_external", {"model_id": model_id, "seq_id": 2, "path": "e1"}))
+    unnamed = wire.result(wire.post("save_weights_for_sampler", {"model_id": model_id, "seq_id": 3}))
+
+    for segment, name in (("sampler_weights", "s1"), ("external_weights", "e1")):
+        link = browser.get(f"/runs/{model_id}/checkpoints/{segment}/{name}/download/")["Location"]
+        served = Client().get(link.removeprefix("http://testserver"))
+        with tarfile.open(fileobj=io.BytesIO(b"".join(served.streaming_content))) as archive:
+            config = json.load(archive.extractfile("adapter_config.json"))
+        assert config["base_model_name_or_path"] == "tiny-llama", segment
+    sampler = SamplingSession.objects.get(id=unnamed["sampling_session_id"])
+    assert json.loads((Path(sampler.weights_dir) / "adapter_config.json").read_text())["base_model_name_or_path"] == (
+        "tiny-llama"
+    )

@@ -157,7 +157,8 @@ def test_an_overwritten_checkpoint_archives_its_new_weights(live_server_embedded
     _train(wire, model_id, 2, 1)
     wire.result(wire.post("save_weights_external", {"model_id": model_id, "seq_id": 4, "path": "y", "overwrite": True}))
     after = archived_weights()
-    on_disk = next(
-        (live_server_embedded.data_dir / "checkpoints").rglob("external_weights/y/adapter_model.safetensors")
+    # one version on disk (the overwritten one went), holding what the archive holds
+    (on_disk,) = (live_server_embedded.data_dir / "checkpoints").rglob(
+        "external_weights/y/v-*/adapter_model.safetensors"
     )
     assert after != before and after == on_disk.read_bytes()

@@ -50,12 +50,11 @@ def _announce(op: Operation) -> None:
 
 def checkpoint_saved(op: Operation, out: CheckpointOutput) -> dict:
     """A named save finished: its Checkpoint row (replacing an overwritten one) and its path."""
-    storage.discard_archive(out.directory)  # an overwrite must not leave the old weights' .tar behind
     kind = Checkpoint.SAVED_BY[op.kind]
+    identity = {"training_run": op.training_run, "checkpoint_type": kind, "name": op.payload["name"]}
+    replaced = Checkpoint.objects.filter(**identity).values_list("directory", flat=True).first()
     checkpoint, _ = Checkpoint.objects.update_or_create(
-        training_run=op.training_run,
-        checkpoint_type=kind,
-        name=op.payload["name"],
+        **identity,
         defaults={
             "owner_id": op.owner_id,
             "directory": str(out.directory),
@@ -64,6 +63,9 @@ def checkpoint_saved(op: Operation, out: CheckpointOutput) -> dict:
             "expires_at": Checkpoint.expiry(op.payload.get("ttl_seconds")),
         },
     )
+    if replaced is not None:  # an overwrite: samplers on the checkpoint follow it to the new version
+        SamplingSession.objects.filter(weights_dir=replaced).update(weights_dir=str(out.directory))
+    transaction.on_commit(lambda: storage.drop_replaced(replaced or out.directory, out.directory))
     result: dict = {"path": checkpoint.tinker_path, "type": op.kind}
     if kind == Checkpoint.Type.EXTERNAL:
         result["size_bytes"] = out.size_bytes

@@ -15,7 +15,7 @@ from gpu_runner.errors import EngineInputError
 from .. import access, base_models, dispatch, events, wire
 from ..errors import BadRequest, Gone
 from ..models import Checkpoint, Operation, SamplingSession
-from . import quotas
+from . import quotas, request_bounds
 from .sessions import open_session
 
 # Tinker sample options this server does not implement, with the value that means "off"
@@ -86,6 +86,7 @@ def _sample_payload(sampler: SamplingSession, body: dict) -> dict:
         validate_sample(base_models.info(sampler.base_model), prompt, num_samples, params, topk, targets)
     except EngineInputError as error:
         raise BadRequest(str(error), field=error.field) from None
+    request_bounds.check_sample(len(prompt), num_samples, params.max_tokens)
     for option, default in UNSUPPORTED_SAMPLE_OPTIONS.items():
         if body.get(option, default) not in (default, None):
             raise BadRequest(f"{option} is not supported by this server; leave it at {default!r}", field=option)

@@ -21,7 +21,7 @@ from gpu_runner.types import LoraSpec
 from .. import access, base_models, dispatch, wire
 from ..errors import ApiError, BadRequest
 from ..models import Checkpoint, Operation, TrainingRun
-from . import quotas
+from . import quotas, request_bounds
 from .sessions import open_session
 
 TRAINING_KINDS = (
@@ -153,6 +153,22 @@ def submit_training(
     return op
 
 
+def submit_at_door(user, kind: str, read: Callable[[], dict], claim: Callable[[], tuple[str, int] | None]) -> Operation:
+    """A training request as it arrives: `read` decodes its body, `claim` reads only the
+    (model_id, seq_id) it names. A body refused before it could be read (over the body limit, a
+    zstd body decompressing past it, one decoding past the bound, not JSON or protobuf at all) still
+    uses up the seq_id it claims, as any other refusal does: Tinker's SDK retries none of them, and
+    the model's later requests would otherwise wait for the gap for ever."""
+    try:
+        body = read()
+    except ApiError as refusal:
+        claimed = claim()
+        if claimed is not None:
+            refuse_unreadable(user, kind, *claimed, refusal)
+        raise
+    return submit_training(user, kind, body)
+
+
 def refuse_unreadable(user, kind: str, model_id: str, seq_id: int, refusal: ApiError) -> None:
     """A training request whose body could not be read at all still uses up the seq_id it
     claims, if that seq of the user's model is free, so the model is not wedged behind the gap."""
@@ -228,6 +244,7 @@ def _forward_backward_payload(run: TrainingRun, body: dict) -> dict:
     data_json = wire.require(body, "data", list)
     loss_fn = wire.optional(body, "loss_fn", str, "cross_entropy")
     config = wire.loss_config(body)
+    request_bounds.check_training(*request_bounds.json_training_cost(data_json))  # before any tensor is built
     data = [wire.datum(d, i) for i, d in enumerate(data_json)]
     try:
         validate_forward_backward(base_models.info(run.base_model), data, loss_fn, config)

@@ -24,8 +24,7 @@ log = logging.getLogger(__name__)
 def delete_checkpoint(checkpoint: Checkpoint) -> None:
     directory = Path(checkpoint.directory)
     checkpoint.delete()
-    shutil.rmtree(directory, ignore_errors=True)
-    storage.discard_archive(directory)
+    storage.remove_checkpoint_files(directory)
 
 
 def purge_expired() -> int:

@@ -31,6 +31,7 @@ from training.errors import NotFound
 from training.events import user_group
 from training.models import Operation
 
+from .forms import TTL_CHOICES
 from .runs import activity_html, points_after, runs_of
 
 POINTS_PER_MESSAGE = 5000
@@ -137,7 +138,7 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
 
     def _activity_html(self, model_id: str) -> str:
         run = runs_of(self.user).get(pk=model_id)
-        return activity_html(run, self._csrf_token())
+        return activity_html(run, self._csrf_token(), TTL_CHOICES)
 
     def _csrf_token(self) -> str:
         """The browser's CSRF cookie, for the checkpoint forms in pushed HTML (the page's own token)."""

@@ -78,16 +78,15 @@ def checkpoints_of(run: TrainingRun) -> QuerySet[Checkpoint]:
     return run.checkpoints.unexpired().order_by("-created_at")
 
 
-def activity_html(run: TrainingRun, csrf_token: str) -> str:
+def activity_html(run: TrainingRun, csrf_token: str, ttl_choices: list[tuple[str, str]]) -> str:
     """The run page's operations and checkpoints tables, as the page shows them and as the
-    dashboard socket pushes them while the run works (`csrf_token` for the checkpoints' forms)."""
-    from .forms import TTL_CHOICES
-
+    dashboard socket pushes them while the run works (`csrf_token` and the expiry choices for the
+    checkpoints' forms)."""
     context = {
         "run": run,
         "operations": list(recent_operations(run)),
         "checkpoints": list(checkpoints_of(run)),
-        "ttl_choices": TTL_CHOICES,
+        "ttl_choices": ttl_choices,
         "actions": True,
         "csrf_token": csrf_token,
     }

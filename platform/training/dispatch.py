@@ -232,10 +232,11 @@ def _send(runner: Runner, cycle_id: str, op_ids: list[str]) -> None:
     try:
         broker.enqueue(message)
     except Exception:
+        # the broker is down: the request stays accepted (its row is the truth), and the runners'
+        # heartbeats dispatch again every few seconds until the broker is back
         log.exception("could not enqueue cycle %s; its operations go back to the queue", cycle_id)
         requeue(cycle_id)
         release_slot(runner.id, cycle_id)
-        raise
 
 
 # ---- putting work back -------------------------------------------------------------------------
@@ -268,6 +269,15 @@ def requeue(cycle_id: str, runner_died: bool = False) -> None:
         ops.filter(status=Operation.Status.RUNNING).update(status=Operation.Status.QUEUED, cycle_id="", started_at=None)
     for owner_id, op_id in failed:
         transaction.on_commit(lambda o=owner_id, r=op_id: events.future_finished(o, r))
+
+
+def recover_lost_cycle(runner_id: str, cycle_id: str) -> None:
+    """A live runner holds a cycle it is not running and whose message never came (the broker lost
+    it: restarted empty): its operations go back to the queue from the op log and the runner is
+    freed. Should the message come after all, it finds nothing of its cycle left to run."""
+    log.warning("runner %s never received cycle %s; it is re-derived from the op log", runner_id, cycle_id)
+    requeue(cycle_id)
+    release_slot(runner_id, cycle_id)
 
 
 def retire(runner_id: str, reason: str) -> bool:

@@ -23,11 +23,27 @@ from .plan import Finished, Plan, plan
 log = logging.getLogger(__name__)
 
 
+_running: dict[str, str] = {}  # runner id -> the cycle this process is running for it now
+
+
+def running_cycle(runner_id: str) -> str | None:
+    """The cycle this process is executing for `runner_id`, if any (read by the heartbeat thread)."""
+    return _running.get(runner_id)
+
+
 def execute_cycle(runner_id: str, epoch: int, cycle_id: str, op_ids: list[str]) -> None:
     runner = Runner.objects.filter(pk=runner_id, epoch=epoch, state=Runner.State.LIVE).first()
     if runner is None:  # fenced: the runner was declared dead since; its work was re-queued
         log.warning("cycle %s of runner %s at epoch %s is stale: nothing done", cycle_id, runner_id, epoch)
         return
+    _running[runner_id] = cycle_id
+    try:
+        _execute(runner, cycle_id, op_ids)
+    finally:
+        _running.pop(runner_id, None)
+
+
+def _execute(runner: Runner, cycle_id: str, op_ids: list[str]) -> None:
     try:
         # only operations this cycle still owns: a re-queued cycle's stale message does nothing
         ops = list(

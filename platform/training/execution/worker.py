@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import logging
 import threading
+from datetime import timedelta
 
 import dramatiq
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections
+from django.utils import timezone
 
 from .. import dispatch, runners
 from ..models import Runner
-from . import actors, snapshots  # noqa: F401 - actors registers the cycle actor with the broker
+from . import actors, cycle, snapshots  # noqa: F401 - actors registers the cycle actor with the broker
 from .engines import record_heartbeat, report_alive, resident_if_loaded
 
 log = logging.getLogger(__name__)
@@ -73,9 +75,13 @@ def beat(runner_id: str) -> None:
     if not runners.heartbeat(runner_id):
         log.warning("runner %s was declared dead while it stalled; it comes back under a new epoch", runner_id)
         runners.revive(runner_id)
-    base_model = Runner.objects.filter(pk=runner_id).values_list("base_model", flat=True).first()
-    if base_model is not None:
-        dispatch.dispatch(base_model)  # retires overdue runners and sends their runs' work on
+    row = Runner.objects.filter(pk=runner_id).values("base_model", "busy_cycle", "busy_since").first()
+    if row is None:
+        return
+    lost_after = timezone.now() - timedelta(seconds=2 * beat_seconds())
+    if row["busy_cycle"] and row["busy_since"] < lost_after and cycle.running_cycle(runner_id) != row["busy_cycle"]:
+        dispatch.recover_lost_cycle(runner_id, row["busy_cycle"])
+    dispatch.dispatch(row["base_model"])  # retires overdue runners and sends their runs' work on
 
 
 def snapshot_all(runner_ids: list[str]) -> None:

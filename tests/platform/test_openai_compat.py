@@ -20,6 +20,7 @@ CHAT = [{"role": "user", "content": "Where is the cat?"}]
 CHAT_RENDERED = "<|im_start|>user\nWhere is the cat?<|im_end|>\n<|im_start|>assistant\n"
 TARGET = " sat on the warm mat by the door"
 MAX_TOKENS = 8
+STEPS_PER_CHECK = 4
 
 pytestmark = pytest.mark.slow  # trains an adapter and makes and revokes an API key (about 2-4 minutes on 2 busy cores)
 
@@ -51,8 +52,14 @@ class Trained:
 
 
 def _greedy(sampler, prompt: list[int], max_tokens: int = MAX_TOKENS) -> list[int]:
+    return _greedy_many(sampler, [prompt], max_tokens)[0]
+
+
+def _greedy_many(sampler, prompts: list[list[int]], max_tokens: int = MAX_TOKENS) -> list[list[int]]:
+    """Sent together (they may share a cycle), then waited for."""
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0)
-    return sampler.sample(ModelInput.from_ints(prompt), 1, params).result().sequences[0].tokens
+    futures = [sampler.sample(ModelInput.from_ints(p), 1, params) for p in prompts]
+    return [f.result().sequences[0].tokens for f in futures]
 
 
 def _datum(prompt: list[int], target: list[int]) -> Datum:
@@ -73,17 +80,22 @@ def trained(live_server_embedded) -> Trained:
     prompts = [words.encode(COMPLETION_PROMPT), words.encode(CHAT_RENDERED, add_special_tokens=False)]
     target = words.encode(TARGET, add_special_tokens=False)
     base = service.create_sampling_client(base_model="tiny-llama")
-    base_greedy = [_greedy(base, p) for p in prompts]
+    base_greedy = _greedy_many(base, prompts)
     data = [_datum(p, target) for p in prompts]
-    for step in range(1, 41):
-        training.forward_backward(data, "cross_entropy").result()
-        training.optim_step(AdamParams(learning_rate=3e-2)).result()
-        if step % 5 == 0:
-            name = f"oai-{step}"
-            path = training.save_weights_for_sampler(name).result().path
-            sampler = service.create_sampling_client(model_path=path)
-            if all(_greedy(sampler, p) != b for p, b in zip(prompts, base_greedy, strict=True)):
-                break
+    for round_ in range(1, 9):
+        steps = []  # pipelined: each request is sent before the previous one's result is awaited
+        for _ in range(STEPS_PER_CHECK):
+            steps += [
+                training.forward_backward(data, "cross_entropy"),
+                training.optim_step(AdamParams(learning_rate=3e-2)),
+            ]
+        for step in steps:
+            step.result()
+        name = f"oai-{round_ * STEPS_PER_CHECK}"
+        path = training.save_weights_for_sampler(name).result().path
+        sampler = service.create_sampling_client(model_path=path)
+        if all(a != b for a, b in zip(_greedy_many(sampler, prompts), base_greedy, strict=True)):
+            break
     else:
         pytest.fail("the adapter's greedy output never left the base model's")
     yield Trained(
@@ -105,7 +117,7 @@ def trained(live_server_embedded) -> Trained:
 def test_both_endpoints_sample_the_adapter_not_the_base_model(trained):
     """Tinker's open bug: /completions served the base model for a LoRA checkpoint."""
     client = trained.client()
-    completion_tokens, chat_tokens = trained.greedy(trained.completion_prompt), trained.greedy(trained.chat_prompt)
+    completion_tokens, chat_tokens = _greedy_many(trained.sampler, [trained.completion_prompt, trained.chat_prompt])
     assert completion_tokens != trained.base_completion and chat_tokens != trained.base_chat
 
     for model in (trained.path, trained.name):  # the path, and the name /models lists it with

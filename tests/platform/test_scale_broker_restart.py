@@ -88,5 +88,6 @@ def test_requests_queued_when_redis_restarts_empty_all_complete(tmp_path):
                 runner.send_signal(signal.SIGCONT)
             losses = [wire.result(h, timeout=180)["metrics"]["loss:sum"] for h in handles]
             assert losses == pytest.approx(reference_losses(31, steps=STEPS), rel=1e-5, abs=1e-6)
+            assert "never received cycle" in (server.logs / "runner.log").read_text()  # re-derived, not luck
     finally:
         broker.kill()

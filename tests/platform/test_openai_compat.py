@@ -292,7 +292,7 @@ def _a_tool() -> dict:
     return {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
 
 
-def _sampled_for_run(server, run_id: str) -> int:
+def _sampled_for_run(server, run_id: str | None) -> int:
     usage = httpx.get(f"{server.base_url}/api/v1/usage", headers={"X-API-Key": server.api_key}).json()
     return sum(row["tokens_sampled"] for row in usage["per_run"] if row["run_id"] == run_id)
 
@@ -300,10 +300,13 @@ def _sampled_for_run(server, run_id: str) -> int:
 def test_usage_counts_the_sampled_tokens_under_the_checkpoints_run(trained):
     client = trained.client()
     before = _sampled_for_run(trained.server, trained.run_id)
+    before_no_run = _sampled_for_run(trained.server, None)
     answers = [
         client.completions.create(model=trained.path, prompt=COMPLETION_PROMPT, max_tokens=5, n=2, seed=1),
         client.chat.completions.create(model=trained.name, messages=CHAT, max_tokens=4, temperature=0),
     ]
+    on_base = client.completions.create(model="tiny-llama", prompt=COMPLETION_PROMPT, max_tokens=3, seed=1)
     sampled = sum(a.usage.completion_tokens for a in answers)
-    assert sampled > 0
+    assert sampled > 0 and on_base.usage.completion_tokens > 0
     assert _sampled_for_run(trained.server, trained.run_id) - before == sampled
+    assert _sampled_for_run(trained.server, None) - before_no_run == on_base.usage.completion_tokens  # no run

@@ -77,6 +77,7 @@ urlpatterns = [
     page("runs/compare/", runs.compare, "compare"),
     page("runs/<str:run_id>/", runs.run, "run"),
     page("checkpoints/", checkpoints.checkpoints, "checkpoints"),
+    page("checkpoints/public/", checkpoints.public_checkpoints, "public_checkpoints"),
     page(f"{CHECKPOINT}/download/", checkpoints.download, "checkpoint_download"),
     page(f"{CHECKPOINT}/delete/", checkpoints.delete, "checkpoint_delete"),
     page(f"{CHECKPOINT}/ttl/", checkpoints.ttl, "checkpoint_ttl"),

@@ -29,6 +29,21 @@ def checkpoints(request):
 
 
 @login_required
+def public_checkpoints(request):
+    """What other users published: anyone may download (sampler and external ones) and sample them."""
+    found = (
+        Checkpoint.objects.filter(public=True)
+        .exclude(owner=request.user)
+        .unexpired()
+        .exclude(checkpoint_type=Checkpoint.Type.TRAINING)
+        .select_related("owner", "training_run")
+        .order_by("-created_at")
+    )
+    page = Paginator(found, CHECKPOINTS_PER_PAGE).get_page(request.GET.get("page"))
+    return render(request, "front/public_checkpoints.html", {"page": page})
+
+
+@login_required
 def download(request, run_id: str, segment: str, name: str):
     try:
         checkpoint = downloadable_or_404(request.user, run_id, segment, name)

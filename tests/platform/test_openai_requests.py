@@ -171,3 +171,11 @@ def test_chat_without_a_template_falls_back_to_role_colon(words, monkeypatch):
     plain, stops = text.render_chat(words, messages)
     assert words.decode(plain, skip_special_tokens=True) == "System: Be brief.\nUser: Hi\nAssistant:"
     assert stops == ["\nUser:"]
+
+
+def test_messages_a_chat_template_refuses_are_a_400_naming_messages(words, monkeypatch):
+    monkeypatch.setattr(words, "chat_template", "{{ raise_exception('roles must alternate') }}")
+    with pytest.raises(OaiError) as refused:
+        text.render_chat(words, [{"role": "user", "content": "Hi"}])
+    assert refused.value.status == 400 and refused.value.param == "messages"
+    assert "roles must alternate" in refused.value.message

@@ -15,6 +15,8 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from training import base_models
 
+from .errors import OaiError
+
 ROLE_COLON_STOP = "\nUser:"
 DECODE_WINDOW = 6  # tokens of context each piece is decoded with (byte-level merges, spacing)
 
@@ -38,7 +40,12 @@ def render_chat(words: PreTrainedTokenizerBase, messages: list[dict[str, str]]) 
     """The prompt tokens of `messages` with the assistant's turn opened, and the stop strings the
     format needs besides the model's end-of-sequence token."""
     if getattr(words, "chat_template", None):
-        text = words.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        try:
+            text = words.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except ImportError:
+            raise  # the server lacks jinja2: not the caller's fault
+        except Exception as error:  # noqa: BLE001 - jinja2's TemplateError (raise_exception), ValueError
+            raise OaiError(400, f"the model's chat template refused these messages: {error}", "messages") from None
         return list(words.encode(str(text), add_special_tokens=False)), []
     tokens = [words.bos_token_id] if words.bos_token_id is not None else []
     for message in messages:

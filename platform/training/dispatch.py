@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -258,17 +258,18 @@ def requeue(cycle_id: str, runner_died: bool = False) -> None:
                 error_category="server",
                 finished_at=timezone.now(),
             )
-        cycle_ops = Operation.objects.filter(cycle_id=cycle_id)
-        for run_id in set(cycle_ops.exclude(training_run=None).values_list("training_run_id", flat=True)):
-            of_run = cycle_ops.filter(training_run_id=run_id)
-            back = list(of_run.filter(status=Operation.Status.RUNNING).values_list("seq_id", flat=True))
-            gone = list(of_run.filter(status=Operation.Status.FAILED).values_list("seq_id", flat=True))
-            # back in the queue: from its first; failed here: they count as dispatched
-            position = min(back) - 1 if back else max(gone)
-            TrainingRun.objects.filter(pk=run_id).update(dispatched_seq=position)
-        ops.filter(status=Operation.Status.RUNNING).update(status=Operation.Status.QUEUED, cycle_id="", started_at=None)
+        for run_id in set(ops.exclude(training_run=None).values_list("training_run_id", flat=True)):
+            # back in the queue from its first; one failed above keeps its place as dispatched (it
+            # went alone, `fill`), so the run's later requests do not wait on it
+            first = min(ops.filter(training_run_id=run_id).values_list("seq_id", flat=True))
+            TrainingRun.objects.filter(pk=run_id).update(dispatched_seq=first - 1)
+        ops.update(status=Operation.Status.QUEUED, cycle_id="", started_at=None)
     for owner_id, op_id in failed:
-        transaction.on_commit(lambda o=owner_id, r=op_id: events.future_finished(o, r))
+        transaction.on_commit(_announcer(owner_id, op_id))
+
+
+def _announcer(owner_id: int, op_id: str) -> Callable[[], None]:
+    return lambda: events.future_finished(owner_id, op_id)
 
 
 def recover_lost_cycle(runner_id: str, cycle_id: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from datetime import timedelta
 
 import dramatiq
@@ -53,7 +54,9 @@ def beat_seconds() -> float:
     return min(ALIVE_EVERY_SECONDS, settings.LORASMITH.runner_dead_after_seconds / 3)
 
 
-def keep_reporting_alive(stop: threading.Event, every_seconds: float | None = None, runner_ids: list[str] = ()) -> None:
+def keep_reporting_alive(
+    stop: threading.Event, every_seconds: float | None = None, runner_ids: Sequence[str] = ()
+) -> None:
     """Every `every_seconds` until `stop` is set: renew the runners' heartbeats (reviving one that
     was declared dead while it stalled), retire overdue runners of the same base models and dispatch
     what they left; and renew the overview's heartbeat rows, so "quiet" means a runner that
@@ -79,8 +82,9 @@ def beat(runner_id: str) -> None:
     if row is None:
         return
     lost_after = timezone.now() - timedelta(seconds=2 * beat_seconds())
-    if row["busy_cycle"] and row["busy_since"] < lost_after and cycle.running_cycle(runner_id) != row["busy_cycle"]:
-        dispatch.recover_lost_cycle(runner_id, row["busy_cycle"])
+    held, since = row["busy_cycle"], row["busy_since"]
+    if held and since is not None and since < lost_after and cycle.running_cycle(runner_id) != held:
+        dispatch.recover_lost_cycle(runner_id, held)
     dispatch.dispatch(row["base_model"])  # retires overdue runners and sends their runs' work on
 
 

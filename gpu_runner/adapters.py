@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 
 import torch
 
 from .lora_layer import MultiLoraLinear
-from .types import LoraSpec
+from .types import AdamParams, LoraSpec
 
 
 class Adapter:
@@ -62,6 +63,30 @@ class Adapter:
             out[f"{name}.lora_A"] = lora_a
             out[f"{name}.lora_B"] = lora_b
         return out
+
+    def optimizer_step(self, params: AdamParams) -> dict[str, float]:
+        """AdamW on the accumulated gradients (clipped first when asked), then zero them."""
+        tensors = self.parameters()
+        grads = [q.grad for q in tensors if q.grad is not None]
+        total_norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
+        if params.grad_clip_norm > 0 and grads:
+            torch.nn.utils.clip_grads_with_norm_(tensors, params.grad_clip_norm, total_norm, foreach=True)
+        grad_norm = float(total_norm)
+        for group in self.optimizer.param_groups:
+            group.update(
+                lr=params.learning_rate,
+                betas=(params.beta1, params.beta2),
+                eps=params.eps,
+                weight_decay=params.weight_decay,
+            )
+        started = time.perf_counter()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {
+            "grad_norm:mean": grad_norm,
+            "learning_rate:mean": params.learning_rate,
+            "optim_seconds:sum": time.perf_counter() - started,
+        }
 
     def nbytes(self) -> int:
         params = sum(p.numel() * p.element_size() for p in self.parameters())

@@ -1,7 +1,7 @@
 """The base-model host: resolve a model name, load it once, frozen, on the chosen device.
 
 A name is a built-in tiny model, a local directory, or a hub id (read from the hub cache;
-`HF_HUB_OFFLINE` is respected by transformers itself). bf16 on CUDA, fp32 on CPU.
+`HF_HUB_OFFLINE` is respected by transformers itself). bf16 on CUDA, fp32 on CPU unless asked.
 """
 
 from __future__ import annotations
@@ -61,10 +61,26 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def load_base_model(info: BaseModelInfo, device: torch.device) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load weights and tokenizer; the model is frozen and put in eval mode (no dropout)."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(info.model_dir, dtype=dtype)
+def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> torch.dtype:
+    """The base weights' dtype: as asked ("bfloat16", "float32", ...), else bf16 on CUDA, fp32 on CPU."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype:
+        chosen = getattr(torch, dtype, None)
+        if not isinstance(chosen, torch.dtype) or not chosen.is_floating_point:
+            raise ValueError(f"unknown floating dtype {dtype!r}")
+        return chosen
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_base_model(
+    info: BaseModelInfo, device: torch.device, dtype: torch.dtype | None = None
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load weights and tokenizer; the model is frozen and put in eval mode (no dropout).
+    `attn_implementation="sdpa"`: torch's fused attention, which honours packed position resets."""
+    model = AutoModelForCausalLM.from_pretrained(
+        info.model_dir, dtype=dtype or pick_dtype(device), attn_implementation="sdpa"
+    )
     model.to(device)  # type: ignore[arg-type]  # transformers types `to` via functools.wraps of the unbound method
     model.eval()
     model.requires_grad_(False)

@@ -2,8 +2,10 @@
 
 A cycle is a list of operations from many adapters. Operations of one adapter run in list order;
 different adapters advance together in *waves*: each wave takes the next operation of every
-adapter, runs all forward/forward_backward ones as ONE padded batch with per-row adapter routing,
-all sample ones as ONE generation batch, and the rest (optimizer steps, checkpoint I/O) one by one.
+adapter, runs all forward/forward_backward ones as ONE fused pass (packed rows, per-token adapter
+routing, micro-batches under a token budget), all sample ones as ONE generation batch, and the rest
+(optimizer steps, checkpoint I/O) one by one. This module schedules; the math lives in `packing`,
+`logprobs`, `losses`, `sampler`, `lora_math` and `adapters`.
 """
 
 from __future__ import annotations
@@ -11,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import tempfile
-import time
 import traceback
 from collections import OrderedDict, deque
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,14 +21,23 @@ from typing import cast
 
 import torch
 
-from . import checkpoints
+from . import checkpoints, packing
 from .adapter_store import AdapterStore
 from .adapters import Adapter
-from .base_model import BaseModelInfo, default_data_dir, describe_base_model, load_base_model, pick_device
+from .base_model import (
+    BaseModelInfo,
+    default_data_dir,
+    describe_base_model,
+    load_base_model,
+    pick_device,
+    pick_dtype,
+)
 from .errors import EngineError, EngineInputError
-from .lora_layer import Routing, Segment, wrap_model
-from .losses import LOSSES
-from .sampler import SampleRow, generate, row_generator
+from .logprobs import Head, chunk_tokens_for, target_logprobs
+from .lora_layer import Backend, Routing, wrap_model
+from .lora_math import Segment
+from .losses import op_loss
+from .sampler import Decoder, PromptScoring, SampleRow, generate, row_stream
 from .types import (
     CheckpointOutput,
     Datum,
@@ -57,13 +67,27 @@ class Engine:
         data_dir: Path | None = None,
         device: str | None = None,
         memory_budget_bytes: int | None = None,
+        dtype: str | torch.dtype | None = None,
+        max_pass_tokens: int | None = None,
+        pack_row_tokens: int = 2048,
+        lora_backend: Backend = "auto",
     ):
+        """`dtype`: the base weights' (bf16 on CUDA, fp32 on CPU unless asked; adapter masters and
+        Adam state are fp32 always). `max_pass_tokens`: the micro-batch budget of one forward
+        (and backward) or one sampling batch (default per device). `pack_row_tokens`: the length of
+        a packed row (a longer sequence gets a row of its own)."""
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.info: BaseModelInfo = describe_base_model(base_model, self.data_dir)
         self.device = pick_device(device)
-        self.model, self.tokenizer = load_base_model(self.info, self.device)
-        self.routing = Routing()
+        self.dtype = pick_dtype(self.device, dtype)
+        self.model, self.tokenizer = load_base_model(self.info, self.device, self.dtype)
+        self.routing = Routing(lora_backend)
         self.layers = wrap_model(self.model, self.routing)
+        self.body = self.model.base_model  # the decoder without its head: hidden states, not logits
+        self.head = Head.of(self.model)
+        self.chunk_tokens = chunk_tokens_for(self.info.vocab_size)
+        self.max_pass_tokens = max_pass_tokens or default_pass_tokens(self.device, self.model.config, self.dtype)
+        self.pack_row_tokens = pack_row_tokens
         self._spill = tempfile.TemporaryDirectory(prefix="lorasmith-spill-")
         self.adapters = AdapterStore(Path(self._spill.name), memory_budget_bytes)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
@@ -201,62 +225,75 @@ class Engine:
     # ---- forward / forward_backward ----------------------------------------------------------
 
     def _forward_backward(self, ops: list[ForwardBackward]) -> list[ForwardBackwardOutput]:
-        rows: list[list[int]] = []
-        segments: list[Segment] = []
-        for op in ops:
-            adapter = self.adapter(op.adapter_id)
-            segments.append(Segment(adapter, len(rows), len(rows) + len(op.data)))
-            rows.extend(d.model_input for d in op.data)
-        needs_grad = any(not op.forward_only for op in ops)
-        data = [datum for op in ops for datum in op.data]
-        with torch.set_grad_enabled(needs_grad), self._routed(segments):
-            target_logprobs = self._target_logprobs(rows, data)
-        total = None
-        outputs = []
-        row = 0
-        for op in ops:
-            spec = LOSSES[op.loss_fn]
-            config = spec.config(op.loss_fn_config)
-            op_loss = torch.zeros((), device=self.device)
-            per_datum = []
-            for datum in op.data:
-                target_lp = target_logprobs[row]
-                inputs = {
-                    k: v.to(self.device, torch.float32) for k, v in datum.loss_fn_inputs.items() if k != "target_tokens"
-                }
-                op_loss = op_loss + spec.fn(target_lp, inputs, config)
-                per_datum.append({"logprobs": target_lp.detach().float().cpu()})
-                row += 1
-            outputs.append(ForwardBackwardOutput(per_datum, {"loss:sum": float(op_loss.detach())}))
-            if not op.forward_only:
-                total = op_loss if total is None else total + op_loss
-        if total is not None and total.requires_grad:
-            total.backward()
-        return outputs
-
-    def _target_logprobs(self, rows: list[list[int]], data: list[Datum]) -> list[torch.Tensor]:
-        """Logprob of each datum's targets, (N,) or (N, K), gathered in ONE op over the batch:
-        slicing the (B, T, V) logprobs per datum would zero-fill a full-size gradient each time."""
-        logprobs = self._token_logprobs(rows)  # (B, T, V)
-        targets = [d.loss_fn_inputs["target_tokens"] for d in data]
-        width = max(t.shape[1] if t.dim() == 2 else 1 for t in targets)  # K: 1 when every target is (N,)
-        index = torch.zeros(logprobs.shape[0], logprobs.shape[1], width, dtype=torch.long)  # (B, T, K)
-        for i, t in enumerate(targets):
-            index[i, : t.shape[0]] = t.reshape(t.shape[0], -1).long()  # (N, 1) broadcast over K, or (N, K)
-        gathered = logprobs.gather(-1, index.to(self.device))  # (B, T, K)
+        """One fused pass over every datum of these ops (one op per adapter), in micro-batches of at
+        most `max_pass_tokens` tokens, each packed, run forward and backward at once; gradients
+        accumulate across micro-batches, which is exact since every loss is a sum over datums."""
+        adapters = [self.adapter(op.adapter_id) for op in ops]
+        items = [(k, j) for k, op in enumerate(ops) for j in range(len(op.data))]  # (op, datum), grouped by op
+        lengths = [len(ops[k].data[j].model_input) for k, j in items]
+        logprobs: list[list[torch.Tensor]] = [[torch.empty(0)] * len(op.data) for op in ops]
+        loss_sums = [0.0] * len(ops)
+        for run in packing.micro_batches(lengths, self.max_pass_tokens):
+            chosen = [items[i] for i in run]
+            with torch.set_grad_enabled(any(not ops[k].forward_only for k, _ in chosen)):
+                scored, op_losses = self._micro_batch(ops, adapters, chosen)
+            for (k, j), lp in zip(chosen, scored):
+                logprobs[k][j] = lp
+            for k, value in op_losses.items():
+                loss_sums[k] += value
         return [
-            gathered[i, : t.shape[0], 0] if t.dim() == 1 else gathered[i, : t.shape[0], : t.shape[1]]  # (N,) or (N, K)
-            for i, t in enumerate(targets)
+            ForwardBackwardOutput([{"logprobs": lp} for lp in logprobs[k]], {"loss:sum": loss_sums[k]})
+            for k in range(len(ops))
         ]
 
-    def _token_logprobs(self, rows: list[list[int]]) -> torch.Tensor:
-        """Right-padded batch; causal attention means padding never reaches real positions."""
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)  # (B, T)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-        logits = self.model(input_ids=ids.to(self.device), use_cache=False).logits  # (B, T, V)
-        return torch.log_softmax(logits.float(), dim=-1)  # (B, T, V), fp32 even when the model is bf16
+    def _micro_batch(
+        self, ops: list[ForwardBackward], adapters: list[Adapter], chosen: list[tuple[int, int]]
+    ) -> tuple[list[torch.Tensor], dict[int, float]]:
+        """Forward (and backward, under grad) of these datums packed together. Returns each datum's
+        target logprobs on the CPU, (N,) or (N, K), and each op's loss over them."""
+        data = [ops[k].data[j] for k, j in chosen]
+        owners = [adapters[k] for k, _ in chosen]
+        targets = [d.loss_fn_inputs["target_tokens"] for d in data]
+        width = max(t.shape[1] if t.dim() == 2 else 1 for t in targets)  # K: 1 when every target is (N,)
+        packed = packing.pack(
+            [d.model_input for d in data], owners, self.pack_row_tokens, self.pad_id, self.info.max_context
+        )
+        with self._routed(packed.segments):
+            hidden = self.body(
+                input_ids=packed.input_ids.to(self.device),
+                position_ids=packed.position_ids.to(self.device),
+                use_cache=False,  # with a cache, transformers lets packed sequences attend to each other
+            ).last_hidden_state  # (R, W, H)
+            index = packed.flat_index().to(self.device)  # (N_all,)
+            real = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)  # (N_all, H)
+            wanted = torch.zeros(index.shape[0], width, dtype=torch.long)  # (N_all, K)
+            row = 0
+            for t in targets:
+                wanted[row : row + t.shape[0]] = t.reshape(t.shape[0], -1).long()  # (N, 1) broadcast, or (N, K)
+                row += t.shape[0]
+            head_segments = _segments_of(owners, [t.shape[0] for t in targets])
+            gathered = target_logprobs(self.head, real, wanted.to(self.device), head_segments, self.chunk_tokens)
+            per_datum = list(torch.split(gathered, [t.shape[0] for t in targets]))  # (N, K) each
+            per_datum = [p[:, 0] if t.dim() == 1 else p[:, : t.shape[1]] for p, t in zip(per_datum, targets)]
+            op_losses: dict[int, torch.Tensor] = {}
+            for k in dict.fromkeys(k for k, _ in chosen):
+                mine = [i for i, (owner, _) in enumerate(chosen) if owner == k]
+                inputs = [
+                    {
+                        n: v.to(self.device, torch.float32)
+                        for n, v in data[i].loss_fn_inputs.items()
+                        if n != "target_tokens"
+                    }
+                    for i in mine
+                ]
+                op = ops[k]
+                op_losses[k] = op_loss(op.loss_fn, op.loss_fn_config, [per_datum[i] for i in mine], inputs)
+            trained = [loss for k, loss in op_losses.items() if not ops[k].forward_only]
+            if trained and torch.is_grad_enabled():
+                total = torch.stack(trained).sum()
+                if total.requires_grad:
+                    total.backward()
+        return [p.detach().float().cpu() for p in per_datum], {k: float(v.detach()) for k, v in op_losses.items()}
 
     # ---- sampling -------------------------------------------------------------------------------
 
@@ -266,64 +303,44 @@ class Engine:
         for op_index, op in enumerate(ops):
             adapter = self.adapter(op.adapter_id) if op.adapter_id is not None else None
             stop_ids, stop_strings = self._stops(op.params.stop)
+            wants_scores = op.prompt_logprobs or op.topk_prompt_logprobs or op.target_prompt_tokens is not None
             for k in range(op.num_samples):
+                scoring = None
+                if k == 0 and wants_scores:  # the prompt is the same for every sample: score it once
+                    scoring = PromptScoring(op.prompt_logprobs, op.topk_prompt_logprobs, op.target_prompt_tokens)
                 rows.append(
                     SampleRow(
-                        adapter, list(op.prompt), op.params, row_generator(op.params.seed, k), stop_ids, stop_strings
+                        adapter,
+                        list(op.prompt),
+                        op.params,
+                        row_stream(op.params.seed, k),
+                        stop_ids,
+                        stop_strings,
+                        scoring,
                     )
                 )
                 owner.append(op_index)
         order = sorted(range(len(rows)), key=lambda i: (rows[i].adapter is not None, id(rows[i].adapter)))
         ordered = [rows[i] for i in order]
-        with self._routed(self._sample_segments(ordered)):
-            generate(self.model, ordered, self._decode, self.pad_id, self.device)
+        decoder = Decoder(self.body, self.head, self.routing, self.chunk_tokens)
+        try:
+            cost = [len(r.prompt) + r.params.max_tokens for r in ordered]
+            for run in packing.micro_batches(cost, self.max_pass_tokens):
+                generate(decoder, ordered[run.start : run.stop], self._decode, self.pad_id, self.device)
+        finally:
+            self.routing.segments = []
         outputs = [SampleOutput(sequences=[]) for _ in ops]
         for row, op_index in zip(rows, owner):
             outputs[op_index].sequences.append(row.result())
-        wanting = [
-            i
-            for i, op in enumerate(ops)
-            if op.prompt_logprobs or op.topk_prompt_logprobs or op.target_prompt_tokens is not None
-        ]
-        if wanting:
-            self._fill_prompt_logprobs([ops[i] for i in wanting], [outputs[i] for i in wanting])
+            if row.scoring is not None:
+                out, scoring = outputs[op_index], row.scoring
+                if scoring.logprobs:
+                    out.prompt_logprobs = [None, *(scoring.prompt_logprobs or [])]
+                if scoring.topk:
+                    out.topk_prompt_logprobs = [None, *(scoring.topk_prompt_logprobs or [])]
+                if scoring.targets is not None:
+                    out.target_prompt_logprobs = scoring.target_prompt_logprobs
         return outputs
-
-    @staticmethod
-    def _sample_segments(rows: list[SampleRow]) -> list[Segment]:
-        segments: list[Segment] = []
-        for i, row in enumerate(rows):
-            if segments and segments[-1].adapter is row.adapter:
-                segments[-1].stop = i + 1
-            else:
-                segments.append(Segment(row.adapter, i, i + 1))
-        return segments
-
-    def _fill_prompt_logprobs(self, ops: list[Sample], outputs: list[SampleOutput]) -> None:
-        """Prompt scoring is a plain forward pass, so it equals `forward`/`compute_logprobs` exactly."""
-        segments = [
-            Segment(self.adapter(op.adapter_id) if op.adapter_id else None, i, i + 1) for i, op in enumerate(ops)
-        ]
-        with torch.no_grad(), self._routed(segments):
-            logprobs = self._token_logprobs([op.prompt for op in ops])
-        for i, (op, output) in enumerate(zip(ops, outputs)):
-            n = len(op.prompt)
-            lp = logprobs[i, : n - 1]  # (n-1, V): position t predicts prompt token t+1
-            if op.prompt_logprobs:
-                targets = torch.tensor(op.prompt[1:], device=self.device)  # (n-1,)
-                scored = lp.gather(-1, targets[:, None]).squeeze(-1).cpu().tolist() if n > 1 else []  # (n-1,)
-                output.prompt_logprobs = [None] + scored
-            if op.topk_prompt_logprobs:
-                values, tokens = torch.topk(lp, min(op.topk_prompt_logprobs, lp.shape[-1]), dim=-1)  # (n-1, k) each
-                output.topk_prompt_logprobs = [None] + [
-                    list(zip(t.tolist(), v.tolist())) for t, v in zip(tokens.cpu(), values.cpu())
-                ]
-            if op.target_prompt_tokens is not None and n > 1:
-                asked = torch.tensor(op.target_prompt_tokens, dtype=torch.long, device=self.device)  # (n-1, K)
-                target_scores = lp.gather(-1, asked.clamp(min=0))  # (n-1, K)
-                output.target_prompt_logprobs = torch.where(asked >= 0, target_scores, 0.0).cpu().tolist()
-            elif op.target_prompt_tokens is not None:
-                output.target_prompt_logprobs = []
 
     def _stops(self, stop) -> tuple[frozenset[int], tuple[str, ...]]:
         if stop is None:
@@ -343,7 +360,7 @@ class Engine:
 
     def _run_single(self, op: EngineOp) -> OptimStepOutput | CheckpointOutput:
         if isinstance(op, OptimStep):
-            return self._optim_step(op)
+            return OptimStepOutput(self.adapter(op.adapter_id).optimizer_step(op.params))
         if isinstance(op, SaveState):
             checkpoints.save_state(self.adapter(op.adapter_id), op.directory, op.include_optimizer)
         elif isinstance(op, ExportPeft):
@@ -370,27 +387,37 @@ class Engine:
                     f"checkpoint does not fit base model {self.info.name} (module {name})", field="path"
                 )
 
-    def _optim_step(self, op: OptimStep) -> OptimStepOutput:
-        adapter = self.adapter(op.adapter_id)
-        params = adapter.parameters()
-        p = op.params
-        grads = [q.grad for q in params if q.grad is not None]
-        total_norm = torch.nn.utils.get_total_norm(grads, foreach=True) if grads else torch.zeros(())
-        if p.grad_clip_norm > 0 and grads:
-            torch.nn.utils.clip_grads_with_norm_(params, p.grad_clip_norm, total_norm, foreach=True)
-        grad_norm = float(total_norm)
-        for group in adapter.optimizer.param_groups:
-            group.update(lr=p.learning_rate, betas=(p.beta1, p.beta2), eps=p.eps, weight_decay=p.weight_decay)
-        started = time.perf_counter()
-        adapter.optimizer.step()
-        adapter.optimizer.zero_grad(set_to_none=True)
-        return OptimStepOutput(
-            {
-                "grad_norm:mean": grad_norm,
-                "learning_rate:mean": p.learning_rate,
-                "optim_seconds:sum": time.perf_counter() - started,
-            }
-        )
+
+def default_pass_tokens(device: torch.device, config, dtype: torch.dtype) -> int:
+    """Tokens one micro-batch may carry. On CUDA: 60% of the memory left after loading, over an
+    estimate of what backward keeps per token (per layer ~12 hidden-sized and 4 MLP-sized
+    activations, as a Llama block under SDPA keeps); the logprobs are chunked apart from this.
+    On CPU a fixed 8k tokens."""
+    if device.type != "cuda":
+        return 8192
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    hidden = int(text.hidden_size)
+    mlp = int(getattr(text, "intermediate_size", None) or 4 * hidden)
+    per_token = int(text.num_hidden_layers) * (12 * hidden + 4 * mlp) * torch.finfo(dtype).bits // 8
+    free = torch.cuda.get_device_properties(device).total_memory - torch.cuda.memory_allocated(device)
+    return max(1024, min(262144, int(0.6 * free) // per_token))
+
+
+def _loss_inputs(datum: Datum, device: torch.device) -> dict[str, torch.Tensor]:
+    return {n: v.to(device, torch.float32) for n, v in datum.loss_fn_inputs.items() if n != "target_tokens"}
+
+
+def _segments_of(owners: list[Adapter], counts: list[int]) -> list[Segment]:
+    """Segments over consecutive groups of `counts[i]` tokens owned by `owners[i]`."""
+    segments: list[Segment] = []
+    position = 0
+    for owner, count in zip(owners, counts):
+        if segments and segments[-1].adapter is owner:
+            segments[-1].stop += count
+        else:
+            segments.append(Segment(owner, position, position + count))
+        position += count
+    return segments
 
 
 def _eos_ids(model, tokenizer) -> set[int]:

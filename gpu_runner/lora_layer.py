@@ -1,29 +1,34 @@
-"""The math on one module: a frozen Linear plus the LoRA deltas of whichever adapters own its rows.
+"""Model surgery: which modules take LoRA, and the wrapper that adds the deltas of the adapters
+owning its tokens (the math itself is `lora_math`, behind its contract).
 
-A forward pass carries rows of several adapters. The engine sorts rows by adapter and publishes
-the segments in a `Routing`; each wrapped Linear then adds, per contiguous segment of rows,
-`scale * (x @ A.T) @ B.T` with that adapter's A (r, d_in) and B (d_out, r). Rows of one adapter
-only ever touch that adapter's tensors, so gradients land exactly where they belong.
+A forward pass carries tokens of several adapters. The engine lays tokens out grouped by adapter and
+publishes their segments in a `Routing` shared by every wrapped module; each `MultiLoraLinear` adds,
+per segment, `scale * (x @ A.T) @ B.T` with that adapter's A (r, d_in) and B (d_out, r). Tokens of
+one adapter only ever touch that adapter's tensors, so gradients land exactly where they belong.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Protocol, cast
+from collections.abc import Iterator, Sequence
+from typing import Literal, Protocol, cast
 
 import torch
 from torch import nn
 
-# one module's LoRA tensors for the segments in flight: A (S, r, d_in), B (S, d_out, r), and the
-# scale, one float when every adapter has the same, else (S, 1, 1)
-Stacked = tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]
+from .lora_math import (
+    GroupedStack,
+    LoraWeights,
+    Segment,
+    check_segments,
+    grouped_delta,
+    grouped_supported,
+    loop_delta,
+    stack_for_grouped,
+)
 
+__all__ = ["KINDS", "LoraWeights", "MultiLoraLinear", "Routing", "Segment", "layer_kinds", "wrap_model"]
 
-class LoraWeights(Protocol):
-    scale: float
-
-    def pair(self, module_name: str) -> tuple[torch.Tensor, torch.Tensor] | None: ...
+Backend = Literal["auto", "loop", "grouped"]
 
 
 class CausalLM(Protocol):
@@ -36,22 +41,18 @@ class CausalLM(Protocol):
     def get_output_embeddings(self) -> nn.Module | None: ...
 
 
-@dataclass
-class Segment:
-    adapter: LoraWeights | None  # None: rows run on the bare base model
-    start: int
-    stop: int
-
-
 class Routing:
-    """Row segments of the batch now in flight; shared by every wrapped module of one model.
+    """Token segments of the batch now in flight; shared by every wrapped module of one model.
 
-    Also keeps each module's stacked LoRA tensors for these segments while no gradient is taken,
-    so the decode steps of one sampling batch stack them once, not once per token."""
+    Setting segments checks they are contiguous; every wrapped module then checks they cover its
+    input's tokens exactly. While no gradient is taken, each module's grouped stack is kept for as
+    long as the segments stay the same, so the decode steps of one sampling batch stack it once."""
 
-    def __init__(self) -> None:
+    def __init__(self, backend: Backend = "auto") -> None:
         self._segments: list[Segment] = []
-        self.stacks: dict[str, Stacked | None] = {}
+        self._key: tuple = ()
+        self.backend: Backend = backend
+        self.stacks: dict[str, GroupedStack | None] = {}
 
     @property
     def segments(self) -> list[Segment]:
@@ -59,8 +60,15 @@ class Routing:
 
     @segments.setter
     def segments(self, segments: list[Segment]) -> None:
-        self._segments = segments
-        self.stacks = {}
+        check_segments(segments)
+        key = tuple((id(s.adapter), s.start, s.stop) for s in segments)
+        if key != self._key:
+            self.stacks = {}
+        self._segments, self._key = list(segments), key
+
+    @property
+    def tokens(self) -> int:
+        return self._segments[-1].stop if self._segments else 0
 
 
 class MultiLoraLinear(nn.Module):
@@ -75,86 +83,42 @@ class MultiLoraLinear(nn.Module):
     def weight(self) -> torch.Tensor:  # some model code reads `.weight` of projections
         return self.base.weight
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d_in) -> (B, T, d_out)
-        out = self.base(x)  # (B, T, d_out)
+    @property
+    def in_features(self) -> int:
+        return self.base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.base.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., d_in) -> (..., d_out)
         segments = self.routing.segments
         if not segments:
-            return out
-        if len(segments) == 1:
-            delta = self._single_delta(x, segments[0])
+            return self.base(x)
+        return self.forward_with(x, segments, cache=not torch.is_grad_enabled())
+
+    def forward_with(self, x: torch.Tensor, segments: Sequence[Segment], cache: bool = False) -> torch.Tensor:
+        """The base output plus each segment's LoRA delta; `segments` cover x's tokens exactly."""
+        out = self.base(x)  # (..., d_out)
+        flat = x.reshape(-1, x.shape[-1])  # (M, d_in)
+        check_segments(segments, flat.shape[0])
+        delta = self._delta(flat, segments, cache)
+        return out if delta is None else out + delta.view(out.shape).to(out.dtype)
+
+    def _delta(self, flat: torch.Tensor, segments: Sequence[Segment], cache: bool) -> torch.Tensor | None:
+        d_in, d_out = self.base.in_features, self.base.out_features
+        backend = self.routing.backend
+        if backend == "auto":
+            backend = "grouped" if len(segments) > 1 and grouped_supported(flat, d_in, d_out) else "loop"
+        if backend == "loop":
+            return loop_delta(flat, segments, self.module_name, d_out)
+        if cache and self.module_name in self.routing.stacks:
+            stack = self.routing.stacks[self.module_name]
         else:
-            delta = self._grouped_delta(x, segments)
-        return out if delta is None else out + delta.to(out.dtype)
-
-    def _single_delta(self, x: torch.Tensor, seg: Segment) -> torch.Tensor | None:
-        owned = _scaled_pair(seg.adapter, self.module_name)
-        if owned is None:
-            return None
-        scale, lora_a, lora_b = owned
-        hidden = x.to(lora_a.dtype) @ lora_a.t()  # (B, T, r)
-        return (hidden @ lora_b.t()) * scale  # (B, T, d_out)
-
-    def _grouped_delta(self, x: torch.Tensor, segments: list[Segment]) -> torch.Tensor | None:
-        """All adapters in two batched matmuls: ranks zero-padded to the largest (zeros add
-        nothing), each row picking its adapter's slice; the scale is applied once to the result
-        (per segment only where adapters' scales differ), as the single-adapter path does."""
-        if torch.is_grad_enabled():
-            stacked = self._stack(segments)  # part of this pass's autograd graph: never reused
-        else:
-            if self.module_name not in self.routing.stacks:
-                self.routing.stacks[self.module_name] = self._stack(segments)
-            stacked = self.routing.stacks[self.module_name]
-        if stacked is None:
-            return None
-        lora_a, lora_b, scale = stacked  # (S, r, d_in), (S, d_out, r), float or (S, 1, 1)
-        d_out, d_in = self.base.out_features, self.base.in_features
-        sizes = [seg.stop - seg.start for seg in segments]
-        xs = x.to(lora_a.dtype)
-        if len(set(sizes)) == 1:  # equal segments: a free view, no per-row copies
-            grouped = xs.reshape(len(segments), -1, d_in)  # (S, b*T, d_in), b = B / S rows each
-            hidden = torch.bmm(grouped, lora_a.transpose(1, 2))  # (S, b*T, r)
-            delta = torch.bmm(hidden, lora_b.transpose(1, 2)) * scale  # (S, b*T, d_out)
-            return delta.reshape(x.shape[0], x.shape[1], d_out)  # (B, T, d_out)
-        owner = torch.repeat_interleave(
-            torch.arange(len(segments), device=lora_a.device), torch.tensor(sizes, device=lora_a.device)
-        )  # (B,): the segment of each row
-        hidden = torch.bmm(xs, lora_a[owner].transpose(1, 2))  # (B, T, d_in) @ (B, d_in, r) -> (B, T, r)
-        delta = torch.bmm(hidden, lora_b[owner].transpose(1, 2))  # (B, T, r) @ (B, r, d_out) -> (B, T, d_out)
-        return delta * (scale if isinstance(scale, float) else scale[owner])  # scale[owner]: (B, 1, 1)
-
-    def _stack(self, segments: list[Segment]) -> Stacked | None:
-        owned = [_scaled_pair(seg.adapter, self.module_name) for seg in segments]
-        present = [o for o in owned if o is not None]
-        if not present:
-            return None
-        rank = max(lora_a.shape[0] for _, lora_a, _ in present)
-        d_out, d_in = self.base.out_features, self.base.in_features
-        dtype, device = present[0][1].dtype, present[0][1].device
-        stacked_a, stacked_b = [], []
-        for entry in owned:
-            if entry is None:
-                stacked_a.append(torch.zeros(rank, d_in, dtype=dtype, device=device))
-                stacked_b.append(torch.zeros(d_out, rank, dtype=dtype, device=device))
-                continue
-            _, lora_a, lora_b = entry
-            pad = rank - lora_a.shape[0]
-            stacked_a.append(nn.functional.pad(lora_a, (0, 0, 0, pad)) if pad else lora_a)  # (rank, d_in)
-            stacked_b.append(nn.functional.pad(lora_b, (0, pad)) if pad else lora_b)  # (d_out, rank)
-        scales = [scale for scale, _, _ in present]
-        if len(set(scales)) == 1:
-            scale: float | torch.Tensor = float(scales[0])
-        else:  # rows without an adapter have zero A and B: any scale will do
-            per_segment = [entry[0] if entry is not None else 0.0 for entry in owned]
-            scale = torch.tensor(per_segment, dtype=dtype, device=device).view(-1, 1, 1)  # (S, 1, 1)
-        return torch.stack(stacked_a), torch.stack(stacked_b), scale  # (S, rank, d_in), (S, d_out, rank)
-
-
-def _scaled_pair(adapter: LoraWeights | None, module_name: str) -> tuple[float, torch.Tensor, torch.Tensor] | None:
-    """This adapter's scale, A (r, d_in) and B (d_out, r) for the module, or None if it has none."""
-    pair = adapter.pair(module_name) if adapter is not None else None
-    if adapter is None or pair is None:
-        return None
-    return adapter.scale, pair[0], pair[1]
+            stack = stack_for_grouped(segments, self.module_name, d_in, d_out, flat.dtype, flat.device)
+            if cache:
+                self.routing.stacks[self.module_name] = stack
+        return None if stack is None else grouped_delta(flat, stack)
 
 
 # substrings of an enclosing module's name that mark an attention block or an MLP block

@@ -95,3 +95,16 @@ UNSUPPORTED = {
     "custom": "server-side custom losses are not offered; use forward_backward_custom, which computes the loss "
     "client-side",
 }
+
+
+def op_loss(
+    loss_fn: str, loss_fn_config: Config | None, logprobs: list[torch.Tensor], inputs: list[Inputs]
+) -> torch.Tensor:
+    """One operation's summed loss over its datums: `logprobs[i]` are datum i's target logprobs,
+    (N,) or (N, K); `inputs[i]` its loss_fn_inputs other than the targets, on the same device."""
+    spec = LOSSES[loss_fn]
+    config = spec.config(loss_fn_config)
+    total = torch.zeros((), device=logprobs[0].device) if logprobs else torch.zeros(())
+    for p, datum_inputs in zip(logprobs, inputs):
+        total = total + spec.fn(p, datum_inputs, config)
+    return total

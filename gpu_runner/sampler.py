@@ -1,20 +1,40 @@
-"""Batched, KV-cached generation across adapters.
+"""Batched, KV-cached generation across adapters, with prompt scoring from the same prefill.
 
 All rows (every sample of every request) go through the model together: prompts are left-padded,
-rows are grouped by adapter so each LoRA layer sees contiguous segments, and each row draws from its
-own seeded generator so a request's output does not depend on what else shares the batch.
+rows are grouped by adapter so each LoRA layer sees contiguous segments, and a row that finishes
+leaves the batch (its cache rows are dropped). Randomness is counter-based: row i's uniform at step
+t is a hash of (its seed stream, t) computed on the device, so a request's tokens depend on its
+seed alone, never on what else shares the batch or when rows leave it. Stop strings are checked on
+a bounded tail of the decoded text, not the whole sequence each step.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
 
-from .lora_layer import LoraWeights
+from .logprobs import Head, target_logprobs, topk_logprobs
+from .lora_layer import Routing
+from .lora_math import LoraWeights, Segment
 from .types import SampledSequence, SamplingParams, StopReason
+
+MASK32 = 0xFFFFFFFF
+
+
+@dataclass
+class PromptScoring:
+    """What one row's prompt should be scored for (the scores land on the object)."""
+
+    logprobs: bool = False
+    topk: int = 0
+    targets: list[list[int]] | None = None  # (n-1, K) token ids, -1 = none
+    prompt_logprobs: list[float] | None = None
+    topk_prompt_logprobs: list[list[tuple[int, float]]] | None = None
+    target_prompt_logprobs: list[list[float]] | None = None
 
 
 @dataclass
@@ -22,9 +42,10 @@ class SampleRow:
     adapter: LoraWeights | None  # None: the bare base model
     prompt: list[int]
     params: SamplingParams
-    generator: torch.Generator
+    stream: int  # the row's seed stream (see `row_stream`)
     stop_token_ids: frozenset[int]
     stop_strings: tuple[str, ...]
+    scoring: PromptScoring | None = None
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     stop_reason: StopReason | None = None
@@ -36,34 +57,58 @@ class SampleRow:
         return SampledSequence(tokens=self.tokens, logprobs=self.logprobs, stop_reason=self.stop_reason or "length")
 
 
-def row_generator(seed: int | None, sample_index: int) -> torch.Generator:
+def row_stream(seed: int | None, sample_index: int) -> int:
     """Sample i of a seeded request draws from its own stream: reproducible, independent of batching."""
-    generator = torch.Generator()
     if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed((int(seed) * 1_000_003 + sample_index) % (2**63 - 1))
-    return generator
+        return secrets.randbits(62)
+    return (int(seed) * 1_000_003 + sample_index) % (2**63 - 1)
 
 
-def next_tokens(logits: torch.Tensor, rows: list[SampleRow]) -> tuple[list[int], list[float]]:
+def _mul32(a: torch.Tensor, c: int) -> torch.Tensor:
+    """(a * c) mod 2**32 for int64 `a` < 2**32, without overflowing int64."""
+    return (a * (c & 0xFFFF) + (((a * (c >> 16)) & 0xFFFF) << 16)) & MASK32
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    """A 32-bit avalanche hash (lowbias32), elementwise on int64 tensors holding 32-bit values."""
+    h = h ^ (h >> 16)
+    h = _mul32(h, 0x7FEB352D)
+    h = h ^ (h >> 15)
+    h = _mul32(h, 0x846CA68B)
+    return h ^ (h >> 16)
+
+
+def stream_keys(streams: list[int], device: torch.device) -> torch.Tensor:
+    """(B,) 32-bit keys of the rows' 63-bit streams, on the device."""
+    s = torch.tensor(streams, dtype=torch.long, device=device)
+    return _mix32((s & MASK32) ^ _mix32((s >> 32) & MASK32))
+
+
+def uniforms(keys: torch.Tensor, step: int) -> torch.Tensor:
+    """(B,) uniforms in [0, 1) for this step: a pure function of (key, step)."""
+    h = _mix32(keys ^ _mix32(torch.full_like(keys, (step * 0x9E3779B9 + 1) & MASK32)))
+    return (h >> 8).to(torch.float32) / float(1 << 24)
+
+
+def next_tokens(
+    logits: torch.Tensor, params: list[SamplingParams], uniform: torch.Tensor
+) -> tuple[list[int], list[float]]:
     """Pick one token per row from (B, V) float32 logits; returns tokens and their logprobs.
 
-    Vectorised over rows; randomness is one uniform per row from that row's own generator
-    (inverse-CDF sampling), so a row's draw never depends on its neighbours. The reported logprob
-    is under the temperature-scaled distribution before top-k/top-p truncation (temperature 0
-    reports the plain distribution), so at temperature 1 it equals `forward`."""
+    Inverse-CDF sampling with one uniform per row. The reported logprob is under the
+    temperature-scaled distribution before top-k/top-p truncation (temperature 0 reports the plain
+    distribution), so at temperature 1 it equals `forward`."""
     device = logits.device
-    temperature = torch.tensor([r.params.temperature for r in rows], device=device)
+    temperature = torch.tensor([p.temperature for p in params], device=device)
     greedy = temperature == 0
     logprobs = torch.log_softmax(logits / torch.where(greedy, 1.0, temperature)[:, None], dim=-1)  # (B, V)
-    filtered = _truncate(logprobs, [r.params.top_k for r in rows], [r.params.top_p for r in rows])
+    filtered = _truncate(logprobs, [p.top_k for p in params], [p.top_p for p in params])
     cdf = torch.cumsum(torch.softmax(filtered, dim=-1), dim=-1)  # (B, V)
-    uniform = torch.cat([torch.rand(1, generator=r.generator) for r in rows]).to(device)
     drawn = torch.searchsorted(cdf, (uniform * cdf[:, -1])[:, None]).squeeze(1).clamp(max=logits.shape[-1] - 1)
     tokens = torch.where(greedy, logits.argmax(dim=-1), drawn)
     chosen = logprobs.gather(1, tokens[:, None]).squeeze(1)
-    return tokens.tolist(), chosen.tolist()
+    both = torch.stack([tokens.to(chosen.dtype), chosen]).cpu()  # one device-to-host copy per step
+    return both[0].long().tolist(), both[1].tolist()
 
 
 def _truncate(logprobs: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
@@ -82,11 +127,32 @@ def _truncate(logprobs: torch.Tensor, top_k: list[int], top_p: list[float]) -> t
     return out
 
 
+def row_segments(rows: list[SampleRow], tokens_per_row: int) -> list[Segment]:
+    """Token segments of rows grouped by adapter, each row holding `tokens_per_row` tokens."""
+    segments: list[Segment] = []
+    for i, row in enumerate(rows):
+        if segments and segments[-1].adapter is row.adapter:
+            segments[-1].stop = (i + 1) * tokens_per_row
+        else:
+            segments.append(Segment(row.adapter, i * tokens_per_row, (i + 1) * tokens_per_row))
+    return segments
+
+
+@dataclass
+class Decoder:
+    """The model split as generation needs it: the decoder body, the head, and the shared routing."""
+
+    body: torch.nn.Module
+    head: Head
+    routing: Routing
+    chunk_tokens: int
+
+
 def generate(
-    model, rows: list[SampleRow], decode: Callable[[list[int]], str], pad_id: int, device: torch.device
+    decoder: Decoder, rows: list[SampleRow], decode: Callable[[list[int]], str], pad_id: int, device: torch.device
 ) -> None:
-    """Fill each row's tokens/logprobs/stop_reason in place. Rows must be grouped by adapter, and
-    the model's routing must already name their segments."""
+    """Fill each row's tokens/logprobs/stop_reason (and its prompt scores) in place. Rows must be
+    grouped by adapter."""
     width = max(len(r.prompt) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -96,49 +162,83 @@ def generate(
     input_ids, mask = input_ids.to(device), mask.to(device)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache()
-    steps = max(r.params.max_tokens for r in rows)
+    routing = decoder.routing
     with torch.no_grad():
-        out = model(
-            input_ids=input_ids,
-            attention_mask=mask,
-            position_ids=positions,
-            cache=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        for step in range(steps):
-            tokens, logprobs = next_tokens(out.logits[:, -1, :].float(), rows)  # (B, V) -> B picks
-            chosen = []
-            for row, token, logprob in zip(rows, tokens, logprobs):
-                if row.finished():
-                    chosen.append(pad_id)
-                    continue
+        routing.segments = row_segments(rows, width)
+        hidden = decoder.body(
+            input_ids=input_ids, attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+        ).last_hidden_state  # (B, W, H)
+        _score_prompts(decoder, rows, hidden, width, device)
+        active = list(range(len(rows)))
+        keys = stream_keys([r.stream for r in rows], device)
+        last = hidden[:, -1]  # (B, H)
+        step = 0
+        while True:
+            live = [rows[i] for i in active]
+            logits = decoder.head.logits(last, row_segments(live, 1))  # (b, V)
+            tokens, logprobs = next_tokens(logits, [r.params for r in live], uniforms(keys, step))
+            for row, token, logprob in zip(live, tokens, logprobs):
                 row.tokens.append(token)
                 row.logprobs.append(logprob)
                 _update_stop(row, decode)
-                chosen.append(token)
-            if all(r.finished() for r in rows) or step == steps - 1:
+            keep = [j for j, row in enumerate(live) if not row.finished()]
+            if not keep:
                 break
-            mask = torch.cat([mask, torch.ones((len(rows), 1), dtype=mask.dtype, device=device)], dim=1)
+            chosen = torch.tensor(tokens, device=device)
+            if len(keep) < len(live):  # finished rows leave the batch, cache rows included
+                index = torch.tensor(keep, device=device)
+                cache.batch_select_indices(index)
+                mask, positions, keys, chosen = mask[index], positions[index], keys[index], chosen[index]
+                active = [active[j] for j in keep]
+            mask = torch.cat([mask, torch.ones((len(active), 1), dtype=mask.dtype, device=device)], dim=1)
             positions = positions[:, -1:] + 1
-            out = model(
-                input_ids=torch.tensor(chosen, device=device)[:, None],
-                attention_mask=mask,
-                position_ids=positions,
-                cache=cache,
-                use_cache=True,
-            )
-    for row in rows:
-        if row.stop_reason is None:
-            row.stop_reason = "length"
+            routing.segments = row_segments([rows[i] for i in active], 1)
+            last = decoder.body(
+                input_ids=chosen[:, None], attention_mask=mask, position_ids=positions, cache=cache, use_cache=True
+            ).last_hidden_state[:, -1]  # (b, H)
+            step += 1
+
+
+def _score_prompts(decoder: Decoder, rows: list[SampleRow], hidden: torch.Tensor, width: int, device) -> None:
+    """Prompt logprobs from the prefill's own hidden states: position t predicts prompt token t+1."""
+    for i, row in enumerate(rows):
+        scoring = row.scoring
+        if scoring is None:
+            continue
+        n = len(row.prompt)
+        h = hidden[i, width - n : width - 1]  # (n-1, H)
+        segments = [Segment(row.adapter, 0, n - 1)] if n > 1 else None
+        if scoring.logprobs:
+            targets = torch.tensor(row.prompt[1:], device=device)[:, None]  # (n-1, 1)
+            scored = target_logprobs(decoder.head, h, targets, segments, decoder.chunk_tokens)[:, 0] if n > 1 else None
+            scoring.prompt_logprobs = scored.cpu().tolist() if scored is not None else []
+        if scoring.topk:
+            if n > 1:
+                values, tokens = topk_logprobs(decoder.head, h, scoring.topk, segments, decoder.chunk_tokens)
+                scoring.topk_prompt_logprobs = [
+                    list(zip(t.tolist(), v.tolist())) for t, v in zip(tokens.cpu(), values.cpu())
+                ]
+            else:
+                scoring.topk_prompt_logprobs = []
+        if scoring.targets is not None:
+            if n > 1:
+                asked = torch.tensor(scoring.targets, dtype=torch.long, device=device)  # (n-1, K)
+                scores = target_logprobs(decoder.head, h, asked.clamp(min=0), segments, decoder.chunk_tokens)
+                scoring.target_prompt_logprobs = torch.where(asked >= 0, scores, 0.0).cpu().tolist()
+            else:
+                scoring.target_prompt_logprobs = []
 
 
 def _update_stop(row: SampleRow, decode: Callable[[list[int]], str]) -> None:
-    if (
-        row.tokens[-1] in row.stop_token_ids
-        or row.stop_strings
-        and any(s in decode(row.tokens) for s in row.stop_strings)
-    ):
+    if row.tokens[-1] in row.stop_token_ids or row.stop_strings and _tail_has_stop(row, decode):
         row.stop_reason = "stop"
     elif len(row.tokens) >= row.params.max_tokens:
         row.stop_reason = "length"
+
+
+def _tail_has_stop(row: SampleRow, decode: Callable[[list[int]], str]) -> bool:
+    """A new match ends in the last token's text. A stop string of L characters is at most 4L bytes
+    and every token at least one byte, so it lies within the last 4L + 1 tokens."""
+    window = 4 * max(len(s) for s in row.stop_strings) + 1
+    tail = decode(row.tokens[-window:])
+    return any(s in tail for s in row.stop_strings)

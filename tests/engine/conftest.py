@@ -16,4 +16,8 @@ def engine_data_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def engine(engine_data_dir) -> Engine:
-    return Engine("tiny-llama", data_dir=engine_data_dir)
+    """Small logprob chunks and micro-batches, so every engine test also runs through the chunked
+    head and the gradient accumulation across micro-batches (both exact by design)."""
+    engine = Engine("tiny-llama", data_dir=engine_data_dir, max_pass_tokens=24)
+    engine.chunk_tokens = 5
+    return engine

@@ -44,7 +44,8 @@ def test_mixed_cycle_equals_each_adapter_alone(engine):
         left, right = engine_lora_tensors(engine, a), engine_lora_tensors(engine, b)
         assert left.keys() == right.keys()
         for name in left:
-            torch.testing.assert_close(right[name], left[name], rtol=1e-4, atol=1e-6)
+            # packed rows change float summation order; Adam turns that into ~1e-6 differences
+            torch.testing.assert_close(right[name], left[name], rtol=1e-4, atol=1e-5)
 
 
 def test_rows_touch_only_their_own_adapter(engine):

@@ -77,7 +77,8 @@ def test_peft_directory_imports_back(engine, tmp_path):
     assert all(r.ok for r in results), [r.error for r in results]
     assert engine.adapter("imported").spec.train_mlp is False
     for a, b in zip(results[2].output.loss_fn_outputs, results[3].output.loss_fn_outputs):
-        assert torch.equal(a["logprobs"], b["logprobs"])
+        # the two run packed side by side in one row: equal up to the float order of their positions
+        torch.testing.assert_close(a["logprobs"], b["logprobs"], rtol=0, atol=1e-6)
 
 
 def test_loading_a_missing_directory_is_a_user_error(engine, tmp_path):

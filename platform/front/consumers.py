@@ -60,10 +60,11 @@ class DashboardConsumer(AsyncJsonWebsocketConsumer):
     async def disconnect(self, code: int) -> None:
         if getattr(self, "user", None) is not None:
             await self.channel_layer.group_discard(user_group(self.user.id), self.channel_name)
-        if getattr(self, "watcher", None) is not None:
-            self.watcher.cancel()
+        watcher = getattr(self, "watcher", None)
+        if watcher is not None:
+            watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self.watcher
+                await watcher
 
     async def dispatch(self, message: dict) -> None:
         # the user's group carries events for the SDK's consumer too; those this one has no use for are skipped

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,15 +36,16 @@ class Head:
     logit_scale: float = 1.0
 
     @classmethod
-    def of(cls, model: nn.Module) -> Head:
-        config = model.config  # type: ignore[union-attr]
+    def of(cls, model: Any) -> Head:
+        """`model`: a Hugging Face causal LM (its config says how logits are scaled or capped)."""
+        config = model.config
         text = config.get_text_config() if hasattr(config, "get_text_config") else config
         softcap = getattr(text, "final_logit_softcapping", None)
         scale = getattr(text, "logit_scale", None) or 1.0
         scaling = getattr(text, "logits_scaling", None)  # granite divides by it
         if scaling:
             scale = scale / float(scaling)
-        return cls(model.get_output_embeddings(), float(softcap) if softcap else None, float(scale))  # type: ignore[operator,arg-type]
+        return cls(model.get_output_embeddings(), float(softcap) if softcap else None, float(scale))
 
     def logits(self, hidden: torch.Tensor, segments: Sequence[Segment] | None) -> torch.Tensor:
         """(n, H) -> (n, V) fp32 logits of these tokens; `segments` cover them (None: no LoRA)."""

@@ -87,3 +87,7 @@ class ServiceSettings:
     # a run's adapter + optimizer are snapshotted every this many optimizer steps (0: never), so a
     # takeover replays only the operations after the latest snapshot
     snapshot_every_steps: int = 20
+    # the engine's base-weight dtype ("" = bf16 on CUDA, fp32 on CPU) and its micro-batch budget in
+    # tokens (None = sized from the device's memory on CUDA, 8192 on CPU)
+    engine_dtype: str = ""
+    engine_pass_tokens: int | None = None

@@ -201,6 +201,8 @@ LORASMITH = ServiceSettings(
     queue_prefix=env_str("LORASMITH_QUEUE_PREFIX"),
     runner_dead_after_seconds=env_float("LORASMITH_RUNNER_DEAD_AFTER_SECONDS", 30.0),
     snapshot_every_steps=env_int("LORASMITH_SNAPSHOT_EVERY_STEPS", 20),
+    engine_dtype=env_str("LORASMITH_ENGINE_DTYPE"),
+    engine_pass_tokens=env_optional_int("LORASMITH_ENGINE_PASS_TOKENS"),
 )
 DATA_UPLOAD_MAX_MEMORY_SIZE = LORASMITH.max_body_bytes
 # The ASGI server's connection guards (lorasmith_server/connection_guard.py): a request's headers and

@@ -43,6 +43,8 @@ def resident_for(runner: Runner) -> Resident:
                 data_dir=settings.DATA_DIR,
                 device=runner.device or None,
                 memory_budget_bytes=settings.LORASMITH.adapter_memory_bytes,
+                dtype=settings.LORASMITH.engine_dtype or None,
+                max_pass_tokens=settings.LORASMITH.engine_pass_tokens,
             )
             _engines[runner.id] = Resident(engine)
         return _engines[runner.id]

@@ -13,7 +13,12 @@ TINKER_PY := $(TINKER_VENV)/bin/python
 TINKER_STAMP := $(TINKER_VENV)/.installed
 TINKER_PACKAGES := "tinker==0.38.0" "tinker-cookbook[math-rl]==0.5.8"
 
-.PHONY: demo demo-rlhf test test-fast check bench serve clean-venv tinker-venv
+# A GPU machine's runner environment: the same packages with a CUDA build of torch (never used by CI)
+GPU_VENV := .venv-gpu
+GPU_PY := $(GPU_VENV)/bin/python
+CUDA_TORCH_INDEX ?= https://download.pytorch.org/whl/cu128
+
+.PHONY: demo demo-rlhf test test-fast check bench bench-gpu serve clean-venv tinker-venv gpu-venv
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml sdk_python/pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -38,6 +43,15 @@ $(TINKER_STAMP): Makefile
 
 tinker-venv: $(TINKER_STAMP)
 
+# `make gpu-venv` on a GPU machine, then `.venv-gpu/bin/python manage.py runner --device cuda:0` (one per GPU)
+gpu-venv:
+	test -x $(GPU_PY) || $(PYTHON) -m venv $(GPU_VENV)
+	$(GPU_PY) -m pip install -q --upgrade pip
+	$(GPU_PY) -m pip install -q --index-url $(CUDA_TORCH_INDEX) --extra-index-url https://pypi.org/simple torch==2.13.0
+	$(GPU_PY) -c "import sys, torch; sys.exit(None if torch.cuda.is_available() else 'no CUDA device visible to torch ' + torch.__version__)"
+	$(GPU_PY) -m pip install -q -r requirements.txt
+	$(GPU_PY) -m pip install -q --no-deps -e . -e sdk_python
+
 demo: $(STAMP)
 	$(PY) manage.py demo
 
@@ -59,6 +73,11 @@ test-fast: $(STAMP) $(TINKER_STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/engine_bench.py
+	$(PY) bench/real_shapes_bench.py
+
+# on a GPU machine, after `make gpu-venv`: agreement with the CPU engine, then MFU (bench/device_check.sh)
+bench-gpu:
+	PATH=$(GPU_VENV)/bin:$$PATH bash bench/device_check.sh
 
 serve: $(STAMP)
 	$(PY) manage.py serve --host 127.0.0.1 --port 8000

@@ -98,8 +98,20 @@ GroupedStack = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 RANK_ALIGN = 8  # grouped GEMM kernels want 16-byte aligned strides
 
 
+def group_ends(segments: Sequence[Segment], device: torch.device) -> torch.Tensor:
+    """(S,) int32 end of each segment, on the device. One host-to-device copy: make it once per
+    routing, not once per layer (a copy from pageable memory waits for the stream)."""
+    return torch.tensor([seg.stop for seg in segments], dtype=torch.int32).to(device)
+
+
 def stack_for_grouped(
-    segments: Sequence[Segment], module_name: str, d_in: int, d_out: int, dtype: torch.dtype, device: torch.device
+    segments: Sequence[Segment],
+    module_name: str,
+    d_in: int,
+    d_out: int,
+    dtype: torch.dtype,
+    device: torch.device,
+    ends: torch.Tensor | None = None,
 ) -> GroupedStack | None:
     """Each segment's scaled A^T and B^T, ranks zero-padded to a common multiple of RANK_ALIGN (zero
     rows add nothing); base-only segments get zero tensors. Differentiable to the fp32 masters."""
@@ -120,7 +132,7 @@ def stack_for_grouped(
         scaled_a = (lora_a * seg.adapter.scale).to(dtype)  # type: ignore[union-attr]  # (r, d_in)
         a_t.append(F.pad(scaled_a, (0, 0, 0, pad)).t())  # (d_in, R)
         b_t.append(F.pad(lora_b.to(dtype), (0, pad)).t())  # (R, d_out)
-    ends = torch.tensor([seg.stop for seg in segments], dtype=torch.int32).to(device, non_blocking=True)
+    ends = ends if ends is not None else group_ends(segments, device)
     return torch.stack(a_t).contiguous(), torch.stack(b_t).contiguous(), ends  # (S, d_in, R), (S, R, d_out)
 
 

@@ -15,28 +15,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
-import os
 import statistics
-import subprocess
-import sys
-import tempfile
 import time
-import uuid
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
+from deployments import scale_deployment
 
 import lorasmith
 from lorasmith import AdamParams, Datum, ModelInput, SamplingParams
 
-ROOT = Path(__file__).resolve().parents[1]
-
 TOKENS = [3, 320, 265, 203, 44, 538, 83, 685, 4, 203, 3, 334, 87, 485, 88, 203]
-PG_ADMIN = os.environ.get("LORASMITH_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
-REDIS = os.environ.get("LORASMITH_TEST_REDIS", "redis://127.0.0.1:6379/5")
 
 
 class Tally:
@@ -125,63 +115,6 @@ async def drive(base_url: str, api_key: str, clients: int, seconds: float) -> No
     report(tally, spread(base_url, api_key, tally.models), clients, time.monotonic() - start)
 
 
-@contextlib.contextmanager
-def deployment(runners: int):
-    """web + `runners` runner processes on a fresh PostgreSQL database and Redis namespace."""
-    import psycopg
-
-    db = f"lorasmith_load_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{db}"')
-    data = Path(tempfile.mkdtemp(prefix="lorasmith-load-"))
-    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
-    env.update(
-        DATABASE_URL=PG_ADMIN.rsplit("/", 1)[0] + f"/{db}",
-        REDIS_URL=REDIS,
-        LORASMITH_REDIS_NAMESPACE=f"lorasmith-load-{uuid.uuid4().hex[:6]}",
-        LORASMITH_DATA_DIR=str(data),
-        LORASMITH_MAX_ACTIVE_RUNS="0",
-    )
-    port = 18000 + os.getpid() % 1000
-    manage = [sys.executable, "manage.py"]
-    subprocess.run([*manage, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-    key = subprocess.run(
-        [*manage, "issue_api_key", "load"], cwd=ROOT, env=env, check=True, capture_output=True, text=True
-    ).stdout.split()[-1]
-    logs = [open(data / f"{name}.log", "w") for name in ["web", *[f"runner-{i}" for i in range(runners)]]]  # noqa: SIM115
-    processes = [
-        subprocess.Popen(
-            [*manage, "serve", "--port", str(port)], cwd=ROOT, env=env, stdout=logs[0], stderr=subprocess.STDOUT
-        )
-    ]
-    processes += [
-        subprocess.Popen([*manage, "runner"], cwd=ROOT, env=env, stdout=logs[i + 1], stderr=subprocess.STDOUT)
-        for i in range(runners)
-    ]
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            ready = sum("runner ready" in (data / f"runner-{i}.log").read_text() for i in range(runners))
-            with contextlib.suppress(httpx.TransportError):
-                if ready == runners and httpx.get(f"{base_url}/api/v1/healthz", timeout=2).status_code == 200:
-                    break
-            time.sleep(0.5)
-        else:
-            raise SystemExit(f"the deployment did not start; see {data}")
-        yield base_url, key
-    finally:
-        for p in processes:
-            p.terminate()
-        for p in processes:
-            try:
-                p.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--base-url")
@@ -192,7 +125,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=60.0)
     args = parser.parse_args()
     if args.start:
-        with deployment(args.runners) as (base_url, key):
+        with scale_deployment(args.runners) as (base_url, key):
             asyncio.run(drive(base_url, key, args.clients, args.seconds))
     else:
         if not (args.base_url and args.api_key):

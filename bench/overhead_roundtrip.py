@@ -1,0 +1,115 @@
+"""The service's own overhead (issue 22), embedded and scale path side by side in one run:
+
+1. a tiny `forward` (8 tokens) round trip through the SDK and the server, one at a time: p50
+   (goal < 30 ms on loopback);
+2. pipelined training through the server (every forward_backward + optim_step sent, then waited
+   for) vs the same steps on the bare engine in this process: tokens/s ratio (goal >= 0.95x).
+
+  .venv/bin/python bench/overhead_roundtrip.py [--round-trips 30] [--steps 10] [--batch 8] [--length 128]
+  [--only embedded|scale]  (scale needs PostgreSQL and Redis on loopback)
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from deployments import embedded_deployment, scale_deployment
+
+import lorasmith
+from gpu_runner import Engine
+from gpu_runner.types import AdamParams, Datum, ForwardBackward, LoraSpec, OptimStep
+from lorasmith import AdamParams as SdkAdam
+from lorasmith import Datum as SdkDatum
+from lorasmith import ModelInput
+
+LR = 1e-4
+
+
+def tokens(length: int, offset: int = 0) -> list[int]:
+    return [(7 * i + offset) % 500 + 3 for i in range(length + 1)]
+
+
+def round_trips(training, count: int) -> float:
+    datum = SdkDatum(model_input=ModelInput.from_ints(tokens(8)[:-1]), loss_fn_inputs={"target_tokens": tokens(8)[1:]})
+    training.forward([datum], "cross_entropy").result()  # warm-up: the adapter is built
+    times = []
+    for _ in range(count):
+        start = time.perf_counter()
+        training.forward([datum], "cross_entropy").result()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def served_tokens_per_second(training, steps: int, batch: int, length: int) -> float:
+    data = [
+        SdkDatum(
+            model_input=ModelInput.from_ints(tokens(length, b)[:-1]),
+            loss_fn_inputs={"target_tokens": tokens(length, b)[1:]},
+        )
+        for b in range(batch)
+    ]
+    start = time.perf_counter()
+    futures = [
+        (training.forward_backward(data, "cross_entropy"), training.optim_step(SdkAdam(learning_rate=LR)))
+        for _ in range(steps)
+    ]
+    for fb, opt in futures:
+        fb.result()
+        opt.result()
+    return steps * batch * length / (time.perf_counter() - start)
+
+
+def bare_tokens_per_second(steps: int, batch: int, length: int) -> float:
+    engine = Engine("tiny-llama")
+    engine.create_adapter("bare", LoraSpec(rank=8, seed=1))
+    data = [
+        Datum(
+            tokens(length, b)[:-1],
+            {"target_tokens": torch.tensor(tokens(length, b)[1:]), "weights": torch.ones(length)},
+        )
+        for b in range(batch)
+    ]
+    cycle = [ForwardBackward("bare", data), OptimStep("bare", AdamParams(learning_rate=LR))]
+    engine.run_cycle(cycle)  # warm-up
+    start = time.perf_counter()
+    for _ in range(steps):
+        engine.run_cycle(cycle)
+    return steps * batch * length / (time.perf_counter() - start)
+
+
+def measure(name: str, deployment, args) -> dict[str, float]:
+    with deployment as (base_url, key):
+        service = lorasmith.ServiceClient(base_url=base_url, api_key=key)
+        try:
+            training = service.create_lora_training_client("tiny-llama", rank=8, seed=1)
+            p50 = round_trips(training, args.round_trips)
+            served = served_tokens_per_second(training, args.steps, args.batch, args.length)
+        finally:
+            service.close()
+    bare = bare_tokens_per_second(args.steps, args.batch, args.length)
+    return {"p50_ms": p50 * 1000, "served": served, "bare": bare}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--round-trips", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--only", choices=["embedded", "scale"])
+    args = parser.parse_args()
+    paths = {"embedded": embedded_deployment, "scale": scale_deployment}
+    print(f"{'path':<10}{'forward p50 ms':>16}{'served tok/s':>14}{'bare tok/s':>12}{'ratio':>8}")
+    for name, start in paths.items():
+        if args.only and name != args.only:
+            continue
+        got = measure(name, start() if name == "embedded" else start(1), args)
+        ratio = got["served"] / got["bare"]
+        print(f"{name:<10}{got['p50_ms']:>16.1f}{got['served']:>14.0f}{got['bare']:>12.0f}{ratio:>7.2f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from .lora_layer import MultiLoraLinear
+from .lora_layer import LoraModule
 from .types import AdamParams, LoraSpec
 
 
@@ -32,21 +32,21 @@ class Adapter:
 
     @classmethod
     def initialise(
-        cls, adapter_id: str, spec: LoraSpec, layers: dict[str, MultiLoraLinear], device: torch.device
+        cls, adapter_id: str, spec: LoraSpec, layers: dict[str, LoraModule], device: torch.device
     ) -> Adapter:
-        """PEFT's default init: A ~ U(-1/sqrt(d_in), 1/sqrt(d_in)) (kaiming a=sqrt(5)), B = 0."""
+        """PEFT's default init: A ~ U(-1/sqrt(d_in), 1/sqrt(d_in)) (kaiming a=sqrt(5)), B = 0; for
+        experts every expert's (or the shared) A likewise, in the spec's expert layout."""
         enabled = {"attn": spec.train_attn, "mlp": spec.train_mlp, "unembed": spec.train_unembed}
         seed = spec.seed if spec.seed is not None else secrets.randbits(63)
         generator = torch.Generator().manual_seed(seed)
         weights = {}
-        for name, layer in layers.items():
+        for layer in layers.values():
             if not enabled[layer.kind]:
                 continue
-            d_out, d_in = layer.base.weight.shape
-            bound = 1.0 / math.sqrt(d_in)
-            lora_a = (torch.rand(spec.rank, d_in, generator=generator) * 2 - 1) * bound
-            lora_b = torch.zeros(d_out, spec.rank)
-            weights[name] = (_param(lora_a, device), _param(lora_b, device))
+            for weight_name, (a_shape, b_shape) in layer.lora_shapes(spec.rank, spec.expert_layout).items():
+                bound = 1.0 / math.sqrt(a_shape[-1])
+                lora_a = (torch.rand(*a_shape, generator=generator) * 2 - 1) * bound
+                weights[weight_name] = (_param(lora_a, device), _param(torch.zeros(*b_shape), device))
         return cls(adapter_id, spec, weights)
 
     def pair(self, module_name: str) -> tuple[torch.Tensor, torch.Tensor] | None:

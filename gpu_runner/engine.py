@@ -34,7 +34,7 @@ from .base_model import (
 )
 from .errors import EngineError, EngineInputError
 from .logprobs import Head, chunk_tokens_for, target_logprobs
-from .lora_layer import Backend, Routing, wrap_model
+from .lora_layer import Backend, Routing, misfit, weight_kinds, wrap_model
 from .lora_math import Segment
 from .losses import op_loss
 from .sampler import Decoder, PromptScoring, SampleRow, generate, row_stream
@@ -368,7 +368,7 @@ class Engine:
         elif isinstance(op, LoadState):
             self._install(checkpoints.load_state(op.adapter_id, op.directory, self.device, op.include_optimizer))
         elif isinstance(op, ImportPeft):
-            kinds = {name: layer.kind for name, layer in self.layers.items()}
+            kinds = weight_kinds(self.layers)
             self._install(checkpoints.import_peft(op.adapter_id, op.directory, self.device, kinds))
         else:
             raise EngineError(f"unsupported operation {type(op).__name__}")
@@ -380,12 +380,9 @@ class Engine:
         self.adapters.put(adapter)
 
     def _check_shapes(self, adapter: Adapter) -> None:
-        for name, (lora_a, lora_b) in adapter.weights.items():
-            layer = self.layers.get(name)
-            if layer is None or lora_a.shape[1] != layer.base.in_features or lora_b.shape[0] != layer.base.out_features:
-                raise EngineInputError(
-                    f"checkpoint does not fit base model {self.info.name} (module {name})", field="path"
-                )
+        name = misfit(self.layers, adapter.weights)
+        if name is not None:
+            raise EngineInputError(f"checkpoint does not fit base model {self.info.name} (module {name})", field="path")
 
 
 def default_pass_tokens(device: torch.device, config, dtype: torch.dtype) -> int:

@@ -15,18 +15,32 @@ from typing import Literal, Protocol, cast
 import torch
 from torch import nn
 
+from .errors import EngineInputError
+from .expert_lora import MultiLoraExperts, Shapes, expert_parameters, unsupported_reason
 from .lora_math import (
     GroupedStack,
     LoraWeights,
     Segment,
     check_segments,
+    group_ends,
     grouped_delta,
     grouped_supported,
     loop_delta,
     stack_for_grouped,
 )
 
-__all__ = ["KINDS", "LoraWeights", "MultiLoraLinear", "Routing", "Segment", "layer_kinds", "wrap_model"]
+__all__ = [
+    "KINDS",
+    "LoraModule",
+    "LoraWeights",
+    "MultiLoraExperts",
+    "MultiLoraLinear",
+    "Routing",
+    "Segment",
+    "layer_kinds",
+    "weight_kinds",
+    "wrap_model",
+]
 
 Backend = Literal["auto", "loop", "grouped"]
 
@@ -53,6 +67,7 @@ class Routing:
         self._key: tuple = ()
         self.backend: Backend = backend
         self.stacks: dict[str, GroupedStack | None] = {}
+        self._ends: dict[tuple, torch.Tensor] = {}
 
     @property
     def segments(self) -> list[Segment]:
@@ -63,8 +78,15 @@ class Routing:
         check_segments(segments)
         key = tuple((id(s.adapter), s.start, s.stop) for s in segments)
         if key != self._key:
-            self.stacks = {}
+            self.stacks, self._ends = {}, {}
         self._segments, self._key = list(segments), key
+
+    def group_ends(self, segments: Sequence[Segment], device: torch.device) -> torch.Tensor:
+        """The segments' int32 ends on `device`, copied once for as long as the segments stay."""
+        key = (str(device), *((s.start, s.stop) for s in segments))
+        if key not in self._ends:
+            self._ends[key] = group_ends(segments, device)
+        return self._ends[key]
 
     @property
     def tokens(self) -> int:
@@ -86,6 +108,10 @@ class MultiLoraLinear(nn.Module):
     @property
     def in_features(self) -> int:
         return self.base.in_features
+
+    def lora_shapes(self, rank: int, layout: str) -> Shapes:
+        """{module name: (A shape, B shape)}; `layout` concerns experts only."""
+        return {self.module_name: ((rank, self.base.in_features), (self.base.out_features, rank))}
 
     @property
     def out_features(self) -> int:
@@ -115,7 +141,8 @@ class MultiLoraLinear(nn.Module):
         if cache and self.module_name in self.routing.stacks:
             stack = self.routing.stacks[self.module_name]
         else:
-            stack = stack_for_grouped(segments, self.module_name, d_in, d_out, flat.dtype, flat.device)
+            ends = self.routing.group_ends(segments, flat.device)
+            stack = stack_for_grouped(segments, self.module_name, d_in, d_out, flat.dtype, flat.device, ends)
             if cache:
                 self.routing.stacks[self.module_name] = stack
         return None if stack is None else grouped_delta(flat, stack)
@@ -126,15 +153,23 @@ ATTENTION_SCOPES = ("attn", "attention")
 MLP_SCOPES = ("mlp", "feed_forward", "ffn", "moe", "experts")
 KINDS = ("attn", "mlp", "unembed")
 
+LoraModule = MultiLoraLinear | MultiLoraExperts
+
 
 def layer_kinds(model: CausalLM) -> dict[str, str]:
-    """Which Linear modules take LoRA, and as what: those inside an attention block ("attn"), inside
-    an MLP block ("mlp"), and the output embedding ("unembed"). Found by the enclosing blocks' names,
+    """Which modules take LoRA, and as what: Linear modules inside an attention block ("attn"), inside
+    an MLP block ("mlp"), the output embedding ("unembed"), and modules holding fused 3-D expert
+    parameters ("experts", trained as "mlp"). Linear modules are found by the enclosing blocks' names,
     so any decoder's naming fits (q_proj or qkv_proj or query_key_value; gate_up_proj, fc1,
-    dense_h_to_4h...), like PEFT's "all-linear"."""
+    dense_h_to_4h...), like PEFT's "all-linear"; experts by their role (3-D parameters), whatever
+    their name. The router takes no LoRA: it is not a Linear in transformers 5, and nothing named
+    "gate"/"router" outside the scopes is picked."""
     output = model.get_output_embeddings()
     kinds: dict[str, str] = {}
     for name, module in model.named_modules():
+        if expert_parameters(module):
+            kinds[name] = "experts"
+            continue
         if not isinstance(module, nn.Linear):
             continue
         scopes = [part.lower() for part in name.split(".")[:-1]]
@@ -147,20 +182,64 @@ def layer_kinds(model: CausalLM) -> dict[str, str]:
     return kinds
 
 
-def wrap_model(model: CausalLM, routing: Routing) -> dict[str, MultiLoraLinear]:
-    """Replace every LoRA-taking Linear by a MultiLoraLinear; returns them by module name."""
+def wrap_model(model: CausalLM, routing: Routing) -> dict[str, LoraModule]:
+    """Replace every LoRA-taking Linear by a MultiLoraLinear and every fused-experts module by a
+    MultiLoraExperts; returns them by module name. A model the engine cannot wrap is refused with an
+    EngineInputError on `base_model` naming the architecture and what is missing."""
+    arch = type(model).__name__
     kinds = layer_kinds(model)
-    if not any(kind == "attn" for kind in kinds.values()) or not any(kind == "mlp" for kind in kinds.values()):
-        raise ValueError(
-            f"found no attention or no MLP Linear layers in {type(model).__name__}; "
-            f"LoRA targets found: {sorted(kinds)[:8]}"
+    for name, kind in kinds.items():
+        reason = unsupported_reason(model.get_submodule(name)) if kind == "experts" else None
+        if reason is not None:
+            module = model.get_submodule(name)
+            raise EngineInputError(
+                f"{arch}: cannot put LoRA on the experts {name} ({type(module).__name__}): {reason}; "
+                "supported: gate_up_proj (E, 2I, H) and down_proj (E, H, I) without biases",
+                field="base_model",
+            )
+    has_mlp = any(kind in ("mlp", "experts") for kind in kinds.values())
+    if not any(kind == "attn" for kind in kinds.values()) or not has_mlp:
+        raise EngineInputError(
+            f"found no attention or no MLP Linear layers in {arch}; LoRA targets found: {sorted(kinds)[:8]}",
+            field="base_model",
         )
-    wrapped: dict[str, MultiLoraLinear] = {}
+    wrapped: dict[str, LoraModule] = {}
     for name, kind in kinds.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        base = cast(nn.Linear, model.get_submodule(name))  # layer_kinds names only nn.Linear modules
-        layer = MultiLoraLinear(base, name, kind, routing)
+        base = model.get_submodule(name)
+        if kind == "experts":
+            layer: LoraModule = MultiLoraExperts(base, name, routing)
+        else:
+            layer = MultiLoraLinear(cast(nn.Linear, base), name, kind, routing)
         setattr(parent, child, layer)
         wrapped[name] = layer
     return wrapped
+
+
+def weight_kinds(layers: dict[str, LoraModule]) -> dict[str, str]:
+    """{adapter weight name: kind}; an experts module has one weight per projection."""
+    return {weight: layer.kind for layer in layers.values() for weight in layer.lora_shapes(1, "per_expert")}
+
+
+def misfit(layers: dict[str, LoraModule], weights: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> str | None:
+    """The first adapter weight that does not fit these layers (unknown, or shaped for another model)."""
+    expected: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+    for layer in layers.values():
+        expected.update(layer.lora_shapes(0, "per_expert"))
+    for name, (lora_a, lora_b) in weights.items():
+        if name not in expected:
+            return name
+        want_a, want_b = expected[name]
+        if not (_fits(tuple(lora_a.shape), want_a) and _fits(tuple(lora_b.shape), want_b)):
+            return name
+    return None
+
+
+def _fits(shape: tuple[int, ...], want: tuple[int, ...]) -> bool:
+    """Same shape except the rank (0 in `want`) and an expert dim that may be 1 (a shared factor)."""
+    if len(shape) != len(want):
+        return False
+    return all(
+        w == 0 or s == w or (len(want) == 3 and axis == 0 and s == 1) for axis, (s, w) in enumerate(zip(shape, want))
+    )

@@ -23,6 +23,7 @@ from transformers import (
     PreTrainedConfig,
     PreTrainedTokenizerFast,
     Qwen3Config,
+    Qwen3MoeConfig,
 )
 
 CORPUS = Path(__file__).with_name("data") / "corpus.txt"
@@ -49,11 +50,11 @@ _COMMON_CONFIG: dict[str, Any] = {
 class TinyModelRecipe:
     name: str
     config_class: Callable[..., PreTrainedConfig]  # LlamaConfig, Qwen3Config, ...
-    sizes: dict[str, int]  # on top of _COMMON_CONFIG
+    sizes: dict[str, Any]  # on top of _COMMON_CONFIG (and overriding it)
     seed: int
 
     def make_config(self, token_ids: dict[str, int], vocab_size: int) -> PreTrainedConfig:
-        return self.config_class(vocab_size=vocab_size, **_COMMON_CONFIG, **self.sizes, **token_ids)
+        return self.config_class(vocab_size=vocab_size, **{**_COMMON_CONFIG, **self.sizes}, **token_ids)
 
 
 RECIPES = {
@@ -62,6 +63,24 @@ RECIPES = {
     ),
     "tiny-qwen3": TinyModelRecipe(
         "tiny-qwen3", Qwen3Config, {"intermediate_size": 320, "num_hidden_layers": 3, "head_dim": 32}, seed=4321
+    ),
+    # every layer sparse (decoder_sparse_step 1, no mlp_only_layers): 8 experts, top-2, fused 3-D expert weights
+    "tiny-qwen3-moe": TinyModelRecipe(
+        "tiny-qwen3-moe",
+        Qwen3MoeConfig,
+        {
+            "hidden_size": 64,
+            "intermediate_size": 128,
+            "moe_intermediate_size": 64,
+            "num_experts": 8,
+            "num_experts_per_tok": 2,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": [],
+            "norm_topk_prob": True,
+            "num_hidden_layers": 2,
+            "head_dim": 16,
+        },
+        seed=2468,
     ),
 }
 

@@ -16,6 +16,9 @@ import torch
 from .errors import EngineInputError
 
 MAX_RANK = 1024
+# how expert LoRA factors are laid out (README "Expert LoRA"): one A shared by all experts on the input
+# side of gate/up and one B shared on the output side of down (Tinker's), or every factor per expert
+EXPERT_LAYOUTS = ("shared_outer", "per_expert")
 
 StopReason = Literal["stop", "length"]
 ErrorCategory = Literal["user", "server"]
@@ -34,6 +37,7 @@ class LoraSpec:
     train_attn: bool = True
     train_mlp: bool = True
     train_unembed: bool = True
+    expert_layout: str = "shared_outer"  # one of EXPERT_LAYOUTS; only MoE models read it
 
     def __post_init__(self) -> None:
         if not _is_int(self.rank) or not 1 <= self.rank <= MAX_RANK:
@@ -45,6 +49,11 @@ class LoraSpec:
         if not (self.train_attn or self.train_mlp or self.train_unembed):
             raise EngineInputError(
                 "at least one of train_attn, train_mlp, train_unembed must be true", field="lora_config"
+            )
+        if self.expert_layout not in EXPERT_LAYOUTS:
+            raise EngineInputError(
+                f"lora_config.expert_layout must be one of {', '.join(EXPERT_LAYOUTS)}",
+                field="lora_config.expert_layout",
             )
 
 

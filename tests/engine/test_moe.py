@@ -1,0 +1,171 @@
+"""Mixture-of-experts LoRA on `tiny-qwen3-moe` (fused 3-D experts, every layer sparse).
+
+The reference never uses engine code: a plain transformers copy of the model whose weights are
+`W + s * B @ A` (experts: `W_e + s * B_e @ A_e`, a shared factor broadcast over experts), through
+`torch.func.functional_call`, so its gradients to A and B are autograd's on the merged weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.func import functional_call
+from transformers import AutoModelForCausalLM
+
+from gpu_runner import Engine
+from gpu_runner.errors import EngineInputError
+from gpu_runner.expert_lora import MultiLoraExperts
+from gpu_runner.types import ForwardBackward, LoadState, LoraSpec, Sample, SamplingParams, SaveState
+
+from .reference import random_sequence, sft_datum, train_steps
+
+
+@pytest.fixture(scope="module")
+def moe_engine(engine_data_dir) -> Engine:
+    return Engine("tiny-qwen3-moe", data_dir=engine_data_dir, max_pass_tokens=4096)
+
+
+@pytest.fixture(scope="module")
+def plain_model(moe_engine):
+    model = AutoModelForCausalLM.from_pretrained(moe_engine.info.model_dir, dtype=torch.float32)
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+def test_every_layer_is_sparse_and_its_experts_take_lora(moe_engine):
+    config = moe_engine.model.config
+    assert config.num_experts == 8 and config.num_hidden_layers == 2
+    experts = {n: layer for n, layer in moe_engine.layers.items() if isinstance(layer, MultiLoraExperts)}
+    assert sorted(experts) == [f"model.layers.{i}.mlp.experts" for i in range(config.num_hidden_layers)]
+    assert all(layer.kind == "mlp" for layer in experts.values())
+    assert not any(".gate" in name for name in moe_engine.layers)  # no LoRA on the router
+
+
+def _seeded_adapter(engine: Engine, adapter_id: str, seed: int, **spec) -> None:
+    """An adapter whose B factors are random too (B = 0 at init would hide every delta)."""
+    engine.create_adapter(adapter_id, LoraSpec(seed=seed, **spec))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for _, lora_b in engine.adapter(adapter_id).weights.values():
+            lora_b.copy_(torch.randn(lora_b.shape, generator=generator) * 0.2)
+
+
+def _merged_params(model, weights, scale):
+    """{parameter name: W + s * B @ A} for every adapted module of the plain model."""
+    params = dict(model.named_parameters())
+    merged = {}
+    for name, (lora_a, lora_b) in weights.items():
+        key = name if name in params else f"{name}.weight"
+        merged[key] = params[key] + scale * torch.matmul(lora_b, lora_a)  # 3-D: broadcast over experts
+    return merged
+
+
+def _reference(model, adapter, datum):
+    """Target logprobs and gradients {weight name: (dA, dB)} of the cross-entropy sum."""
+    leaves = {
+        n: (a.detach().clone().requires_grad_(True), b.detach().clone().requires_grad_(True))
+        for n, (a, b) in adapter.weights.items()
+    }
+    params = _merged_params(model, leaves, adapter.scale)
+    tokens = torch.tensor([datum.model_input])
+    logits = functional_call(model, params, args=(), kwargs={"input_ids": tokens}).logits[0].float()
+    targets = datum.loss_fn_inputs["target_tokens"]
+    logprobs = torch.log_softmax(logits, -1).gather(-1, targets[:, None]).squeeze(-1)
+    (-(logprobs * datum.loss_fn_inputs["weights"]).sum()).backward()
+    return logprobs.detach(), {n: (a.grad, b.grad) for n, (a, b) in leaves.items()}
+
+
+def _engine_grads(engine, adapter_id):
+    out = {}
+    for name, (a, b) in engine.adapter(adapter_id).weights.items():
+        out[name] = (a.grad.clone(), b.grad.clone())
+        a.grad = b.grad = None
+    return out
+
+
+@pytest.mark.parametrize("layout", ["shared_outer", "per_expert"])
+def test_three_tenants_in_one_pass_equal_each_alone_and_the_merged_reference(moe_engine, plain_model, layout):
+    ids = [f"{layout}-a", f"{layout}-b", f"{layout}-c"]
+    _seeded_adapter(moe_engine, ids[0], 1, rank=4, alpha=8, expert_layout=layout)
+    _seeded_adapter(moe_engine, ids[1], 2, rank=8, alpha=8, expert_layout=layout)
+    _seeded_adapter(moe_engine, ids[2], 3, rank=4, train_mlp=False)  # no expert LoRA
+    assert not any("experts" in n for n in moe_engine.adapter(ids[2]).weights)
+    shared = moe_engine.adapter(ids[0]).weights["model.layers.0.mlp.experts.gate_up_proj"][0].shape[0]
+    assert shared == (1 if layout == "shared_outer" else 8)
+    data = {i: [sft_datum(random_sequence(n, seed=40 + n))] for i, n in zip(ids, (9, 13, 7))}
+
+    fused = moe_engine.run_cycle([ForwardBackward(i, data[i]) for i in ids])
+    assert all(r.ok for r in fused), [r.error for r in fused]
+    fused_grads = {i: _engine_grads(moe_engine, i) for i in ids}
+    for k, adapter_id in enumerate(ids):
+        (alone,) = moe_engine.run_cycle([ForwardBackward(adapter_id, data[adapter_id])])
+        alone_grads = _engine_grads(moe_engine, adapter_id)
+        got = fused[k].output.loss_fn_outputs[0]["logprobs"]
+        torch.testing.assert_close(got, alone.output.loss_fn_outputs[0]["logprobs"], rtol=0, atol=1e-5)
+        expected, reference_grads = _reference(plain_model, moe_engine.adapter(adapter_id), data[adapter_id][0])
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+        for name, (ga, gb) in fused_grads[adapter_id].items():
+            for got_grad, want in ((ga, reference_grads[name][0]), (gb, reference_grads[name][1])):
+                _assert_grad_close(got_grad, want, name)
+            _assert_grad_close(ga, alone_grads[name][0], name)
+            _assert_grad_close(gb, alone_grads[name][1], name)
+        moe_engine.remove_adapter(adapter_id)
+
+
+def _assert_grad_close(got: torch.Tensor, want: torch.Tensor, name: str) -> None:
+    """<= 1e-5 relative to the gradient's own scale (fp32 sums of different orders differ in the last bits)."""
+    error = float((got - want).abs().max()) / max(1.0, float(want.abs().max()))
+    assert error <= 1e-5, f"{name}: gradient off by {error:.2e} of its scale"
+
+
+def test_expert_lora_bytes_are_counted_exactly(moe_engine):
+    config = moe_engine.model.config
+    rank, experts, hidden, inner = 4, config.num_experts, config.hidden_size, config.moe_intermediate_size
+    linears = sum(
+        rank * (m.in_features + m.out_features)
+        for name, m in AutoModelForCausalLM.from_config(config).named_modules()
+        if isinstance(m, torch.nn.Linear) and ("self_attn" in name or name == "lm_head")
+    )
+    per_layer = {
+        "shared_outer": rank * hidden + experts * 2 * inner * rank + experts * rank * inner + hidden * rank,
+        "per_expert": experts * rank * (hidden + 2 * inner + inner + hidden),
+    }
+    for layout, expert_params in per_layer.items():
+        moe_engine.create_adapter(f"bytes-{layout}", LoraSpec(rank=rank, seed=0, expert_layout=layout))
+        adapter = moe_engine.adapter(f"bytes-{layout}")
+        assert adapter.nbytes() == 4 * (linears + config.num_hidden_layers * expert_params)
+        moe_engine.remove_adapter(f"bytes-{layout}")
+
+
+@pytest.mark.parametrize("layout", ["shared_outer", "per_expert"])
+def test_moe_adapter_trains_samples_and_round_trips_its_state(moe_engine, tmp_path, layout):
+    adapter_id = f"train-{layout}"
+    moe_engine.create_adapter(adapter_id, LoraSpec(rank=4, alpha=8, seed=5, expert_layout=layout))
+    data = [sft_datum(random_sequence(12, seed=71)), sft_datum(random_sequence(9, seed=72))]
+    losses = train_steps(moe_engine, adapter_id, data, steps=3, lr=2e-2)
+    assert losses[-1] < losses[0]
+    experts_b = moe_engine.adapter(adapter_id).weights["model.layers.1.mlp.experts.down_proj"][1]
+    assert experts_b.abs().sum() > 0  # the expert factors trained, not only attention
+    (sample,) = moe_engine.run_cycle(
+        [Sample(adapter_id, data[0].model_input[:5], 2, SamplingParams(max_tokens=4, temperature=1.0, seed=3))]
+    )
+    assert sample.ok, sample.error
+    assert [len(s.tokens) for s in sample.output.sequences] and all(s.tokens for s in sample.output.sequences)
+    results = moe_engine.run_cycle(
+        [
+            SaveState(adapter_id, tmp_path / "state"),
+            LoadState(f"{adapter_id}-loaded", tmp_path / "state"),
+            ForwardBackward(adapter_id, data, forward_only=True),
+            ForwardBackward(f"{adapter_id}-loaded", data, forward_only=True),
+        ]
+    )
+    assert all(r.ok for r in results), [r.error for r in results]
+    assert moe_engine.adapter(f"{adapter_id}-loaded").spec.expert_layout == layout
+    for before, after in zip(results[2].output.loss_fn_outputs, results[3].output.loss_fn_outputs):
+        torch.testing.assert_close(before["logprobs"], after["logprobs"], rtol=0, atol=1e-6)
+
+
+def test_an_unknown_expert_layout_is_refused_naming_the_field():
+    with pytest.raises(EngineInputError) as refused:
+        LoraSpec(expert_layout="interleaved")
+    assert refused.value.field == "lora_config.expert_layout"

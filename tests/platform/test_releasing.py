@@ -120,7 +120,7 @@ def test_idle_adapters_leave_the_engine_and_busy_ones_stay(monkeypatch):
     ids = ["fin:train:0", "fin:train:1", "live:train:0", "live:sample:3", "live:sample:4"]
     for adapter_id in ids:
         engine.create_adapter(adapter_id, LoraSpec(rank=2, seed=1))
-    monkeypatch.setattr(engines, "_engines", {"tiny-llama": engine})
+    monkeypatch.setattr(engines, "_engines", {"a-runner-id": engines.Resident(engine)})
     assert engines.release_idle_adapters() == 2
     assert sorted(engine.adapter_ids()) == ["fin:train:1", "live:sample:4", "live:train:0"]
 

@@ -6,6 +6,14 @@ Three formats:
 - spill (`write_spill`/`read_spill`): training state plus pending gradients, `grads.safetensors`.
 - PEFT adapter (`export_peft`/`import_peft`): `adapter_config.json` + `adapter_model.safetensors`
   with PEFT's key names, loadable by `peft.PeftModel.from_pretrained` and vLLM.
+
+Expert LoRA in PEFT (peft 0.21 `target_parameters`, README "Expert LoRA"): the engine keeps each
+projection's factors as 3-D tensors, A (E|1, r, d_in) and B (E|1, d_out, r), a dim 0 of 1 being a
+factor shared by all experts. peft gives every expert its own rank-r factors, packed as
+`lora_A (E*r, d_in)` (expert e's rows e*r..e*r+r) and `lora_B (d_out, r*E)` (expert e's columns
+e, E+e, 2E+e...: peft reads it as (d_out, r, E)); a shared factor is expanded to every expert. peft
+nests one wrapper per targeted parameter, the first of `target_parameters` innermost, so the first
+projection's keys carry `.base_layer` once more per later projection.
 """
 
 from __future__ import annotations
@@ -76,14 +84,22 @@ def read_spill(adapter_id: str, directory: Path, device: torch.device) -> Adapte
     return adapter
 
 
+EXPERT_PROJECTIONS = ("gate_up_proj", "down_proj")  # the order of target_parameters: first is innermost
+
+
 def export_peft(adapter: Adapter, directory: Path, base_model_name: str) -> None:
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    targets = sorted({name.rsplit(".", 1)[-1] for name in adapter.weights})
+    linear = {name: pair for name, pair in adapter.weights.items() if pair[0].dim() == 2}
+    experts = {name: pair for name, pair in adapter.weights.items() if pair[0].dim() == 3}
+    targets = sorted({name.rsplit(".", 1)[-1] for name in linear})
+    # "<experts module leaf>.<projection>", e.g. "experts.gate_up_proj": peft matches parameter names by suffix
+    parameters = [p for p in _expert_targets(experts) if any(name.endswith(f".{p}") or name == p for name in experts)]
     config = LoraConfig(
         r=adapter.spec.rank,
         lora_alpha=adapter.spec.alpha,  # type: ignore[arg-type]  # peft annotates int; a float alpha works
         target_modules=targets,
+        target_parameters=parameters or None,
         lora_dropout=0.0,
         bias="none",
         task_type="CAUSAL_LM",
@@ -91,10 +107,60 @@ def export_peft(adapter: Adapter, directory: Path, base_model_name: str) -> None
     )
     config.save_pretrained(str(directory))
     tensors = {}
-    for name, (lora_a, lora_b) in adapter.weights.items():
+    for name, (lora_a, lora_b) in linear.items():
         tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"] = lora_a.detach().contiguous().cpu()
         tensors[f"{PEFT_PREFIX}{name}.lora_B.weight"] = lora_b.detach().contiguous().cpu()
+    for name, (lora_a, lora_b) in experts.items():
+        module, projection = name.rsplit(".", 1)
+        key = f"{PEFT_PREFIX}{module}{_nesting(parameters, module, projection)}"
+        peft_a, peft_b = _to_peft_experts(lora_a.detach().cpu(), lora_b.detach().cpu())
+        tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"] = peft_a, peft_b
     save_file(tensors, str(directory / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+def _expert_targets(experts: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[str]:
+    leaves = sorted({name.rsplit(".", 1)[0].rsplit(".", 1)[-1] for name in experts})
+    return [f"{leaf}.{projection}" for projection in EXPERT_PROJECTIONS for leaf in leaves]
+
+
+def _nesting(parameters: list[str], module: str, projection: str) -> str:
+    """`.base_layer` once per wrapper peft puts outside this projection's (the later targets)."""
+    leaf = module.rsplit(".", 1)[-1]
+    mine = [p for p in parameters if p.startswith(f"{leaf}.")]
+    return ".base_layer" * (len(mine) - 1 - mine.index(f"{leaf}.{projection}"))
+
+
+def _to_peft_experts(lora_a: torch.Tensor, lora_b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (E|1, r, d_in), B (E|1, d_out, r) -> peft's lora_A (E*r, d_in), lora_B (d_out, r*E)."""
+    experts = max(lora_a.shape[0], lora_b.shape[0])
+    full_a = lora_a.expand(experts, -1, -1)  # a shared factor: every expert's copy
+    full_b = lora_b.expand(experts, -1, -1)
+    rank, d_in = full_a.shape[1:]
+    peft_a = full_a.reshape(experts * rank, d_in)
+    peft_b = full_b.permute(1, 2, 0).reshape(full_b.shape[1], rank * experts)
+    return peft_a.contiguous(), peft_b.contiguous()
+
+
+def _from_peft_experts(peft_a: torch.Tensor, peft_b: torch.Tensor, experts: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inverse of `_to_peft_experts`, per expert: A (E, r, d_in), B (E, d_out, r)."""
+    lora_a = peft_a.reshape(experts, -1, peft_a.shape[-1])
+    lora_b = peft_b.reshape(peft_b.shape[0], -1, experts).permute(2, 0, 1)
+    return lora_a.contiguous(), lora_b.contiguous()
+
+
+def _share_outer(named: dict[str, torch.Tensor]) -> str:
+    """Collapse the outer factors (gate/up's A, down's B) back to one when every expert's copy is the
+    same, as an exported shared-outer adapter's are; returns the expert layout found."""
+    modules = [n.removesuffix(".gate_up_proj.lora_A") for n in named if n.endswith(".gate_up_proj.lora_A")]
+    keys = [f"{m}.gate_up_proj.lora_A" for m in modules] + [
+        f"{m}.down_proj.lora_B" for m in modules if f"{m}.down_proj.lora_B" in named
+    ]
+    tensors = [named[k] for k in keys if named[k].dim() == 3]
+    if not tensors or not all(bool((t == t[:1]).all()) for t in tensors):
+        return "per_expert"
+    for key in keys:
+        named[key] = named[key][:1].contiguous()
+    return "shared_outer"
 
 
 def import_peft(adapter_id: str, directory: Path, device: torch.device, kinds: dict[str, str]) -> Adapter:
@@ -103,23 +169,45 @@ def import_peft(adapter_id: str, directory: Path, device: torch.device, kinds: d
     if not (directory / PEFT_CONFIG_FILE).exists() or not (directory / PEFT_WEIGHTS_FILE).exists():
         raise EngineInputError(f"{directory} is not a PEFT adapter directory", field="path")
     config = json.loads((directory / PEFT_CONFIG_FILE).read_text())
+    rank = int(config["r"])
     named = {}
     for key, tensor in load_file(str(directory / PEFT_WEIGHTS_FILE)).items():
         module = key.removeprefix(PEFT_PREFIX)
         for part in ("lora_A", "lora_B"):
             suffix = f".{part}.weight"
             if module.endswith(suffix):
-                named[f"{module[: -len(suffix)]}.{part}"] = tensor
+                named[f"{_unnest(module[: -len(suffix)], kinds)}.{part}"] = tensor
+    for name in [n.removesuffix(".lora_A") for n in named if n.endswith(".lora_A")]:
+        targeted = config.get("target_parameters") or []
+        if any(name.endswith(f".{target}") for target in targeted) and f"{name}.lora_B" in named:
+            experts = named[f"{name}.lora_A"].shape[0] // rank
+            named[f"{name}.lora_A"], named[f"{name}.lora_B"] = _from_peft_experts(
+                named[f"{name}.lora_A"], named[f"{name}.lora_B"], experts
+            )
     present = {kinds.get(name.rsplit(".", 1)[0]) for name in named}
+    layout = _share_outer(named)
     spec = _spec_in(
         directory,
-        rank=int(config["r"]),
+        rank=rank,
+        expert_layout=layout,
         alpha=float(config.get("lora_alpha", config["r"])),
         train_attn="attn" in present,
         train_mlp="mlp" in present,
         train_unembed="unembed" in present,
     )
     return _adapter_from_named(adapter_id, spec, named, device)
+
+
+def _unnest(module: str, kinds: dict[str, str]) -> str:
+    """peft's key of a nested expert wrapper -> the engine's weight name (`<experts>.<projection>`)."""
+    if ".base_layer" not in module and module in kinds:
+        return module
+    depth = module.count(".base_layer")
+    experts = module.replace(".base_layer", "")
+    mine = [p for p in EXPERT_PROJECTIONS if f"{experts}.{p}" in kinds]
+    if not mine or depth >= len(mine):
+        return module  # not an expert module of this model: the shape check refuses it
+    return f"{experts}.{mine[len(mine) - 1 - depth]}"
 
 
 def _spec_in(directory: Path, **fields: Any) -> LoraSpec:

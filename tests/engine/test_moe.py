@@ -6,6 +6,8 @@ The reference never uses engine code: a plain transformers copy of the model who
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from torch.func import functional_call
@@ -14,9 +16,9 @@ from transformers import AutoModelForCausalLM
 from gpu_runner import Engine
 from gpu_runner.errors import EngineInputError
 from gpu_runner.expert_lora import MultiLoraExperts
-from gpu_runner.types import ForwardBackward, LoadState, LoraSpec, Sample, SamplingParams, SaveState
+from gpu_runner.types import ForwardBackward, ImportPeft, LoadState, LoraSpec, Sample, SamplingParams, SaveState
 
-from .reference import random_sequence, sft_datum, train_steps
+from .reference import peft_reference, random_sequence, reference_target_logprobs, sft_datum, train_steps
 
 
 @pytest.fixture(scope="module")
@@ -169,3 +171,26 @@ def test_an_unknown_expert_layout_is_refused_naming_the_field():
     with pytest.raises(EngineInputError) as refused:
         LoraSpec(expert_layout="interleaved")
     assert refused.value.field == "lora_config.expert_layout"
+
+
+@pytest.mark.parametrize("layout", ["shared_outer", "per_expert"])
+def test_peft_export_holds_expert_tensors_and_gives_the_engines_logprobs(moe_engine, tmp_path, layout):
+    adapter_id = f"export-{layout}"
+    _seeded_adapter(moe_engine, adapter_id, 11, rank=4, alpha=8, expert_layout=layout)
+    data = [sft_datum(random_sequence(10, seed=81))]
+    model = peft_reference(moe_engine, adapter_id, tmp_path / "peft", trainable=False)
+    config = json.loads((tmp_path / "peft" / "adapter_config.json").read_text())
+    assert sorted(config["target_parameters"]) == ["experts.down_proj", "experts.gate_up_proj"]
+    experts = model.base_model.model.model.layers[0].mlp.experts  # peft's nested wrappers: down over gate_up
+    assert type(experts).__name__ == "ParamWrapper" and experts.parameter_name == "down_proj"
+    (forward,) = moe_engine.run_cycle([ForwardBackward(adapter_id, data, forward_only=True)])
+    expected = reference_target_logprobs(model, data[0].model_input, data[0].loss_fn_inputs["target_tokens"])
+    torch.testing.assert_close(forward.output.loss_fn_outputs[0]["logprobs"], expected.detach(), rtol=0, atol=1e-4)
+
+    (imported,) = moe_engine.run_cycle([ImportPeft(f"{adapter_id}-imported", tmp_path / "peft")])
+    assert imported.ok, imported.error
+    back = moe_engine.adapter(f"{adapter_id}-imported")
+    assert back.spec.expert_layout == layout
+    for name, (lora_a, lora_b) in moe_engine.adapter(adapter_id).weights.items():
+        torch.testing.assert_close(back.weights[name][0], lora_a, rtol=0, atol=0)
+        torch.testing.assert_close(back.weights[name][1], lora_b, rtol=0, atol=0)

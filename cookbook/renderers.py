@@ -201,11 +201,56 @@ class ChatTemplateRenderer(Renderer):
         return [self.tokenizer.eos_token_id]
 
 
-RENDERERS: dict[str, type[Renderer]] = {"role_colon": RoleColonRenderer, "chat_template": ChatTemplateRenderer}
+class CompletionRenderer(Renderer):
+    """`{user content} {assistant content}\n`: plain text completion, no role headers, for tiny base
+    models. The prompt ends with the user's own last token, so a model that has not learned to read
+    back through its context (a randomly initialised one) can still answer from it; the answer is
+    one line, ended by the stop sequence `\n`. One user message, then one assistant message.
+    """
+
+    name = "completion"
+    stop_sequence = "\n"
+
+    def _check(self, messages: list[Message], generation: bool) -> None:
+        roles = [m["role"] for m in messages]
+        if roles != (["user"] if generation else ["user", "assistant"]):
+            raise RendererError("completion renders one user message followed by one assistant message")
+
+    def _prompt(self, messages: list[Message]) -> list[int]:
+        bos = self.tokenizer.bos_token_id
+        return ([bos] if bos is not None else []) + self._encode(messages[0]["content"])
+
+    def build_supervised_example(
+        self, messages: list[Message], train_on_what: TrainOnWhat = TrainOnWhat.ALL_ASSISTANT_MESSAGES
+    ) -> tuple[list[int], list[float]]:
+        self._check(messages, generation=False)
+        prompt = self._prompt(messages)
+        answer = self._encode(f" {messages[1]['content']}{self.stop_sequence}")
+        prompt_weight = 1.0 if train_on_what is TrainOnWhat.ALL_TOKENS else 0.0
+        return prompt + answer, [prompt_weight] * len(prompt) + [1.0] * len(answer)
+
+    def build_generation_prompt(self, messages: list[Message]) -> ModelInput:
+        self._check(messages, generation=True)
+        return ModelInput.from_ints(self._prompt(messages))
+
+    def parse_response(self, tokens: list[int]) -> ParsedResponse:
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        content, found, _ = text.partition(self.stop_sequence)
+        return ParsedResponse(Message(role="assistant", content=content.removeprefix(" ")), terminated=bool(found))
+
+    def get_stop_sequences(self) -> list[str]:
+        return [self.stop_sequence]
+
+
+RENDERERS: dict[str, type[Renderer]] = {
+    "role_colon": RoleColonRenderer,
+    "chat_template": ChatTemplateRenderer,
+    "completion": CompletionRenderer,
+}
 
 
 def get_renderer(name: str, tokenizer: Any) -> Renderer:
-    """The renderer called `name` ("role_colon" or "chat_template") over `tokenizer`."""
+    """The renderer called `name` ("role_colon", "chat_template" or "completion") over `tokenizer`."""
     if name not in RENDERERS:
         raise RendererError(f"unknown renderer {name!r}; choose one of {sorted(RENDERERS)}")
     return RENDERERS[name](tokenizer)

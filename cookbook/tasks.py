@@ -7,6 +7,7 @@ warm-start SFT) and grades a response with a reward in [0, 1].
 from __future__ import annotations
 
 import itertools
+import random
 import re
 import string
 from dataclasses import dataclass
@@ -90,3 +91,52 @@ def get_task(name: str, size: int) -> Task:
     if name == "reversal":
         return ReversalTask(length=size)
     raise ValueError(f"unknown task {name!r}; choose 'addition' or 'reversal'")
+
+
+# ---- a task a randomly initialised model learns in minutes -------------------------------------
+
+NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+
+
+def next_in_sequence_problems() -> list[tuple[str, str]]:
+    """(prompt, answer) pairs: a run of 1-3 lowercase letters answered by the next letter in
+    capitals ("f g h" -> "I"), and a run of 1-3 digits by the next number as a word ("3 4" ->
+    "five"). The answer always follows from the prompt's last token, and no answer token ever
+    ends a prompt, so a model can learn it without reading back through its context."""
+    letters, capitals = string.ascii_lowercase, string.ascii_uppercase
+    problems = []
+    for start in range(26):
+        for length in (1, 2, 3):
+            if start + length < 26:
+                problems.append((" ".join(letters[start : start + length]), capitals[start + length]))
+    for start in range(10):
+        for length in (1, 2, 3):
+            if start + length <= 10:
+                digits = " ".join(str(d) for d in range(start, start + length))
+                problems.append((digits, NUMBER_WORDS[start + length]))
+    return problems
+
+
+def next_in_sequence_split(fraction: float = 0.2, seed: int = 0) -> tuple[list[list[Message]], list[list[Message]]]:
+    """(train, held_out) chats of `next_in_sequence_problems`: about `fraction` held out, seeded,
+    never a prompt whose last item no training prompt ends with (its answer could not be learned)."""
+    problems = next_in_sequence_problems()
+    random.Random(seed).shuffle(problems)
+    wanted = round(fraction * len(problems))
+    train: list[tuple[str, str]] = []
+    held_out: list[tuple[str, str]] = []
+    last_items_trained: set[str] = set()
+    for prompt, answer in problems:
+        last = prompt.split()[-1]
+        if len(held_out) < wanted and last in last_items_trained:
+            held_out.append((prompt, answer))
+        else:
+            train.append((prompt, answer))
+            last_items_trained.add(last)
+    missing = {p.split()[-1] for p, _ in held_out} - {p.split()[-1] for p, _ in train}
+    assert not missing, missing
+    return [_chat(p, a) for p, a in train], [_chat(p, a) for p, a in held_out]
+
+
+def _chat(prompt: str, answer: str) -> list[Message]:
+    return [Message(role="user", content=prompt), Message(role="assistant", content=answer)]

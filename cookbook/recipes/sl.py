@@ -33,6 +33,7 @@ RECIPE = "sl"
 class Config(RunConfig):
     data: str = str(DATA_DIR / "arithmetic_chats.jsonl")
     held_out_fraction: float = 0.2
+    held_out_data: str = ""  # a chat JSONL held out instead (then all of `data` trains)
     train_on_what: str = TrainOnWhat.ALL_ASSISTANT_MESSAGES.value
     max_length: int = 256
     batch_size: int = 16
@@ -61,7 +62,10 @@ def run(config: Config) -> dict[str, Any]:
             )
         renderer = get_renderer(config.renderer, training.get_tokenizer())
         chats = load_conversations(config.data)
-        train_chats, held_out_chats = split_held_out(chats, config.held_out_fraction, config.seed)
+        if config.held_out_data:
+            train_chats, held_out_chats = chats, load_conversations(config.held_out_data)
+        else:
+            train_chats, held_out_chats = split_held_out(chats, config.held_out_fraction, config.seed)
         train_on = TrainOnWhat(config.train_on_what)
         train_data = [conversation_to_datum(c, renderer, train_on, config.max_length, "mean") for c in train_chats]
         held_out = [conversation_to_datum(c, renderer, train_on, config.max_length) for c in held_out_chats]

@@ -1,7 +1,7 @@
 """`make demo`'s command works on a fresh data dir: it starts the embedded service, runs the
-cookbook's sl recipe (the loss falls), samples from the adapter, downloads it and loads it with
-peft, stops its server, and what it prints (the run's URL, the login) opens the run on the dashboard,
-whose chart has the recipe's own held-out NLL."""
+cookbook's sl recipe (the loss falls), measures held-out exact-match accuracy before and after,
+downloads the adapter and loads it with peft, stops its server, and what it prints (the run's URL,
+the login) opens the run on the dashboard, whose chart has the recipe's own held-out NLL."""
 
 from __future__ import annotations
 
@@ -34,9 +34,12 @@ def test_demo_trains_samples_downloads_and_points_at_its_run(tmp_path):
 
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
-    before, after = map(float, re.search(r"held-out NLL per token: ([0-9.]+) -> ([0-9.]+)", out).groups())
-    assert after < before
-    assert re.search(r"Assistant: '.*'", out)
+    first, last = map(float, re.search(r"training loss \(NLL per token\): ([0-9.]+) -> ([0-9.]+)", out).groups())
+    assert last < first
+    assert re.search(r"held-out NLL per token: [0-9.]+ -> [0-9.]+", out)
+    before, after = map(float, re.search(r"exact-match accuracy: ([0-9.]+) -> ([0-9.]+)", out).groups())
+    assert 0.0 <= before <= 1.0 and 0.0 <= after <= 1.0
+    assert len(re.findall(r"  '[a-z0-9 ]+' -> '.*' \((right|wrong, expected '\w+')\)", out)) == 3
     assert "adapter_model.safetensors" in out and "adapter_config.json" in out
     assert int(re.search(r"it loads with peft onto tiny-llama: (\d+) LoRA tensors", out).group(1)) > 0
 

@@ -1,9 +1,12 @@
-"""`manage.py demo` (`make demo`): the whole product in two minutes on a laptop.
+"""`manage.py demo` (`make demo`): the whole product in a few minutes on a laptop.
 
 It uses the service at `--port` if one is running there on this data dir, or starts the embedded
 service on a free port; creates the `demo` user (a fresh password, printed) and an API key; runs a
 cookbook recipe as a user would (`python -m cookbook.recipes.sl`, its progress bar and metrics on
-the console); samples from the trained adapter; downloads it as a PEFT adapter and loads it with
+the console) on a task the built-in, randomly initialised tiny-llama can learn in minutes (what
+comes next: "f g h" -> "I", "3 4" -> "five"; `cookbook.tasks.next_in_sequence_problems`); measures
+greedy exact-match accuracy on held-out prompts before and after, and prints it as
+`exact-match accuracy: BEFORE -> AFTER`; downloads the adapter as a PEFT adapter and loads it with
 peft; and prints how to see the run on the dashboard. Everything it makes stays in the data dir.
 `--recipe rlhf` (`make demo-rlhf`) runs the three-stage RLHF pipeline instead.
 
@@ -33,13 +36,18 @@ from transformers import AutoModelForCausalLM
 import lorasmith
 from accounts.services import ensure_user, issue_api_key
 from cookbook.renderers import Message, get_renderer
+from cookbook.tasks import next_in_sequence_split
 from gpu_runner.base_model import resolve_model_dir
 from lorasmith_server.migrations_at_start import ensure_migrated
 
 BASE_MODEL = "tiny-llama"
-QUESTION = "What is 3 plus 6?"  # in the shape of the shipped arithmetic chats
 DASHBOARD_PORT = 8000  # where `make serve` listens
-SL_STEPS = 30  # ~1 minute on 2 cores; the held-out NLL falls from ~6.8 to ~3
+# the sl demo's task and how it trains (measured: README, "The demo"); the renderer ends the prompt
+# with its own last token, which a randomly initialised model can answer from
+SL_STEPS = 60
+SL_FLAGS = ["--renderer", "completion", "--learning-rate", "1e-2", "--lora-rank", "16", "--batch-size", "16"]
+SL_FLAGS += ["--lr-schedule", "constant", "--eval-every", "20", "--save-every", "0"]
+SHOWN_EXAMPLES = 3
 
 
 def free_port() -> int:
@@ -59,13 +67,20 @@ def _serves_this_data_dir(base_url: str, key: str) -> bool:
     return listing.status_code == 200
 
 
+def _write_chats(path: Path, chats: list[list[Message]]) -> None:
+    path.write_text("".join(json.dumps({"messages": chat}) + "\n" for chat in chats))
+
+
 class Command(BaseCommand):
     help = "Train, sample and download a LoRA with a cookbook recipe on the embedded service."
 
     def add_arguments(self, parser):
         parser.add_argument("--recipe", choices=["sl", "rlhf"], default="sl")
         parser.add_argument(
-            "--steps", type=int, default=None, help="training steps (of each stage for rlhf); default: 30 for sl"
+            "--steps",
+            type=int,
+            default=None,
+            help=f"training steps (of each rlhf stage); default: {SL_STEPS} for sl",
         )
         parser.add_argument("--port", type=int, default=DASHBOARD_PORT, help="use a service already running here")
 
@@ -85,9 +100,18 @@ class Command(BaseCommand):
             server, base_url = self._start_server()
         try:
             log_dir = Path(settings.DATA_DIR) / "demo" / f"{recipe}-{datetime.now(UTC):%Y%m%d-%H%M%S}"
+            log_dir.mkdir(parents=True, exist_ok=True)
+            held_out: list[list[Message]] = []
+            if recipe == "sl":
+                train, held_out = next_in_sequence_split()
+                _write_chats(log_dir / "train.jsonl", train)
+                _write_chats(log_dir / "held_out.jsonl", held_out)
+                before = self._accuracy(base_url, key, held_out, base_model=BASE_MODEL)
             result = self._run_recipe(recipe, steps, base_url, key, log_dir)
             sampler_path = result["checkpoint/sampler_path" if recipe == "sl" else "policy/sampler_path"]
-            self._sample(base_url, key, sampler_path)
+            if recipe == "sl":
+                after = self._accuracy(base_url, key, held_out, model_path=sampler_path, show=SHOWN_EXAMPLES)
+                self.stdout.write(f"exact-match accuracy: {before:.2f} -> {after:.2f}")
             self._download(base_url, key, sampler_path, log_dir / "adapter")
         finally:
             if server is not None:
@@ -118,7 +142,8 @@ class Command(BaseCommand):
         raise CommandError("the embedded service did not come up within 240 s")
 
     def _run_recipe(self, recipe: str, steps: int | None, base_url: str, key: str, log_dir: Path) -> dict:
-        stage_steps = ["--steps", str(steps or SL_STEPS)]
+        stage_steps = ["--steps", str(steps or SL_STEPS), *SL_FLAGS]
+        stage_steps += ["--data", str(log_dir / "train.jsonl"), "--held-out-data", str(log_dir / "held_out.jsonl")]
         if recipe == "rlhf":  # the recipe's own defaults unless told
             stage_steps = []
             if steps:
@@ -163,15 +188,30 @@ class Command(BaseCommand):
             )
         return result
 
-    def _sample(self, base_url: str, key: str, sampler_path: str) -> None:
-        with lorasmith.ServiceClient(base_url=base_url, api_key=key, display_name="demo.sample") as service:
-            sampler = service.create_sampling_client(model_path=sampler_path)
-            renderer = get_renderer("role_colon", sampler.get_tokenizer())
-            prompt = renderer.build_generation_prompt([Message(role="user", content=QUESTION)])
-            params = lorasmith.SamplingParams(max_tokens=16, temperature=0.0, stop=renderer.get_stop_sequences())
-            sequence = sampler.sample(prompt, 1, params).result().sequences[0]
-        answer = renderer.parse_response(sequence.tokens).message["content"]
-        self.stdout.write(f"\nsampled from the trained adapter (greedy):\n  User: {QUESTION}\n  Assistant: {answer!r}")
+    def _accuracy(
+        self,
+        base_url: str,
+        key: str,
+        held_out: list[list[Message]],
+        show: int = 0,
+        base_model: str | None = None,
+        model_path: str | None = None,
+    ) -> float:
+        """Greedy exact-match accuracy on the held-out chats, sampling from `model_path` (or the bare
+        `base_model`); the first `show` answers are printed."""
+        with lorasmith.ServiceClient(base_url=base_url, api_key=key, display_name="demo.evaluate") as service:
+            sampler = service.create_sampling_client(model_path=model_path, base_model=base_model)
+            renderer = get_renderer("completion", sampler.get_tokenizer())
+            params = lorasmith.SamplingParams(max_tokens=4, temperature=0.0, stop=renderer.get_stop_sequences())
+            futures = [sampler.sample(renderer.build_generation_prompt(chat[:1]), 1, params) for chat in held_out]
+            answers = [renderer.parse_response(f.result().sequences[0].tokens).message["content"] for f in futures]
+        right = [answer.strip() == chat[1]["content"] for answer, chat in zip(answers, held_out, strict=True)]
+        if show:
+            self.stdout.write("\nheld-out prompts, answered by the trained adapter (greedy):")
+            for chat, answer, ok in list(zip(held_out, answers, right, strict=True))[:show]:
+                mark = "right" if ok else f"wrong, expected {chat[1]['content']!r}"
+                self.stdout.write(f"  {chat[0]['content']!r} -> {answer!r} ({mark})")
+        return sum(right) / len(right)
 
     def _download(self, base_url: str, key: str, sampler_path: str, target: Path) -> None:
         rest = lorasmith.RestClient(base_url=base_url, api_key=key)

@@ -115,3 +115,29 @@ def test_a_tokenizer_without_a_template_is_refused_by_name():
         get_renderer("chat_template", tokenizer)
     with pytest.raises(RendererError, match="unknown renderer"):
         get_renderer("llama9", tokenizer)
+
+
+def test_completion_ends_the_prompt_with_its_own_last_token_and_the_answer_with_a_newline():
+    renderer = get_renderer("completion", CharTokenizer())
+
+    tokens, weights = renderer.build_supervised_example(CHAT)
+
+    assert tokens == [1] + codes("Hi Yo\n")  # BOS, "Hi" weigh 0; " Yo\n" weighs 1
+    assert weights == [0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0]
+    assert renderer.build_generation_prompt(CHAT[:1]).to_ints() == [1] + codes("Hi")
+    parsed = renderer.parse_response(codes(" Yo\nmore"))
+    assert parsed.message["content"] == "Yo" and parsed.terminated
+    with pytest.raises(RendererError):
+        renderer.build_supervised_example(TWO_TURNS)
+
+
+def test_next_in_sequence_holds_out_only_what_training_can_teach():
+    from cookbook.tasks import next_in_sequence_problems, next_in_sequence_split
+
+    train, held_out = next_in_sequence_split(0.2, seed=0)
+    problems = next_in_sequence_problems()
+    assert len(train) + len(held_out) == len(problems) and len(held_out) == round(0.2 * len(problems))
+    assert ("e f g", "H") in problems and ("7 8", "nine") in problems
+    trained_last = {chat[0]["content"].split()[-1] for chat in train}
+    assert all(chat[0]["content"].split()[-1] in trained_last for chat in held_out)
+    assert not {chat[0]["content"] for chat in held_out} & {chat[0]["content"] for chat in train}

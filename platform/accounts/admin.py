@@ -2,8 +2,11 @@
 
 from django.contrib import admin
 
+from .forms import ThrottledAdminLoginForm
 from .models import ApiKey
 from .services import revoke_keys
+
+admin.site.login_form = ThrottledAdminLoginForm  # the dashboard's login throttle, for /admin/login/ too
 
 
 @admin.register(ApiKey)

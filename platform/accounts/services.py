@@ -48,6 +48,13 @@ def user_for_key(key: str | None):
     return user
 
 
+def key_still_active(key_id: int | None) -> bool:
+    """Whether the key a connection was opened with may still be used (not revoked, its user active)."""
+    if key_id is None:
+        return False
+    return ApiKey.objects.filter(pk=key_id, revoked_at__isnull=True, user__is_active=True).exists()
+
+
 def key_id_of(user) -> int | None:
     """The id of the API key `user` came in with on this request (set by `user_for_key`), so that
     what the request stores can name it; None for a browser session or a user loaded otherwise."""

@@ -31,6 +31,22 @@ def operation_of(user, request_id: str) -> Operation:
     return _owned(Operation, user, request_id, "future", "request_id")
 
 
+LOOKUP_BATCH = 500  # ids per query (SQLite allows few parameters per statement)
+
+
+def operations_of(user, request_ids: list[str]) -> dict[str, Operation]:
+    """The user's operations among `request_ids`, by id, a query per LOOKUP_BATCH (others' are absent)."""
+    found: dict[str, Operation] = {}
+    for start in range(0, len(request_ids), LOOKUP_BATCH):
+        batch = request_ids[start : start + LOOKUP_BATCH]
+        found.update((op.id, op) for op in Operation.objects.filter(id__in=batch, owner=user))
+    return found
+
+
+def owns_run(user, model_id: str) -> bool:
+    return TrainingRun.objects.filter(id=model_id, owner=user).exists()
+
+
 def readable_checkpoints(user):
     """Checkpoints a user may read, sample from or download: their own, and published ones."""
     return Checkpoint.objects.filter(Q(owner=user) | Q(public=True))

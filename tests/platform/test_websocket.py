@@ -73,7 +73,14 @@ def test_other_users_futures_and_runs_are_not_pushed(live_server_embedded):
         assert "not found" in _next(ws, "error")["error"]
         ws.send(json.dumps({"type": "subscribe_futures", "request_ids": [handle["request_id"]]}))
         ws.send(json.dumps({"type": "bogus"}))
+        unknown = json.loads(ws.recv(timeout=30))  # answered as an unknown id: no push, nothing about it
         message = json.loads(ws.recv(timeout=30))  # a pushed future would arrive before this answer
+    assert unknown == {
+        "type": "error",
+        "error": f"future {handle['request_id']!r} not found",
+        "field": "request_ids",
+        "request_id": handle["request_id"],
+    }
     assert message["type"] == "error" and "unknown message type" in message["error"]
 
 

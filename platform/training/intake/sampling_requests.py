@@ -13,7 +13,7 @@ from gpu_runner import validate_sample
 from gpu_runner.errors import EngineInputError
 
 from .. import access, base_models, dispatch, events, wire
-from ..errors import BadRequest, Gone
+from ..errors import BadRequest, Gone, NotFound
 from ..models import Checkpoint, Operation, SamplingSession
 from . import quotas, request_bounds
 from .sessions import open_session
@@ -64,6 +64,7 @@ def submit_sample(user, body: dict) -> Operation:
     if existing is not None:
         return existing
     _check_weights_present(sampler)
+    _check_still_readable(user, sampler)
     payload = _sample_payload(sampler, body)
     size = quotas.payload_size(payload)
     quotas.check_size(size)
@@ -124,6 +125,22 @@ def _check_weights_present(sampler: SamplingSession) -> None:
             "TTL); sample from a newer sampling client, or keep weights with save_weights_for_sampler(name)",
             field="sampling_session_id",
         )
+
+
+def _check_still_readable(user, sampler: SamplingSession) -> None:
+    """A sampler on another user's checkpoint lasts only while that checkpoint is published:
+    unpublishing it ends every such sampler (404 on its next sample), as it ends their access."""
+    if not sampler.model_path or sampler.source_run_id is not None:
+        return  # a base model, or the user's own checkpoint
+    path = wire.parse_tinker_path(sampler.model_path, field="model_path")
+    try:
+        access.readable_checkpoint(user, path.run_id, path.checkpoint_id)
+    except NotFound:
+        raise NotFound(
+            f"sampling session {sampler.id} reads {sampler.model_path}, which is no longer published or "
+            "no longer exists",
+            field="sampling_session_id",
+        ) from None
 
 
 def cancel_future(user, request_id: str) -> bool:

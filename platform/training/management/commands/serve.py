@@ -7,6 +7,7 @@ from daphne.server import Server
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
+from lorasmith_server import connection_guard
 from lorasmith_server.asgi import application
 from lorasmith_server.migrations_at_start import ensure_migrated
 from training.base_models import served_models
@@ -42,6 +43,9 @@ class Command(BaseCommand):
     def handle(self, host, port, no_runner, **options):
         ensure_migrated()
         leave_request_bodies_to_django()
+        connection_guard.install(
+            settings.LORASMITH_REQUEST_DEADLINE_SECONDS, settings.LORASMITH_MAX_CONNECTIONS_PER_ADDRESS
+        )
         embedded = not settings.BROKER_URL and not no_runner
         worker = start_worker(served_models()) if embedded else None
         mode = "embedded (in-process runner)" if embedded else "web only"

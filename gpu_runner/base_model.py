@@ -14,6 +14,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import tiny_models
+from .errors import EngineInputError
 
 
 def default_data_dir() -> Path:
@@ -78,9 +79,19 @@ def load_base_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load weights and tokenizer; the model is frozen and put in eval mode (no dropout).
     `attn_implementation="sdpa"`: torch's fused attention, which honours packed position resets."""
-    model = AutoModelForCausalLM.from_pretrained(
-        info.model_dir, dtype=dtype or pick_dtype(device), attn_implementation="sdpa"
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            info.model_dir, dtype=dtype or pick_dtype(device), attn_implementation="sdpa"
+        )
+    except ValueError as error:
+        if "scaled_dot_product_attention" not in str(error):
+            raise
+        # packed passes rely on SDPA honouring position resets; eager attention would need masks per row
+        raise EngineInputError(
+            f"{info.arch}: transformers has no SDPA attention for this architecture, which the engine's "
+            "packed passes need",
+            field="base_model",
+        ) from error
     model.to(device)  # type: ignore[arg-type]  # transformers types `to` via functools.wraps of the unbound method
     model.eval()
     model.requires_grad_(False)

@@ -92,9 +92,16 @@ def export_peft(adapter: Adapter, directory: Path, base_model_name: str) -> None
     directory.mkdir(parents=True, exist_ok=True)
     linear = {name: pair for name, pair in adapter.weights.items() if pair[0].dim() == 2}
     experts = {name: pair for name, pair in adapter.weights.items() if pair[0].dim() == 3}
-    targets = sorted({name.rsplit(".", 1)[-1] for name in linear})
     # "<experts module leaf>.<projection>", e.g. "experts.gate_up_proj": peft matches parameter names by suffix
     parameters = [p for p in _expert_targets(experts) if any(name.endswith(f".{p}") or name == p for name in experts)]
+    # peft (under transformers 5) rewrites the target_modules of MoE models as if they were transformers-4
+    # expert names: gate_proj/up_proj/down_proj become the fused experts' parameters (gate_up_proj at rank
+    # 2r) and leave target_modules, so the LoRA of the dense layers' and shared experts' MLP Linears would be
+    # dropped on load (DeepSeek-V3's 0.57-nat mismatch). Such Linears are targeted through their `weight`
+    # parameter instead (peft wraps a 2-D parameter exactly as a Linear: lora_A (r, in), lora_B (out, r)).
+    by_parameter = sorted({name.rsplit(".", 1)[-1] for name in linear if experts and _renamed_by_peft(name)})
+    parameters += [f"{leaf}.weight" for leaf in by_parameter]
+    targets = sorted({name.rsplit(".", 1)[-1] for name in linear} - set(by_parameter))
     config = LoraConfig(
         r=adapter.spec.rank,
         lora_alpha=adapter.spec.alpha,  # type: ignore[arg-type]  # peft annotates int; a float alpha works
@@ -116,6 +123,13 @@ def export_peft(adapter: Adapter, directory: Path, base_model_name: str) -> None
         peft_a, peft_b = _to_peft_experts(lora_a.detach().cpu(), lora_b.detach().cpu())
         tensors[f"{key}.lora_A.weight"], tensors[f"{key}.lora_B.weight"] = peft_a, peft_b
     save_file(tensors, str(directory / PEFT_WEIGHTS_FILE), metadata={"format": "pt"})
+
+
+PEFT_V4_EXPERT_NAMES = ("gate_proj", "up_proj", "down_proj", "w1", "w2", "w3", "gate")
+
+
+def _renamed_by_peft(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] in PEFT_V4_EXPERT_NAMES
 
 
 def _expert_targets(experts: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> list[str]:

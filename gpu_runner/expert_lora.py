@@ -18,8 +18,8 @@ Adapter tensors are named `<experts module>.gate_up_proj` / `.down_proj`, each a
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -66,7 +66,7 @@ class MultiLoraExperts(nn.Module):
         self.base = base
         self.module_name = module_name
         self.routing = routing
-        experts, two_inner, hidden = base.gate_up_proj.shape
+        experts, two_inner, hidden = cast(torch.Tensor, base.gate_up_proj).shape
         self.num_experts, self.hidden, self.inner = int(experts), int(hidden), int(two_inner) // 2
 
     def lora_shapes(self, rank: int, layout: str) -> Shapes:
@@ -89,7 +89,9 @@ class MultiLoraExperts(nn.Module):
         self, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, segments: Sequence[Segment]
     ) -> torch.Tensor:
         """(M, H) -> (M, H): the eager expert loop with each token's adapter's expert deltas."""
-        base = self.base
+        gate_up_w = cast(torch.Tensor, self.base.gate_up_proj)  # (E, 2I, H)
+        down_w = cast(torch.Tensor, self.base.down_proj)  # (E, H, I)
+        act_fn = cast(Callable[[torch.Tensor], torch.Tensor], self.base.act_fn)
         counts = torch.tensor([s.stop - s.start for s in segments])
         owner = torch.repeat_interleave(torch.arange(len(segments)), counts).to(hidden.device)  # (M,) segment index
         final = torch.zeros_like(hidden)
@@ -101,10 +103,10 @@ class MultiLoraExperts(nn.Module):
             token_idx, top_k_pos = torch.where(top_k_index == expert)  # (n,), (n,): tokens routed to it
             x = hidden[token_idx]  # (n, H)
             owners = owner[token_idx]
-            gate_up = F.linear(x, base.gate_up_proj[expert]) + self._delta(x, owners, segments, "gate_up_proj", expert)
+            gate_up = F.linear(x, gate_up_w[expert]) + self._delta(x, owners, segments, "gate_up_proj", expert)
             gate, up = gate_up.chunk(2, dim=-1)
-            h = base.act_fn(gate) * up  # (n, I)
-            out = F.linear(h, base.down_proj[expert]) + self._delta(h, owners, segments, "down_proj", expert)
+            h = act_fn(gate) * up  # (n, I)
+            out = F.linear(h, down_w[expert]) + self._delta(h, owners, segments, "down_proj", expert)
             out = out * top_k_weights[token_idx, top_k_pos, None]
             final = final.index_add(0, token_idx, out.to(final.dtype))
         return final

@@ -121,6 +121,12 @@ class MultiLoraLinear(nn.Module):
         segments = self.routing.segments
         if not segments:
             return self.base(x)
+        tokens, batch_tokens = x.numel() // x.shape[-1], self.routing.tokens
+        if tokens != batch_tokens and tokens % batch_tokens == 0:
+            # fed every cached position, not only the new tokens: DeepSeek-V3's MLA caches compressed
+            # latents and applies kv_b_proj to the whole row at each decode step, (b, 1, L, r) for b rows of
+            # one new token; a decode step's segments are whole rows, so each widens to its rows' L positions
+            return self.forward_with(x, widen(segments, tokens // batch_tokens), cache=False)
         return self.forward_with(x, segments, cache=not torch.is_grad_enabled())
 
     def forward_with(self, x: torch.Tensor, segments: Sequence[Segment], cache: bool = False) -> torch.Tensor:
@@ -146,6 +152,11 @@ class MultiLoraLinear(nn.Module):
             if cache:
                 self.routing.stacks[self.module_name] = stack
         return None if stack is None else grouped_delta(flat, stack)
+
+
+def widen(segments: Sequence[Segment], factor: int) -> list[Segment]:
+    """The same adapters over `factor` times as many tokens each (rows of 1 token -> rows of `factor`)."""
+    return [Segment(s.adapter, s.start * factor, s.stop * factor) for s in segments]
 
 
 # substrings of an enclosing module's name that mark an attention block or an MLP block

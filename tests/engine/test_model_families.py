@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, DeepseekV3Config, GptOssConfig, LlamaConfig
+from transformers import AutoModelForCausalLM, DeepseekV3Config, Gemma3TextConfig, GptOssConfig, LlamaConfig
 
 from gpu_runner import Engine
 from gpu_runner.errors import EngineInputError
@@ -121,6 +121,24 @@ def test_tied_llama_unembedding_lora_leaves_the_input_embedding_alone(engine_dat
     export = _trains_samples_round_trips_and_exports(engine, tmp_path, train_unembed=True)
     assert torch.equal(embedding, before)
     assert "lm_head" in json.loads((export / "adapter_config.json").read_text())["target_modules"]
+
+
+def test_gemma3_text_with_sliding_and_full_attention_layers(engine_data_dir, tmp_path):
+    config = Gemma3TextConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=12,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention"],
+        max_position_embeddings=256,
+    )
+    engine = Engine(str(_model_dir(config, tmp_path / "gemma3", engine_data_dir)), data_dir=engine_data_dir)
+    assert type(engine.model).__name__ == "Gemma3ForCausalLM"
+    _trains_samples_round_trips_and_exports(engine, tmp_path)
 
 
 def test_an_experts_layout_the_engine_cannot_wrap_is_refused_naming_the_architecture(engine_data_dir, tmp_path):

@@ -186,6 +186,14 @@ def test_peft_export_holds_expert_tensors_and_gives_the_engines_logprobs(moe_eng
     (forward,) = moe_engine.run_cycle([ForwardBackward(adapter_id, data, forward_only=True)])
     expected = reference_target_logprobs(model, data[0].model_input, data[0].loss_fn_inputs["target_tokens"])
     torch.testing.assert_close(forward.output.loss_fn_outputs[0]["logprobs"], expected.detach(), rtol=0, atol=1e-4)
+    # greedy decoding (expert LoRA under the KV cache) = argmax of peft's full forward, token by token
+    prompt = data[0].model_input[:5]
+    (greedy,) = moe_engine.run_cycle([Sample(adapter_id, prompt, 1, SamplingParams(max_tokens=3, temperature=0))])
+    tokens = list(prompt)
+    with torch.no_grad():
+        for _ in range(3):
+            tokens.append(int(model(input_ids=torch.tensor([tokens])).logits[0, -1].argmax()))
+    assert greedy.output.sequences[0].tokens == tokens[len(prompt) :]
 
     (imported,) = moe_engine.run_cycle([ImportPeft(f"{adapter_id}-imported", tmp_path / "peft")])
     assert imported.ok, imported.error

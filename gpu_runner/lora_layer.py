@@ -122,10 +122,11 @@ class MultiLoraLinear(nn.Module):
         if not segments:
             return self.base(x)
         tokens, batch_tokens = x.numel() // x.shape[-1], self.routing.tokens
-        if tokens != batch_tokens and tokens % batch_tokens == 0:
+        if tokens != batch_tokens and tokens % batch_tokens == 0 and not torch.is_grad_enabled():
             # fed every cached position, not only the new tokens: DeepSeek-V3's MLA caches compressed
             # latents and applies kv_b_proj to the whole row at each decode step, (b, 1, L, r) for b rows of
             # one new token; a decode step's segments are whole rows, so each widens to its rows' L positions
+            # (only without grad: a training pass has no cache, and a mismatch there stays an error)
             return self.forward_with(x, widen(segments, tokens // batch_tokens), cache=False)
         return self.forward_with(x, segments, cache=not torch.is_grad_enabled())
 

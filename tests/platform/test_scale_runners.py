@@ -198,7 +198,6 @@ def _replayed(caplog, model_id: str) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.getMessage().startswith(f"restored run {model_id} ")]
 
 
-@pytest.mark.slow  # seven and three training steps on a busy CPU; CI runs it (make test)
 def test_takeover_restores_from_the_latest_snapshot_and_replays_only_the_tail(queues, wire, settings, caplog):
     settings.LORASMITH = dataclasses.replace(settings.LORASMITH, snapshot_every_steps=2)
     first = runners.register("tiny-llama")
@@ -223,7 +222,6 @@ def test_takeover_restores_from_the_latest_snapshot_and_replays_only_the_tail(qu
     assert [loss_of(h) for h in [*handles, final]] == pytest.approx(reference_losses(9, steps=7), rel=1e-5, abs=1e-6)
 
 
-@pytest.mark.slow  # seven and three training steps on a busy CPU; CI runs it (make test)
 def test_a_stopping_runner_snapshots_its_runs_so_the_next_replays_nothing(queues, wire, caplog):
     first = runners.register("tiny-llama")
     model_id = wire.create_model(wire.session(), seed=4).json()["model_id"]

@@ -83,6 +83,12 @@ class LoraConfig(s.Serializer):
     train_attn = s.BooleanField(default=True)
     train_mlp = s.BooleanField(default=True)
     train_unembed = s.BooleanField(default=True)
+    expert_layout = s.ChoiceField(
+        choices=["shared_outer", "per_expert"],
+        default="shared_outer",
+        help_text="MoE models: one A shared by all experts on gate/up's input and one B on down's output "
+        "(Tinker's), or every expert its own factors",
+    )
 
 
 class CreateModel(s.Serializer):

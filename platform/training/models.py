@@ -90,6 +90,7 @@ class TrainingRun(models.Model):
     train_attn = models.BooleanField(default=True)
     train_mlp = models.BooleanField(default=True)
     train_unembed = models.BooleanField(default=True)
+    expert_layout = models.CharField(max_length=20, default="shared_outer")  # MoE LoRA factors (README)
     user_metadata = models.JSONField(default=dict)
     dispatched_seq = models.IntegerField(default=-1)  # highest seq_id handed to a runner
     # the runner holding the run's adapter and optimizer (sticky; None until its first dispatch or
@@ -117,7 +118,8 @@ class TrainingRun(models.Model):
     def lora_config(self) -> dict[str, Any]:
         """What the user chose for the adapter (LoraSpec's fields), e.g. to copy into a new run."""
         return {
-            name: getattr(self, name) for name in ("rank", "alpha", "seed", "train_attn", "train_mlp", "train_unembed")
+            name: getattr(self, name)
+            for name in ("rank", "alpha", "seed", "train_attn", "train_mlp", "train_unembed", "expert_layout")
         }
 
 

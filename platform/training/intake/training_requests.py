@@ -44,6 +44,7 @@ def create_model(user, body: dict) -> Operation:
     spec = _lora_spec(
         rank=wire.optional(lora, "rank", int, 32, where="lora_config."),
         seed=wire.optional(lora, "seed", int, None, where="lora_config."),
+        expert_layout=wire.optional(lora, "expert_layout", str, "shared_outer", where="lora_config."),
         **flags,
     )
     optimizer = wire.optional(body, "optimizer_config", dict, {"type": "adamw"})
@@ -57,6 +58,7 @@ def create_model(user, body: dict) -> Operation:
         rank=spec.rank,
         alpha=spec.alpha,
         seed=spec.seed if spec.seed is not None else secrets.randbits(62),
+        expert_layout=spec.expert_layout,
         user_metadata=wire.user_metadata(body),
         **flags,
     )

@@ -162,11 +162,10 @@ class EventsConsumer(AsyncJsonWebsocketConsumer):
                     }
                 )
                 continue
-            state = serializers.future_state(op)
+            state, status = serializers.future_state(op), serializers.future_status(op)
             if state is None or request_id not in self.futures:
                 continue
             self.futures.discard(request_id)
-            status = "failed" if "error" in state and op.status != Operation.Status.DONE else "completed"
             await self._send({"type": "future", "request_id": request_id, "status": status, "result": state})
 
     def _lookup(self, request_ids: list[str]) -> tuple[bool, dict[str, Operation]]:

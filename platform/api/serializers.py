@@ -58,10 +58,22 @@ def checkpoint(ckpt: Checkpoint) -> dict:
     }
 
 
+def future_status(op: Operation) -> str | None:
+    """The one rule for how a finished operation reads, for retrieve_future and the WebSocket push
+    alike: "completed" when it is done, "failed" when it failed, was cancelled or was refused;
+    None while it is pending."""
+    if op.status == Operation.Status.DONE:
+        return "completed"
+    if op.status in (Operation.Status.FAILED, Operation.Status.CANCELLED, Operation.Status.REJECTED):
+        return "failed"
+    return None
+
+
 def future_state(op: Operation) -> dict | None:
     """What retrieve_future (and the WebSocket push) answers for a finished op; None if pending."""
-    if op.status == Operation.Status.DONE:
+    status = future_status(op)
+    if status == "completed":
         return op.result
-    if op.status in (Operation.Status.FAILED, Operation.Status.CANCELLED, Operation.Status.REJECTED):
+    if status == "failed":
         return {"error": op.error or "cancelled", "category": op.error_category or "unknown"}
     return None

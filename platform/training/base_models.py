@@ -8,6 +8,7 @@ import re
 from django.conf import settings
 
 from gpu_runner import BaseModelInfo, describe_base_model, tiny_models
+from gpu_runner.support import base_model_refusal
 
 from .errors import BadRequest
 
@@ -31,7 +32,11 @@ def tokenizer_id(name: str) -> str:
 def served_info(name: str, field: str = "base_model") -> BaseModelInfo:
     if name not in served_models():
         raise BadRequest(f"{field} {name!r} is not served here; available: {served_models()}", field=field)
-    return info(name)
+    found = info(name)
+    refusal = base_model_refusal(found.model_dir)  # an architecture the engine cannot wrap: a 400, not a runner failure
+    if refusal is not None:
+        raise BadRequest(f"{field} {name!r} cannot be trained here: {refusal}", field=field)
+    return found
 
 
 def queue_name(base_model: str) -> str:

@@ -17,6 +17,7 @@ from transformers import AutoModelForCausalLM, DeepseekV3Config, Gemma3TextConfi
 from gpu_runner import Engine
 from gpu_runner.errors import EngineInputError
 from gpu_runner.lora_layer import Routing, wrap_model
+from gpu_runner.support import base_model_refusal
 from gpu_runner.tiny_models import VOCAB_SIZE, materialise
 from gpu_runner.types import ForwardBackward, LoadState, LoraSpec, Sample, SamplingParams, SaveState
 
@@ -153,9 +154,11 @@ def test_an_experts_layout_the_engine_cannot_wrap_is_refused_naming_the_architec
         head_dim=8,
         max_position_embeddings=256,
     )
+    model_dir = str(_model_dir(config, tmp_path / "gpt-oss", engine_data_dir))
     with pytest.raises(EngineInputError) as refused:  # transformers 5.25 has no SDPA for gpt-oss
-        Engine(str(_model_dir(config, tmp_path / "gpt-oss", engine_data_dir)), data_dir=engine_data_dir)
+        Engine(model_dir, data_dir=engine_data_dir)
     assert refused.value.field == "base_model" and "GptOssForCausalLM" in str(refused.value)
+    assert "GptOssForCausalLM" in (base_model_refusal(model_dir) or "")  # what the platform asks at the door
     # and were it loaded (eager attention), its experts (interleaved gate/up with biases) are refused by name
     with pytest.raises(EngineInputError) as unwrappable:
         wrap_model(AutoModelForCausalLM.from_config(config), Routing())

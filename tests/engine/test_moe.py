@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM
 from gpu_runner import Engine
 from gpu_runner.errors import EngineInputError
 from gpu_runner.expert_lora import MultiLoraExperts
+from gpu_runner.support import base_model_refusal
 from gpu_runner.types import ForwardBackward, ImportPeft, LoadState, LoraSpec, Sample, SamplingParams, SaveState
 
 from .reference import peft_reference, random_sequence, reference_target_logprobs, sft_datum, train_steps
@@ -41,6 +42,7 @@ def test_every_layer_is_sparse_and_its_experts_take_lora(moe_engine):
     assert sorted(experts) == [f"model.layers.{i}.mlp.experts" for i in range(config.num_hidden_layers)]
     assert all(layer.kind == "mlp" for layer in experts.values())
     assert not any(".gate" in name for name in moe_engine.layers)  # no LoRA on the router
+    assert base_model_refusal(moe_engine.info.model_dir) is None
 
 
 def _seeded_adapter(engine: Engine, adapter_id: str, seed: int, **spec) -> None:

@@ -1,0 +1,34 @@
+"""A base model whose architecture the engine cannot wrap is refused at create_model with a 400 naming
+`base_model`, the architecture and what is missing, never a runner failure later."""
+
+from __future__ import annotations
+
+from transformers import GptOssConfig
+
+from training import base_models
+
+
+def test_an_architecture_the_engine_cannot_wrap_is_a_400_at_create_model(api, tmp_path, monkeypatch):
+    config = GptOssConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=32,
+        num_hidden_layers=1,
+        num_local_experts=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+    )
+    config.save_pretrained(tmp_path / "gpt-oss")  # the config is all the door reads
+    served = [*base_models.served_models(), str(tmp_path / "gpt-oss")]
+    monkeypatch.setattr(base_models, "served_models", lambda: served)
+    body = {
+        "session_id": api.session(),
+        "model_seq_id": 0,
+        "base_model": str(tmp_path / "gpt-oss"),
+        "lora_config": {"rank": 4},
+    }
+    response = api.send("create_model", body)
+    assert response.status_code == 400
+    answer = response.json()
+    assert answer["field"] == "base_model" and "GptOssForCausalLM" in str(answer)

@@ -69,13 +69,13 @@ class Engine:
         memory_budget_bytes: int | None = None,
         dtype: str | torch.dtype | None = None,
         max_pass_tokens: int | None = None,
-        pack_row_tokens: int = 2048,
+        pack_row_tokens: int = 256,
         lora_backend: Backend = "auto",
     ):
         """`dtype`: the base weights' (bf16 on CUDA, fp32 on CPU unless asked; adapter masters and
         Adam state are fp32 always). `max_pass_tokens`: the micro-batch budget of one forward
-        (and backward) or one sampling batch (default per device). `pack_row_tokens`: the length of
-        a packed row (a longer sequence gets a row of its own)."""
+        (and backward) or one sampling batch (default per device). `pack_row_tokens`: the least
+        length of a packed row; rows grow to the pass's longest sequence (see `packing`)."""
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.info: BaseModelInfo = describe_base_model(base_model, self.data_dir)
         self.device = pick_device(device)

@@ -1,9 +1,12 @@
 """Packed batches: the sequences of a pass laid into rows without per-sequence padding.
 
-Sequences (already grouped by adapter) fill rows of at most `row_tokens` tokens in order (a longer
-sequence gets a row of its own). Each sequence's `position_ids` restart at 0, and the model is
-called with no `attention_mask` and `use_cache=False`: transformers then builds a block-diagonal
-causal mask from the position resets, so no sequence sees another. (With the cache on it does not,
+Sequences (already grouped by adapter) fill rows in order, each row holding up to the longest
+sequence's length (or `row_tokens`, if more): SDPA pays for a packed row's whole length under its
+block-diagonal mask, so rows no longer than the longest sequence bound attention's cost by what
+padding every sequence to the longest would cost, without the padding's MLP and head work.
+Each sequence's `position_ids` restart at 0, and the model is called with no `attention_mask` and
+`use_cache=False`: transformers then builds a block-diagonal causal mask from the position resets,
+so no sequence sees another. (With the cache on it does not,
 and packed sequences silently attend to each other; `tests/engine/test_packing.py` guards that.)
 
 Rows are right-padded to the longest row. The padding's positions continue its row's last sequence

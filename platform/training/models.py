@@ -103,7 +103,8 @@ class TrainingRun(models.Model):
     last_request_at = models.DateTimeField(auto_now=True)
 
     objects = TrainingRunQuerySet.as_manager()
-    STATUSES = ("queued", "running", "sampling", "idle", "finished", "failed")  # as `TrainingRunQuerySet.with_status` derives them
+    # as `TrainingRunQuerySet.with_status` derives them
+    STATUSES = ("queued", "running", "sampling", "idle", "finished", "failed")
 
     @staticmethod
     def make_id(session_id: str, model_seq_id: int) -> str:

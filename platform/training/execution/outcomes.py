@@ -15,7 +15,7 @@ from django.utils import timezone
 
 from gpu_runner.types import CheckpointOutput, ForwardBackwardOutput, OptimStepOutput
 
-from .. import events, run_metrics, storage, usage, wire
+from .. import events, exports, run_metrics, storage, usage, wire
 from ..models import Checkpoint, Operation, SamplingSession, TrainingRun
 from ..upkeep import retention
 
@@ -41,8 +41,6 @@ def fail(op: Operation, message: str, category: str) -> None:
         _announce(op)
 
 
-
-
 def _announce(op: Operation) -> None:
     owner_id, request_id = op.owner_id, op.id
     transaction.on_commit(lambda: events.future_finished(owner_id, request_id))
@@ -51,6 +49,7 @@ def _announce(op: Operation) -> None:
 def checkpoint_saved(op: Operation, out: CheckpointOutput) -> dict:
     """A named save finished: its Checkpoint row (replacing an overwritten one) and its path."""
     kind = Checkpoint.SAVED_BY[op.kind]
+    exports.name_served_base_model(out.directory, op.require_run().base_model)
     identity = {"training_run": op.training_run, "checkpoint_type": kind, "name": op.payload["name"]}
     replaced = Checkpoint.objects.filter(**identity).values_list("directory", flat=True).first()
     checkpoint, _ = Checkpoint.objects.update_or_create(
@@ -76,6 +75,7 @@ def ephemeral_sampler(op: Operation, out: CheckpointOutput) -> dict:
     """An unnamed save_weights_for_sampler finished: a sampling session on the snapshot; older
     snapshots of the run beyond the kept count are released."""
     run = op.require_run()
+    exports.name_served_base_model(out.directory, run.base_model)
     seq = op.payload.get("sampling_session_seq_id")
     sampler_id = SamplingSession.make_id(run.session_id, seq if seq is not None else op.id)
     SamplingSession.objects.update_or_create(

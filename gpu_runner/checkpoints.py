@@ -237,10 +237,12 @@ def _adapter_from_named(
     adapter_id: str, spec: LoraSpec, named: dict[str, torch.Tensor], device: torch.device
 ) -> Adapter:
     modules = sorted({key.rsplit(".", 1)[0] for key in named})
+    # copy=True: fresh, aligned memory, not a view of the file's buffer, whose offsets can send BLAS
+    # down another kernel and make a resumed run differ from the original in the last bits
     weights = {
         m: (
-            named[f"{m}.lora_A"].to(device, torch.float32).requires_grad_(True),
-            named[f"{m}.lora_B"].to(device, torch.float32).requires_grad_(True),
+            named[f"{m}.lora_A"].to(device, torch.float32, copy=True).requires_grad_(True),
+            named[f"{m}.lora_B"].to(device, torch.float32, copy=True).requires_grad_(True),
         )
         for m in modules
     }
@@ -260,4 +262,4 @@ def _restore_optimizer(adapter: Adapter, tensors: dict[str, torch.Tensor], devic
     for i, p in enumerate(adapter.parameters()):
         state = {key.split(".", 1)[1]: t for key, t in tensors.items() if key.split(".", 1)[0] == str(i)}
         if state:
-            adapter.optimizer.state[p] = {k: (v if k == "step" else v.to(device)) for k, v in state.items()}
+            adapter.optimizer.state[p] = {k: (v if k == "step" else v.to(device, copy=True)) for k, v in state.items()}

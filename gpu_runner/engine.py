@@ -69,13 +69,15 @@ class Engine:
         memory_budget_bytes: int | None = None,
         dtype: str | torch.dtype | None = None,
         max_pass_tokens: int | None = None,
-        pack_row_tokens: int = 256,
+        pack_row_tokens: int | None = None,
         lora_backend: Backend = "auto",
     ):
         """`dtype`: the base weights' (bf16 on CUDA, fp32 on CPU unless asked; adapter masters and
         Adam state are fp32 always). `max_pass_tokens`: the micro-batch budget of one forward
         (and backward) or one sampling batch (default per device). `pack_row_tokens`: the least
-        length of a packed row; rows grow to the pass's longest sequence (see `packing`)."""
+        length of a packed row; rows grow to the pass's longest sequence (see `packing`). Default:
+        2,048 on CUDA, where padding costs GEMM work and a masked row's attention is a small share
+        at real widths; 0 on CPU, where attention over long masked rows costs more than padding."""
         self.data_dir = Path(data_dir) if data_dir else default_data_dir()
         self.info: BaseModelInfo = describe_base_model(base_model, self.data_dir)
         self.device = pick_device(device)
@@ -87,6 +89,8 @@ class Engine:
         self.head = Head.of(self.model)
         self.chunk_tokens = chunk_tokens_for(self.info.vocab_size)
         self.max_pass_tokens = max_pass_tokens or default_pass_tokens(self.device, self.model.config, self.dtype)
+        if pack_row_tokens is None:
+            pack_row_tokens = 2048 if self.device.type == "cuda" else 0
         self.pack_row_tokens = pack_row_tokens
         self._spill = tempfile.TemporaryDirectory(prefix="lorasmith-spill-")
         self.adapters = AdapterStore(Path(self._spill.name), memory_budget_bytes)

@@ -28,7 +28,7 @@ from peft import PeftModel
 from transformers import AutoModelForCausalLM
 
 sys.path.insert(0, str(Path(__file__).parent))
-from engine_bench import batch, compare
+from engine_bench import batch, bench_multi_adapter_training, compare
 from model_shapes import build
 
 from gpu_runner import Engine
@@ -121,28 +121,6 @@ def bench_mixed_lengths(engine: Engine, args) -> None:
     engine.pack_row_tokens = default
 
 
-def bench_eight_adapters(engine: Engine, args, per_adapter: int, length: int, goal: str) -> None:
-    ids = [f"multi-{i}" for i in range(8)]
-    for i, adapter_id in enumerate(ids):
-        if adapter_id not in engine.adapters:
-            engine.create_adapter(adapter_id, LoraSpec(rank=16, seed=i))
-    data = {a: batch(per_adapter, length, i, engine.info.vocab_size) for i, a in enumerate(ids)}
-    tokens = 8 * per_adapter * length
-
-    def one_cycle():
-        engine.run_cycle([ForwardBackward(a, data[a]) for a in ids] + [OptimStep(a) for a in ids])
-
-    def one_by_one():
-        for a in ids:
-            engine.run_cycle([ForwardBackward(a, data[a]), OptimStep(a)])
-
-    t_cycle, t_seq, ratio = compare(one_cycle, one_by_one, args.repeats)
-    print(
-        f"[3] 8 adapters x {per_adapter} x {length} tokens: one cycle {tokens / t_cycle:,.0f} tok/s, one by one "
-        f"{tokens / t_seq:,.0f} tok/s -> {ratio:.2f}x (goal {goal})"
-    )
-
-
 def bench_vs_peft(engine: Engine, args) -> None:
     data = batch(8, 128, 0, engine.info.vocab_size)
     engine.create_adapter("step", LoraSpec(rank=16, seed=0))
@@ -174,6 +152,7 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--dtype", default=None)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--models-dir", default=str(Path(tempfile.gettempdir()) / "lorasmith-bench-models"))
     parser.add_argument("--only", default="1,2,3,4")
     parser.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
@@ -194,8 +173,8 @@ def main() -> None:
         if "2" in only:
             bench_mixed_lengths(engine, args)
         if "3" in only:
-            bench_eight_adapters(engine, args, 1, 32, ">= 2x")
-            bench_eight_adapters(engine, args, 2, 256, ">= 1x")
+            bench_multi_adapter_training(engine, args, 1, 32, "[3]", ">= 2x")
+            bench_multi_adapter_training(engine, args, 2, 256, "[3]", ">= 1x")
         if "4" in only:
             bench_vs_peft(engine, args)
 

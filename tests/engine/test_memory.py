@@ -25,7 +25,13 @@ def _train(engine, adapter_ids, rounds=3):
 
 def test_eviction_is_transparent(engine, engine_data_dir):
     one_adapter = 2 * sum(p.numel() * 4 for p in _probe(engine).parameters())
-    tight = Engine("tiny-llama", data_dir=engine_data_dir, memory_budget_bytes=int(1.5 * one_adapter))
+    tight = Engine(
+        "tiny-llama",
+        data_dir=engine_data_dir,
+        memory_budget_bytes=int(1.5 * one_adapter),
+        max_pass_tokens=engine.max_pass_tokens,
+    )
+    tight.chunk_tokens = engine.chunk_tokens  # the same arithmetic as the roomy engine, so bit for bit
     ids = ["e0", "e1", "e2"]
     for i, adapter_id in enumerate(ids):
         tight.create_adapter(adapter_id, LoraSpec(rank=4, seed=i))

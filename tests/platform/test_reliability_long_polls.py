@@ -28,6 +28,7 @@ def small_pool_server(tmp_path_factory):
         yield server
 
 
+@pytest.mark.slow  # ~50 s: its own server on a PostgreSQL pool of 2
 def test_more_long_polls_than_pool_connections_leave_other_users_served(small_pool_server):
     server = small_pool_server
     wire = Wire(server.client())

@@ -23,6 +23,7 @@ def server(request):
     return request.getfixturevalue("live_server_embedded" if request.param == "embedded" else "live_server_redis")
 
 
+@pytest.mark.slow  # ~20 s a deployment: the management command runs in its own process
 def test_revoking_by_the_management_command_closes_an_open_socket(server):
     key = server.make_api_key("carol")
     url = server.base_url.replace("http", "ws") + "/ws/v1/events"

@@ -44,6 +44,7 @@ def _healthz(server) -> int:
         return client.get("/api/v1/healthz").status_code
 
 
+@pytest.mark.slow  # its own guarded server, ~30 s to start and drip headers
 def test_a_client_sending_a_header_byte_at_a_time_is_dropped_while_others_are_served(guarded_server):
     slow = socket.create_connection(("127.0.0.1", guarded_server.port), timeout=10)
     sent, dropped = 0, False

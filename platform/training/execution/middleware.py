@@ -10,7 +10,6 @@ starts again (DESIGN §6). On shutdown it retires its runners. Workers started b
 from __future__ import annotations
 
 import logging
-import threading
 
 import dramatiq
 
@@ -26,7 +25,7 @@ class RecoverOnBoot(dramatiq.Middleware):
         from .. import dispatch, runners
         from ..base_models import queue_name, served_models
         from ..models import Runner
-        from .worker import keep_reporting_alive
+        from .worker import start_reporting_alive
 
         queues = getattr(worker, "consumer_whitelist", None)  # None: the worker consumes every queue
         models = [m for m in served_models() if queues is None or queue_name(m) in queues]
@@ -38,13 +37,7 @@ class RecoverOnBoot(dramatiq.Middleware):
             ):  # a worker before this one on the same queue (killed, or this one restarted)
                 dispatch.retire(runner_id, reason="replaced on its queue")
             worker.lorasmith_runner_ids = [runners.register(m, queue=queue_name(m)).id for m in models]
-            worker.lorasmith_stop_reporting = threading.Event()
-            threading.Thread(
-                target=keep_reporting_alive,
-                args=(worker.lorasmith_stop_reporting, None, worker.lorasmith_runner_ids),
-                name="runner-alive",
-                daemon=True,
-            ).start()
+            worker.lorasmith_stop_reporting = start_reporting_alive(worker.lorasmith_runner_ids)
             dispatch.recover(models)
         except Exception:
             log.exception("recovery on worker boot failed for %s", models)

@@ -35,13 +35,7 @@ class RunnerWorker(dramatiq.Worker):
 
     def start(self) -> None:
         super().start()
-        self._stop_reporting = threading.Event()
-        threading.Thread(
-            target=keep_reporting_alive,
-            args=(self._stop_reporting, None, self.runner_ids),
-            name="runner-alive",
-            daemon=True,
-        ).start()
+        self._stop_reporting = start_reporting_alive(self.runner_ids)
 
     def stop(self, timeout: int = 600_000) -> None:
         self._stop_reporting.set()
@@ -52,6 +46,15 @@ class RunnerWorker(dramatiq.Worker):
 
 def beat_seconds() -> float:
     return min(ALIVE_EVERY_SECONDS, settings.LORASMITH.runner_dead_after_seconds / 3)
+
+
+def start_reporting_alive(runner_ids: Sequence[str]) -> threading.Event:
+    """`keep_reporting_alive` on a daemon thread; set the returned event to stop it."""
+    stop = threading.Event()
+    thread = threading.Thread(target=keep_reporting_alive, args=(stop, None, runner_ids), name="runner-alive")
+    thread.daemon = True
+    thread.start()
+    return stop
 
 
 def keep_reporting_alive(

@@ -45,6 +45,7 @@ def _metrics(log_path: Path) -> list[dict]:
     return [json.loads(line) for line in (log_path / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow  # ~90 s with its set-up on 2 cores; `make test` (CI) runs it
 def test_chat_sl_on_the_cookbooks_conversations_lowers_the_loss(tinker_python, path_server, tmp_path):
     [data] = tinker_python.parent.parent.glob(
         "lib/python*/site-packages/tinker_cookbook/example_data/conversations.jsonl"

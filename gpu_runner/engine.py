@@ -210,7 +210,13 @@ class Engine:
             validate_forward_backward(self.info, op.data, op.loss_fn, op.loss_fn_config)
         elif isinstance(op, Sample):
             validate_sample(
-                self.info, op.prompt, op.num_samples, op.params, op.topk_prompt_logprobs, op.target_prompt_tokens
+                self.info,
+                op.prompt,
+                op.num_samples,
+                op.params,
+                op.topk_prompt_logprobs,
+                op.target_prompt_tokens,
+                op.topk_sample_logprobs,
             )
         # LoadState/ImportPeft create their adapter; a Sample without one runs on the bare base model
         if isinstance(op, (LoadState, ImportPeft)) or op.adapter_id is None:
@@ -321,6 +327,7 @@ class Engine:
                         stop_ids,
                         stop_strings,
                         scoring,
+                        op.topk_sample_logprobs,
                     )
                 )
                 owner.append(op_index)

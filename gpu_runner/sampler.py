@@ -46,15 +46,21 @@ class SampleRow:
     stop_token_ids: frozenset[int]
     stop_strings: tuple[str, ...]
     scoring: PromptScoring | None = None
+    topk: int = 0  # K most likely tokens to report per sampled position (0: none)
     tokens: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
+    topk_logprobs: list[list[tuple[int, float]]] = field(default_factory=list)
+    model_logprobs: list[float] = field(default_factory=list)
     stop_reason: StopReason | None = None
 
     def finished(self) -> bool:
         return self.stop_reason is not None
 
     def result(self) -> SampledSequence:
-        return SampledSequence(tokens=self.tokens, logprobs=self.logprobs, stop_reason=self.stop_reason or "length")
+        sequence = SampledSequence(tokens=self.tokens, logprobs=self.logprobs, stop_reason=self.stop_reason or "length")
+        if self.topk:
+            sequence.topk_logprobs, sequence.model_logprobs = self.topk_logprobs, self.model_logprobs
+        return sequence
 
 
 def row_stream(seed: int | None, sample_index: int) -> int:
@@ -111,6 +117,28 @@ def next_tokens(
     return both[0].long().tolist(), both[1].tolist()
 
 
+def sampled_topk(
+    logits: torch.Tensor, tokens: list[int], ks: list[int]
+) -> list[tuple[list[tuple[int, float]], float] | None]:
+    """Per row with k > 0: its k most likely tokens (most likely first) and the sampled token's
+    logprob, all under the model's own distribution, log_softmax of the (B, V) logits before
+    temperature and truncation (OpenAI's `top_logprobs`); None for rows with k = 0. Only the rows
+    that ask are computed, with one device-to-host copy."""
+    wanted = [i for i, k in enumerate(ks) if k > 0]
+    answers: list[tuple[list[tuple[int, float]], float] | None] = [None] * len(ks)
+    if not wanted:
+        return answers
+    index = torch.tensor(wanted, device=logits.device)
+    logprobs = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)  # (w, V)
+    top = torch.topk(logprobs, min(max(ks), logprobs.shape[-1]), dim=-1)
+    chosen = logprobs.gather(1, torch.tensor([tokens[i] for i in wanted], device=logits.device)[:, None])
+    values, ids, chosen_cpu = top.values.cpu(), top.indices.cpu(), chosen.squeeze(1).cpu()
+    for j, i in enumerate(wanted):
+        k = ks[i]
+        answers[i] = (list(zip(ids[j, :k].tolist(), values[j, :k].tolist())), float(chosen_cpu[j]))
+    return answers
+
+
 def _truncate(logprobs: torch.Tensor, top_k: list[int], top_p: list[float]) -> torch.Tensor:
     out = logprobs
     vocab = out.shape[-1]
@@ -151,8 +179,8 @@ class Decoder:
 def generate(
     decoder: Decoder, rows: list[SampleRow], decode: Callable[[list[int]], str], pad_id: int, device: torch.device
 ) -> None:
-    """Fill each row's tokens/logprobs/stop_reason (and its prompt scores) in place. Rows must be
-    grouped by adapter."""
+    """Fill each row's tokens/logprobs/stop_reason (its top-k per position and its prompt scores
+    when asked) in place. Rows must be grouped by adapter."""
     width = max(len(r.prompt) for r in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
@@ -177,9 +205,13 @@ def generate(
             live = [rows[i] for i in active]
             logits = decoder.head.logits(last, row_segments(live, 1))  # (b, V)
             tokens, logprobs = next_tokens(logits, [r.params for r in live], uniforms(keys, step))
-            for row, token, logprob in zip(live, tokens, logprobs):
+            tops = sampled_topk(logits, tokens, [r.topk for r in live])
+            for row, token, logprob, top in zip(live, tokens, logprobs, tops):
                 row.tokens.append(token)
                 row.logprobs.append(logprob)
+                if top is not None:
+                    row.topk_logprobs.append(top[0])
+                    row.model_logprobs.append(top[1])
                 _update_stop(row, decode)
             keep = [j for j, row in enumerate(live) if not row.finished()]
             if not keep:

@@ -128,6 +128,9 @@ class Sample:
     # [len(prompt) - 1][K] token ids: row i asks the logprobs of these tokens at prompt position i + 1;
     # -1 cells ask nothing (their answer is 0.0)
     target_prompt_tokens: list[list[int]] | None = None
+    # K > 0: each sampled position also reports its K most likely tokens (SampledSequence.topk_logprobs);
+    # 0 computes nothing extra
+    topk_sample_logprobs: int = 0
 
 
 @dataclass
@@ -186,9 +189,20 @@ class OptimStepOutput:
 
 @dataclass
 class SampledSequence:
+    """`logprobs`: each token's logprob under the distribution it was drawn from, temperature applied,
+    before top-k/top-p truncation (temperature 0: the plain distribution).
+
+    With `Sample.topk_sample_logprobs` = K > 0, also per position: `topk_logprobs`, the K most likely
+    tokens (most likely first) with their logprobs under the model's own distribution (log_softmax of
+    the logits, before temperature, top-k and top-p, as OpenAI's `top_logprobs`), and
+    `model_logprobs`, the sampled token's logprob under that same distribution, so the two compare
+    (at temperature 0 or 1 it equals `logprobs`). Both are None when K is 0."""
+
     tokens: list[int]
     logprobs: list[float]
     stop_reason: StopReason
+    topk_logprobs: list[list[tuple[int, float]]] | None = None
+    model_logprobs: list[float] | None = None
 
 
 @dataclass

@@ -127,6 +127,7 @@ def validate_sample(
     params: SamplingParams,
     topk_prompt_logprobs: int = 0,
     target_prompt_tokens: Sequence[Sequence[int]] | None = None,
+    topk_sample_logprobs: int = 0,
 ) -> None:
     validate_tokens(prompt, info, "prompt")
     if not 1 <= num_samples <= 128:
@@ -149,6 +150,8 @@ def validate_sample(
         )
     if not 0 <= topk_prompt_logprobs <= 100:
         raise EngineInputError("topk_prompt_logprobs must be between 0 and 100", field="topk_prompt_logprobs")
+    if not 0 <= topk_sample_logprobs <= 100:
+        raise EngineInputError("topk_sample_logprobs must be between 0 and 100", field="topk_sample_logprobs")
     if target_prompt_tokens is not None:
         _validate_target_prompt_tokens(target_prompt_tokens, len(prompt), info)
     for stop in params.stop or []:

@@ -5,8 +5,9 @@ N runners of one base model run N cycles at once (DESIGN §6).
 Ready means: for each training run placed on the runner, its queued operations that continue its
 seq_id sequence without a gap (early arrivals wait; a request rejected at the door fills its seq
 without running); the queued samples of the samplers placed on it (they never wait for gaps).
-A cycle is filled fairly (`fill`): tenants in turn, and within a tenant its runs and samplers in
-turn, so neither sampling nor one large tenant starves the others.
+A cycle is filled fairly (`fill`) under a token budget: tenants in turn, and within a tenant its
+runs and samplers in turn, each operation costing its tokens (`costs.tokens`), so neither sampling
+nor one large tenant starves the others; an operation larger than the budget runs alone.
 
 Every call also does what any live process must: it declares runners without a heartbeat dead
 and moves their work (`retire`), and places runs and samplers that wait without a live runner.
@@ -23,7 +24,7 @@ from datetime import datetime
 
 import dramatiq
 from django.db import transaction
-from django.db.models import F
+from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
 from . import events, runners
@@ -36,6 +37,9 @@ log = logging.getLogger(__name__)
 # the other way round. Its arguments: (runner_id, epoch, cycle_id, op_ids).
 CYCLE_ACTOR = "execute_cycle"
 CYCLE_LIMIT = 64  # operations per cycle: keeps a cycle short so results stream back
+# tokens per cycle (forward/backward tokens + sampled prompt and decode tokens): a cycle's work is
+# bounded by what it computes, not by how many requests carry it
+CYCLE_TOKENS = 16_384
 SAMPLES_READ = 16 * CYCLE_LIMIT  # queued samples read per fill (the oldest), a bound on one query
 # an operation in flight when its runner died this many times is failed, never replayed for ever
 MAX_ATTEMPTS = 2
@@ -99,6 +103,7 @@ class Waiting:
     seq_id: int
     rejected: bool = False
     attempts: int = 0
+    cost: int = 1  # tokens (`Operation.cost_tokens`)
 
 
 @dataclass
@@ -128,14 +133,20 @@ class Lane:
         return item.op_id
 
 
-def fill(lanes: Iterable[Lane], limit: int | None = None) -> tuple[list[str], dict[str, int]]:
+def fill(
+    lanes: Iterable[Lane], limit: int | None = None, budget: int | None = None
+) -> tuple[list[str], dict[str, int]]:
     """The operations of one cycle, and each run's new dispatch position.
 
     Tenants take turns (oldest waiting first), one operation per turn, and within a tenant its
-    lanes take turns; so a stream of samples or one tenant's many runs cannot starve anyone. An
+    lanes take turns; so a stream of samples or one tenant's many runs cannot starve anyone. Each
+    operation spends its tokens from `budget`: a lane whose next operation does not fit what is
+    left waits for the next cycle, where it is among the oldest and goes early; the cycle's first
+    operation always goes, so one larger than the whole budget runs alone, never stuck. An
     operation that was in flight when a runner died goes in a cycle of its own, so an operation
     that kills runners takes no other tenant's work down with it a second time."""
     limit = limit or CYCLE_LIMIT
+    budget = budget or CYCLE_TOKENS
     lanes = [lane for lane in lanes if lane.head() is not None]
     for lane in lanes:
         head = lane.head()
@@ -147,15 +158,20 @@ def fill(lanes: Iterable[Lane], limit: int | None = None) -> tuple[list[str], di
     for lane in sorted(lanes, key=lambda lane: lane.oldest):
         tenants.setdefault(lane.owner_id, deque()).append(lane)
     taken: list[str] = []
+    spent = 0
     while tenants and len(taken) < limit:
         for owner in list(tenants):
             turn = tenants[owner]
             lane = turn.popleft()
-            op_id = lane.take()
-            if op_id is not None:
+            head = lane.head()
+            if head is not None and (not taken or spent + head.cost <= budget):
+                op_id = lane.take()
+                assert op_id == head.op_id
                 taken.append(op_id)
-            if lane.head() is not None:
-                turn.append(lane)
+                spent += head.cost
+                if lane.head() is not None:
+                    turn.append(lane)
+            # else: it does not fit what is left of the budget; the lane waits for the next cycle
             if not turn:
                 del tenants[owner]
             if len(taken) >= limit:
@@ -170,11 +186,13 @@ def _lanes(runner_id: str) -> list[Lane]:
     samples = (
         Operation.objects.filter(sampling_session__runner_id=runner_id, status=Operation.Status.QUEUED)
         .order_by("created_at")
-        .values_list("id", "sampling_session_id", "owner_id", "seq_id", "attempts", "created_at")[:SAMPLES_READ]
+        .values_list("id", "sampling_session_id", "owner_id", "seq_id", "attempts", "created_at", "cost_tokens")[
+            :SAMPLES_READ
+        ]
     )
-    for op_id, sampler_id, owner_id, seq_id, attempts, created_at in samples:
+    for op_id, sampler_id, owner_id, seq_id, attempts, created_at, cost in samples:
         lane = lanes.setdefault(sampler_id, Lane(owner_id, None, created_at))
-        lane.items.append(Waiting(op_id, seq_id, attempts=attempts))
+        lane.items.append(Waiting(op_id, seq_id, attempts=attempts, cost=cost))
     chains = (
         Operation.objects.filter(
             training_run__runner_id=runner_id,
@@ -190,15 +208,16 @@ def _lanes(runner_id: str) -> list[Lane]:
             "status",
             "attempts",
             "created_at",
+            "cost_tokens",
             "training_run__dispatched_seq",
         )
     )
     expected: dict[str, int] = {}
-    for op_id, run_id, owner_id, seq_id, status, attempts, created_at, dispatched in chains:
+    for op_id, run_id, owner_id, seq_id, status, attempts, created_at, cost, dispatched in chains:
         if expected.setdefault(run_id, dispatched + 1) != seq_id:
             continue  # a gap: later arrivals wait for it to fill
         lane = lanes.setdefault(run_id, Lane(owner_id, run_id, created_at))
-        lane.items.append(Waiting(op_id, seq_id, status == Operation.Status.REJECTED, attempts))
+        lane.items.append(Waiting(op_id, seq_id, status == Operation.Status.REJECTED, attempts, cost))
         expected[run_id] = seq_id + 1
     return list(lanes.values())
 
@@ -211,8 +230,10 @@ def _ready(runner_id: str) -> tuple[list[str], dict[str, int]]:
 def _take_ready(runner_id: str, cycle_id: str) -> list[str]:
     with transaction.atomic():
         taken, positions = _ready(runner_id)
-        for run_id, position in positions.items():
-            TrainingRun.objects.filter(pk=run_id).update(dispatched_seq=position)
+        if positions:  # one UPDATE for every run, however many have work in this cycle
+            TrainingRun.objects.filter(pk__in=positions).update(
+                dispatched_seq=Case(*(When(pk=run_id, then=Value(p)) for run_id, p in positions.items()))
+            )
         Operation.objects.filter(id__in=taken).update(
             status=Operation.Status.RUNNING, cycle_id=cycle_id, started_at=timezone.now()
         )

@@ -14,6 +14,7 @@ from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
+from . import costs
 from .errors import BadRequest
 
 
@@ -188,6 +189,7 @@ class Operation(models.Model):
     seq_id = models.BigIntegerField()
     payload = models.JSONField()
     payload_bytes = models.BigIntegerField(default=0)  # size of the stored payload, for the per-user quota
+    cost_tokens = models.BigIntegerField(default=1)  # what it costs a cycle's token budget (`costs.tokens`)
     status = models.CharField(max_length=12, choices=Status.choices, default=Status.QUEUED, db_index=True)
     result = models.JSONField(null=True)
     error = models.TextField(blank=True)
@@ -230,7 +232,7 @@ class Operation(models.Model):
             training_run=run,
             seq_id=seq_id,
             payload=payload,
-            **fields,
+            **{"cost_tokens": costs.tokens(kind, payload), **fields},
         )
 
     @classmethod
@@ -244,7 +246,7 @@ class Operation(models.Model):
             sampling_session=sampler,
             seq_id=seq_id,
             payload=payload,
-            **fields,
+            **{"cost_tokens": costs.tokens("sample", payload), **fields},
         )
 
     def require_run(self) -> TrainingRun:

@@ -52,6 +52,16 @@ def _layout(outputs: dict) -> tuple:
     return tuple((name, t["dtype"], tuple(t["shape"][1:])) for name, t in outputs.items())
 
 
+def _fill_topk(field, topk: list) -> None:
+    """A TopkLogprobs message: row-major [length, k]; short rows padded with the SDK's empty cell."""
+    k = max((len(row) for row in topk if row), default=0)
+    cells = [list(row or []) + [TOPK_EMPTY] * (k - len(row or [])) for row in topk]
+    field.k = k
+    field.length = len(topk)
+    field.token_ids = np.asarray([t for row in cells for t, _ in row], "<i4").tobytes()
+    field.logprobs = np.asarray([lp for row in cells for _, lp in row], "<f4").tobytes()
+
+
 def sample_response(result: dict):
     message = SampleResponse(prompt_cache_hit_tokens=result.get("prompt_cache_hit_tokens") or 0)
     for sequence in result["sequences"]:
@@ -61,19 +71,16 @@ def sample_response(result: dict):
         )
         if sequence.get("logprobs") is not None:
             added.logprobs = np.asarray(sequence["logprobs"], dtype="<f4").tobytes()
+        if sequence.get("topk_logprobs") is not None:  # asked with topk_sample_logprobs
+            _fill_topk(added.topk_sampled_logprobs, sequence["topk_logprobs"])
     prompt_logprobs = result.get("prompt_logprobs")
     if prompt_logprobs is not None:  # NaN where a position was not scored
         message.prompt_logprobs = np.asarray(
             [math.nan if lp is None else lp for lp in prompt_logprobs], dtype="<f4"
         ).tobytes()
     topk = result.get("topk_prompt_logprobs")
-    if topk is not None:  # row-major [length, k]; short rows padded with the SDK's empty cell
-        k = max((len(row) for row in topk if row), default=0)
-        cells = [list(row or []) + [TOPK_EMPTY] * (k - len(row or [])) for row in topk]
-        message.topk_prompt_logprobs.k = k
-        message.topk_prompt_logprobs.length = len(topk)
-        message.topk_prompt_logprobs.token_ids = np.asarray([t for row in cells for t, _ in row], "<i4").tobytes()
-        message.topk_prompt_logprobs.logprobs = np.asarray([lp for row in cells for _, lp in row], "<f4").tobytes()
+    if topk is not None:
+        _fill_topk(message.topk_prompt_logprobs, topk)
     target = result.get("target_prompt_logprobs")
     if target is not None:  # dense float32, the request's shape
         message.target_prompt_logprobs.dtype = DTYPE["DTYPE_FLOAT32"]

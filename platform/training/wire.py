@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from django.conf import settings
 
-from gpu_runner.types import AdamParams, Datum, ForwardBackwardOutput, SampleOutput, SamplingParams
+from gpu_runner.types import AdamParams, Datum, ForwardBackwardOutput, SampledSequence, SampleOutput, SamplingParams
 
 from .errors import BadRequest, TooLarge
 from .models import Checkpoint
@@ -254,6 +254,16 @@ def forward_backward_json(output: ForwardBackwardOutput) -> dict:
     }
 
 
+def _sequence_json(sequence: SampledSequence) -> dict:
+    """`topk_logprobs` ([[token, logprob], …] per position) and `model_logprobs` only when the
+    request asked for topk_sample_logprobs: an ordinary sequence's JSON is unchanged."""
+    out = {"tokens": sequence.tokens, "logprobs": sequence.logprobs, "stop_reason": sequence.stop_reason}
+    if sequence.topk_logprobs is not None:
+        out["topk_logprobs"] = [[[t, lp] for t, lp in row] for row in sequence.topk_logprobs]
+        out["model_logprobs"] = sequence.model_logprobs
+    return out
+
+
 def sample_json(output: SampleOutput, prompt_logprobs_last_n: int | None = None) -> dict:
     """With `prompt_logprobs_last_n`, prompt positions before the last N carry None (TINKER_WIRE §8.8)."""
     prompt_lp, topk = output.prompt_logprobs, output.topk_prompt_logprobs
@@ -267,9 +277,7 @@ def sample_json(output: SampleOutput, prompt_logprobs_last_n: int | None = None)
 
         prompt_lp, topk = last_n(prompt_lp), last_n(topk)
     return {
-        "sequences": [
-            {"tokens": s.tokens, "logprobs": s.logprobs, "stop_reason": s.stop_reason} for s in output.sequences
-        ],
+        "sequences": [_sequence_json(s) for s in output.sequences],
         "prompt_logprobs": prompt_lp,
         "topk_prompt_logprobs": None
         if topk is None

@@ -12,7 +12,7 @@ import pytest
 from django.test import Client
 
 from accounts.services import ensure_user, issue_api_key
-from api.oai import request_params, text
+from api.oai import request_params, shapes, text
 from api.oai.errors import OaiError
 from training import dispatch
 from training.models import Operation
@@ -99,12 +99,43 @@ def test_an_accepted_call_is_a_sample_request_of_the_callers_api_session(key):
     assert op.kind == "sample" and op.status == Operation.Status.QUEUED
     assert op.payload["num_samples"] == 2 and op.payload["sampling_params"]["seed"] == 3
     assert sampler.session.display_name == served_models.API_SESSION_NAME and sampler.source_run is None
+    assert "topk_sample_logprobs" not in op.payload  # an ordinary sample's payload is unchanged
+    asking = served_models.submit(user, sampler, [3, 320, 265], 1, {"max_tokens": 4}, topk_sample_logprobs=3)
+    assert asking.payload["topk_sample_logprobs"] == 3
+
+
+def test_top_logprobs_up_to_20_are_asked_of_the_sampler():
+    chat = request_params.parse(
+        {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "logprobs": True, "top_logprobs": 20},
+        chat=True,
+    )
+    assert chat.logprobs and chat.top_logprobs == chat.topk_sample_logprobs == 20
+    completions = request_params.parse({"model": BASE, "prompt": "x", "logprobs": 3}, chat=False)
+    assert completions.logprobs and completions.top_logprobs == completions.topk_sample_logprobs == 3
+    plain = request_params.parse({"model": BASE, "prompt": "x", "top_p": 0.5}, chat=False)
+    assert not plain.logprobs and plain.topk_sample_logprobs == 0  # nothing extra computed
+    off = request_params.parse(
+        {"model": BASE, "messages": [{"role": "user", "content": "hi"}], "top_logprobs": 0}, chat=True
+    )
+    assert off.topk_sample_logprobs == 0
+
+
+def test_refused_top_logprobs_reach_the_client_as_a_400_naming_the_field(key):
+    messages = [{"role": "user", "content": "hi"}]
+    error = _error(_post("chat/completions", {"model": BASE, "messages": messages, "top_logprobs": 3}, key), 400)
+    assert error["param"] == "top_logprobs" and "logprobs" in error["message"]
+    body = {"model": BASE, "messages": messages, "logprobs": True, "top_logprobs": 21}
+    assert _error(_post("chat/completions", body, key), 400)["param"] == "top_logprobs"
+    assert _error(_post("completions", {"model": BASE, "prompt": "x", "logprobs": 21}, key), 400)["param"] == "logprobs"
+    assert not Operation.objects.exists()
 
 
 @pytest.mark.parametrize(
     ("body", "param"),
     [
-        ({"top_logprobs": 2, "logprobs": True}, "top_logprobs"),
+        ({"top_logprobs": 21, "logprobs": True}, "top_logprobs"),
+        ({"top_logprobs": 2}, "top_logprobs"),
+        ({"top_logprobs": 2, "logprobs": False}, "top_logprobs"),
         ({"stream_options": {"include_usage": True}}, "stream_options"),
         ({"temperature": 3}, "temperature"),
         ({"stop": ["a", "b", "c", "d", "e"]}, "stop"),
@@ -125,9 +156,10 @@ def test_parameters_at_their_off_value_and_nulls_pass():
         chat=False,
     )
     assert call.prompt == [1, 2] and call.seed is None and call.logprobs
+    assert call.top_logprobs == 0 and call.topk_sample_logprobs == 1  # the top-1: the model's logprobs
     with pytest.raises(OaiError) as refused:
-        request_params.parse({"model": BASE, "prompt": "x", "logprobs": 2}, chat=False)
-    assert refused.value.param == "logprobs"
+        request_params.parse({"model": BASE, "prompt": "x", "logprobs": 21}, chat=False)
+    assert refused.value.status == 400 and refused.value.param == "logprobs"
     with pytest.raises(OaiError) as refused:
         request_params.parse({"model": BASE, "prompt": ["a", "b"]}, chat=False)
     assert refused.value.param == "prompt"
@@ -152,6 +184,35 @@ def test_visible_text_cuts_at_the_stop_string_and_drops_the_end_token(words):
 
     ran_out = text.visible(words, {"tokens": tokens, "logprobs": [-1.0] * len(tokens), "stop_reason": "length"}, [])
     assert ran_out.finish_reason == "length" and ran_out.text == decoded
+
+
+def test_visible_carries_each_tokens_alternatives_under_the_models_logprobs(words):
+    tokens = words.encode(" the cat sat", add_special_tokens=False)
+    other = words.encode(" dog", add_special_tokens=False)[-1]
+    sequence = {
+        "tokens": tokens,
+        "logprobs": [-9.0] * len(tokens),  # the temperature-scaled ones: not what OpenAI shows
+        "model_logprobs": [-0.5] * len(tokens),
+        "topk_logprobs": [[[t, -0.5], [other, -1.0], [words.eos_token_id, -2.0]] for t in tokens],
+        "stop_reason": "length",
+    }
+    seq = text.visible(words, sequence, [], top_k=3)
+    assert seq.logprobs == [-0.5] * len(tokens)
+    for piece, top in zip(seq.pieces, seq.top, strict=True):
+        assert top[0] == (piece, -0.5)  # the sampled token decoded in context reads as its piece
+        assert top[1] == (" dog", -1.0) and top[2] == (words.eos_token, -2.0)
+    assert [len(top) for top in text.visible(words, sequence, [], top_k=1).top] == [1] * len(tokens)
+    chat = shapes.chat_logprobs(seq)["content"]
+    assert [e["top_logprobs"][1] for e in chat] == [{"token": " dog", "logprob": -1.0, "bytes": list(b" dog")}] * 3
+    assert all(e["logprob"] == -0.5 and e["bytes"] == list(e["token"].encode()) for e in chat)
+    plain = shapes.completion_logprobs(seq, True)
+    assert plain["top_logprobs"][1] == {seq.pieces[1]: -0.5, " dog": -1.0, words.eos_token: -2.0}
+    assert list(plain["top_logprobs"][1].values()) == [-0.5, -1.0, -2.0]  # most likely first
+    streamed = shapes.completion_logprobs(seq, True, 2, 3)
+    assert streamed["tokens"] == seq.pieces[2:] and streamed["text_offset"] == [plain["text_offset"][2]]
+    assert shapes.completion_logprobs(seq, False)["top_logprobs"] is None
+    without = text.visible(words, {k: v for k, v in sequence.items() if "topk" not in k and "model" not in k}, [])
+    assert without.logprobs == [-9.0] * len(tokens) and without.top == [[]] * len(tokens)
 
 
 def test_pieces_join_to_the_decoded_text_across_split_characters(words):

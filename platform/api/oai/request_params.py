@@ -18,6 +18,7 @@ CHAT = COMMON | {"messages", "max_completion_tokens", "top_logprobs"}
 OFF_VALUES: dict[str, Any] = {"presence_penalty": 0, "frequency_penalty": 0, "echo": False, "best_of": 1}
 MAX_STOPS = 4
 MAX_SAMPLES = 128
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound for chat; completions (OpenAI: 5) get the same here
 
 
 @dataclass
@@ -32,10 +33,18 @@ class SampleCall:
     stop: list[str] = field(default_factory=list)
     seed: int | None = None
     logprobs: bool = False
+    top_logprobs: int = 0  # alternatives per sampled position (chat top_logprobs, completions logprobs)
     stream: bool = False
     include_usage: bool = False
     prompt: str | list[int] | None = None  # completions
     messages: list[dict[str, str]] = field(default_factory=list)  # chat, content as plain text
+
+    @property
+    def topk_sample_logprobs(self) -> int:
+        """What to ask the sampler for: with logprobs on, at least the top-1, so that every token's
+        `logprob` comes from the model's own distribution (before temperature and top_p, as
+        OpenAI's) whatever the temperature; 0 (nothing extra computed) without logprobs."""
+        return max(self.top_logprobs, 1) if self.logprobs else 0
 
     def sampling_params(self, max_tokens: int, extra_stops: list[str]) -> dict:
         """Tinker sampling_params for the intake."""
@@ -71,28 +80,13 @@ def parse(body: dict, chat: bool) -> SampleCall:
     call.include_usage = _stream_options(given, call.stream)
     if chat:
         call.logprobs = _boolean(given, "logprobs")
-        top = _integer(given, "top_logprobs", 0, 0, 20)
-        if top and not call.logprobs:
+        call.top_logprobs = _integer(given, "top_logprobs", 0, 0, MAX_TOP_LOGPROBS)
+        if call.top_logprobs and not call.logprobs:
             raise OaiError(400, "top_logprobs needs logprobs: true", "top_logprobs")
-        if top:
-            raise OaiError(
-                400,
-                "top_logprobs above 0 is not supported by this server: logprobs: true returns each sampled "
-                "token's logprob, with top_logprobs []",
-                "top_logprobs",
-                "unsupported_parameter",
-            )
         call.messages = _messages(given.get("messages"))
     else:
-        if "logprobs" in given:
-            if _integer(given, "logprobs", 0, 0, 5) > 0:
-                raise OaiError(
-                    400,
-                    "logprobs above 0 (alternatives per position) is not supported by this server; logprobs: 0 "
-                    "returns each sampled token's logprob",
-                    "logprobs",
-                    "unsupported_parameter",
-                )
+        if "logprobs" in given:  # completions: an integer, the alternatives per position (0: none)
+            call.top_logprobs = _integer(given, "logprobs", 0, 0, MAX_TOP_LOGPROBS)
             call.logprobs = True
         call.prompt = _prompt(given.get("prompt"))
     return call

@@ -15,30 +15,54 @@ def usage(prompt_tokens: int, sampled_tokens: int) -> dict:
     }
 
 
-def completion_logprobs(seq: Visible) -> dict:
-    offsets, at = [], 0
-    for piece in seq.pieces:
+def completion_logprobs(seq: Visible, with_top: bool, start: int = 0, stop: int | None = None) -> dict:
+    """Tokens `start:stop` of `seq` (a streamed chunk holds one); `top_logprobs` per token is a
+    {text: logprob} dict of its alternatives (a text two alternatives share keeps the likelier),
+    None when none were asked (`logprobs: 0`)."""
+    span = slice(start, stop)
+    offsets, at = [], sum(len(piece) for piece in seq.pieces[:start])
+    for piece in seq.pieces[span]:
         offsets.append(at)
         at += len(piece)
-    return {"tokens": seq.pieces, "token_logprobs": seq.logprobs, "top_logprobs": None, "text_offset": offsets}
+    top = [_first_of_each(row) for row in seq.top[span]] if with_top else None
+    return {
+        "tokens": seq.pieces[span],
+        "token_logprobs": seq.logprobs[span],
+        "top_logprobs": top,
+        "text_offset": offsets,
+    }
 
 
-def chat_logprobs(seq: Visible) -> dict:
+def _first_of_each(row: list[tuple[str, float]]) -> dict[str, float]:
+    ranked: dict[str, float] = {}
+    for text, logprob in row:
+        ranked.setdefault(text, logprob)
+    return ranked
+
+
+def chat_logprobs(seq: Visible, start: int = 0, stop: int | None = None) -> dict:
+    """Tokens `start:stop` of `seq`, each {token, logprob, bytes, top_logprobs: [{token, logprob,
+    bytes}, …] most likely first}."""
+    span = slice(start, stop)
     return {
         "content": [
-            {"token": piece, "logprob": logprob, "bytes": list(piece.encode()), "top_logprobs": []}
-            for piece, logprob in zip(seq.pieces, seq.logprobs, strict=True)
+            {**_token_entry(piece, logprob), "top_logprobs": [_token_entry(text, lp) for text, lp in top]}
+            for piece, logprob, top in zip(seq.pieces[span], seq.logprobs[span], seq.top[span], strict=True)
         ],
         "refusal": None,
     }
 
 
-def completion(meta: dict, sequences: list[Visible], logprobs: bool, used: dict) -> dict:
+def _token_entry(text: str, logprob: float) -> dict:
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode())}
+
+
+def completion(meta: dict, sequences: list[Visible], logprobs: bool, used: dict, with_top: bool = False) -> dict:
     choices = [
         {
             "index": index,
             "text": seq.text,
-            "logprobs": completion_logprobs(seq) if logprobs else None,
+            "logprobs": completion_logprobs(seq, with_top) if logprobs else None,
             "finish_reason": seq.finish_reason,
         }
         for index, seq in enumerate(sequences)

@@ -61,21 +61,29 @@ def _encode(words: PreTrainedTokenizerBase, text: str) -> list[int]:
 class Visible:
     """One sampled sequence as OpenAI shows it: the tokens the text is made of (a final end-of-
     sequence token and anything from a stop string on are left out), each one's text piece and
-    logprob, and why it ended."""
+    logprob, and why it ended. `top`: per token, its most likely alternatives as (text, logprob),
+    most likely first (empty lists when none were asked)."""
 
     tokens: list[int]
     pieces: list[str]
     logprobs: list[float]
     finish_reason: str  # "stop" | "length"
+    top: list[list[tuple[str, float]]]
 
     @property
     def text(self) -> str:
         return "".join(self.pieces)
 
 
-def visible(words: PreTrainedTokenizerBase, sequence: dict, stops: list[str]) -> Visible:
-    tokens, logprobs = list(sequence["tokens"]), list(sequence.get("logprobs") or [])
+def visible(words: PreTrainedTokenizerBase, sequence: dict, stops: list[str], top_k: int = 0) -> Visible:
+    """`sequence` as the sample result holds it. With `model_logprobs` (the request asked the sampler
+    for top-k), each token's logprob is under the model's own distribution, the one its top
+    alternatives (the first `top_k`) come from; otherwise it is the sampler's `logprobs`."""
+    tokens = list(sequence["tokens"])
+    model_logprobs = sequence.get("model_logprobs")
+    logprobs = list(model_logprobs if model_logprobs is not None else sequence.get("logprobs") or [])
     logprobs += [0.0] * (len(tokens) - len(logprobs))
+    ranked = [row[:top_k] for row in sequence.get("topk_logprobs") or []]
     stopped = sequence.get("stop_reason") == "stop"
     if stopped and tokens and tokens[-1] in set(words.all_special_ids):
         tokens, logprobs = tokens[:-1], logprobs[:-1]
@@ -91,7 +99,27 @@ def visible(words: PreTrainedTokenizerBase, sequence: dict, stops: list[str]) ->
         tail = [pieces[kept][: cut - length]] if kept < len(pieces) and cut > length else []
         pieces = pieces[:kept] + tail
         tokens, logprobs = tokens[: len(pieces)], logprobs[: len(pieces)]
-    return Visible(tokens, pieces, logprobs, "stop" if stopped else "length")
+    top = [alternatives(words, tokens, i, ranked[i]) if i < len(ranked) else [] for i in range(len(tokens))]
+    return Visible(tokens, pieces, logprobs, "stop" if stopped else "length", top)
+
+
+def alternatives(
+    words: PreTrainedTokenizerBase, tokens: list[int], index: int, ranked: list[list]
+) -> list[tuple[str, float]]:
+    """The text of each alternative ([token, logprob]) to `tokens[index]`, decoded after the same
+    tokens of context as the sampled one, so that a word-initial token keeps its space; a special
+    token shows as its name (e.g. `</s>`)."""
+    context = tokens[max(0, index - DECODE_WINDOW) : index]
+    before = _decode(words, context)
+    special = set(words.all_special_ids)
+    out = []
+    for token, logprob in ranked:
+        if token in special:
+            out.append((str(words.convert_ids_to_tokens(token)), logprob))
+            continue
+        after = _decode(words, context + [token])
+        out.append((after[len(before) :] if after.startswith(before) else _decode(words, [token]), logprob))
+    return out
 
 
 def text_pieces(words: PreTrainedTokenizerBase, tokens: list[int]) -> list[str]:

@@ -94,7 +94,8 @@ def _submit(request: HttpRequest, chat: bool) -> Submitted:
             else COMPLETIONS_DEFAULT_MAX_TOKENS
         )
         sampler = served_models.sampler_for(user, served)
-        op = served_models.submit(user, sampler, prompt, call.n, call.sampling_params(max_tokens, stops))
+        params = call.sampling_params(max_tokens, stops)
+        op = served_models.submit(user, sampler, prompt, call.n, params, call.topk_sample_logprobs)
     except ApiError as error:
         raise errors.from_api_error(error, "messages" if chat else "prompt") from None
     finally:
@@ -123,7 +124,8 @@ def _sequences(submitted: Submitted, op: Operation) -> tuple[list[text.Visible],
     sequences = (op.result or {}).get("sequences", [])
     sampled = sum(len(s["tokens"]) for s in sequences)
     used = shapes.usage(submitted.prompt_tokens, sampled)
-    return [text.visible(words, s, submitted.stops) for s in sequences], used
+    top_k = submitted.call.top_logprobs
+    return [text.visible(words, s, submitted.stops, top_k) for s in sequences], used
 
 
 async def _wait(submitted: Submitted, timeout: float) -> Operation | None:
@@ -161,8 +163,10 @@ async def _sample_view(request: HttpRequest, chat: bool) -> HttpResponse | Strea
     if failure is not None:
         return errors.response(failure)
     sequences, used = _sequences(submitted, op)
-    answer = shapes.chat_completion if chat else shapes.completion
-    return JsonResponse(answer(submitted.meta, sequences, submitted.call.logprobs, used))
+    call = submitted.call
+    if chat:
+        return JsonResponse(shapes.chat_completion(submitted.meta, sequences, call.logprobs, used))
+    return JsonResponse(shapes.completion(submitted.meta, sequences, call.logprobs, used, call.top_logprobs > 0))
 
 
 def _event(payload: dict) -> str:
@@ -205,21 +209,15 @@ async def _stream(submitted: Submitted) -> AsyncIterator[str]:
 def _token_chunks(submitted: Submitted, sequences: list[text.Visible]) -> list[dict]:
     """One chunk per token of each choice, then one with its finish_reason."""
     meta, logprobs, chunks = submitted.meta, submitted.call.logprobs, []
+    with_top = submitted.call.top_logprobs > 0
     for index, seq in enumerate(sequences):
-        offset = 0
-        for piece, logprob in zip(seq.pieces, seq.logprobs, strict=True):
+        for at, piece in enumerate(seq.pieces):
             if submitted.chat:
-                entry = {"token": piece, "logprob": logprob, "bytes": list(piece.encode()), "top_logprobs": []}
-                chat_lp = {"content": [entry], "refusal": None} if logprobs else None
+                chat_lp = shapes.chat_logprobs(seq, at, at + 1) if logprobs else None
                 chunks.append(shapes.chat_chunk(meta, [shapes.chat_delta(index, {"content": piece}, None, chat_lp)]))
             else:
-                text_lp = (
-                    {"tokens": [piece], "token_logprobs": [logprob], "top_logprobs": None, "text_offset": [offset]}
-                    if logprobs
-                    else None
-                )
+                text_lp = shapes.completion_logprobs(seq, with_top, at, at + 1) if logprobs else None
                 chunks.append(shapes.completion_chunk(meta, [shapes.completion_delta(index, piece, None, text_lp)]))
-            offset += len(piece)
         if submitted.chat:
             chunks.append(shapes.chat_chunk(meta, [shapes.chat_delta(index, {}, seq.finish_reason)]))
         else:

@@ -120,6 +120,7 @@ def _plan_sample(engine: Engine, op: Operation, imported: set[str]) -> Plan:
         payload["prompt_logprobs"],
         payload["topk_prompt_logprobs"],
         payload.get("target_prompt_tokens"),
+        payload.get("topk_sample_logprobs", 0),
     )
     last_n = payload.get("prompt_logprobs_last_n")
     return Plan(op, sample, lambda out: {**wire.sample_json(out, last_n), "type": "sample"}, helpers)

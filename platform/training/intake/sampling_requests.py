@@ -19,7 +19,7 @@ from . import quotas, request_bounds
 from .sessions import open_session
 
 # Tinker sample options this server does not implement, with the value that means "off"
-UNSUPPORTED_SAMPLE_OPTIONS = {"topk_sample_logprobs": 0, "prompt_alt_tokens_k": 0}
+UNSUPPORTED_SAMPLE_OPTIONS = {"prompt_alt_tokens_k": 0}
 # a weights/ checkpoint is training state (adapter and optimizer, for load_state): refused when the
 # sampler is made, rather than accepted and failing every sample later
 TRAINING_CHECKPOINT_REFUSED = (
@@ -83,8 +83,10 @@ def _sample_payload(sampler: SamplingSession, body: dict) -> dict:
     params = wire.sampling_params(raw_params)
     topk = wire.optional(body, "topk_prompt_logprobs", int, 0)
     targets = _target_prompt_tokens(body.get("target_prompt_logprobs"))
+    topk_sampled = wire.optional(body, "topk_sample_logprobs", int, 0)
     try:
-        validate_sample(base_models.info(sampler.base_model), prompt, num_samples, params, topk, targets)
+        info = base_models.info(sampler.base_model)
+        validate_sample(info, prompt, num_samples, params, topk, targets, topk_sampled)
     except EngineInputError as error:
         raise BadRequest(str(error), field=error.field) from None
     request_bounds.check_sample(len(prompt), num_samples, params.max_tokens)
@@ -102,6 +104,8 @@ def _sample_payload(sampler: SamplingSession, body: dict) -> dict:
         "topk_prompt_logprobs": topk,
         "prompt_logprobs_last_n": last_n,
         "target_prompt_tokens": targets,
+        # only when asked, so the payload of an ordinary sample is what it always was
+        **({"topk_sample_logprobs": topk_sampled} if topk_sampled else {}),
     }
 
 

@@ -130,13 +130,17 @@ def _api_session(user) -> Session:
     return session
 
 
-def submit(user, sampler: SamplingSession, prompt: list[int], num_samples: int, params: dict) -> Operation:
-    """A sample request of `sampler` through the SDK's intake (`params`: Tinker sampling_params)."""
+def submit(
+    user, sampler: SamplingSession, prompt: list[int], num_samples: int, params: dict, topk_sample_logprobs: int = 0
+) -> Operation:
+    """A sample request of `sampler` through the SDK's intake (`params`: Tinker sampling_params;
+    `topk_sample_logprobs` as Tinker's, 0 = none)."""
     body = {
         "sampling_session_id": sampler.id,
         "seq_id": secrets.randbits(62),  # samples never wait for a seq gap: any unused seq will do
         "prompt": {"chunks": [{"type": "encoded_text", "tokens": prompt}]},
         "num_samples": num_samples,
         "sampling_params": params,
+        "topk_sample_logprobs": topk_sample_logprobs,
     }
     return sampling_requests.submit_sample(user, body)

@@ -11,10 +11,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
-from . import tiny_models
-from .errors import EngineInputError
+from . import packed_masks, tiny_models
 
 
 def default_data_dir() -> Path:
@@ -74,24 +80,27 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype | None = None) -> 
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
+def attention_implementation(config: PretrainedConfig) -> str:
+    """ "sdpa" (torch's fused attention) where transformers has it for this architecture, else "eager".
+    gpt-oss has no SDPA in transformers 5 (its attention sinks), and its eager attention takes the same
+    masks, so packed passes work under both. The one rule `load_base_model` and `support` share."""
+    try:
+        model_class = AutoModelForCausalLM._model_mapping[type(config)]
+    except KeyError:  # not a registered causal LM: let transformers pick and explain
+        return "sdpa"
+    return "sdpa" if getattr(model_class, "_supports_sdpa", True) else "eager"
+
+
 def load_base_model(
     info: BaseModelInfo, device: torch.device, dtype: torch.dtype | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load weights and tokenizer; the model is frozen and put in eval mode (no dropout).
-    `attn_implementation="sdpa"`: torch's fused attention, which honours packed position resets."""
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            info.model_dir, dtype=dtype or pick_dtype(device), attn_implementation="sdpa"
-        )
-    except ValueError as error:
-        if "scaled_dot_product_attention" not in str(error):
-            raise
-        # packed passes rely on SDPA honouring position resets; eager attention would need masks per row
-        raise EngineInputError(
-            f"{info.arch}: transformers has no SDPA attention for this architecture, which the engine's "
-            "packed passes need",
-            field="base_model",
-        ) from error
+    """Load weights and tokenizer; the model is frozen and put in eval mode (no dropout), with the
+    attention `attention_implementation` picks and packed masks wherever its decoder needs them."""
+    config = AutoConfig.from_pretrained(info.model_dir)
+    model = AutoModelForCausalLM.from_pretrained(
+        info.model_dir, dtype=dtype or pick_dtype(device), attn_implementation=attention_implementation(config)
+    )
+    packed_masks.install(model)
     model.to(device)  # type: ignore[arg-type]  # transformers types `to` via functools.wraps of the unbound method
     model.eval()
     model.requires_grad_(False)

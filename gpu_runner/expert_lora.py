@@ -7,12 +7,18 @@ transformers 5 keeps a layer's experts as 3-D parameters in one module (`Qwen3Mo
 token order, the same order as the routing's token segments. `MultiLoraExperts` replaces such a module
 and computes, per expert e and its tokens x (the eager expert loop of transformers, plus the deltas):
 
-    gate_up = x @ W_gu[e].T + s * (x @ A_gu[e].T) @ B_gu[e].T         # A_gu (E|1, r, H), B_gu (E, 2I, r)
-    h       = act(gate) * up
-    out     = h @ W_d[e].T  + s * (h @ A_d[e].T)  @ B_d[e].T          # A_d (E, r, I),   B_d (E|1, H, r)
+    gate_up = x @ W_gu[e].T + b_gu[e] + s * (x @ A_gu[e].T) @ B_gu[e].T   # A_gu (E|1, r, H), B_gu (E, 2I, r)
+    h       = gate(gate_up)
+    out     = h @ W_d[e].T  + b_d[e]  + s * (h @ A_d[e].T)  @ B_d[e].T    # A_d (E, r, I),   B_d (E|1, H, r)
 
 with A, B and s of the adapter owning each token; a factor whose dim 0 is 1 is shared by all experts
 (the shared-outer layout, Tinker's), else it is expert e's own (per-expert). The router takes no LoRA.
+gpt-oss's `GptOssExperts` differs in three ways, all the base module's own: weights stored in x out
+(`is_transposed`: `gate_up_proj (E, H, 2I)`, `down_proj (E, I, H)`), biases `b_gu (E, 2I)` and
+`b_d (E, H)`, and `gate` its `_apply_gate` (gate/up interleaved in the 2I columns, clamped at `limit`,
+`(up + 1) * gate * sigmoid(alpha * gate)`); else the biases are absent and gate = act(first half) *
+second half. B_gu's 2I rows follow the base's column order, so the delta lands on the same gate/up
+columns peft's `target_parameters` would (peft reads an `is_transposed` parameter as (E, in, out)).
 Adapter tensors are named `<experts module>.gate_up_proj` / `.down_proj`, each an (A, B) pair.
 """
 
@@ -39,22 +45,38 @@ def expert_parameters(module: nn.Module) -> list[str]:
     return [name for name, p in module.named_parameters(recurse=False) if p.dim() == 3]
 
 
+def expert_layout(module: nn.Module) -> tuple[bool, int, int, int]:
+    """(transposed, E, H, I) of a fused experts module: transposed modules (gpt-oss) store weights as
+    in x out, `gate_up_proj (E, H, 2I)` and `down_proj (E, I, H)`; the others out x in."""
+    gate_up = cast(torch.Tensor, module.gate_up_proj)
+    transposed = bool(getattr(module, "is_transposed", False))
+    experts, first, second = gate_up.shape
+    hidden, two_inner = (first, second) if transposed else (second, first)
+    return transposed, int(experts), int(hidden), int(two_inner) // 2
+
+
 def unsupported_reason(module: nn.Module) -> str | None:
     """Why `MultiLoraExperts` cannot wrap this experts module, or None when it can."""
     own = dict(module.named_parameters(recurse=False))
     gate_up, down = own.get("gate_up_proj"), own.get("down_proj")
     if gate_up is None or down is None or gate_up.dim() != 3 or down.dim() != 3:
         return f"3-D parameters {sorted(own)} are not gate_up_proj + down_proj"
-    experts, two_inner, hidden = gate_up.shape
-    if tuple(down.shape) != (experts, hidden, two_inner // 2) or two_inner % 2:
-        return (
-            f"gate_up_proj {tuple(gate_up.shape)} and down_proj {tuple(down.shape)} are not laid out as "
-            "(E, 2I, H) and (E, H, I) (concatenated gate/up, out x in)"
-        )
-    if set(own) != {"gate_up_proj", "down_proj"}:
-        return f"expert biases or extra parameters {sorted(set(own) - {'gate_up_proj', 'down_proj'})}"
-    if not callable(getattr(module, "act_fn", None)):
-        return "no act_fn"
+    transposed, experts, hidden, inner = expert_layout(module)
+    want_down = (experts, inner, hidden) if transposed else (experts, hidden, inner)
+    if tuple(down.shape) != want_down or gate_up.shape[2 if transposed else 1] % 2:
+        layout = "(E, H, 2I) and (E, I, H) (in x out)" if transposed else "(E, 2I, H) and (E, H, I) (out x in)"
+        return f"gate_up_proj {tuple(gate_up.shape)} and down_proj {tuple(down.shape)} are not laid out as {layout}"
+    biases = {"gate_up_proj_bias": (experts, 2 * inner), "down_proj_bias": (experts, hidden)}
+    extra = sorted(set(own) - {"gate_up_proj", "down_proj"} - set(biases))
+    if extra:
+        return f"extra expert parameters {extra}"
+    misshaped = [n for n, shape in biases.items() if n in own and tuple(own[n].shape) != shape]
+    if misshaped:
+        return f"expert biases {misshaped} are not (E, out)"
+    if getattr(module, "has_post_expert_norm", False):
+        return "a norm after each expert"
+    if not callable(getattr(module, "_apply_gate", None)) and not callable(getattr(module, "act_fn", None)):
+        return "no _apply_gate or act_fn"
     return None
 
 
@@ -66,11 +88,11 @@ class MultiLoraExperts(nn.Module):
         self.base = base
         self.module_name = module_name
         self.routing = routing
-        experts, two_inner, hidden = cast(torch.Tensor, base.gate_up_proj).shape
-        self.num_experts, self.hidden, self.inner = int(experts), int(hidden), int(two_inner) // 2
+        self.transposed, self.num_experts, self.hidden, self.inner = expert_layout(base)
 
     def lora_shapes(self, rank: int, layout: str) -> Shapes:
-        """Each projection's (A, B) shapes; a shared-outer factor has one "expert"."""
+        """Each projection's (A, B) shapes; a shared-outer factor has one "expert". B's output rows follow
+        the base weight's own output order (gpt-oss's interleaved gate/up columns included)."""
         experts, outer = self.num_experts, (1 if layout == "shared_outer" else self.num_experts)
         return {
             f"{self.module_name}.gate_up_proj": ((outer, rank, self.hidden), (experts, 2 * self.inner, rank)),
@@ -89,9 +111,6 @@ class MultiLoraExperts(nn.Module):
         self, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, segments: Sequence[Segment]
     ) -> torch.Tensor:
         """(M, H) -> (M, H): the eager expert loop with each token's adapter's expert deltas."""
-        gate_up_w = cast(torch.Tensor, self.base.gate_up_proj)  # (E, 2I, H)
-        down_w = cast(torch.Tensor, self.base.down_proj)  # (E, H, I)
-        act_fn = cast(Callable[[torch.Tensor], torch.Tensor], self.base.act_fn)
         counts = torch.tensor([s.stop - s.start for s in segments])
         owner = torch.repeat_interleave(torch.arange(len(segments)), counts).to(hidden.device)  # (M,) segment index
         final = torch.zeros_like(hidden)
@@ -103,13 +122,29 @@ class MultiLoraExperts(nn.Module):
             token_idx, top_k_pos = torch.where(top_k_index == expert)  # (n,), (n,): tokens routed to it
             x = hidden[token_idx]  # (n, H)
             owners = owner[token_idx]
-            gate_up = F.linear(x, gate_up_w[expert]) + self._delta(x, owners, segments, "gate_up_proj", expert)
-            gate, up = gate_up.chunk(2, dim=-1)
-            h = act_fn(gate) * up  # (n, I)
-            out = F.linear(h, down_w[expert]) + self._delta(h, owners, segments, "down_proj", expert)
+            gate_up = self._base_proj("gate_up_proj", x, expert)
+            gate_up = gate_up + self._delta(x, owners, segments, "gate_up_proj", expert)
+            h = self._gate(gate_up)  # (n, I)
+            out = self._base_proj("down_proj", h, expert) + self._delta(h, owners, segments, "down_proj", expert)
             out = out * top_k_weights[token_idx, top_k_pos, None]
             final = final.index_add(0, token_idx, out.to(final.dtype))
         return final
+
+    def _base_proj(self, projection: str, x: torch.Tensor, expert: int) -> torch.Tensor:
+        """(n, d_in) -> (n, d_out): expert `expert`'s frozen projection, with its bias when it has one."""
+        weight = cast(torch.Tensor, getattr(self.base, projection))[expert]
+        out = x @ weight if self.transposed else F.linear(x, weight)
+        bias = getattr(self.base, f"{projection}_bias", None)
+        return out if bias is None else out + bias[expert]
+
+    def _gate(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """(n, 2I) -> (n, I): the module's own gating (gpt-oss: interleaved, clamped swiglu), else
+        act(gate) * up over concatenated halves."""
+        apply_gate = getattr(self.base, "_apply_gate", None)
+        if callable(apply_gate):
+            return apply_gate(gate_up)
+        gate, up = gate_up.chunk(2, dim=-1)
+        return cast(Callable[[torch.Tensor], torch.Tensor], self.base.act_fn)(gate) * up
 
     def _delta(
         self, x: torch.Tensor, owners: torch.Tensor, segments: Sequence[Segment], projection: str, expert: int

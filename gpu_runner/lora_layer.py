@@ -206,7 +206,8 @@ def wrap_model(model: CausalLM, routing: Routing) -> dict[str, LoraModule]:
             module = model.get_submodule(name)
             raise EngineInputError(
                 f"{arch}: cannot put LoRA on the experts {name} ({type(module).__name__}): {reason}; "
-                "supported: gate_up_proj (E, 2I, H) and down_proj (E, H, I) without biases",
+                "supported: gate_up_proj (E, 2I, H) and down_proj (E, H, I), or transposed (E, H, 2I) and (E, I, H), "
+                "each with an optional (E, out) bias",
                 field="base_model",
             )
     has_mlp = any(kind in ("mlp", "experts") for kind in kinds.values())

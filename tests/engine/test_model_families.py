@@ -1,8 +1,9 @@
 """Families beyond the built-ins, each a tiny random config built here: DeepSeek-V3 (MLA projections,
 a dense first layer, shared and routed experts) trains, samples, round-trips its state and exports a
-PEFT adapter that peft loads with the engine's logprobs; Llama 3 with tied embeddings keeps its input
-embedding when the unembedding trains; an experts layout the engine cannot wrap (gpt-oss) is refused
-naming the architecture."""
+PEFT adapter that peft loads with the engine's logprobs; so do Gemma 3 and gpt-oss (eager attention
+with sinks, sliding and full layers, transposed biased experts); Llama 3 with tied embeddings keeps its
+input embedding when the unembedding trains; an experts layout the engine cannot wrap (NemotronH's
+ungated experts) is refused naming the architecture."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, DeepseekV3Config, Gemma3TextConfig, GptOssConfig, LlamaConfig
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, DeepseekV3Config, Gemma3TextConfig, LlamaConfig, NemotronHConfig
 
 from gpu_runner import Engine
 from gpu_runner.errors import EngineInputError
@@ -142,25 +144,47 @@ def test_gemma3_text_with_sliding_and_full_attention_layers(engine_data_dir, tmp
     _trains_samples_round_trips_and_exports(engine, tmp_path)
 
 
+def test_gpt_oss_with_sinks_sliding_layers_and_biased_transposed_experts(engine_data_dir, tmp_path):
+    from .test_gpt_oss import gpt_oss_dir
+
+    engine = Engine(str(gpt_oss_dir(tmp_path / "gpt-oss", engine_data_dir)), data_dir=engine_data_dir)
+    assert type(engine.model).__name__ == "GptOssForCausalLM"
+    assert engine.model.config._attn_implementation == "eager"  # transformers has no SDPA with sinks
+    assert engine.model.config.layer_types == ["sliding_attention", "full_attention"]
+    export = _trains_samples_round_trips_and_exports(engine, tmp_path)
+    config_json = json.loads((export / "adapter_config.json").read_text())
+    assert {"experts.gate_up_proj", "experts.down_proj"} <= set(config_json["target_parameters"])
+    assert {"q_proj", "o_proj"} <= set(config_json["target_modules"])
+    tensors = load_file(str(export / "adapter_model.safetensors"))
+    # 4 experts of rank 4: peft's lora_A (E*r, d_in), lora_B (d_out, r*E); gate_up's d_out = 2I = 48
+    gate_up_b = [t for key, t in tensors.items() if "experts" in key and key.endswith("lora_B.weight")]
+    assert len(gate_up_b) == 4 and sorted(tuple(t.shape) for t in gate_up_b)[0] == (32, 16)
+    assert any(tuple(t.shape) == (48, 16) for t in gate_up_b)
+
+
 def test_an_experts_layout_the_engine_cannot_wrap_is_refused_naming_the_architecture(engine_data_dir, tmp_path):
-    config = GptOssConfig(
+    config = NemotronHConfig(
         vocab_size=VOCAB_SIZE,
         hidden_size=32,
-        intermediate_size=32,
-        num_hidden_layers=1,
-        num_local_experts=4,
+        num_hidden_layers=2,
+        layers_block_type=["moe", "attention"],
+        n_routed_experts=4,
+        num_experts_per_tok=2,
+        moe_intermediate_size=16,
         num_attention_heads=4,
         num_key_value_heads=2,
         head_dim=8,
+        mamba_num_heads=4,
+        mamba_head_dim=8,
+        ssm_state_size=8,
+        n_groups=1,
         max_position_embeddings=256,
     )
-    model_dir = str(_model_dir(config, tmp_path / "gpt-oss", engine_data_dir))
-    with pytest.raises(EngineInputError) as refused:  # transformers 5.25 has no SDPA for gpt-oss
+    model_dir = str(_model_dir(config, tmp_path / "nemotron-h", engine_data_dir))
+    with pytest.raises(EngineInputError) as refused:  # ungated experts: up_proj + down_proj, no gate_up_proj
         Engine(model_dir, data_dir=engine_data_dir)
-    assert refused.value.field == "base_model" and "GptOssForCausalLM" in str(refused.value)
-    assert "GptOssForCausalLM" in (base_model_refusal(model_dir) or "")  # what the platform asks at the door
-    # and were it loaded (eager attention), its experts (interleaved gate/up with biases) are refused by name
-    with pytest.raises(EngineInputError) as unwrappable:
+    assert refused.value.field == "base_model"
+    assert "NemotronHForCausalLM" in str(refused.value) and "up_proj" in str(refused.value)
+    assert "NemotronHForCausalLM" in (base_model_refusal(model_dir) or "")  # what the platform asks at the door
+    with pytest.raises(EngineInputError):
         wrap_model(AutoModelForCausalLM.from_config(config), Routing())
-    assert unwrappable.value.field == "base_model"
-    assert "GptOssForCausalLM" in str(unwrappable.value) and "gate_up_proj" in str(unwrappable.value)

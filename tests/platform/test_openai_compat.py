@@ -233,6 +233,54 @@ def test_logprobs_equal_compute_logprobs_of_the_returned_tokens(trained):
         assert got == pytest.approx(expected, abs=1e-3)
 
 
+def test_top_logprobs_are_the_models_alternatives_and_stream_the_same(trained):
+    """At temperature 0.8 (seeded), so the logprobs shown must be the model's own, not the
+    temperature-scaled ones the sampler draws from: equal to compute_logprobs of the tokens that
+    our SDK's sample with the same seed returns."""
+    client = trained.client()
+    params = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.8, seed=11)
+    for chat in (True, False):
+        prompt = trained.chat_prompt if chat else trained.completion_prompt
+        tokens = trained.sampler.sample(ModelInput.from_ints(prompt), 1, params).result().sequences[0].tokens
+        scored = trained.sampler.compute_logprobs(ModelInput.from_ints(prompt + tokens)).result()
+        expected = scored[len(prompt) :]
+        common = {"model": trained.path, "max_tokens": MAX_TOKENS, "temperature": 0.8, "seed": 11}
+        if chat:
+            answer = client.chat.completions.create(messages=CHAT, logprobs=True, top_logprobs=3, **common)
+            entries = answer.choices[0].logprobs.content
+            got = [e.logprob for e in entries]
+            tops = [[(t.token, t.logprob) for t in e.top_logprobs] for e in entries]
+            assert all(t.bytes == list(t.token.encode()) for e in entries for t in e.top_logprobs)
+            pieces = [e.token for e in entries]
+            streamed = client.chat.completions.create(
+                messages=CHAT, logprobs=True, top_logprobs=3, stream=True, **common
+            )
+            streamed_entries = [
+                e for c in streamed if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content
+            ]
+            assert [(e.token, e.logprob, e.top_logprobs) for e in streamed_entries] == [
+                (e.token, e.logprob, e.top_logprobs) for e in entries
+            ]
+        else:
+            answer = client.completions.create(prompt=COMPLETION_PROMPT, logprobs=3, **common)
+            logprobs = answer.choices[0].logprobs
+            got, pieces = logprobs.token_logprobs, logprobs.tokens
+            tops = [list(d.items()) for d in logprobs.top_logprobs]
+            streamed = client.completions.create(prompt=COMPLETION_PROMPT, logprobs=3, stream=True, **common)
+            streamed_tops = [
+                d for c in streamed if c.choices and c.choices[0].logprobs for d in c.choices[0].logprobs.top_logprobs
+            ]
+            assert streamed_tops == logprobs.top_logprobs
+        assert len(got) == len(tops) == len(tokens) - (tokens[-1] == trained.words.eos_token_id)
+        assert got == pytest.approx(expected[: len(got)], abs=1e-3)  # the model's logprobs at any temperature
+        for piece, logprob, top in zip(pieces, got, tops, strict=True):
+            values = [lp for _, lp in top]
+            assert len(top) == 3 and values == sorted(values, reverse=True)
+            assert logprob <= values[0] + 1e-6
+            if logprob >= values[-1] + 1e-4:  # the sampled token is among the three: same text, same logprob
+                assert (piece, pytest.approx(logprob, abs=1e-5)) in top
+
+
 def test_access_follows_the_rest_api(trained):
     server = trained.server
     bob = trained.client(server.make_api_key("bob"))

@@ -64,7 +64,7 @@ def future_status(op: Operation) -> str | None:
     None while it is pending."""
     if op.status == Operation.Status.DONE:
         return "completed"
-    if op.status in (Operation.Status.FAILED, Operation.Status.CANCELLED, Operation.Status.REJECTED):
+    if op.status in Operation.FINISHED:
         return "failed"
     return None
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -27,7 +27,7 @@ from django.db import transaction
 from django.db.models import Case, F, Value, When
 from django.utils import timezone
 
-from . import events, runners
+from . import runners
 from .base_models import queue_name
 from .models import Operation, Runner, TrainingRun
 
@@ -266,18 +266,14 @@ def _send(runner: Runner, cycle_id: str, op_ids: list[str]) -> None:
 def requeue(cycle_id: str, runner_died: bool = False) -> None:
     """Put a cycle's unfinished operations back, rewinding each run's dispatch position. When its
     runner died, each counts an attempt, and one at `MAX_ATTEMPTS` is failed instead."""
-    failed: list[tuple[int, str]] = []
     with transaction.atomic():
         ops = Operation.objects.filter(cycle_id=cycle_id, status=Operation.Status.RUNNING)
         if runner_died:
             ops.update(attempts=F("attempts") + 1)
-            doomed = ops.filter(attempts__gte=MAX_ATTEMPTS)
-            failed = list(doomed.values_list("owner_id", "id"))
-            doomed.update(
-                status=Operation.Status.FAILED,
+            ops.filter(attempts__gte=MAX_ATTEMPTS).finish(
+                Operation.Status.FAILED,
                 error=f"this operation was in flight when its runner died {MAX_ATTEMPTS} times; it is not run again",
-                error_category="server",
-                finished_at=timezone.now(),
+                category="server",
             )
         for run_id in set(ops.exclude(training_run=None).values_list("training_run_id", flat=True)):
             # back in the queue from its first; one failed above keeps its place as dispatched (it
@@ -285,12 +281,6 @@ def requeue(cycle_id: str, runner_died: bool = False) -> None:
             first = min(ops.filter(training_run_id=run_id).values_list("seq_id", flat=True))
             TrainingRun.objects.filter(pk=run_id).update(dispatched_seq=first - 1)
         ops.update(status=Operation.Status.QUEUED, cycle_id="", started_at=None)
-    for owner_id, op_id in failed:
-        transaction.on_commit(_announcer(owner_id, op_id))
-
-
-def _announcer(owner_id: int, op_id: str) -> Callable[[], None]:
-    return lambda: events.future_finished(owner_id, op_id)
 
 
 def recover_lost_cycle(runner_id: str, cycle_id: str) -> None:

@@ -6,6 +6,7 @@ are pending, checkpoint types and their `tinker://` path segments, TTLs and publ
 
 from __future__ import annotations
 
+import functools
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -154,6 +155,41 @@ class OperationQuerySet(models.QuerySet["Operation"]):
         """Accepted and not finished: queued or running."""
         return self.filter(status__in=(Operation.Status.QUEUED, Operation.Status.RUNNING))
 
+    def finish(
+        self,
+        status: str,
+        *,
+        error: str = "",
+        category: str = "",
+        result: dict | None = None,
+        known: Operation | None = None,
+    ) -> list[str]:
+        """The one way an accepted operation ends (completed by its cycle, failed by the engine or a
+        dead runner, cancelled by its user or a silent session): each operation this queryset selects
+        gets `Operation.finished_fields`, a completed one its usage record in the same transaction,
+        and its owner one `future_finished` push once that transaction commits, so a client woken by
+        it always finds the row finished. Each row is written by a conditional UPDATE on this
+        queryset's own filter and on its still being pending, so an operation ends once and a
+        racing finish or takeover wins cleanly: a row no longer selected is left alone, counted no
+        usage and pushed nothing. `known` is the in-memory
+        instance of the one operation to finish (saves a query; its payload counts the usage).
+        Returns the ids it finished."""
+        from . import events, usage  # they import this module
+
+        fields = Operation.finished_fields(status, error=error, category=category, result=result)
+        finished: list[str] = []
+        pending = self.pending()  # an operation ends once
+        with transaction.atomic():
+            targets = [(known.pk, known.owner_id)] if known is not None else list(pending.values_list("pk", "owner_id"))
+            for pk, owner_id in targets:
+                if not pending.filter(pk=pk).update(**fields):
+                    continue  # finished or taken over meanwhile: not ours to finish
+                if result is not None:
+                    usage.record(known or Operation.objects.select_related("sampling_session").get(pk=pk), result)
+                finished.append(pk)
+                transaction.on_commit(functools.partial(events.future_finished, owner_id, pk))
+        return finished
+
     def insert_or_racing(self, op: Operation, *first: models.Model) -> Operation:
         """Insert `first` (e.g. the op's new TrainingRun) and `op` in one transaction. If a racing
         request took the op's (model or sampler, seq_id) first, that request's row is returned."""
@@ -178,9 +214,23 @@ class Operation(models.Model):
         CANCELLED = "cancelled"
         REJECTED = "rejected"  # refused at the door; holds its seq_id so later requests of the model still run
 
+    class Kind(models.TextChoices):
+        CREATE_MODEL = "create_model"
+        LOAD_WEIGHTS = "load_weights"
+        FORWARD_BACKWARD = "forward_backward"
+        OPTIM_STEP = "optim_step"
+        SAVE_WEIGHTS = "save_weights"
+        SAVE_WEIGHTS_FOR_SAMPLER = "save_weights_for_sampler"
+        SAVE_WEIGHTS_EXTERNAL = "save_weights_external"
+        SAMPLE = "sample"
+
+    FINISHED = (Status.DONE, Status.FAILED, Status.CANCELLED, Status.REJECTED)
+    # who is to blame for an operation that did not complete (the future's error `category`)
+    CATEGORIES = ("user", "server")
+
     id = models.CharField(primary_key=True, max_length=64)  # the future's request_id
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="operations")
-    kind = models.CharField(max_length=40)
+    kind = models.CharField(max_length=40, choices=Kind.choices)
     base_model = models.CharField(max_length=200, db_index=True)
     training_run = models.ForeignKey(TrainingRun, null=True, on_delete=models.CASCADE, related_name="operations")
     sampling_session = models.ForeignKey(
@@ -222,6 +272,28 @@ class Operation(models.Model):
         indexes = [models.Index(fields=["base_model", "status"])]
 
     @classmethod
+    def finished_fields(
+        cls, status: str, *, error: str = "", category: str = "", result: dict | None = None
+    ) -> dict[str, Any]:
+        """The fields every finished operation has, whichever path finished it: its final status,
+        the result of a completed one, or the error of any other with who is to blame for it, and
+        when it finished. Written by `OperationQuerySet.finish`, and by intake for a refused
+        request's row, which is born finished."""
+        if status not in cls.FINISHED:
+            raise ValueError(f"{status!r} is not a finished status")
+        if (status == cls.Status.DONE) != (result is not None):
+            raise ValueError("a completed operation, and only a completed one, has a result")
+        if status != cls.Status.DONE and category not in cls.CATEGORIES:
+            raise ValueError(f"an operation that did not complete needs a category in {cls.CATEGORIES}")
+        return {
+            "status": status,
+            "result": result,
+            "error": error or ("" if status == cls.Status.DONE else f"the operation {status}"),
+            "error_category": category,
+            "finished_at": timezone.now(),
+        }
+
+    @classmethod
     def of_run(cls, run: TrainingRun, kind: str, seq_id: int, payload: dict, **fields: Any) -> Operation:
         """A new (unsaved) training operation of `run`, under a fresh request id."""
         return cls(
@@ -241,7 +313,7 @@ class Operation(models.Model):
         return cls(
             id=uuid.uuid4().hex,
             owner_id=sampler.owner_id,
-            kind="sample",
+            kind=cls.Kind.SAMPLE,
             base_model=sampler.base_model,
             sampling_session=sampler,
             seq_id=seq_id,

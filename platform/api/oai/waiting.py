@@ -15,7 +15,6 @@ from training.events import user_group
 from training.models import Operation
 
 RECHECK_SECONDS = 2.0
-FINISHED = (Operation.Status.DONE, Operation.Status.FAILED, Operation.Status.CANCELLED, Operation.Status.REJECTED)
 
 
 def release_connection() -> None:
@@ -58,7 +57,7 @@ class OperationWatch:
         deadline = time.monotonic() + timeout
         while True:
             op = await read_operation(self.op_id)
-            if op.status in FINISHED:
+            if op.status in Operation.FINISHED:
                 return op
             left = deadline - time.monotonic()
             if left <= 0:

@@ -11,11 +11,10 @@ from pathlib import Path
 
 from django.conf import settings
 from django.db import transaction
-from django.utils import timezone
 
 from gpu_runner.types import CheckpointOutput, ForwardBackwardOutput, OptimStepOutput
 
-from .. import events, exports, run_metrics, storage, usage, wire
+from .. import exports, run_metrics, storage, wire
 from ..models import Checkpoint, Operation, SamplingSession, TrainingRun
 from ..upkeep import retention
 
@@ -27,23 +26,12 @@ def _still_ours(op: Operation):
 
 
 def complete(op: Operation, result: dict) -> None:
-    with transaction.atomic():  # the result and what it consumed are stored together, or neither
-        if not _still_ours(op).update(status=Operation.Status.DONE, result=result, finished_at=timezone.now()):
-            return
-        usage.record(op, result)
-    _announce(op)
+    """Its result and what it consumed are stored together, or neither (`OperationQuerySet.finish`)."""
+    _still_ours(op).finish(Operation.Status.DONE, result=result, known=op)
 
 
 def fail(op: Operation, message: str, category: str) -> None:
-    if _still_ours(op).update(
-        status=Operation.Status.FAILED, error=message, error_category=category, finished_at=timezone.now()
-    ):
-        _announce(op)
-
-
-def _announce(op: Operation) -> None:
-    owner_id, request_id = op.owner_id, op.id
-    transaction.on_commit(lambda: events.future_finished(owner_id, request_id))
+    _still_ours(op).finish(Operation.Status.FAILED, error=message, category=category, known=op)
 
 
 def checkpoint_saved(op: Operation, out: CheckpointOutput) -> dict:

@@ -6,13 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from django.utils import timezone
 
 from accounts.services import key_id_of
 from gpu_runner import validate_sample
 from gpu_runner.errors import EngineInputError
 
-from .. import access, base_models, dispatch, events, wire
+from .. import access, base_models, dispatch, wire
 from ..errors import BadRequest, Gone, NotFound
 from ..models import Checkpoint, Operation, SamplingSession
 from . import quotas, request_bounds
@@ -153,12 +152,5 @@ def cancel_future(user, request_id: str) -> bool:
     op = access.operation_of(user, request_id)
     cancelled = Operation.objects.filter(
         pk=op.pk, status=Operation.Status.QUEUED, sampling_session__isnull=False
-    ).update(
-        status=Operation.Status.CANCELLED,
-        error="cancelled by the client",
-        error_category="user",
-        finished_at=timezone.now(),
-    )
-    if cancelled:
-        events.future_finished(user.id, op.id)
+    ).finish(Operation.Status.CANCELLED, error="cancelled by the client", category="user", known=op)
     return bool(cancelled)

@@ -11,8 +11,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 
-from django.utils import timezone
-
 from accounts.services import key_id_of
 from gpu_runner import validate_forward_backward
 from gpu_runner.errors import EngineInputError
@@ -24,14 +22,7 @@ from ..models import Checkpoint, Operation, TrainingRun
 from . import quotas, request_bounds
 from .sessions import open_session
 
-TRAINING_KINDS = (
-    "forward_backward",
-    "optim_step",
-    "save_weights",
-    "save_weights_for_sampler",
-    "save_weights_external",
-    "load_weights",
-)
+Kind = Operation.Kind
 
 
 def create_model(user, body: dict) -> Operation:
@@ -62,7 +53,7 @@ def create_model(user, body: dict) -> Operation:
         user_metadata=wire.user_metadata(body),
         **flags,
     )
-    return _first_operation(user, run, "create_model", {"model_id": run.id})
+    return _first_operation(user, run, Kind.CREATE_MODEL, {"model_id": run.id})
 
 
 def _lora_spec(**fields) -> LoraSpec:
@@ -77,7 +68,10 @@ def load_weights(user, body: dict) -> Operation:
     existing model at its seq_id."""
     if "model_id" in body:
         return submit_training(
-            user, "load_weights", body, build_payload=lambda run: _load_payload(_training_checkpoint(user, body), body)
+            user,
+            Kind.LOAD_WEIGHTS,
+            body,
+            build_payload=lambda run: _load_payload(_training_checkpoint(user, body), body),
         )
     checkpoint = _training_checkpoint(user, body)
     session = open_session(user, body)
@@ -91,7 +85,7 @@ def load_weights(user, body: dict) -> Operation:
         **source.lora_config(),
         user_metadata=wire.user_metadata(body),
     )
-    return _first_operation(user, run, "load_weights", {**_load_payload(checkpoint, body), "model_id": run.id})
+    return _first_operation(user, run, Kind.LOAD_WEIGHTS, {**_load_payload(checkpoint, body), "model_id": run.id})
 
 
 def _training_checkpoint(user, body: dict) -> Checkpoint:
@@ -186,10 +180,8 @@ def _hold_seq(user, kind: str, run: TrainingRun, seq_id: int, refusal: ApiError)
             kind,
             seq_id,
             {"rejected": {"status": refusal.status, "field": refusal.field}},
-            status=Operation.Status.REJECTED,
-            error=refusal.message,
-            error_category="user",
-            finished_at=timezone.now(),
+            # born finished, and pushed to no one: no future of it was ever handed out
+            **Operation.finished_fields(Operation.Status.REJECTED, error=refusal.message, category="user"),
         )
     )
     if held.status == Operation.Status.REJECTED:
@@ -208,9 +200,9 @@ def _repeat(existing: Operation) -> Operation:
 
 
 def _training_payload(run: TrainingRun, kind: str, body: dict) -> dict:
-    if kind == "forward_backward":
+    if kind == Kind.FORWARD_BACKWARD:
         return _forward_backward_payload(run, body)
-    if kind == "optim_step":
+    if kind == Kind.OPTIM_STEP:
         if body.get("optimizer_params") is not None:
             raise BadRequest("only AdamW is supported here: send adam_params", field="optimizer_params")
         wire.adam_params(body)
@@ -219,11 +211,11 @@ def _training_payload(run: TrainingRun, kind: str, body: dict) -> dict:
 
 
 def _save_payload(run: TrainingRun, kind: str, body: dict) -> dict:
-    if kind == "save_weights_external" and body.get("age_encryption_recipients"):
+    if kind == Kind.SAVE_WEIGHTS_EXTERNAL and body.get("age_encryption_recipients"):
         raise BadRequest(
             "age encryption of external weights is not supported by this server", field="age_encryption_recipients"
         )
-    name = None if kind == "save_weights_for_sampler" and not body.get("path") else wire.checkpoint_name(body)
+    name = None if kind == Kind.SAVE_WEIGHTS_FOR_SAMPLER and not body.get("path") else wire.checkpoint_name(body)
     ttl = wire.optional(body, "ttl_seconds", int, None)
     Checkpoint.expiry(ttl)  # checks the range now, so a bad TTL is refused at the door
     overwrite = bool(body.get("overwrite", False))

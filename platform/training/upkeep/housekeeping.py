@@ -14,7 +14,6 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from .. import events
 from ..models import Operation, Session
 from . import retention
 
@@ -50,19 +49,9 @@ def expire_silent_sessions() -> int:
         Session.objects.filter(id__in=silent).update(
             finished_reason="expired", finished_detail="no heartbeat within the session timeout"
         )
-        dropped = list(
-            Operation.objects.select_for_update()
-            .filter(sampling_session__session_id__in=silent, status=Operation.Status.QUEUED)
-            .values_list("id", "owner_id")
-        )
-        Operation.objects.filter(id__in=[op_id for op_id, _ in dropped]).update(
-            status=Operation.Status.CANCELLED,
-            error="session expired: no heartbeat",
-            error_category="user",
-            finished_at=timezone.now(),
-        )
-    for op_id, owner_id in dropped:
-        events.future_finished(owner_id, op_id)
+        dropped = Operation.objects.filter(
+            sampling_session__session_id__in=silent, status=Operation.Status.QUEUED
+        ).finish(Operation.Status.CANCELLED, error="session expired: no heartbeat", category="user")
     if silent:
         log.info("expired %d silent sessions, cancelled %d queued samples", len(silent), len(dropped))
     return len(silent)

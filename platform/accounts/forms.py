@@ -1,4 +1,4 @@
-"""Login forms that count failures (`throttle`): the admin's, and a mixin any login form can use."""
+"""Login forms that count failures (`throttle`): one mixin, used by the admin's login and the dashboard's."""
 
 from __future__ import annotations
 

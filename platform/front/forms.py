@@ -6,7 +6,7 @@ from django import forms
 from django.contrib.auth import get_user_model
 from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 
-from accounts import throttle
+from accounts.forms import ThrottledLogin
 
 from .runs import SORTS, STATUSES
 
@@ -27,26 +27,8 @@ class SignupForm(UserCreationForm):
         return email
 
 
-class ThrottledLoginForm(AuthenticationForm):
+class ThrottledLoginForm(ThrottledLogin, AuthenticationForm):
     """Django's login form, refusing attempts once a username or address has failed too often."""
-
-    error_messages = {
-        **AuthenticationForm.error_messages,
-        "throttled": "Too many failed attempts. Wait a few minutes, or reset your password.",
-    }
-
-    def clean(self):
-        username = self.data.get("username", "")
-        address = self.request.META.get("REMOTE_ADDR", "") if self.request else ""
-        if not throttle.login_allowed(username, address):
-            raise forms.ValidationError(self.error_messages["throttled"], code="throttled")
-        try:
-            cleaned = super().clean()
-        except forms.ValidationError:
-            throttle.record_failure(username, address)
-            raise
-        throttle.record_success(username, address)
-        return cleaned
 
 
 class ApiKeyForm(forms.Form):

@@ -68,8 +68,7 @@ class SamplingClient(ClientFutureCompat):
         """Sample completions of `prompt` (Tinker's signature).
 
         Options left at their defaults are not sent; the server refuses the options it does not
-        implement (`topk_sample_logprobs`, `target_prompt_logprobs`, `prompt_alt_tokens_k`) with a
-        BadRequestError naming them.
+        implement (`prompt_alt_tokens_k`) with a BadRequestError naming them.
 
         Args:
             prompt: The prompt's tokens.
@@ -78,7 +77,8 @@ class SamplingClient(ClientFutureCompat):
                 defaults if None).
             include_prompt_logprobs: Also score the prompt's tokens (`prompt_logprobs`).
             topk_prompt_logprobs: The k most likely tokens at each prompt position.
-            topk_sample_logprobs: Sent only when non-zero.
+            topk_sample_logprobs: The k most likely tokens at each sampled position (each
+                sequence's `topk_logprobs`); sent only when non-zero.
             target_prompt_logprobs: Sent only when set.
             prompt_alt_tokens_k: Sent only when non-zero.
             prompt_logprobs_last_n: Keep prompt logprobs for the last N positions only (the

@@ -137,6 +137,9 @@ class SampledSequence(BaseModel):
     logprobs: list[float] | None = None
     stop_reason: StopReason
     sequence_id: str | None = None
+    # with sample(topk_sample_logprobs=K): per position, the K most likely (token, logprob) under the
+    # model's own distribution (before temperature, top_k, top_p)
+    topk_logprobs: list[list[tuple[int, float]]] | None = None
 
 
 class SampleResponse(BaseModel):

@@ -101,8 +101,14 @@ def test_tinker_call_styles_and_refused_options(service):
     assert refused.value.field == "age_encryption_recipients"
     saved = training.save_state("again").result().path
     assert training.save_state("again", overwrite=True).result().path == saved
+    greedy = lorasmith.SamplingParams(max_tokens=2, temperature=0.0)
+    (seq,) = sampler.sample(ModelInput.from_ints(SEQUENCE[:4]), 1, greedy, topk_sample_logprobs=3).result().sequences
+    assert [len(row) for row in seq.topk_logprobs] == [3, 3] and [row[0][0] for row in seq.topk_logprobs] == seq.tokens
+    assert [row[0][1] for row in seq.topk_logprobs] == pytest.approx(seq.logprobs, abs=1e-5)  # greedy: the top-1
+    plain = sampler.sample(ModelInput.from_ints(SEQUENCE[:4]), 1, greedy).result().sequences[0]
+    assert plain.topk_logprobs is None and plain.tokens == seq.tokens
     with pytest.raises(lorasmith.BadRequestError) as refused:
         sampler.sample(
-            ModelInput.from_ints(SEQUENCE[:4]), 1, lorasmith.SamplingParams(max_tokens=1), topk_sample_logprobs=3
+            ModelInput.from_ints(SEQUENCE[:4]), 1, lorasmith.SamplingParams(max_tokens=1), topk_sample_logprobs=101
         ).result()
     assert refused.value.field == "topk_sample_logprobs"

@@ -49,6 +49,20 @@ def test_prompt_and_topk_logprobs_are_the_trainers(report):
                 assert lp == pytest.approx(forward[position - 1], abs=1e-3)
 
 
+def test_topk_sample_logprobs_are_the_models_alternatives_at_each_sampled_position(report):
+    """Sampled at temperature 0.7, the top-3 are the model's own distribution's (before temperature):
+    the prompt scorer's top-3 at the same positions of prompt + sampled tokens. A sample that does not
+    ask gets None."""
+    sampled, rescored = report["topk_sampled"], report["topk_rescored"]
+    assert report["plain_topk"] is None
+    assert len(sampled) == len(rescored) == len(report["topk_sampled_tokens"]) == 5
+    for row, reference in zip(sampled, rescored, strict=True):
+        values = [lp for _, lp in row]
+        assert len(row) == 3 and values == sorted(values, reverse=True)
+        assert values == pytest.approx([lp for _, lp in reference], abs=1e-3)
+        assert {t for t, _ in row} == {t for t, _ in reference} or len(set(values)) < 3  # ties may swap ids
+
+
 def test_target_prompt_logprobs_dense_and_sparse(report):
     forward, topk = report["forward_logprobs"], report["topk_prompt_logprobs"]
     dense = report["dense_target"]

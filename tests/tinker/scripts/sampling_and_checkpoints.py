@@ -71,6 +71,15 @@ def sampling(sampler: tinker.SamplingClient, tokenizer) -> dict:
     no_stops = sampler.sample(PROMPT, 1, types.SamplingParams(max_tokens=6, seed=7, stop=[])).result()
     stop_string = tokenizer.decode(first[1:3])
     by_string = sampler.sample(PROMPT, 1, types.SamplingParams(max_tokens=6, seed=7, stop=[stop_string])).result()
+    warm = types.SamplingParams(max_tokens=5, seed=9, temperature=0.7, stop=[])
+    with_topk = sampler.sample(PROMPT, 1, warm, topk_sample_logprobs=3).result().sequences[0]
+    # the reference: the prompt scorer's top-3 at each position of prompt + the sampled tokens
+    rescored = sampler.sample(
+        types.ModelInput.from_ints(PROMPT_TOKENS + with_topk.tokens),
+        1,
+        types.SamplingParams(max_tokens=1),
+        topk_prompt_logprobs=3,
+    ).result()
     return {
         "prompt_logprobs": top.prompt_logprobs,
         "topk_prompt_logprobs": top.topk_prompt_logprobs,
@@ -91,6 +100,10 @@ def sampling(sampler: tinker.SamplingClient, tokenizer) -> dict:
         "by_string": by_string.sequences[0].tokens,
         "by_string_text": tokenizer.decode(by_string.sequences[0].tokens),
         "by_string_reason": by_string.sequences[0].stop_reason,
+        "topk_sampled": with_topk.topk_logprobs,
+        "topk_sampled_tokens": with_topk.tokens,
+        "topk_rescored": rescored.topk_prompt_logprobs[len(PROMPT_TOKENS) :],
+        "plain_topk": drawn.sequences[0].topk_logprobs,
     }
 
 

@@ -161,6 +161,11 @@ class Sample(s.Serializer):
     sampling_params = SamplingParams()
     prompt_logprobs = s.BooleanField(default=False)
     topk_prompt_logprobs = s.IntegerField(default=0)
+    topk_sample_logprobs = s.IntegerField(
+        default=0,
+        help_text="K (0-100): each sequence's topk_logprobs, per sampled position the K most likely "
+        "[token, logprob] under the model's distribution before temperature/top_k/top_p",
+    )
     prompt_logprobs_last_n = s.IntegerField(required=False)
     target_prompt_logprobs = TensorData(
         required=False,

@@ -11,8 +11,6 @@ failure is the point, and the push hook (`events.publish`) is watched, not repla
 
 from __future__ import annotations
 
-import dataclasses
-from collections import deque
 from datetime import datetime, timedelta
 
 import pytest
@@ -31,21 +29,6 @@ from training.upkeep import housekeeping
 from .wire import TOKENS, InProcess, Wire, datum_json
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def queues(monkeypatch, settings) -> dict[str, deque]:
-    """Cycles are sent nowhere: each runner's queue is kept here for the test to execute."""
-    settings.LORASMITH = dataclasses.replace(settings.LORASMITH, runner_dead_after_seconds=3600.0)
-    sent: dict[str, deque] = {}
-    monkeypatch.setattr(
-        dispatch,
-        "_send",
-        lambda runner, cycle_id, op_ids: sent.setdefault(runner.queue, deque()).append(
-            (runner.id, runner.epoch, cycle_id, op_ids)
-        ),
-    )
-    return sent
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ runner is read, and a cycle dispatched, in a fixed number of queries, however ma
 
 from __future__ import annotations
 
-import dataclasses
 from collections import deque
 from datetime import datetime, timedelta
 
@@ -78,20 +77,6 @@ def test_an_operation_whose_runner_died_goes_alone():
     chain = Lane(1, "r", T0, deque([Waiting("x1", 1, attempts=1), Waiting("x2", 2)]))
     other = lane(2, "s", 5)
     assert fill([other, chain]) == (["x1"], {"r": 1})
-
-
-@pytest.fixture
-def queues(monkeypatch, settings) -> dict[str, deque]:
-    settings.LORASMITH = dataclasses.replace(settings.LORASMITH, runner_dead_after_seconds=3600.0)
-    sent: dict[str, deque] = {}
-    monkeypatch.setattr(
-        dispatch,
-        "_send",
-        lambda runner, cycle_id, op_ids: sent.setdefault(runner.queue, deque()).append(
-            (runner.id, runner.epoch, cycle_id, op_ids)
-        ),
-    )
-    return sent
 
 
 @pytest.mark.django_db

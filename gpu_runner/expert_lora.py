@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .expert_grouped import grouped_experts_supported, grouped_forward
 from .lora_math import Segment, check_segments
 
 if TYPE_CHECKING:
@@ -110,7 +111,21 @@ class MultiLoraExperts(nn.Module):
     def forward_with(
         self, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, segments: Sequence[Segment]
     ) -> torch.Tensor:
-        """(M, H) -> (M, H): the eager expert loop with each token's adapter's expert deltas."""
+        """(M, H) -> (M, H): the experts with each token's adapter's expert deltas, by the routing's backend:
+        grouped GEMMs over (expert, tenant) (`expert_grouped`; "auto" picks them on CUDA bf16), or the
+        eager loop over experts of transformers plus the deltas."""
+        backend = self.routing.backend
+        if backend == "auto":
+            dims = (self.hidden, self.inner)
+            backend = "grouped" if grouped_experts_supported(hidden, dims) else "loop"
+        if backend == "grouped":
+            return grouped_forward(self, hidden, top_k_index, top_k_weights, segments)
+        return self.loop_forward(hidden, top_k_index, top_k_weights, segments)
+
+    def loop_forward(
+        self, hidden: torch.Tensor, top_k_index: torch.Tensor, top_k_weights: torch.Tensor, segments: Sequence[Segment]
+    ) -> torch.Tensor:
+        """The eager loop over the experts hit, each with a loop over the tenants' deltas."""
         counts = torch.tensor([s.stop - s.start for s in segments])
         owner = torch.repeat_interleave(torch.arange(len(segments)), counts).to(hidden.device)  # (M,) segment index
         final = torch.zeros_like(hidden)
@@ -124,7 +139,7 @@ class MultiLoraExperts(nn.Module):
             owners = owner[token_idx]
             gate_up = self._base_proj("gate_up_proj", x, expert)
             gate_up = gate_up + self._delta(x, owners, segments, "gate_up_proj", expert)
-            h = self._gate(gate_up)  # (n, I)
+            h = self.gate(gate_up)  # (n, I)
             out = self._base_proj("down_proj", h, expert) + self._delta(h, owners, segments, "down_proj", expert)
             out = out * top_k_weights[token_idx, top_k_pos, None]
             final = final.index_add(0, token_idx, out.to(final.dtype))
@@ -137,7 +152,7 @@ class MultiLoraExperts(nn.Module):
         bias = getattr(self.base, f"{projection}_bias", None)
         return out if bias is None else out + bias[expert]
 
-    def _gate(self, gate_up: torch.Tensor) -> torch.Tensor:
+    def gate(self, gate_up: torch.Tensor) -> torch.Tensor:
         """(n, 2I) -> (n, I): the module's own gating (gpt-oss: interleaved, clamped swiglu), else
         act(gate) * up over concatenated halves."""
         apply_gate = getattr(self.base, "_apply_gate", None)

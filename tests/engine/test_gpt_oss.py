@@ -12,7 +12,7 @@ import torch
 from torch.func import functional_call
 from transformers import AutoModelForCausalLM, GptOssConfig
 
-from gpu_runner import Engine
+from gpu_runner import Engine, expert_lora
 from gpu_runner.expert_lora import MultiLoraExperts
 from gpu_runner.packed_masks import needs_packed_masks
 from gpu_runner.support import base_model_refusal
@@ -127,9 +127,21 @@ def _merged_params(model, weights, scale):
     return merged
 
 
+@pytest.fixture(params=["loop", "grouped"])
+def backend(request, oss_engine, monkeypatch):
+    """The experts' LoRA by the loop over experts, or by grouped GEMMs (made to pass for supported here)."""
+    if request.param == "grouped":
+        monkeypatch.setattr(expert_lora, "grouped_experts_supported", lambda hidden, dims: True)
+    else:
+        monkeypatch.setattr(oss_engine.routing, "backend", "loop")
+    return request.param
+
+
 @pytest.mark.parametrize("layout", ["shared_outer", "per_expert"])
-def test_two_tenants_expert_lora_equals_the_merged_reference_forward_and_gradients(oss_engine, plain_model, layout):
-    ids = [f"{layout}-a", f"{layout}-b"]
+def test_two_tenants_expert_lora_equals_the_merged_reference_forward_and_gradients(
+    oss_engine, plain_model, layout, backend
+):
+    ids = [f"{layout}-{backend}-a", f"{layout}-{backend}-b"]
     for seed, adapter_id in enumerate(ids, start=1):
         oss_engine.create_adapter(adapter_id, LoraSpec(rank=4, alpha=8, seed=seed, expert_layout=layout))
         generator = torch.Generator().manual_seed(seed)

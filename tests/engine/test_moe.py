@@ -13,7 +13,7 @@ import torch
 from torch.func import functional_call
 from transformers import AutoModelForCausalLM
 
-from gpu_runner import Engine
+from gpu_runner import Engine, expert_lora
 from gpu_runner.errors import EngineInputError
 from gpu_runner.expert_lora import MultiLoraExperts
 from gpu_runner.support import base_model_refusal
@@ -87,9 +87,20 @@ def _engine_grads(engine, adapter_id):
     return out
 
 
+@pytest.fixture(params=["loop", "grouped"])
+def backend(request, moe_engine, monkeypatch):
+    """The experts' LoRA computed by the loop over experts, or by grouped GEMMs ("auto" picks those only
+    on CUDA bf16: here they are made to pass for supported, the Linears keep their CPU choice)."""
+    if request.param == "grouped":
+        monkeypatch.setattr(expert_lora, "grouped_experts_supported", lambda hidden, dims: True)
+    else:
+        monkeypatch.setattr(moe_engine.routing, "backend", "loop")
+    return request.param
+
+
 @pytest.mark.parametrize("layout", ["shared_outer", "per_expert"])
-def test_three_tenants_in_one_pass_equal_each_alone_and_the_merged_reference(moe_engine, plain_model, layout):
-    ids = [f"{layout}-a", f"{layout}-b", f"{layout}-c"]
+def test_three_tenants_in_one_pass_equal_each_alone_and_the_merged_reference(moe_engine, plain_model, layout, backend):
+    ids = [f"{layout}-{backend}-a", f"{layout}-{backend}-b", f"{layout}-{backend}-c"]
     _seeded_adapter(moe_engine, ids[0], 1, rank=4, alpha=8, expert_layout=layout)
     _seeded_adapter(moe_engine, ids[1], 2, rank=8, alpha=8, expert_layout=layout)
     _seeded_adapter(moe_engine, ids[2], 3, rank=4, train_mlp=False)  # no expert LoRA
@@ -204,3 +215,79 @@ def test_peft_export_holds_expert_tensors_and_gives_the_engines_logprobs(moe_eng
     for name, (lora_a, lora_b) in moe_engine.adapter(adapter_id).weights.items():
         torch.testing.assert_close(back.weights[name][0], lora_a, rtol=0, atol=0)
         torch.testing.assert_close(back.weights[name][1], lora_b, rtol=0, atol=0)
+
+
+class _Tenant:
+    """An adapter as the experts module reads it: a scale and (A, B) pairs by weight name."""
+
+    def __init__(self, scale: float, weights: dict):
+        self.scale, self.weights = scale, weights
+
+    def pair(self, name: str):
+        return self.weights.get(name)
+
+
+def _tenant(layer: MultiLoraExperts, rank: int, layout: str, seed: int, scale: float) -> _Tenant:
+    generator = torch.Generator().manual_seed(seed)
+    weights = {
+        name: tuple(torch.randn(shape, generator=generator).mul_(0.3).requires_grad_(True) for shape in shapes)
+        for name, shapes in layer.lora_shapes(rank, layout).items()
+    }
+    return _Tenant(scale, weights)
+
+
+def _experts_modules():
+    from transformers import Qwen3MoeConfig
+
+    from .test_gpt_oss import gpt_oss_config
+
+    qwen = Qwen3MoeConfig(hidden_size=32, moe_intermediate_size=24, num_experts=4, num_experts_per_tok=2)
+    torch.manual_seed(0)
+    for config in (qwen, gpt_oss_config()):
+        block = AutoModelForCausalLM.from_config(config).model.layers[0].mlp
+        with torch.no_grad():
+            for name, p in block.named_parameters():
+                if name.endswith("_bias"):
+                    p.normal_(0, 0.5)
+        yield type(block.experts).__name__, block.experts
+
+
+@pytest.mark.parametrize("layouts", [("shared_outer",) * 3, ("per_expert",) * 3, ("shared_outer", "per_expert") * 2])
+@pytest.mark.parametrize("name,base", list(_experts_modules()))
+def test_grouped_expert_lora_equals_the_loop_forward_and_gradients(name, base, layouts):
+    """Four tenants of different ranks, one without expert LoRA, all shared-outer (the shared factors
+    applied per tenant), all per-expert, or mixed (shared factors expanded): grouped GEMMs over (expert,
+    tenant) = the loop over experts and tenants, outputs and gradients to A, B and the hidden states."""
+    from gpu_runner.lora_layer import Routing
+    from gpu_runner.lora_math import Segment
+
+    routing = Routing("loop")
+    layer = MultiLoraExperts(base, "experts", routing)
+    tenants = [
+        _tenant(layer, 4, layouts[0], 1, 2.0),
+        _tenant(layer, 8, layouts[1], 2, 0.5),
+        None,
+        _tenant(layer, 2, layouts[2], 3, 1.0),
+    ]
+    segments = [Segment(t, start, stop) for t, (start, stop) in zip(tenants, ((0, 5), (5, 12), (12, 15), (15, 19)))]
+    tokens = 19
+    generator = torch.Generator().manual_seed(4)
+    hidden = torch.randn(tokens, layer.hidden, generator=generator)
+    top_k_index = torch.stack([torch.randperm(layer.num_experts, generator=generator)[:2] for _ in range(tokens)])
+    top_k_weights = torch.softmax(torch.randn(tokens, 2, generator=generator), -1)
+    grad_out = torch.randn(tokens, layer.hidden, generator=generator)
+    leaves = [hidden] + [t for tenant in tenants if tenant for pair in tenant.weights.values() for t in pair]
+
+    results = {}
+    for backend in ("loop", "grouped"):
+        routing.backend = backend
+        x = hidden.clone().requires_grad_(True)
+        out = layer.forward_with(x, top_k_index, top_k_weights, segments)
+        grads = torch.autograd.grad(out, [x, *leaves[1:]], grad_out)
+        results[backend] = (out.detach(), grads)
+    _assert_grad_close(results["grouped"][0], results["loop"][0], f"{name} output")  # <= 1e-5 of its scale
+    for got, want in zip(results["grouped"][1], results["loop"][1]):
+        _assert_grad_close(got, want, name)
+    # and the LoRA is really there: without the tenants' deltas the output differs
+    bare = base(hidden, top_k_index, top_k_weights)
+    assert (bare - results["loop"][0]).abs().max() > 1e-2

@@ -17,7 +17,7 @@ from gpu_runner.expert_lora import MultiLoraExperts
 from gpu_runner.packed_masks import needs_packed_masks
 from gpu_runner.support import base_model_refusal
 from gpu_runner.tiny_models import VOCAB_SIZE
-from gpu_runner.types import ForwardBackward, LoraSpec
+from gpu_runner.types import ForwardBackward, LoraSpec, Sample, SamplingParams
 
 from .reference import random_sequence, sft_datum
 from .test_model_families import _model_dir
@@ -171,3 +171,18 @@ def test_two_tenants_expert_lora_equals_the_merged_reference_forward_and_gradien
                 scale = want.abs().max().clamp_min(1e-6)
                 assert ((got - want).abs().max() / scale) <= 1e-5, name
         oss_engine.remove_adapter(adapter_id)
+
+
+def test_batched_greedy_decoding_past_the_sliding_window_equals_plain_transformers(oss_engine, plain_model):
+    """Two prompts of different lengths decoded in one batch (padded rows, the KV cache, sliding layers
+    of window 4 outgrown): each equals plain transformers' argmax, token by token, on its own."""
+    prompts = [random_sequence(3, seed=90), random_sequence(7, seed=91)]
+    params = SamplingParams(max_tokens=6, temperature=0, stop=[])
+    results = oss_engine.run_cycle([Sample(None, prompt, 1, params) for prompt in prompts])
+    for prompt, result in zip(prompts, results):
+        assert result.ok, result.error
+        tokens = list(prompt)
+        with torch.no_grad():
+            for _ in range(6):
+                tokens.append(int(plain_model(input_ids=torch.tensor([tokens])).logits[0, -1].argmax()))
+        assert result.output.sequences[0].tokens == tokens[len(prompt) :]

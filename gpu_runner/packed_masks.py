@@ -19,35 +19,37 @@ from torch import nn
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 
 MASK_BUILDERS = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
-_MAPPING = "isinstance(causal_mask_mapping := attention_mask, dict)"
 
 
-def needs_packed_masks(decoder: nn.Module) -> bool:
-    """Whether the decoder accepts a prepared mask mapping but builds its own without `position_ids`.
-    Read from its forward's source: the mapping branch (up to its `causal_mask_mapping = {...}`) never
-    names position_ids."""
+def packed_mask_kinds(decoder: nn.Module) -> list[str] | None:
+    """The mask kinds ("full_attention", "sliding_attention") the decoder's own mapping holds, when it
+    accepts a prepared mapping but builds its own without `position_ids`; else None (nothing to do, or
+    a kind this module cannot build). Read from its forward's source: the mapping branch, up to its
+    `causal_mask_mapping = {...}`."""
     try:
         source = inspect.getsource(type(decoder).forward)
     except (OSError, TypeError):
-        return False
-    if _MAPPING not in source:
-        return False
-    branch = re.search(r"causal_mask_mapping := attention_mask.*?causal_mask_mapping = \{.*?\}", source, re.S)
-    return branch is not None and "position_ids" not in branch.group(0)
+        return None
+    branch = re.search(r"causal_mask_mapping := attention_mask, dict.*?causal_mask_mapping = \{.*?\}", source, re.S)
+    if branch is None or "position_ids" in branch.group(0):
+        return None
+    mapping = branch.group(0).rsplit("causal_mask_mapping = {", 1)[1]
+    kinds = sorted(set(re.findall(r"\"(\w+)\":", mapping)))
+    return kinds if kinds and set(kinds) <= set(MASK_BUILDERS) else None
+
+
+def needs_packed_masks(decoder: nn.Module) -> bool:
+    return packed_mask_kinds(decoder) is not None
 
 
 def install(model: nn.Module) -> bool:
-    """Hook the model's decoder when it needs packed masks and every layer type is one we can build;
-    returns whether it did."""
+    """Hook the model's decoder when it needs packed masks; returns whether it did."""
     get_decoder = getattr(model, "get_decoder", None)
     decoder = get_decoder() if callable(get_decoder) else None
-    if decoder is None or not needs_packed_masks(decoder):
+    kinds = packed_mask_kinds(decoder) if decoder is not None else None
+    if decoder is None or kinds is None:
         return False
-    config = decoder.config
-    layer_types = set(getattr(config, "layer_types", None) or ["full_attention"])
-    if not layer_types <= set(MASK_BUILDERS):
-        return False
-    decoder.register_forward_pre_hook(_packed_mapping_hook(config, sorted(layer_types)), with_kwargs=True)
+    decoder.register_forward_pre_hook(_packed_mapping_hook(decoder.config, kinds), with_kwargs=True)
     return True
 
 
@@ -57,7 +59,7 @@ def _packed_mapping_hook(config: Any, layer_types: list[str]):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if position_ids is None or kwargs.get("attention_mask") is not None or cache is not None:
             return None  # not a packed pass (sampling passes a mask and a cache)
-        if kwargs.get("use_cache"):
+        if kwargs.get("use_cache") or position_ids.dim() != 2:
             return None
         input_ids = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")

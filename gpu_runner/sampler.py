@@ -130,12 +130,15 @@ def sampled_topk(
         return answers
     index = torch.tensor(wanted, device=logits.device)
     logprobs = torch.log_softmax(logits.index_select(0, index).float(), dim=-1)  # (w, V)
-    top = torch.topk(logprobs, min(max(ks), logprobs.shape[-1]), dim=-1)
+    k_max = min(max(ks), logprobs.shape[-1])
+    top = torch.topk(logprobs, k_max, dim=-1)
     chosen = logprobs.gather(1, torch.tensor([tokens[i] for i in wanted], device=logits.device)[:, None])
-    values, ids, chosen_cpu = top.values.cpu(), top.indices.cpu(), chosen.squeeze(1).cpu()
+    # token ids travel as float64 (exact) beside the values, in one copy
+    packed = torch.cat([top.values.double(), chosen.double(), top.indices.double()], dim=1).cpu()
     for j, i in enumerate(wanted):
-        k = ks[i]
-        answers[i] = (list(zip(ids[j, :k].tolist(), values[j, :k].tolist())), float(chosen_cpu[j]))
+        k = min(ks[i], k_max)
+        ids = packed[j, k_max + 1 : k_max + 1 + k].long().tolist()
+        answers[i] = (list(zip(ids, packed[j, :k].tolist())), float(packed[j, k_max]))
     return answers
 
 

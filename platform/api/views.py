@@ -354,8 +354,8 @@ def checkpoint_ttl(request, run_id: str, checkpoint_id: str):
 def external_weights_urls(request, run_id: str, checkpoint_id: str):
     checkpoint = access.downloadable_checkpoint(request.user, run_id, checkpoint_id)
     urls, expires = {}, None
-    for file in sorted(Path(checkpoint.directory).iterdir()):
-        urls[file.name], expires = storage.signed_url(request, file)
+    for file in storage.checkpoint_files(checkpoint.directory):
+        urls[Path(file).name], expires = storage.download_url(request, file)
     return Response({"urls": urls, "expires": expires.isoformat() if expires else None})
 
 
@@ -363,7 +363,7 @@ def external_weights_urls(request, run_id: str, checkpoint_id: str):
 @api_view(["GET"])
 def checkpoint_archive(request, run_id: str, checkpoint_id: str):
     checkpoint = access.downloadable_checkpoint(request.user, run_id, checkpoint_id)
-    url, expires = storage.signed_url(request, storage.archive_of(Path(checkpoint.directory)))
+    url, expires = storage.download_url(request, storage.archive_of(checkpoint.directory))
     return Response({"url": url, "expires": expires.isoformat()})
 
 

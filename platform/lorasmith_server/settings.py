@@ -2,7 +2,7 @@
 
 DATABASE_URL (default: SQLite in the data dir), REDIS_URL (unset: in-process broker and channel
 layer), LORASMITH_BROKER_URL (redis:// or amqp://; default REDIS_URL), LORASMITH_DATA_DIR,
-LORASMITH_BASE_MODELS, SECRET_KEY, DEBUG, ALLOWED_HOSTS.
+LORASMITH_BASE_MODELS, SECRET_KEY, DEBUG, ALLOWED_HOSTS; LORASMITH_S3_* for checkpoints in object storage.
 """
 
 import os
@@ -10,6 +10,7 @@ import secrets
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from .env import ServiceSettings, env_bool, env_float, env_int, env_list, env_optional_int, env_str
 
@@ -205,6 +206,35 @@ LORASMITH = ServiceSettings(
     engine_pass_tokens=env_optional_int("LORASMITH_ENGINE_PASS_TOKENS"),
 )
 DATA_UPLOAD_MAX_MEMORY_SIZE = LORASMITH.max_body_bytes
+
+
+def _checkpoint_storage(bucket: str, endpoint_url: str) -> dict:
+    """Checkpoints and snapshots (training/object_store.py): files under DATA_DIR unless both
+    LORASMITH_S3_BUCKET and LORASMITH_S3_ENDPOINT_URL are set; then that S3-compatible store, with
+    credentials from the standard AWS_* variables (boto3's own lookup)."""
+    if bool(bucket) != bool(endpoint_url):
+        raise ImproperlyConfigured("set both LORASMITH_S3_BUCKET and LORASMITH_S3_ENDPOINT_URL, or neither")
+    if not bucket:
+        return {"BACKEND": "django.core.files.storage.FileSystemStorage", "OPTIONS": {"location": DATA_DIR}}
+    options = {
+        "bucket_name": bucket,
+        "endpoint_url": endpoint_url,
+        "signature_version": "s3v4",
+        "addressing_style": "path",  # any S3-compatible server, no bucket subdomains
+        "querystring_expire": LORASMITH.signed_url_seconds,
+        "max_memory_size": 8 * 1024 * 1024,  # a read spills to disk beyond this, never a whole file in memory
+    }
+    return {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
+
+
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    "checkpoints": _checkpoint_storage(env_str("LORASMITH_S3_BUCKET"), env_str("LORASMITH_S3_ENDPOINT_URL")),
+}
+# Presigned download URLs are signed for this endpoint when browsers reach the store by another
+# address than the runners and web processes do (default: LORASMITH_S3_ENDPOINT_URL).
+LORASMITH_S3_PUBLIC_URL = env_str("LORASMITH_S3_PUBLIC_URL")
 # The ASGI server's connection guards (lorasmith_server/connection_guard.py): a request's headers and
 # body must arrive within this many seconds of its first byte; at most this many connections at once
 # from one client address (0: no cap; behind a reverse proxy, which shares one address, let it limit)

@@ -1,4 +1,11 @@
-"""Where checkpoint files live, and signed, expiring URLs that serve them without an API key."""
+"""Where checkpoint files live, and expiring URLs that serve them without an API key.
+
+A row (Checkpoint.directory, SamplingSession.weights_dir, Snapshot.directory, a load's payload)
+records a *location*: the directory's path with local files (the default), its key in the object
+store otherwise (the same in every process, whatever its data dir). The engine always reads and
+writes a local directory: `publish` uploads what a save wrote, `fetch` brings a stored directory
+into this process's cache before a load (see object_store).
+"""
 
 from __future__ import annotations
 
@@ -10,11 +17,12 @@ import tarfile
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from django.conf import settings
 from django.core import signing
 
+from . import object_store
 from .base_models import info, served_models
 
 SALT = "lorasmith.files"
@@ -45,32 +53,119 @@ def ephemeral_sampler_directory(owner_id: int, run_id: str, seq_id: int) -> Path
     return _run_root(owner_id, run_id) / "ephemeral" / f"seq-{seq_id}"
 
 
-def is_version(directory: Path) -> bool:
-    return Path(directory).name.startswith(VERSION_PREFIX)
+def is_version(location: Path | str) -> bool:
+    return PurePosixPath(str(location)).name.startswith(VERSION_PREFIX)
+
+
+def key_of(location: Path | str) -> str:
+    """A location's key in the store: its path under the data dir."""
+    path = Path(location)
+    return (path.relative_to(settings.DATA_DIR) if path.is_absolute() else path).as_posix()
+
+
+def local_directory(location: Path | str) -> Path:
+    """Where this process keeps a location's files (an absolute location is its own path)."""
+    return settings.DATA_DIR / location
+
+
+def publish(directory: Path | str, archive: bool = False) -> str:
+    """After the engine wrote `directory` (a save's version, a sampler's weights, a snapshot): its
+    files go to the store; returns the location a row records. With a remote store each file is
+    uploaded (streamed), and a downloadable checkpoint's `.tar` is built here and uploaded as its
+    own object; the local copy stays as this process's cache. With local files nothing moves."""
+    directory = Path(directory)
+    if not object_store.is_remote():
+        return str(directory)
+    key = key_of(directory)
+    for file in sorted(directory.iterdir()):
+        if file.is_file():
+            object_store.upload(file, f"{key}/{file.name}")
+    if archive:
+        _upload_archive(directory)
+    _cached_marker(directory).touch()
+    return key
+
+
+def fetch(location: Path | str) -> Path:
+    """The local directory holding a location's files, for the engine to read. With a remote store
+    they are downloaded into this process's cache (under the data dir, by key) unless a whole copy
+    is there already; stored directories never change (a save writes a new version), so a cached
+    copy never goes stale."""
+    directory = local_directory(location)
+    if not object_store.is_remote() or (_cached_marker(directory).exists() and directory.is_dir()):
+        return directory
+    key = key_of(location)
+    names = object_store.files(key)
+    if not names:
+        raise FileNotFoundError(f"{key} is not in the object store")
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    partial = directory.with_name(f".{directory.name}.{uuid.uuid4().hex}.part")
+    partial.mkdir()
+    try:
+        for name in names:
+            object_store.download(f"{key}/{name}", partial / name)
+        shutil.rmtree(directory, ignore_errors=True)
+        partial.rename(directory)
+    except OSError:
+        if not directory.is_dir():  # unless a concurrent fetch of the same key got there first
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    _cached_marker(directory).touch()
+    return directory
+
+
+def _cached_marker(directory: Path) -> Path:
+    """Next to a directory: its local copy is whole (written by `publish` or `fetch`)."""
+    return directory.with_name(directory.name + ".cached")
+
+
+def is_kept(location: Path | str) -> bool:
+    """Whether a location still holds files (a released sampler's no longer does)."""
+    if not object_store.is_remote():
+        return Path(location).is_dir()
+    return bool(object_store.files(key_of(location)))
+
+
+def subdirectories(location: Path | str) -> list[str]:
+    """The locations of the directories directly under `location`."""
+    if not object_store.is_remote():
+        root = Path(location)
+        return [str(d) for d in root.iterdir() if d.is_dir()] if root.is_dir() else []
+    key = key_of(location)
+    return [f"{key}/{name}" for name in object_store.folders(key)]
+
+
+def remove_tree(location: Path | str) -> None:
+    """A directory's files, from the store and from this process's cache."""
+    directory = local_directory(location)
+    if object_store.is_remote():
+        object_store.delete_tree(key_of(location))
+        _cached_marker(directory).unlink(missing_ok=True)
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def drop_replaced(old: Path | str, new: Path | str) -> None:
     """After a checkpoint's row moved from version `old` to `new`: the old version's files and
     archive go (a checkpoint saved before versions existed is overwritten in place: only its
     stale archive goes)."""
-    old, new = Path(old), Path(new)
-    if old == new or not is_version(old):
-        discard_archive(new)
+    if str(old) == str(new) or not is_version(old):
+        if not is_version(new):
+            discard_archive(new)
         return
-    shutil.rmtree(old, ignore_errors=True)
+    remove_tree(old)
     discard_archive(old)
 
 
-def remove_checkpoint_files(directory: Path | str) -> None:
+def remove_checkpoint_files(location: Path | str) -> None:
     """A deleted checkpoint's files: every version of its name (also one a killed save left
     behind) with their archives; for a checkpoint saved before versions existed, its directory and
     archive."""
-    directory = Path(directory)
-    if is_version(directory):
-        shutil.rmtree(directory.parent, ignore_errors=True)
+    if is_version(location):
+        remove_tree(str(PurePosixPath(str(location)).parent))
     else:
-        shutil.rmtree(directory, ignore_errors=True)
-        discard_archive(directory)
+        remove_tree(location)
+        discard_archive(location)
 
 
 TOKENIZER_FILE_PREFIXES = ("tokenizer", "special_tokens", "chat_template", "vocab", "merges")
@@ -134,7 +229,7 @@ def sha256(path: Path) -> str:
     return _sha256(str(path), stat.st_mtime_ns, stat.st_size)
 
 
-def archive_path(directory: Path) -> Path:
+def archive_path(directory: Path | str) -> Path:
     """Where the `.tar` of a checkpoint directory lives: for a version, `<name>/v-<id>.archive/<name>.tar`
     (downloaded as `<name>.tar`, inside the checkpoint's own folder); for a directory from before
     versions, next to it."""
@@ -144,10 +239,20 @@ def archive_path(directory: Path) -> Path:
     return directory.with_name(directory.name + ".tar")
 
 
-def archive_of(directory: Path) -> Path:
-    """A `.tar` of a checkpoint directory, built once (again after the checkpoint is overwritten,
-    see `discard_archive`); concurrent builders each write their own part file."""
-    directory = Path(directory)
+def archive_of(location: Path | str) -> Path | str:
+    """The location of a checkpoint's `.tar`. Local: built once on first download (again after the
+    checkpoint is overwritten, see `discard_archive`). Remote: uploaded at save time (`publish`), or
+    built from a fetched copy and uploaded if missing."""
+    if not object_store.is_remote():
+        return _build_archive(Path(location))
+    key = key_of(archive_path(key_of(location)))
+    if not object_store.exists(key):
+        _upload_archive(fetch(location))
+    return key
+
+
+def _build_archive(directory: Path) -> Path:
+    """Concurrent builders each write their own part file; the tar is written to disk, file by file."""
     target = archive_path(directory)
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -159,9 +264,43 @@ def archive_of(directory: Path) -> Path:
     return target
 
 
-def discard_archive(directory: Path) -> None:
+def _upload_archive(directory: Path) -> None:
+    target = _build_archive(directory)
+    try:
+        object_store.upload(target, key_of(target))
+    finally:
+        _discard_local_archive(directory)
+
+
+def discard_archive(location: Path | str) -> None:
+    if object_store.is_remote():
+        object_store.delete(key_of(archive_path(key_of(location))))
+    _discard_local_archive(local_directory(location))
+
+
+def _discard_local_archive(directory: Path) -> None:
     archive = archive_path(directory)
     if is_version(directory):
         shutil.rmtree(archive.parent, ignore_errors=True)
     else:
         archive.unlink(missing_ok=True)
+
+
+def checkpoint_files(location: Path | str) -> list[Path | str]:
+    """The locations of a checkpoint's files, by name."""
+    if not object_store.is_remote():
+        return sorted(Path(location).iterdir())
+    key = key_of(location)
+    return [f"{key}/{name}" for name in object_store.files(key)]
+
+
+def download_url(request, location: Path | str, seconds: int | None = None) -> tuple[str, datetime]:
+    """A link that downloads a checkpoint file or archive without an API key, and its expiry: a
+    `/files/` URL signed here for local files, a URL of the store presigned for its public endpoint
+    otherwise (the bytes then never pass through the web process)."""
+    if not object_store.is_remote():
+        return signed_url(request, Path(location), seconds)
+    seconds = seconds or settings.LORASMITH.signed_url_seconds
+    expires = int(time.time()) + seconds
+    key = key_of(location)
+    return object_store.presigned_url(key, PurePosixPath(key).name, seconds), datetime.fromtimestamp(expires, tz=UTC)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
@@ -50,7 +48,7 @@ def download(request, run_id: str, segment: str, name: str):
     except BadRequest as refused:  # a training checkpoint: optimizer state, not for download
         messages.error(request, refused.message)
         return redirect("front:checkpoints")
-    url, _ = storage.signed_url(request, storage.archive_of(Path(checkpoint.directory)))
+    url, _ = storage.download_url(request, storage.archive_of(checkpoint.directory))
     return redirect(url)
 
 

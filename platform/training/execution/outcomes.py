@@ -38,21 +38,22 @@ def checkpoint_saved(op: Operation, out: CheckpointOutput) -> dict:
     """A named save finished: its Checkpoint row (replacing an overwritten one) and its path."""
     kind = Checkpoint.SAVED_BY[op.kind]
     exports.name_served_base_model(out.directory, op.require_run().base_model)
+    location = storage.publish(out.directory, archive=kind != Checkpoint.Type.TRAINING)  # before the row names it
     identity = {"training_run": op.training_run, "checkpoint_type": kind, "name": op.payload["name"]}
     replaced = Checkpoint.objects.filter(**identity).values_list("directory", flat=True).first()
     checkpoint, _ = Checkpoint.objects.update_or_create(
         **identity,
         defaults={
             "owner_id": op.owner_id,
-            "directory": str(out.directory),
+            "directory": location,
             "size_bytes": out.size_bytes,
             "user_metadata": op.payload.get("user_metadata") or {},
             "expires_at": Checkpoint.expiry(op.payload.get("ttl_seconds")),
         },
     )
     if replaced is not None:  # an overwrite: samplers on the checkpoint follow it to the new version
-        SamplingSession.objects.filter(weights_dir=replaced).update(weights_dir=str(out.directory))
-    transaction.on_commit(lambda: storage.drop_replaced(replaced or out.directory, out.directory))
+        SamplingSession.objects.filter(weights_dir=replaced).update(weights_dir=location)
+    transaction.on_commit(lambda: storage.drop_replaced(replaced or location, location))
     result: dict = {"path": checkpoint.tinker_path, "type": op.kind}
     if kind == Checkpoint.Type.EXTERNAL:
         result["size_bytes"] = out.size_bytes
@@ -64,6 +65,7 @@ def ephemeral_sampler(op: Operation, out: CheckpointOutput) -> dict:
     snapshots of the run beyond the kept count are released."""
     run = op.require_run()
     exports.name_served_base_model(out.directory, run.base_model)
+    location = storage.publish(out.directory)
     seq = op.payload.get("sampling_session_seq_id")
     sampler_id = SamplingSession.make_id(run.session_id, seq if seq is not None else op.id)
     SamplingSession.objects.update_or_create(
@@ -72,13 +74,13 @@ def ephemeral_sampler(op: Operation, out: CheckpointOutput) -> dict:
             "session_id": run.session_id,
             "owner_id": op.owner_id,
             "base_model": run.base_model,
-            "weights_dir": str(out.directory),
+            "weights_dir": location,
             "model_path": "",
             "released_at": None,
             "source_run_id": run.id,  # its samples (an RL loop's) count for the run in Usage
         },
     )
-    retention.release_ephemeral_weights(Path(out.directory).parent, settings.LORASMITH.ephemeral_samplers_kept)
+    retention.release_ephemeral_weights(Path(location).parent, settings.LORASMITH.ephemeral_samplers_kept)
     return {"path": None, "sampling_session_id": sampler_id, "type": "save_weights_for_sampler"}
 
 

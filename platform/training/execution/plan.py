@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from gpu_runner import Engine
@@ -58,7 +57,7 @@ def engine_op(op: Operation) -> EngineOp:
     optim_step): what the cycle runs, and what `restore` replays."""
     run, payload = op.require_run(), op.payload
     if op.kind == "load_weights":
-        return LoadState(run.id, Path(payload["directory"]), include_optimizer=payload["optimizer"])
+        return LoadState(run.id, storage.fetch(payload["directory"]), include_optimizer=payload["optimizer"])
     if op.kind == "forward_backward":
         data = [wire.datum(d, i) for i, d in enumerate(payload["data"])]
         return ForwardBackward(run.id, data, payload["loss_fn"], payload["loss_fn_config"], payload["forward_only"])
@@ -110,7 +109,7 @@ def _plan_sample(engine: Engine, op: Operation, imported: set[str]) -> Plan:
         adapter_id = sampler.id
         if not engine.has_adapter(adapter_id) and adapter_id not in imported:
             _check_weights_kept(sampler)
-            helpers.append(ImportPeft(adapter_id, Path(sampler.weights_dir)))
+            helpers.append(ImportPeft(adapter_id, storage.fetch(sampler.weights_dir)))
             imported.add(adapter_id)
     sample = Sample(
         adapter_id,
@@ -127,7 +126,7 @@ def _plan_sample(engine: Engine, op: Operation, imported: set[str]) -> Plan:
 
 
 def _check_weights_kept(sampler: SamplingSession) -> None:
-    if not Path(sampler.weights_dir).is_dir():
+    if not storage.is_kept(sampler.weights_dir):
         raise EngineInputError(
             f"the weights of sampling session {sampler.id} are no longer kept (released while this request was queued)",
             field="sampling_session_id",
@@ -159,7 +158,7 @@ def restore(engine: Engine, run: TrainingRun) -> int:
     replay: list[EngineOp] = []
     if snapshot is not None:
         done = done.filter(seq_id__gt=snapshot.seq_id)
-        replay.append(LoadState(run.id, Path(snapshot.directory), include_optimizer=True))
+        replay.append(LoadState(run.id, storage.fetch(snapshot.directory), include_optimizer=True))
     for op in done:
         if op.kind == "create_model":
             engine.create_adapter(run.id, adapter_spec(run))

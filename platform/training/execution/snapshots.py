@@ -3,24 +3,28 @@ optimizer steps, a `SaveState` rides in the same cycle right after the optimizer
 the count, and on a graceful stop every run the runner holds is saved. A runner that takes a run
 over loads the latest snapshot and replays only the logged operations after it (`plan.restore`).
 
-A snapshot is recorded (its `Snapshot` row) only once its files are whole and the step it follows
-succeeded; the op log stays the truth, so a lost snapshot only means a longer replay. The two
-latest are kept per run.
+A snapshot is recorded (its `Snapshot` row) only once its files are whole and stored and the step
+it follows succeeded; the op log stays the truth, so a lost snapshot only means a longer replay.
+The two latest are kept per run. The engine writes a snapshot's files during the cycle (the state
+copied off the device); with an object store, uploading them and recording the row happen on a
+background thread, one snapshot after another, so the next cycle need not wait for the store.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import shutil
 import uuid
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from django.conf import settings
+from django.db import connection
 
 from gpu_runner.types import SaveState
 
+from .. import object_store, storage
 from ..models import Operation, Snapshot, TrainingRun
 from .engines import Resident
 
@@ -57,16 +61,43 @@ def due_after(op: Operation, steps_so_far: dict[str, int]) -> Due | None:
 
 
 def record(due: Due) -> None:
-    """The snapshot's files are written: its row, then the older ones beyond `KEPT` go."""
+    """The snapshot's files are written: stored (in the background with an object store), then its
+    row, then the older ones beyond `KEPT` go."""
+    if object_store.is_remote():
+        _writer.submit(_store_in_background, due)
+    else:
+        _store(due)
+
+
+def _store(due: Due) -> None:
+    location = storage.publish(due.save.directory)
     Snapshot.objects.update_or_create(
         training_run=due.run,
         seq_id=due.seq_id,
-        defaults={"step": due.step, "directory": str(due.save.directory)},
+        defaults={"step": due.step, "directory": location},
     )
     older = Snapshot.objects.filter(training_run=due.run).order_by("-seq_id")[KEPT:]
     for snapshot in list(older):
-        shutil.rmtree(snapshot.directory, ignore_errors=True)
+        storage.remove_tree(snapshot.directory)
         snapshot.delete()
+
+
+_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot-writer")  # in order, one at a time
+
+
+def _store_in_background(due: Due) -> None:
+    try:
+        _store(due)
+    except Exception:  # the op log still holds everything: the next takeover replays more
+        log.exception("could not store the snapshot of run %s at seq %s", due.run.id, due.seq_id)
+    finally:
+        connection.close()  # this thread's own connection
+
+
+def wait_for_writes() -> None:
+    """Until every snapshot handed to the background writer so far is stored (or failed)."""
+    done: Future = _writer.submit(lambda: None)
+    done.result()
 
 
 def take_all(runner_id: str, resident: Resident) -> int:
@@ -93,4 +124,5 @@ def take_all(runner_id: str, resident: Resident) -> int:
             taken += 1
         else:
             log.warning("could not snapshot run %s on stopping: %s", run.id, result.error)
+    wait_for_writes()  # stopping: whatever is still being uploaded must land first
     return taken

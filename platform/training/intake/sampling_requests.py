@@ -3,15 +3,13 @@ Samples never wait for a seq gap; a queued one can be cancelled."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
 from accounts.services import key_id_of
 from gpu_runner import validate_sample
 from gpu_runner.errors import EngineInputError
 
-from .. import access, base_models, dispatch, wire
+from .. import access, base_models, dispatch, storage, wire
 from ..errors import BadRequest, Gone, NotFound
 from ..models import Checkpoint, Operation, SamplingSession
 from . import quotas, request_bounds
@@ -121,7 +119,7 @@ def _target_prompt_tokens(value: object) -> list[list[int]] | None:
 
 
 def _check_weights_present(sampler: SamplingSession) -> None:
-    if sampler.released_at is not None or (sampler.weights_dir and not Path(sampler.weights_dir).is_dir()):
+    if sampler.released_at is not None or (sampler.weights_dir and not storage.is_kept(sampler.weights_dir)):
         raise Gone(
             f"the weights of sampling session {sampler.id} are no longer kept (a snapshot is dropped once "
             "newer ones of its model replace it or its session ends, a checkpoint when deleted or past its "

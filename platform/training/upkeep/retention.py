@@ -9,7 +9,6 @@ Runners purge between cycles (`housekeeping`); `manage.py purge_checkpoints` doe
 from __future__ import annotations
 
 import logging
-import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -22,9 +21,9 @@ log = logging.getLogger(__name__)
 
 
 def delete_checkpoint(checkpoint: Checkpoint) -> None:
-    directory = Path(checkpoint.directory)
+    location = checkpoint.directory
     checkpoint.delete()
-    storage.remove_checkpoint_files(directory)
+    storage.remove_checkpoint_files(location)
 
 
 def purge_expired() -> int:
@@ -41,12 +40,9 @@ def release_ephemeral_weights(run_root: Path, keep: int) -> int:
     """Delete all but the newest `keep` ephemeral snapshots of one training run (the `seq-N`
     directories under `run_root`), sparing any a pending sample still needs; their sampling
     sessions are marked released, so sampling them is refused clearly. Returns how many went."""
-    snapshots = sorted(
-        (d for d in run_root.glob("seq-*") if d.is_dir() and d.name[4:].isdigit()),
-        key=lambda d: int(d.name[4:]),
-        reverse=True,
-    )
-    old = [str(d) for d in snapshots[keep:]]
+    seqs = [(Path(d).name[4:], d) for d in storage.subdirectories(run_root) if Path(d).name.startswith("seq-")]
+    snapshots = sorted(((int(n), d) for n, d in seqs if n.isdigit()), reverse=True)
+    old = [d for _, d in snapshots[keep:]]
     if not old:
         return 0
     in_use = set(
@@ -57,7 +53,7 @@ def release_ephemeral_weights(run_root: Path, keep: int) -> int:
     doomed = [d for d in old if d not in in_use]
     SamplingSession.objects.filter(weights_dir__in=doomed, released_at__isnull=True).update(released_at=timezone.now())
     for directory in doomed:
-        shutil.rmtree(directory, ignore_errors=True)
+        storage.remove_tree(directory)
     return len(doomed)
 
 
@@ -70,7 +66,7 @@ def release_finished_sessions_weights() -> int:
         .values_list("weights_dir", flat=True)
     )
     released = sum(release_ephemeral_weights(root, keep=0) for root in {Path(d).parent for d in directories})
-    vanished = [d for d in directories if not Path(d).exists()]  # e.g. a snapshot an older release took
+    vanished = [d for d in directories if not storage.is_kept(d)]  # e.g. a snapshot an older release took
     SamplingSession.objects.filter(weights_dir__in=vanished, released_at__isnull=True).update(
         released_at=timezone.now()
     )

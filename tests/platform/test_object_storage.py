@@ -1,0 +1,329 @@
+"""Checkpoints through Django's storage API, the same suite on both backends: local files (the
+default) and an S3-compatible store (moto's standalone server on loopback, a real HTTP server, no
+mock object). Save, load, list, download (fetched with a plain HTTP client and compared with the
+stored bytes), presigned expiry and host, TTL expiry and delete; then, with the store, a load
+after the runner's local cache is wiped, and snapshots written to the store.
+
+What the store holds is read independently of the service: its files on disk, or the bucket
+through a boto3 client of the test's own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tarfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import httpx
+import pytest
+
+from ..conftest import ROOT, embedded_server, free_port
+from .wire import Wire, datum_json
+
+SEQUENCE = [3, 320, 265, 203, 44, 538, 83, 685, 4, 203, 3]
+BUCKET = "lorasmith-test"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+SIGNED_SECONDS = 900
+LIVE = pytest.mark.slow  # a live server per backend: a minute or two each to start on a loaded box
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint(tmp_path_factory):
+    """moto's standalone S3 server on a loopback port, with an empty bucket."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("moto") / "moto.log", "w")  # noqa: SIM115 - the child writes it
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **CREDENTIALS},
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, "moto server exited"
+            try:
+                httpx.get(endpoint, timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "moto server did not start"
+                time.sleep(0.2)
+        _bucket_client(endpoint).create_bucket(Bucket=BUCKET)
+        yield endpoint
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+def _bucket_client(endpoint: str):
+    import boto3
+
+    keys = {k.lower(): v for k, v in CREDENTIALS.items() if "KEY" in k}
+    return boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", **keys)
+
+
+class Backend:
+    """A live embedded server on one backend, and the bytes its store holds."""
+
+    def __init__(self, name: str, server, endpoint: str | None):
+        self.name, self.server, self.endpoint = name, server, endpoint
+        self.wire = Wire(server.client())
+
+    def stored(self, fragment: str) -> dict[str, bytes]:
+        """Every stored file whose key (path under the data dir) contains `fragment`."""
+        if self.endpoint is None:
+            root = self.server.data_dir
+            return {
+                p.relative_to(root).as_posix(): p.read_bytes()
+                for p in root.rglob("*")
+                if p.is_file() and fragment in p.relative_to(root).as_posix()
+            }
+        client = _bucket_client(self.endpoint)
+        keys = [
+            o["Key"]
+            for page in client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET)
+            for o in page.get("Contents", [])
+        ]
+        return {k: client.get_object(Bucket=BUCKET, Key=k)["Body"].read() for k in keys if fragment in k}
+
+
+@pytest.fixture(scope="module", params=["local", "s3"])
+def backend(request, tmp_path_factory):
+    env = {"LORASMITH_SIGNED_URL_SECONDS": str(SIGNED_SECONDS), "LORASMITH_SNAPSHOT_EVERY_STEPS": "2"}
+    endpoint = None
+    if request.param == "s3":
+        endpoint = request.getfixturevalue("s3_endpoint")
+        public = endpoint.replace("127.0.0.1", "localhost")  # the address browsers use, signed for
+        env |= {
+            "LORASMITH_S3_BUCKET": BUCKET,
+            "LORASMITH_S3_ENDPOINT_URL": endpoint,
+            "LORASMITH_S3_PUBLIC_URL": public,
+            **CREDENTIALS,
+        }
+    with embedded_server(tmp_path_factory.mktemp(f"storage-{request.param}"), extra_env=env) as server:
+        yield Backend(request.param, server, endpoint)
+
+
+def _train(wire: Wire, model_id: str, first_seq: int, steps: int) -> tuple[list[float], int]:
+    losses, seq = [], first_seq
+    for _ in range(steps):
+        fb = wire.forward_backward(model_id, seq, [datum_json(SEQUENCE)])
+        wire.optim_step(model_id, seq + 1)
+        losses.append(wire.result(fb)["metrics"]["loss:sum"])
+        seq += 2
+    return losses, seq
+
+
+@pytest.fixture(scope="module")
+def trained(backend):
+    """A run trained 2 steps, saved as training state `step2` (adapter + optimizer), trained on."""
+    wire = backend.wire
+    session = wire.session()
+    model_id = wire.model(session, seed=21)
+    _, seq = _train(wire, model_id, 1, 2)
+    saved = wire.result(wire.post("save_weights", {"model_id": model_id, "seq_id": seq, "path": "step2"}))
+    continued, seq = _train(wire, model_id, seq + 1, 2)
+    return {"session": session, "model_id": model_id, "path": saved["path"], "continued": continued, "seq": seq}
+
+
+def _resume(wire: Wire, trained: dict, model_seq_id: int) -> list[float]:
+    handle = wire.post(
+        "load_weights",
+        {"session_id": trained["session"], "model_seq_id": model_seq_id, "path": trained["path"], "optimizer": True},
+    )
+    wire.result(handle)
+    return _train(wire, handle["model_id"], 1, 2)[0]
+
+
+@LIVE
+def test_save_list_and_load_resume_exactly(backend, trained):
+    wire = backend.wire
+    listed = wire.get(f"training_runs/{trained['model_id']}/checkpoints")["checkpoints"]
+    assert [(c["checkpoint_id"], c["checkpoint_type"]) for c in listed] == [("weights/step2", "training")]
+    stored = backend.stored("/weights/step2/")
+    assert stored and listed[0]["size_bytes"] == sum(len(b) for b in stored.values())
+    assert _resume(wire, trained, 11) == trained["continued"]  # bit for bit, on CPU
+
+
+def _query(url: str) -> dict[str, str]:
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def _check_link(backend: Backend, url: str, expires: str) -> None:
+    """Where a download link points and how long it lives, read off the link itself (moto does not
+    enforce a presigned URL's expiry, so the test checks what the link says)."""
+    left = datetime.fromisoformat(expires) - datetime.now(UTC)
+    assert SIGNED_SECONDS - 60 < left.total_seconds() <= SIGNED_SECONDS
+    parts = urlsplit(url)
+    if backend.endpoint is None:  # signed by the web process, served at /files/
+        assert parts.netloc == f"127.0.0.1:{backend.server.port}" and parts.path.startswith("/files/")
+        return
+    query = _query(url)
+    assert parts.netloc == urlsplit(backend.endpoint).netloc.replace("127.0.0.1", "localhost")  # the public endpoint
+    assert parts.path.startswith(f"/{BUCKET}/checkpoints/")
+    assert query["X-Amz-Expires"] == str(SIGNED_SECONDS) and query["X-Amz-Algorithm"] == "AWS4-HMAC-SHA256"
+    signed_at = datetime.strptime(query["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+    assert abs((signed_at - datetime.now(UTC)).total_seconds()) < 120
+
+
+@LIVE
+def test_download_archive_and_files_via_links(backend, trained):
+    wire = backend.wire
+    model_id = trained["model_id"]
+    wire.result(wire.post("save_weights_external", {"model_id": model_id, "seq_id": trained["seq"], "path": "ext"}))
+    checkpoint = f"training_runs/{model_id}/checkpoints/external_weights/ext"
+    stored = {Path(k).name: v for k, v in backend.stored("/external_weights/ext/").items()}
+    files = {n: stored[n] for n in ("adapter_config.json", "adapter_model.safetensors")}
+    if backend.endpoint is not None:  # built by the runner at save time, stored as an object of its own
+        assert "ext.tar" in stored
+
+    archive = wire.get(f"{checkpoint}/archive")
+    _check_link(backend, archive["url"], archive["expires"])
+    fetched = httpx.get(archive["url"])  # a plain HTTP client: no API key, no SDK
+    assert fetched.status_code == 200 and 'filename="ext.tar"' in fetched.headers["content-disposition"]
+    with tarfile.open(fileobj=io.BytesIO(fetched.content)) as tar:
+        assert {m.name: tar.extractfile(m).read() for m in tar.getmembers()} == files
+    stored_tars = [v for k, v in backend.stored("/external_weights/ext/").items() if k.endswith("/ext.tar")]
+    assert stored_tars == [fetched.content]  # the link served the stored archive, byte for byte
+
+
+@LIVE
+def test_external_weights_urls_give_each_file(backend, trained):
+    wire = backend.wire
+    model_id = trained["model_id"]
+    wire.result(
+        wire.post("save_weights_external", {"model_id": model_id, "seq_id": trained["seq"] + 1, "path": "each"})
+    )
+    stored = {Path(k).name: v for k, v in backend.stored("/external_weights/each/").items() if not k.endswith(".tar")}
+    answer = wire.get(f"training_runs/{model_id}/checkpoints/external_weights/each/external_weights_urls")
+    assert sorted(answer["urls"]) == sorted(stored) == ["adapter_config.json", "adapter_model.safetensors"]
+    for name, url in answer["urls"].items():
+        _check_link(backend, url, answer["expires"])
+        body = httpx.get(url).content
+        assert hashlib.sha256(body).digest() == hashlib.sha256(stored[name]).digest()
+
+
+@LIVE
+def test_ttl_expiry_and_delete_free_the_store(backend, trained):
+    wire = backend.wire
+    model_id = wire.model(trained["session"], 30, seed=22)
+    for name in ("brief", "doomed"):
+        wire.result(
+            wire.post(
+                "save_weights_for_sampler",
+                {"model_id": model_id, "seq_id": 1 + (name == "doomed"), "path": name, "ttl_seconds": 3600},
+            )
+        )
+    base = f"training_runs/{model_id}/checkpoints/sampler_weights"
+    assert wire.client.get(f"{base}/brief/archive").status_code == 200
+    assert backend.stored("/sampler_weights/brief/") and backend.stored("/sampler_weights/doomed/")
+
+    with sqlite3.connect(backend.server.data_dir / "lorasmith.sqlite3") as db:  # let the hour pass
+        db.execute("UPDATE training_checkpoint SET expires_at = '2000-01-01 00:00:00' WHERE name = 'brief'")
+    assert wire.client.get(f"{base}/brief/archive").status_code == 404
+    backend.server._manage("purge_checkpoints")  # what cron runs
+    assert backend.stored("/sampler_weights/brief/") == {}  # files and archive gone from the store
+
+    assert wire.client.delete(f"{base}/doomed").status_code == 204
+    assert backend.stored("/sampler_weights/doomed/") == {}
+    assert wire.client.get(f"{base}/doomed/archive").status_code == 404
+
+
+@LIVE
+def test_a_load_after_the_local_cache_is_wiped_fetches_from_the_store(backend, trained):
+    if backend.endpoint is None:
+        pytest.skip("local files are the store itself: nothing to fetch")
+    data_dir = backend.server.data_dir
+    assert (data_dir / "checkpoints").is_dir()  # the runner's scratch and cache
+    shutil.rmtree(data_dir / "checkpoints")
+    assert _resume(backend.wire, trained, 12) == trained["continued"]
+    assert list((data_dir / "checkpoints").rglob("weights/step2/v-*/optimizer.safetensors"))  # fetched again
+
+
+@LIVE
+def test_snapshots_are_written_to_the_store(backend, trained):
+    """Every 2 optimizer steps (LORASMITH_SNAPSHOT_EVERY_STEPS=2) the run's adapter and optimizer
+    go to the store (in the background with S3); the run's API says which seq they cover."""
+    run = backend.wire.get(f"training_runs/{trained['model_id']}")
+    deadline = time.monotonic() + 30
+    while run["snapshot_seq_id"] is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+        run = backend.wire.get(f"training_runs/{trained['model_id']}")
+    assert run["snapshot_seq_id"] == 9  # the run's 4th optimizer step (seq 9) and all before it
+    safe_run = trained["model_id"].replace(":", "_")
+    stored = backend.stored(f"snapshots/{safe_run}/seq-9-")
+    assert sorted(Path(k).name for k in stored) == ["adapter.safetensors", "lora_spec.json", "optimizer.safetensors"]
+
+
+def test_settings_need_both_bucket_and_endpoint():
+    done = subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=ROOT,
+        env={**os.environ, "LORASMITH_S3_BUCKET": BUCKET, "LORASMITH_S3_ENDPOINT_URL": ""},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "LORASMITH_S3_ENDPOINT_URL" in done.stderr
+
+
+def test_publish_fetch_link_and_remove_in_process(s3_endpoint, settings, tmp_path, monkeypatch):
+    """The storage functions themselves against the S3 server (fast tier): a save's files and its
+    archive uploaded, fetched back after the local copy is gone, a presigned link of the public
+    endpoint, and every object of the name removed."""
+    from training import storage
+
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    settings.DATA_DIR = tmp_path
+    options = {"bucket_name": BUCKET, "endpoint_url": s3_endpoint, "signature_version": "s3v4"}
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "checkpoints": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options},
+    }
+    settings.LORASMITH_S3_PUBLIC_URL = "http://store.example:9000"
+    directory = storage.checkpoint_directory(7, "s:train:0", "sampler_weights", "inproc")
+    directory.mkdir(parents=True)
+    files = {"adapter_config.json": b'{"r": 8}', "adapter_model.safetensors": os.urandom(9 * 1024 * 1024)}  # multipart
+    for name, body in files.items():
+        (directory / name).write_bytes(body)
+
+    location = storage.publish(directory, archive=True)
+    assert location == directory.relative_to(tmp_path).as_posix()
+    in_bucket = {k: v for k, v in _objects(s3_endpoint, "checkpoints/7/s_train_0/sampler_weights/inproc/").items()}
+    assert {k.rsplit("/", 1)[1]: v for k, v in in_bucket.items() if "/v-" in k and ".archive/" not in k} == files
+    [tar_bytes] = [v for k, v in in_bucket.items() if k.endswith(".archive/inproc.tar")]
+    with tarfile.open(fileobj=io.BytesIO(tar_bytes)) as tar:
+        assert {m.name: tar.extractfile(m).read() for m in tar.getmembers()} == files
+
+    shutil.rmtree(tmp_path / "checkpoints")  # the runner's cache is gone: a load fetches from the store
+    fetched = storage.fetch(location)
+    assert fetched == directory and {p.name: p.read_bytes() for p in fetched.iterdir()} == files
+    assert storage.is_kept(location) and storage.checkpoint_files(location) == [
+        f"{location}/{n}" for n in sorted(files)
+    ]
+
+    url, expires = storage.download_url(None, storage.archive_of(location), seconds=120)
+    assert urlsplit(url).netloc == "store.example:9000" and _query(url)["X-Amz-Expires"] == "120"
+    assert 60 < (expires - datetime.now(UTC)).total_seconds() <= 120
+
+    storage.remove_checkpoint_files(location)
+    assert _objects(s3_endpoint, "checkpoints/7/") == {} and not directory.exists()
+    assert not storage.is_kept(location)
+
+
+def _objects(endpoint: str, prefix: str) -> dict[str, bytes]:
+    client = _bucket_client(endpoint)
+    listed = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
+    return {o["Key"]: client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in listed}

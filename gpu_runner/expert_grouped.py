@@ -71,6 +71,17 @@ def grouped_forward(
     expert_offs = per_group.view(experts, slots).sum(1).cumsum(0).to(torch.int32)
 
     def factors(projection: str, d_in: int, d_out: int) -> tuple[torch.Tensor | None, torch.Tensor | None, str]:
+        """(A stack, B stack, which factor is per tenant), kept on the routing without grad (decode steps)."""
+        key = f"{layer.module_name}.{projection}"
+        cache = not torch.is_grad_enabled()
+        if cache and key in layer.routing.expert_stacks:
+            return layer.routing.expert_stacks[key]
+        built = build(projection, d_in, d_out)
+        if cache:
+            layer.routing.expert_stacks[key] = built
+        return built
+
+    def build(projection: str, d_in: int, d_out: int) -> tuple[torch.Tensor | None, torch.Tensor | None, str]:
         """(A stack, B stack, which factor is per tenant: "a", "b" or "")."""
         present = [p for p in pairs[projection] if p is not None]
         if not present:

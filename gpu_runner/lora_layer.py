@@ -67,6 +67,7 @@ class Routing:
         self._key: tuple = ()
         self.backend: Backend = backend
         self.stacks: dict[str, GroupedStack | None] = {}
+        self.expert_stacks: dict[str, tuple] = {}  # expert_grouped's factor stacks, kept likewise
         self._ends: dict[tuple, torch.Tensor] = {}
 
     @property
@@ -78,7 +79,7 @@ class Routing:
         check_segments(segments)
         key = tuple((id(s.adapter), s.start, s.stop) for s in segments)
         if key != self._key:
-            self.stacks, self._ends = {}, {}
+            self.stacks, self.expert_stacks, self._ends = {}, {}, {}
         self._segments, self._key = list(segments), key
 
     def group_ends(self, segments: Sequence[Segment], device: torch.device) -> torch.Tensor:

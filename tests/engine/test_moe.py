@@ -288,6 +288,13 @@ def test_grouped_expert_lora_equals_the_loop_forward_and_gradients(name, base, l
     _assert_grad_close(results["grouped"][0], results["loop"][0], f"{name} output")  # <= 1e-5 of its scale
     for got, want in zip(results["grouped"][1], results["loop"][1]):
         _assert_grad_close(got, want, name)
+    # without grad (decode steps) the stacks are kept for as long as the segments stay: same output twice
+    routing.segments, routing.backend = segments, "grouped"
+    with torch.no_grad():
+        for _ in range(2):
+            again = layer.forward_with(hidden, top_k_index, top_k_weights, segments)
+            _assert_grad_close(again, results["loop"][0], f"{name} cached output")
+    assert sorted(routing.expert_stacks) == ["experts.down_proj", "experts.gate_up_proj"]
     # and the LoRA is really there: without the tenants' deltas the output differs
     bare = base(hidden, top_k_index, top_k_weights)
     assert (bare - results["loop"][0]).abs().max() > 1e-2

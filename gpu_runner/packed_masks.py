@@ -61,9 +61,11 @@ def _packed_mapping_hook(config: Any, layer_types: list[str]):
             return None  # not a packed pass (sampling passes a mask and a cache)
         if kwargs.get("use_cache") or position_ids.dim() != 2:
             return None
-        input_ids = kwargs.get("input_ids", args[0] if args else None)
+        input_ids: torch.Tensor | None = kwargs.get("input_ids", args[0] if args else None)
         embeds = kwargs.get("inputs_embeds")
         if embeds is None:
+            if input_ids is None:
+                return None
             # only its shape, dtype and device are read: a zero-stride stand-in for the embeddings
             dtype = next(module.parameters()).dtype
             embeds = torch.zeros((), dtype=dtype, device=input_ids.device).expand(*input_ids.shape, 1)

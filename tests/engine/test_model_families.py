@@ -144,14 +144,15 @@ def test_gemma3_text_with_sliding_and_full_attention_layers(engine_data_dir, tmp
     _trains_samples_round_trips_and_exports(engine, tmp_path)
 
 
-def test_gpt_oss_with_sinks_sliding_layers_and_biased_transposed_experts(engine_data_dir, tmp_path):
+@pytest.mark.parametrize("layout", ["shared_outer", "per_expert"])
+def test_gpt_oss_with_sinks_sliding_layers_and_biased_transposed_experts(engine_data_dir, tmp_path, layout):
     from .test_gpt_oss import gpt_oss_dir
 
     engine = Engine(str(gpt_oss_dir(tmp_path / "gpt-oss", engine_data_dir)), data_dir=engine_data_dir)
     assert type(engine.model).__name__ == "GptOssForCausalLM"
     assert engine.model.config._attn_implementation == "eager"  # transformers has no SDPA with sinks
     assert engine.model.config.layer_types == ["sliding_attention", "full_attention"]
-    export = _trains_samples_round_trips_and_exports(engine, tmp_path)
+    export = _trains_samples_round_trips_and_exports(engine, tmp_path, expert_layout=layout)
     config_json = json.loads((export / "adapter_config.json").read_text())
     assert {"experts.gate_up_proj", "experts.down_proj"} <= set(config_json["target_parameters"])
     assert {"q_proj", "o_proj"} <= set(config_json["target_modules"])

@@ -95,47 +95,55 @@ def get_task(name: str, size: int) -> Task:
 
 # ---- a task a randomly initialised model learns in minutes -------------------------------------
 
-NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"]
+WORD_CATEGORIES: dict[str, list[str]] = {
+    "month": [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ],
+    "day": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"],
+    "number": ["one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten"],
+    "colour": ["red", "blue", "green", "yellow", "black", "white", "brown", "pink"],
+    "animal": ["cat", "dog", "bird", "fox", "horse", "cow", "sheep", "goat"],
+}
 
 
-def next_in_sequence_problems() -> list[tuple[str, str]]:
-    """(prompt, answer) pairs: a run of 1-3 lowercase letters answered by the next letter in
-    capitals ("f g h" -> "I"), and a run of 1-3 digits by the next number as a word ("3 4" ->
-    "five"). The answer always follows from the prompt's last token, and no answer token ever
-    ends a prompt, so a model can learn it without reading back through its context."""
-    letters, capitals = string.ascii_lowercase, string.ascii_uppercase
-    problems = []
-    for start in range(26):
-        for length in (1, 2, 3):
-            if start + length < 26:
-                problems.append((" ".join(letters[start : start + length]), capitals[start + length]))
-    for start in range(10):
-        for length in (1, 2, 3):
-            if start + length <= 10:
-                digits = " ".join(str(d) for d in range(start, start + length))
-                problems.append((digits, NUMBER_WORDS[start + length]))
-    return problems
+def word_category_split(
+    words: int = 3, train_per_category: int = 24, held_out_per_category: int = 5, seed: int = 0
+) -> tuple[list[list[Message]], list[list[Message]]]:
+    """(train, held_out) chats naming what `words` words have in common ("May June March" ->
+    "month", "fox cat goat" -> "animal"), in a seeded order. Every held-out prompt is a set of words
+    no training prompt has (in any order), though each word is seen in training.
 
-
-def next_in_sequence_split(fraction: float = 0.2, seed: int = 0) -> tuple[list[list[Message]], list[list[Message]]]:
-    """(train, held_out) chats of `next_in_sequence_problems`: about `fraction` held out, seeded,
-    never a prompt whose last item no training prompt ends with (its answer could not be learned)."""
-    problems = next_in_sequence_problems()
-    random.Random(seed).shuffle(problems)
-    wanted = round(fraction * len(problems))
-    train: list[tuple[str, str]] = []
-    held_out: list[tuple[str, str]] = []
-    last_items_trained: set[str] = set()
-    for prompt, answer in problems:
-        last = prompt.split()[-1]
-        if len(held_out) < wanted and last in last_items_trained:
-            held_out.append((prompt, answer))
-        else:
-            train.append((prompt, answer))
-            last_items_trained.add(last)
-    missing = {p.split()[-1] for p, _ in held_out} - {p.split()[-1] for p, _ in train}
-    assert not missing, missing
-    return [_chat(p, a) for p, a in train], [_chat(p, a) for p, a in held_out]
+    Chosen for a randomly initialised base model: at random init attention averages its context
+    about evenly, so a prompt's last hidden state is close to a bag of its words; a category is then
+    a direction in that space that unseen sets of its words share, and a LoRA learns it from a few
+    dozen examples. A lookup that hangs on one token (what comes after "f") does not generalise so:
+    the rest of the context moves the hidden state as much as that token does."""
+    rng = random.Random(seed)
+    train: list[list[Message]] = []
+    held_out: list[list[Message]] = []
+    for category, members in WORD_CATEGORIES.items():
+        sets = list(itertools.combinations(members, words))
+        rng.shuffle(sets)
+        if len(sets) < train_per_category + held_out_per_category:
+            raise ValueError(f"{category!r} has only {len(sets)} sets of {words} words")
+        for index, chosen in enumerate(sets[: held_out_per_category + train_per_category]):
+            shuffled = list(chosen)
+            rng.shuffle(shuffled)
+            (held_out if index < held_out_per_category else train).append(_chat(" ".join(shuffled), category))
+    rng.shuffle(train)
+    rng.shuffle(held_out)
+    return train, held_out
 
 
 def _chat(prompt: str, answer: str) -> list[Message]:

@@ -131,13 +131,15 @@ def test_completion_ends_the_prompt_with_its_own_last_token_and_the_answer_with_
         renderer.build_supervised_example(TWO_TURNS)
 
 
-def test_next_in_sequence_holds_out_only_what_training_can_teach():
-    from cookbook.tasks import next_in_sequence_problems, next_in_sequence_split
+def test_word_categories_hold_out_unseen_word_sets_of_seen_words():
+    from cookbook.tasks import WORD_CATEGORIES, word_category_split
 
-    train, held_out = next_in_sequence_split(0.2, seed=0)
-    problems = next_in_sequence_problems()
-    assert len(train) + len(held_out) == len(problems) and len(held_out) == round(0.2 * len(problems))
-    assert ("e f g", "H") in problems and ("7 8", "nine") in problems
-    trained_last = {chat[0]["content"].split()[-1] for chat in train}
-    assert all(chat[0]["content"].split()[-1] in trained_last for chat in held_out)
-    assert not {chat[0]["content"] for chat in held_out} & {chat[0]["content"] for chat in train}
+    train, held_out = word_category_split(words=3, train_per_category=24, held_out_per_category=5, seed=0)
+    assert (len(train), len(held_out)) == (24 * 5, 5 * 5)
+    for chat in train + held_out:
+        words, category = chat[0]["content"].split(), chat[1]["content"]
+        assert len(set(words)) == 3 and set(words) <= set(WORD_CATEGORIES[category])
+    trained_sets = {frozenset(chat[0]["content"].split()) for chat in train}
+    assert not {frozenset(chat[0]["content"].split()) for chat in held_out} & trained_sets
+    assert {w for chat in held_out for w in chat[0]["content"].split()} <= {w for s in trained_sets for w in s}
+    assert word_category_split(seed=0) == (train, held_out)

@@ -3,9 +3,10 @@
 It uses the service at `--port` if one is running there on this data dir, or starts the embedded
 service on a free port; creates the `demo` user (a fresh password, printed) and an API key; runs a
 cookbook recipe as a user would (`python -m cookbook.recipes.sl`, its progress bar and metrics on
-the console) on a task the built-in, randomly initialised tiny-llama can learn in minutes (what
-comes next: "f g h" -> "I", "3 4" -> "five"; `cookbook.tasks.next_in_sequence_problems`); measures
-greedy exact-match accuracy on held-out prompts before and after, and prints it as
+the console) on a task the built-in, randomly initialised tiny-llama can learn in a minute or two
+(what three words have in common: "May June March" -> "month", "fox cat goat" -> "animal";
+`cookbook.tasks.word_category_split`, why that task is in its docstring); measures greedy
+exact-match accuracy on held-out word sets before and after, and prints it as
 `exact-match accuracy: BEFORE -> AFTER`; downloads the adapter as a PEFT adapter and loads it with
 peft; and prints how to see the run on the dashboard. Everything it makes stays in the data dir.
 `--recipe rlhf` (`make demo-rlhf`) runs the three-stage RLHF pipeline instead.
@@ -36,17 +37,19 @@ from transformers import AutoModelForCausalLM
 import lorasmith
 from accounts.services import ensure_user, issue_api_key
 from cookbook.renderers import Message, get_renderer
-from cookbook.tasks import next_in_sequence_split
+from cookbook.tasks import word_category_split
 from gpu_runner.base_model import resolve_model_dir
 from lorasmith_server.migrations_at_start import ensure_migrated
 
 BASE_MODEL = "tiny-llama"
 DASHBOARD_PORT = 8000  # where `make serve` listens
-# the sl demo's task and how it trains (measured: README, "The demo"); the renderer ends the prompt
-# with its own last token, which a randomly initialised model can answer from
-SL_STEPS = 60
-SL_FLAGS = ["--renderer", "completion", "--learning-rate", "1e-2", "--lora-rank", "16", "--batch-size", "16"]
-SL_FLAGS += ["--lr-schedule", "constant", "--eval-every", "20", "--save-every", "0"]
+# the sl demo's task and how it trains (measured: README, "The demo"). A LoRA on a randomly
+# initialised model is fragile: at lr 5e-3 some seeds diverge, 1e-2 learns nothing; 3e-3 decayed
+# linearly over 80 steps reached 0.96-1.0 held-out in all six seeds tried (plain PEFT loop)
+SL_STEPS = 80
+SL_FLAGS = ["--renderer", "completion", "--learning-rate", "3e-3", "--lora-rank", "16", "--batch-size", "16"]
+SL_FLAGS += ["--lr-schedule", "linear", "--eval-every", "20", "--save-every", "0"]
+ANSWER_TOKENS = 8  # the longest answer (" colour") is 4 tokens, then the stop sequence
 SHOWN_EXAMPLES = 3
 
 
@@ -103,10 +106,10 @@ class Command(BaseCommand):
             log_dir.mkdir(parents=True, exist_ok=True)
             held_out: list[list[Message]] = []
             if recipe == "sl":
-                train, held_out = next_in_sequence_split()
+                train, held_out = word_category_split()
                 _write_chats(log_dir / "train.jsonl", train)
                 _write_chats(log_dir / "held_out.jsonl", held_out)
-                before = self._accuracy(base_url, key, held_out, base_model=BASE_MODEL)
+                before = self._accuracy(base_url, key, held_out, base_model=BASE_MODEL, show=SHOWN_EXAMPLES)
             result = self._run_recipe(recipe, steps, base_url, key, log_dir)
             sampler_path = result["checkpoint/sampler_path" if recipe == "sl" else "policy/sampler_path"]
             if recipe == "sl":
@@ -202,12 +205,15 @@ class Command(BaseCommand):
         with lorasmith.ServiceClient(base_url=base_url, api_key=key, display_name="demo.evaluate") as service:
             sampler = service.create_sampling_client(model_path=model_path, base_model=base_model)
             renderer = get_renderer("completion", sampler.get_tokenizer())
-            params = lorasmith.SamplingParams(max_tokens=4, temperature=0.0, stop=renderer.get_stop_sequences())
+            params = lorasmith.SamplingParams(
+                max_tokens=ANSWER_TOKENS, temperature=0.0, stop=renderer.get_stop_sequences()
+            )
             futures = [sampler.sample(renderer.build_generation_prompt(chat[:1]), 1, params) for chat in held_out]
             answers = [renderer.parse_response(f.result().sequences[0].tokens).message["content"] for f in futures]
         right = [answer.strip() == chat[1]["content"] for answer, chat in zip(answers, held_out, strict=True)]
         if show:
-            self.stdout.write("\nheld-out prompts, answered by the trained adapter (greedy):")
+            who = "the trained adapter" if model_path else f"the base model {base_model}"
+            self.stdout.write(f"\nheld-out prompts, answered by {who} (greedy):")
             for chat, answer, ok in list(zip(held_out, answers, right, strict=True))[:show]:
                 mark = "right" if ok else f"wrong, expected {chat[1]['content']!r}"
                 self.stdout.write(f"  {chat[0]['content']!r} -> {answer!r} ({mark})")

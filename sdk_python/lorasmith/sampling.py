@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, cast
 from ._internal import background
 from .futures import APIFuture, ClientFutureCompat
 from .tokenizer import load_tokenizer
-from .types import ModelInput, SampleResponse, SamplingParams
+from .types import ModelInput, SampleResponse, SamplingParams, to_tensor_data
 
 if TYPE_CHECKING:
     from .service import ServiceClient
@@ -79,7 +79,9 @@ class SamplingClient(ClientFutureCompat):
             topk_prompt_logprobs: The k most likely tokens at each prompt position.
             topk_sample_logprobs: The k most likely tokens at each sampled position (each
                 sequence's `topk_logprobs`); sent only when non-zero.
-            target_prompt_logprobs: Sent only when set.
+            target_prompt_logprobs: Token ids to score at each prompt position after the first
+                (int64, shape [len(prompt) - 1, K], -1 where none): a list, array, tensor or
+                TensorData; the response's `target_prompt_logprobs` holds their logprobs.
             prompt_alt_tokens_k: Sent only when non-zero.
             prompt_logprobs_last_n: Keep prompt logprobs for the last N positions only (the
                 earlier ones are None).
@@ -106,7 +108,9 @@ class SamplingClient(ClientFutureCompat):
         }
         extras = {
             "topk_sample_logprobs": topk_sample_logprobs,
-            "target_prompt_logprobs": target_prompt_logprobs,
+            "target_prompt_logprobs": None
+            if target_prompt_logprobs is None
+            else to_tensor_data("target_prompt_logprobs", target_prompt_logprobs).model_dump(mode="json"),
             "prompt_alt_tokens_k": prompt_alt_tokens_k,
             "prompt_logprobs_last_n": prompt_logprobs_last_n,
         }

@@ -77,7 +77,7 @@ def to_tensor_data(name: str, value: Any) -> TensorData:
     if hasattr(value, "detach"):
         value = value.detach().cpu().numpy()
     array = np.asarray(value)
-    if name == "target_tokens":
+    if name in ("target_tokens", "target_prompt_logprobs"):
         array = array.astype(np.int64)
     elif name in FLOAT_INPUTS:
         array = array.astype(np.float32)
@@ -146,6 +146,9 @@ class SampleResponse(BaseModel):
     sequences: list[SampledSequence]
     prompt_logprobs: list[float | None] | None = None
     topk_prompt_logprobs: list[list[tuple[int, float]] | None] | None = None
+    # with sample(target_prompt_logprobs=ids [len(prompt) - 1, K]): the logprob of each asked id at
+    # each prompt position after the first, float32 of the same shape (-1 cells are not scored)
+    target_prompt_logprobs: TensorData | None = None
     prompt_cache_hit_tokens: int = 0
 
 

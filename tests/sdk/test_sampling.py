@@ -63,3 +63,24 @@ def test_old_ephemeral_snapshots_are_released_and_sampling_them_says_so(service,
     run_dir = training.model_id.replace(":", "_")
     kept = list(live_server_embedded.data_dir.glob(f"checkpoints/*/{run_dir}/ephemeral/seq-*"))
     assert len(kept) == 8
+
+
+def test_target_prompt_logprobs_score_the_asked_ids_like_compute_logprobs(service):
+    """Column 0 asks each position's own next prompt token (so it equals compute_logprobs), column 1
+    another id, -1 leaves a cell unscored; given as a plain nested list."""
+    sampler = service.create_sampling_client(base_model="tiny-llama")
+    ids = PROMPT.to_ints()
+    targets = [[ids[i + 1], 7 if i else -1] for i in range(len(ids) - 1)]
+    response = sampler.sample(
+        PROMPT, 1, SamplingParams(max_tokens=1, temperature=0.0), target_prompt_logprobs=targets
+    ).result(timeout=60)
+    scored = response.target_prompt_logprobs.to_numpy()
+    assert scored.shape == (len(ids) - 1, 2)
+    own = sampler.compute_logprobs(PROMPT).result(timeout=60)
+    assert scored[:, 0].tolist() == pytest.approx(own[1:], abs=1e-4)
+    # id 7 at position i + 1: the prompt with its token i + 1 replaced by 7, scored at that position
+    for i in range(1, len(ids) - 1):
+        swapped = ids[: i + 1] + [7]
+        assert scored[i, 1] == pytest.approx(
+            sampler.compute_logprobs(ModelInput.from_ints(swapped)).result(timeout=60)[-1], abs=1e-4
+        )

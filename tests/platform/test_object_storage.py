@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import shutil
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -26,7 +28,10 @@ from urllib.parse import parse_qs, urlsplit
 import httpx
 import pytest
 
-from ..conftest import ROOT, embedded_server, free_port
+from ..conftest import ROOT, LiveServer, embedded_server, free_port, postgres_database, redis_env
+from .flow import LR as FLOW_LR
+from .flow import SEQUENCE as FLOW_SEQUENCE
+from .test_scale_runners import reference_losses
 from .wire import Wire, datum_json
 
 SEQUENCE = [3, 320, 265, 203, 44, 538, 83, 685, 4, 203, 3]
@@ -327,3 +332,101 @@ def _objects(endpoint: str, prefix: str) -> dict[str, bytes]:
     client = _bucket_client(endpoint)
     listed = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
     return {o["Key"]: client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in listed}
+
+
+def _wait_for_line(path: Path, pattern: str, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and re.search(pattern, path.read_text()):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{pattern!r} never appeared in {path}")
+
+
+@LIVE
+@pytest.mark.services
+def test_runners_with_data_dirs_of_their_own_work_through_the_store(tmp_path, s3_endpoint):
+    """Web and two runners, each with a data dir of its own (no shared filesystem), on PostgreSQL,
+    Redis and the S3 server. A run trains on runner A (its snapshot after step 2 uploaded) and saves
+    a checkpoint; A is SIGKILLed; B takes the run over from the snapshot it fetches from the store
+    and trains on with the numbers of a run never interrupted (the bare engine's); the checkpoint
+    loads on B, a sampler checkpoint downloads from the store; the web's data dir holds no
+    checkpoint or snapshot file."""
+    bucket = "lorasmith-no-shared-files"
+    _bucket_client(s3_endpoint).create_bucket(Bucket=bucket)
+    extra = {
+        "LORASMITH_S3_BUCKET": bucket,
+        "LORASMITH_S3_ENDPOINT_URL": s3_endpoint,
+        **CREDENTIALS,
+        "LORASMITH_SNAPSHOT_EVERY_STEPS": "2",
+        "LORASMITH_RUNNER_DEAD_AFTER_SECONDS": "6",
+        "LORASMITH_LOG_LEVEL": "INFO",
+    }
+    with postgres_database() as database_url:
+        env = {**redis_env(tmp_path / "web", database_url), **extra}
+        server = LiveServer(env, tmp_path / "web", with_runner=False)
+        try:
+
+            def start_runner(name: str) -> subprocess.Popen:
+                log = open(server.logs / f"{name}.log", "w")  # noqa: SIM115 - the child writes it
+                process = subprocess.Popen(
+                    [sys.executable, "manage.py", "runner"],
+                    cwd=ROOT,
+                    env={**env, "LORASMITH_DATA_DIR": str(tmp_path / name)},
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                )
+                server.processes.append(process)
+                _wait_for_line(server.logs / f"{name}.log", "runner ready")
+                return process
+
+            runner_a = start_runner("runner-a")
+            wire = Wire(server.client())
+            session = wire.session()
+            model_id = wire.model(session, seed=31)
+
+            def step(seq: int) -> dict:
+                fb = wire.forward_backward(model_id, seq, [datum_json(FLOW_SEQUENCE)])
+                wire.optim_step(model_id, seq + 1, FLOW_LR)
+                return fb
+
+            losses = [wire.result(step(seq))["metrics"]["loss:sum"] for seq in (1, 3, 5)]
+            saved = wire.result(wire.post("save_weights", {"model_id": model_id, "seq_id": 7, "path": "ck"}))
+            deadline = time.monotonic() + 60  # the snapshot after step 2 is uploaded in the background
+            while wire.get(f"training_runs/{model_id}")["snapshot_seq_id"] != 4:
+                assert time.monotonic() < deadline, "the snapshot after step 2 was never recorded"
+                time.sleep(0.3)
+
+            start_runner("runner-b")
+            runner_a.send_signal(signal.SIGKILL)
+            runner_a.wait(timeout=30)
+            shutil.rmtree(tmp_path / "runner-a")  # its disk is gone with it: only the store remains
+            pending = [step(seq) for seq in (8, 10)]
+            final = wire.forward_backward(model_id, 12, [datum_json(FLOW_SEQUENCE)], forward_only=True)
+            losses += [wire.result(h, timeout=180)["metrics"]["loss:sum"] for h in [*pending, final]]
+            assert losses == pytest.approx(reference_losses(31, steps=5), rel=1e-5, abs=1e-6)
+            assert re.search(
+                rf"restored run {re.escape(model_id)} from its snapshot at seq 4",
+                (server.logs / "runner-b.log").read_text(),
+            )
+            assert list((tmp_path / "runner-b" / "snapshots").rglob("optimizer.safetensors"))  # fetched
+
+            loaded = wire.post(
+                "load_weights", {"session_id": session, "model_seq_id": 1, "path": saved["path"], "optimizer": True}
+            )
+            wire.result(loaded, timeout=180)
+            check = wire.forward_backward(loaded["model_id"], 1, [datum_json(FLOW_SEQUENCE)], forward_only=True)
+            assert wire.result(check, timeout=180)["metrics"]["loss:sum"] == pytest.approx(
+                reference_losses(31, steps=3)[-1], rel=1e-5, abs=1e-6
+            )
+            assert list((tmp_path / "runner-b" / "checkpoints").rglob("weights/ck/v-*/optimizer.safetensors"))
+
+            wire.result(wire.post("save_weights_for_sampler", {"model_id": model_id, "seq_id": 13, "path": "pub"}))
+            archive = wire.get(f"training_runs/{model_id}/checkpoints/sampler_weights/pub/archive")
+            assert urlsplit(archive["url"]).netloc == urlsplit(s3_endpoint).netloc
+            with tarfile.open(fileobj=io.BytesIO(httpx.get(archive["url"]).content)) as tar:
+                assert sorted(tar.getnames()) == ["adapter_config.json", "adapter_model.safetensors"]
+            web_dir = tmp_path / "web"
+            assert not (web_dir / "checkpoints").exists() and not (web_dir / "snapshots").exists()
+        finally:
+            server.stop()

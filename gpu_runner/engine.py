@@ -40,6 +40,7 @@ from .losses import op_loss
 from .sampler import Decoder, PromptScoring, SampleRow, generate, row_stream
 from .types import (
     CheckpointOutput,
+    CreateAdapter,
     Datum,
     EngineOp,
     ExportPeft,
@@ -138,7 +139,7 @@ class Engine:
             except EngineInputError as error:
                 results[index] = OpResult(error=str(error), category="user")
                 continue
-            if isinstance(op, (LoadState, ImportPeft)):
+            if isinstance(op, (LoadState, ImportPeft, CreateAdapter)):
                 created.add(op.adapter_id)
             key = op.adapter_id if op.adapter_id is not None else f"\0base-{index}"
             queues.setdefault(key, deque()).append(index)
@@ -168,6 +169,12 @@ class Engine:
         request's activations exhaust device memory), the ops whose adapters held no gradient before
         are run again one by one, their gradients reset first, so only the culprit fails. An adapter
         that was accumulating may hold a partial gradient now, so its op fails with the pass."""
+        for i in [i for i, op in passes.items() if op.adapter_id not in self.adapters]:
+            # gone since validation (an earlier op of the cycle that was to create it failed): this
+            # op alone fails, the others' pass goes on
+            results[i] = OpResult(error=f"unknown model {passes.pop(i).adapter_id!r}", category="user")
+        if not passes:
+            return
         fresh = {
             op.adapter_id
             for op in passes.values()
@@ -218,8 +225,9 @@ class Engine:
                 op.target_prompt_tokens,
                 op.topk_sample_logprobs,
             )
-        # LoadState/ImportPeft create their adapter; a Sample without one runs on the bare base model
-        if isinstance(op, (LoadState, ImportPeft)) or op.adapter_id is None:
+        # LoadState/ImportPeft/CreateAdapter create their adapter; a Sample without one runs on the
+        # bare base model
+        if isinstance(op, (LoadState, ImportPeft, CreateAdapter)) or op.adapter_id is None:
             return
         if op.adapter_id not in self.adapters and op.adapter_id not in created:
             raise EngineInputError(f"unknown model {op.adapter_id!r}", field="model_id")
@@ -369,7 +377,10 @@ class Engine:
 
     # ---- optimizer and checkpoints ----------------------------------------------------------------
 
-    def _run_single(self, op: EngineOp) -> OptimStepOutput | CheckpointOutput:
+    def _run_single(self, op: EngineOp) -> OptimStepOutput | CheckpointOutput | None:
+        if isinstance(op, CreateAdapter):
+            self.create_adapter(op.adapter_id, op.spec)
+            return None
         if isinstance(op, OptimStep):
             return OptimStepOutput(self.adapter(op.adapter_id).optimizer_step(op.params))
         if isinstance(op, SaveState):

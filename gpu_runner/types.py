@@ -134,6 +134,15 @@ class Sample:
 
 
 @dataclass
+class CreateAdapter:
+    """Create `adapter_id` fresh from `spec` (its seed), replacing any adapter of that id: a model's
+    creation, or the first step of rebuilding one the engine lost or holds a stale copy of."""
+
+    adapter_id: str
+    spec: LoraSpec
+
+
+@dataclass
 class SaveState:
     """Adapter weights (+ AdamW state when `include_optimizer`) as safetensors in `directory`."""
 
@@ -168,7 +177,7 @@ class ImportPeft:
 
 
 # one operation of a cycle (the platform's `Operation` is its database row, not this)
-EngineOp = ForwardBackward | OptimStep | Sample | SaveState | LoadState | ExportPeft | ImportPeft
+EngineOp = ForwardBackward | OptimStep | Sample | SaveState | LoadState | ExportPeft | ImportPeft | CreateAdapter
 
 
 # ---- outputs ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from ..models import Operation, Runner, TrainingRun
 from ..upkeep import housekeeping
 from . import outcomes, snapshots
 from .engines import Resident, record_heartbeat, release_idle_adapters, resident_for
-from .plan import Finished, Plan, plan
+from .plan import Plan, plan
 
 log = logging.getLogger(__name__)
 
@@ -83,18 +83,22 @@ def _run(runner: Runner, resident: Resident, ops: list[Operation]) -> None:
         return
     batch: list[EngineOp] = []
     owners: list[Plan | None] = []  # per engine op: the plan whose future it answers (None: a helper)
+    helped: list[Plan | None] = []  # per engine op: the plan a helper prepares (None: not a helper)
     steps: dict[str, int] = {}
     due: list[tuple[int, snapshots.Due]] = []  # a snapshot right after the step at this batch index
     for item in plans:
         batch.extend(item.helpers)
         owners.extend([None] * len(item.helpers))
+        helped.extend([item] * len(item.helpers))
         batch.append(item.engine_op)
         owners.append(item)
+        helped.append(None)
         snapshot = snapshots.due_after(item.op, steps)
         if snapshot is not None:
             due.append((len(batch) - 1, snapshot))
             batch.append(snapshot.save)
             owners.append(None)
+            helped.append(None)
     try:
         results = engine.run_cycle(batch)
         test_hooks.fail_after_cycle(
@@ -112,10 +116,23 @@ def _run(runner: Runner, resident: Resident, ops: list[Operation]) -> None:
         log.warning("runner %s lost its runs during cycle; its results are dropped", runner.id)
         _forget_adapters(engine, batch)
         return
+    broken = _unprepared(batch, helped, results)
+    if broken:  # their adapters' state is unknown: rebuilt from the op log when next needed
+        _forget_adapters(engine, [o for o in batch if o.adapter_id in broken])
     for owner, result in zip(owners, results):
-        if owner is not None:
+        if owner is None:
+            continue
+        failure = broken.get(owner.engine_op.adapter_id)
+        if failure is not None:
+            outcomes.fail(owner.op, *failure)
+        else:
             _record(owner, result)
+    for item in plans:
+        if item.restoring is not None and item.engine_op.adapter_id not in broken:
+            item.restoring.log_done()
     for step_index, snapshot in due:
+        if snapshot.run.id in broken:
+            continue
         if results[step_index].ok and results[step_index + 1].ok:
             try:
                 snapshots.record(snapshot)
@@ -124,24 +141,36 @@ def _run(runner: Runner, resident: Resident, ops: list[Operation]) -> None:
 
 
 def _plan_all(resident: Resident, ops: list[Operation]) -> list[Plan]:
-    """Plans of the operations that need the engine; the others are finished or failed here."""
+    """The operations' plans; one that cannot be planned is failed here."""
     plans: list[Plan] = []
     imported: set[str] = set()
     for op in ops:
         try:
-            planned = plan(resident.engine, op, imported, resident.built_under)
+            plans.append(plan(resident.engine, op, imported, resident.built_under))
         except EngineInputError as error:
             outcomes.fail(op, str(error), "user")
-            continue
         except Exception as error:
             log.exception("operation %s could not start", op.id)
             outcomes.fail(op, f"{type(error).__name__}: {error}", "server")
-            continue
-        if isinstance(planned, Finished):
-            outcomes.complete(op, planned.result)
-        else:
-            plans.append(planned)
     return plans
+
+
+def _unprepared(
+    batch: list[EngineOp], helped: list[Plan | None], results: list[OpResult]
+) -> dict[str | None, tuple[str, str]]:
+    """Adapters a helper failed to prepare (a restore's replay, a sampler's import), each with the
+    error (message, category) that every operation of this cycle on it fails with: they ran on an
+    adapter that is missing or half rebuilt."""
+    broken: dict[str | None, tuple[str, str]] = {}
+    for op, item, result in zip(batch, helped, results):
+        if item is None or result.ok or op.adapter_id in broken:
+            continue
+        error = result.error or "unknown engine error"
+        if item.restoring is not None:
+            broken[op.adapter_id] = (f"could not restore model {op.adapter_id}: {error}", "server")
+        else:
+            broken[op.adapter_id] = (error, result.category or "server")
+    return broken
 
 
 def _forget_adapters(engine: Engine, batch: list[EngineOp]) -> None:

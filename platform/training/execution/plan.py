@@ -1,9 +1,12 @@
 """Planning: what each operation of a cycle asks of the engine.
 
-An operation becomes either `Finished` (done while planning: a model's creation) or a `Plan`: the
-engine op, helper ops that must run before it in the same cycle (a sampler's adapter import), and
-the finish step that turns the engine's output into the future's result. `engine_op` is the one
-converter from an op-log row to an engine op, shared by planning and by `restore` (replay).
+Every operation becomes a `Plan`: the engine op, helper ops that must run before it in the same
+cycle (a sampler's adapter import; rebuilding a model the engine lost or holds a stale copy of:
+`restore`), and the finish step that turns the engine's output into the future's result.
+Planning has no side effects on the engine: it only reads it (`has_adapter`) and the op log, so
+all engine work of a cycle is in its one batch, and a plan that fails leaves nothing behind.
+`engine_op` is the one converter from an op-log row to an engine op, shared by planning and by
+`restore` (replay).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 from gpu_runner import Engine
 from gpu_runner.errors import EngineInputError
 from gpu_runner.types import (
+    CreateAdapter,
     EngineOp,
     ExportPeft,
     ForwardBackward,
@@ -35,17 +39,27 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
+class Restore:
+    """A model rebuilt by a plan's helpers: from its snapshot at `snapshot_seq` (None: its seed),
+    then `replayed` logged operations."""
+
+    run_id: str
+    snapshot_seq: int | None
+    replayed: int
+
+    def log_done(self) -> None:
+        """Said once the cycle rebuilt the model (the takeover tests read this line)."""
+        source = f"its snapshot at seq {self.snapshot_seq}" if self.snapshot_seq is not None else "its seed"
+        log.info("restored run %s from %s, replaying %d operations", self.run_id, source, self.replayed)
+
+
+@dataclass
 class Plan:
     op: Operation
     engine_op: EngineOp
     finish: Callable[[Any], dict]  # engine output -> the future's result JSON
-    helpers: list[EngineOp] = field(default_factory=list)  # no future of their own
-
-
-@dataclass
-class Finished:
-    op: Operation
-    result: dict
+    helpers: list[EngineOp] = field(default_factory=list)  # run before engine_op; no future of their own
+    restoring: Restore | None = None  # the helpers rebuild the op's model first
 
 
 def adapter_spec(run: TrainingRun) -> LoraSpec:
@@ -66,37 +80,44 @@ def engine_op(op: Operation) -> EngineOp:
     raise ValueError(f"operation kind {op.kind!r} has no adapter-changing engine op")
 
 
-def plan(
-    engine: Engine, op: Operation, imported: set[str], built_under: dict[str, int] | None = None
-) -> Plan | Finished:
-    """`imported`: sampler adapters already imported by an earlier plan of this cycle.
-    `built_under`: per run, the placement under which this engine built its adapter (a copy built
-    under an older placement is stale: the run trained elsewhere meanwhile)."""
+def plan(engine: Engine, op: Operation, imported: set[str], built_under: dict[str, int] | None = None) -> Plan:
+    """`imported`: adapters that earlier plans of this cycle bring into existence (a sampler's
+    import, a model's creation or load, a restore); a later plan needing one adds no helper.
+    `built_under`: per run, the placement under which this engine's copy of its adapter was (or,
+    by this cycle, will be) built; a copy built under an older placement is stale: the run trained
+    elsewhere meanwhile."""
     if op.kind == "sample":
         return _plan_sample(engine, op, imported)
     run = op.require_run()
     built = built_under if built_under is not None else {}
-    if op.kind == "create_model":
-        engine.create_adapter(run.id, adapter_spec(run))
+    if op.kind in ("create_model", "load_weights"):  # either makes the adapter anew
+        made = (
+            Plan(op, CreateAdapter(run.id, adapter_spec(run)), lambda out: {"model_id": run.id, "type": "create_model"})
+            if op.kind == "create_model"
+            else Plan(op, engine_op(op), _loaded(op.payload["path"], run.id))
+        )
+        imported.add(run.id)
         built[run.id] = run.placement_epoch
-        return Finished(op, {"model_id": run.id, "type": "create_model"})
-    if op.kind == "load_weights":
-        path = op.payload["path"]
-        built[run.id] = run.placement_epoch
-        return Plan(op, engine_op(op), lambda out: {"path": path, "model_id": run.id, "type": "load_weights"})
-    if engine.has_adapter(run.id) and built.get(run.id, run.placement_epoch) != run.placement_epoch:
-        engine.remove_adapter(run.id)  # stale: built before the run moved away and back
-    if not engine.has_adapter(run.id):
-        restore(engine, run)
-        built[run.id] = run.placement_epoch
+        return made
     if op.kind == "forward_backward":
         test_hooks.fail_before_forward_backward(run.user_metadata)
-        return Plan(op, engine_op(op), lambda out: outcomes.forward_backward_done(op, out))
-    if op.kind == "optim_step":
-        return Plan(op, engine_op(op), lambda out: outcomes.optim_step_done(op, out))
-    if op.kind in Checkpoint.SAVED_BY:
-        return _plan_save(op, run)
-    raise RuntimeError(f"unknown operation kind {op.kind!r}")
+        planned = Plan(op, engine_op(op), lambda out: outcomes.forward_backward_done(op, out))
+    elif op.kind == "optim_step":
+        planned = Plan(op, engine_op(op), lambda out: outcomes.optim_step_done(op, out))
+    elif op.kind in Checkpoint.SAVED_BY:
+        planned = _plan_save(op, run)
+    else:
+        raise RuntimeError(f"unknown operation kind {op.kind!r}")
+    current = engine.has_adapter(run.id) and built.get(run.id, run.placement_epoch) == run.placement_epoch
+    if run.id not in imported and not current:  # lost, or stale (built before the run moved away and back)
+        planned.helpers, planned.restoring = restore(run)
+        imported.add(run.id)
+        built[run.id] = run.placement_epoch
+    return planned
+
+
+def _loaded(path: str, model_id: str) -> Callable[[Any], dict]:
+    return lambda out: {"path": path, "model_id": model_id, "type": "load_weights"}
 
 
 def _plan_sample(engine: Engine, op: Operation, imported: set[str]) -> Plan:
@@ -148,34 +169,27 @@ def _plan_save(op: Operation, run: TrainingRun) -> Plan:
     return Plan(op, save, lambda out: outcomes.checkpoint_saved(op, out))
 
 
-def restore(engine: Engine, run: TrainingRun) -> int:
-    """Rebuild an adapter the engine lost (runner restart or takeover, dropped while idle, a failed
-    cycle): from the run's latest snapshot if it has one (adapter + optimizer), else from its seed;
-    then the logged training operations after it that finished, replayed in order (DESIGN §6).
-    Returns how many operations were replayed."""
+def restore(run: TrainingRun) -> tuple[list[EngineOp], Restore]:
+    """The engine ops that rebuild a model the engine lost (runner restart or takeover, dropped
+    while idle, a failed cycle) or holds a stale copy of: its latest snapshot (adapter + optimizer)
+    if it has one, else a fresh adapter from its seed; then the logged training operations after
+    it that finished, in order (DESIGN §6). The first op always (re)creates the adapter, so a stale
+    copy is replaced. The cycle runs them before the operation that needs the model."""
     snapshot = run.snapshots.order_by("-seq_id").first()
     done = run.operations.filter(status=Operation.Status.DONE).order_by("seq_id")
-    replay: list[EngineOp] = []
+    ops: list[EngineOp] = []
+    replayed = 0
     if snapshot is not None:
         done = done.filter(seq_id__gt=snapshot.seq_id)
-        replay.append(LoadState(run.id, storage.fetch(snapshot.directory), include_optimizer=True))
+        ops.append(LoadState(run.id, storage.fetch(snapshot.directory), include_optimizer=True))
     for op in done:
         if op.kind == "create_model":
-            engine.create_adapter(run.id, adapter_spec(run))
+            ops.append(CreateAdapter(run.id, adapter_spec(run)))
         elif op.kind in ("load_weights", "optim_step") or (
             op.kind == "forward_backward" and not op.payload["forward_only"]
         ):
-            replay.append(engine_op(op))
-    if not engine.has_adapter(run.id) and not any(isinstance(o, LoadState) for o in replay):
-        engine.create_adapter(run.id, adapter_spec(run))
-    failed = [r.error for r in engine.run_cycle(replay) if not r.ok] if replay else []
-    if failed:
-        raise RuntimeError(f"could not restore model {run.id}: {failed[0]}")
-    replayed = len(replay) - (snapshot is not None)
-    log.info(
-        "restored run %s from %s, replaying %d operations",
-        run.id,
-        f"its snapshot at seq {snapshot.seq_id}" if snapshot is not None else "its seed",
-        replayed,
-    )
-    return replayed
+            ops.append(engine_op(op))
+            replayed += 1
+    if not ops or not isinstance(ops[0], (CreateAdapter, LoadState)):
+        ops.insert(0, CreateAdapter(run.id, adapter_spec(run)))
+    return ops, Restore(run.id, snapshot.seq_id if snapshot is not None else None, replayed)

@@ -21,3 +21,15 @@ async function refresh(delay) {
 }
 
 setTimeout(() => refresh(500), 500);
+
+// The prompt-format hint's button: put the typed prompt between the renderer's prefix and suffix
+// (once: a prompt already so wrapped is left as it is).
+const apply = document.getElementById("apply-format");
+apply?.addEventListener("click", () => {
+  const prompt = document.getElementById("id_prompt");
+  const { prefix, suffix } = apply.dataset;
+  if (!prompt.value.startsWith(prefix) || !prompt.value.endsWith(suffix)) {
+    prompt.value = prefix + prompt.value + suffix;
+  }
+  prompt.focus();
+});

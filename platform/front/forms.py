@@ -8,6 +8,7 @@ from django.contrib.auth.forms import AuthenticationForm, UserCreationForm
 
 from accounts.forms import ThrottledLogin
 
+from . import prompt_format
 from .runs import SORTS, STATUSES
 
 
@@ -73,6 +74,7 @@ class PlaygroundForm(forms.Form):
     prompt = forms.CharField(
         widget=forms.Textarea(attrs={"rows": 4}),
         max_length=20_000,
+        strip=False,  # a prompt format may end in a newline the model must see
         help_text="Plain text, encoded with the base model's own tokenizer.",
     )
     max_tokens = forms.IntegerField(min_value=1, max_value=512, initial=32, label="Max tokens")
@@ -81,6 +83,24 @@ class PlaygroundForm(forms.Form):
     top_k = forms.IntegerField(min_value=-1, initial=-1, label="Top k", help_text="-1: off.")
     seed = forms.IntegerField(required=False, min_value=0, help_text="Optional: the same seed gives the same output.")
     num_samples = forms.IntegerField(min_value=1, max_value=8, initial=1, label="Samples")
+    stop = forms.CharField(
+        required=False,
+        strip=False,
+        max_length=1_000,
+        widget=forms.Textarea(attrs={"rows": 2, "spellcheck": "false"}),
+        label="Stop sequences",
+        help_text=r"One per line; write \n for a newline, \t for a tab. Sampling stops once one appears.",
+    )
+
+    MAX_STOPS = 8
+
+    def clean_stop(self) -> list[str]:
+        """The stop strings, one per line, escapes undone; blank lines ignored."""
+        lines = [line for line in self.cleaned_data["stop"].splitlines() if line]
+        stops = [prompt_format.unescape(line) for line in lines]
+        if len(stops) > self.MAX_STOPS:
+            raise forms.ValidationError(f"At most {self.MAX_STOPS} stop sequences.")
+        return stops
 
     def sampling_params(self) -> dict:
         """num_samples and the wire's sampling_params, from the cleaned form."""
@@ -88,7 +108,16 @@ class PlaygroundForm(forms.Form):
         data.pop("prompt")
         if data["seed"] is None:
             data.pop("seed")
+        if not data["stop"]:
+            data.pop("stop")
         return data
+
+    @staticmethod
+    def stop_text(stops: list[str] | str | None) -> str:
+        """Stop strings as the field shows them (the inverse of `clean_stop`)."""
+        if isinstance(stops, str):
+            stops = [stops]
+        return "\n".join(prompt_format.escape(s) for s in stops or [] if isinstance(s, str))
 
 
 USAGE_WINDOWS = [(7, "Last 7 days"), (30, "Last 30 days"), (90, "Last 90 days"), (366, "Last year")]

@@ -1,7 +1,7 @@
 """The sampling playground's way to the domain: text through the base model's tokenizer, then the
 same intake actions the API calls (a session, a sampler on the checkpoint, a sample request), so
 the playground checks and queues exactly what `/api/v1/asample` would. Decodes results back to
-text, token by token, for display.
+text, token by token, for display (whitespace made visible where a token is only whitespace).
 
 One dashboard session per browser login (kept in the Django session, heartbeated on each use, a
 new one once it finished), and one sampler per checkpoint in it.
@@ -88,25 +88,47 @@ class Piece:
     def probability(self) -> float | None:
         return math.exp(self.logprob) if self.logprob is not None else None
 
+    @property
+    def visible(self) -> str:
+        """The text with newline, tab and space shown as ↵ → · (for the token table's cells)."""
+        return self.text.translate(VISIBLE)
+
+    @property
+    def inline(self) -> str:
+        """The text as the inline output shows it: ↵ before each newline and → before each tab, so
+        a newline token is not an empty box (the newline still breaks the line)."""
+        return self.text.replace("\n", "↵\n").replace("\t", "→\t")
+
+
+VISIBLE = str.maketrans({"\n": "↵", "\t": "→", " ": "·", "\r": "␍"})
+
 
 def decoded(op: Operation) -> tuple[str, list[dict]]:
     """A sample request's prompt as text, and each returned sequence as {pieces, text, stop_reason}."""
     words = tokenizer(op.base_model)
-    prompt = _text(words, op.payload["prompt"], skip_special_tokens=True)
+    prompt = without_added_bos(words, text_of(words, op.payload["prompt"]))  # as typed, special tokens too
     sequences = []
     for sequence in (op.result or {}).get("sequences", []):
         logprobs = sequence.get("logprobs") or [None] * len(sequence["tokens"])
-        pieces = [Piece(_text(words, [t]), t, lp) for t, lp in zip(sequence["tokens"], logprobs, strict=True)]
+        pieces = [Piece(text_of(words, [t]), t, lp) for t, lp in zip(sequence["tokens"], logprobs, strict=True)]
         sequences.append(
             {
                 "pieces": pieces,
-                "text": _text(words, sequence["tokens"], skip_special_tokens=True),
+                "text": text_of(words, sequence["tokens"], skip_special_tokens=True),
                 "stop_reason": sequence.get("stop_reason", ""),
             }
         )
     return prompt, sequences
 
 
-def _text(words: PreTrainedTokenizerBase, tokens: list[int], skip_special_tokens: bool = False) -> str:
+def without_added_bos(words: PreTrainedTokenizerBase, text: str) -> str:
+    """`text` less a leading BOS that the tokenizer adds by itself (`submit` encodes with the
+    tokenizer's special tokens), so that it is not typed, or shown as typed, twice."""
+    bos = words.bos_token
+    adds_bos = isinstance(bos, str) and words.bos_token_id in words.encode("x", add_special_tokens=True)
+    return text.removeprefix(bos) if adds_bos else text
+
+
+def text_of(words: PreTrainedTokenizerBase, tokens: list[int], skip_special_tokens: bool = False) -> str:
     text = words.decode(tokens, skip_special_tokens=skip_special_tokens)
     return text if isinstance(text, str) else "".join(text)  # one sequence in: one string out

@@ -9,7 +9,7 @@ import re
 
 from accounts.models import ApiKey
 from front.playground import tokenizer
-from training.models import Operation, UsageRecord
+from training.models import Operation, SamplingSession, UsageRecord
 
 from .conftest import make_checkpoint, make_run
 
@@ -154,3 +154,126 @@ def test_a_training_checkpoint_is_refused_when_its_sampler_is_made(browser, alic
     assert page.status_code == 200 and "sampler_weights" in html.unescape(page.content.decode())
     assert not Operation.objects.filter(kind="sample").exists()
     assert "playground" not in browser.get("/checkpoints/").content.decode().split("<tbody>")[1]
+
+
+# ---- stop sequences, the prompt-format hint, visible whitespace, errors that keep the output ----
+
+FORM = {"max_tokens": 12, "temperature": 0, "top_p": 1, "top_k": -1, "num_samples": 1}
+
+
+def test_stop_sequences_are_sent_unescaped_and_shown_back_escaped(browser, alice, data_dir):
+    run = make_run(alice)
+    make_checkpoint(run, "s1")
+    url = f"/runs/{run.id}/checkpoints/sampler_weights/s1/playground/"
+
+    answer = browser.post(url, {"prompt": "hi", **FORM, "stop": "\\n\r\nUser:\r\n\\t\\\\"})
+
+    op = Operation.objects.get(kind="sample")
+    assert op.payload["sampling_params"]["stop"] == ["\n", "User:", "\t\\"]
+    page = browser.get(answer["Location"]).content.decode()
+    textarea = re.search(r'<textarea name="stop"[^>]*>(.*?)</textarea>', page, re.S).group(1)
+    assert html.unescape(textarea).strip("\r\n").splitlines() == ["\\n", "User:", "\\t\\\\"]
+
+
+def test_a_stop_sequence_ends_the_sample_where_it_appears(browser, alice, api_of, runner, data_dir):
+    wire, _ = api_of(alice)
+    _, url = _trained_checkpoint(wire)
+    free = browser.post(url, {"prompt": "Once upon a time", **FORM})
+    unstopped = Operation.objects.get(pk=free["Location"].split("request=")[1]).result["sequences"][0]
+    words = tokenizer("tiny-llama")
+    pieces = [words.decode([t]) for t in unstopped["tokens"]]
+    cut = next(i for i in range(3, len(pieces)) if pieces[i].strip() and pieces[i] not in "".join(pieces[:i]))
+
+    stopped = browser.post(url, {"prompt": "Once upon a time", **FORM, "stop": pieces[cut]})
+
+    sequence = Operation.objects.get(pk=stopped["Location"].split("request=")[1]).result["sequences"][0]
+    assert sequence["stop_reason"] == "stop"
+    assert sequence["tokens"] == unstopped["tokens"][: cut + 1]  # greedy: the same tokens, up to the stop
+
+
+def _sample_row(checkpoint, tokens: list[int], **params) -> Operation:
+    """A finished sample of `checkpoint` with the given tokens, made as rows (no runner)."""
+    run = checkpoint.training_run
+    sampler = SamplingSession.objects.create(
+        id=SamplingSession.make_id(run.session_id, 0),
+        session=run.session,
+        owner=run.owner,
+        base_model=run.base_model,
+        model_path=checkpoint.tinker_path,
+    )
+    payload = {"prompt": tokenizer("tiny-llama").encode("hi"), "num_samples": 1, "sampling_params": params}
+    result = {"sequences": [{"tokens": tokens, "logprobs": [-0.5] * len(tokens), "stop_reason": "length"}]}
+    op = Operation.of_sampler(sampler, 0, payload, status="done", result=result)
+    op.save(force_insert=True)
+    return op
+
+
+def test_whitespace_tokens_are_visible_in_the_output(browser, alice, data_dir):
+    run = make_run(alice)
+    checkpoint = make_checkpoint(run, "s1")
+    words = tokenizer("tiny-llama")
+    newline, tab, space = (words.encode(c)[0] for c in ("\n", "\t", " "))
+    assert [words.decode([t]) for t in (newline, tab, space)] == ["\n", "\t", " "]
+    op = _sample_row(checkpoint, [newline, tab, space, *words.encode("ok")])
+
+    page = browser.get(f"/runs/{run.id}/checkpoints/sampler_weights/s1/playground/?request={op.id}").content.decode()
+
+    cells = re.findall(r'<td><code class="token-text">(.*?)</code></td>', page)
+    assert cells[:3] == ["↵", "→", "·"] and "".join(cells[3:]) == "ok"
+    inline = re.findall(r'<span class="token"[^>]*>(.*?)</span>', page, re.S)
+    assert inline[:2] == ["↵\n", "→\t"]  # marked, and the newline still breaks the line
+
+
+def test_an_invalid_form_keeps_the_output_shown_before(browser, alice, api_of, runner, data_dir):
+    wire, _ = api_of(alice)
+    _, url = _trained_checkpoint(wire)
+    shown = browser.post(url, {"prompt": "Once upon a time", **FORM})["Location"]
+    page = browser.get(shown).content.decode()
+    action = re.search(r'<form method="post" action="([^"]+)" class="playground-form"', page).group(1)
+    assert html.unescape(action) == shown  # the form posts back to the output's own URL
+
+    for refused in ({"prompt": "again", **FORM, "max_tokens": 0}, {"prompt": "word " * 1000, **FORM}):
+        again = browser.post(html.unescape(action), refused).content.decode()
+        assert 'class="error"' in again or 'class="errors" role="alert"' in again
+        assert again.count('class="sequence"') == 1 and "Once upon a time" in again  # the last output stays
+    assert Operation.objects.filter(kind="sample").count() == 1
+
+
+def _hint(browser, run) -> tuple[str, str, str]:
+    make_checkpoint(run, "s1")
+    page = browser.get(f"/runs/{run.id}/checkpoints/sampler_weights/s1/playground/").content.decode()
+    template = html.unescape(re.search(r'<pre class="format-template" id="format-template">(.*?)</pre>', page, re.S)[1])
+    stop = html.unescape(re.search(r'<textarea name="stop"[^>]*>(.*?)</textarea>', page, re.S)[1]).strip("\r\n")
+    return template, stop, page
+
+
+def test_the_format_hint_follows_the_runs_renderer(browser, alice, data_dir):
+    words = tokenizer("tiny-llama")
+    chat = words.apply_chat_template(
+        [{"role": "user", "content": "{your text}"}], tokenize=False, add_generation_prompt=True
+    )
+    visible = chat.replace("\n", "↵").replace(" ", "·").replace("{your·text}", "{your text}")
+
+    template, stop, page = _hint(browser, make_run(alice))  # no renderer named: the chat template
+    assert template == visible and stop == "" and "<code>chat_template</code>" in page
+    assert (
+        "No renderer named" in page
+        and "Answers end with <code>&lt;|im_end|&gt;</code>, the model's end of sequence" in page
+    )
+
+    template, stop, _ = _hint(browser, make_run(alice, user_metadata={"renderer": "completion", "recipe": "sl"}))
+    assert template == f"{words.bos_token}{{your text}}" and stop == "\\n"  # the completion renderer's
+
+    template, stop, _ = _hint(browser, make_run(alice, user_metadata={"renderer_name": "role_colon"}))
+    assert template == f"{words.bos_token}User:·{{your text}}↵Assistant:" and stop == "\\nUser:"
+
+
+def test_the_format_buttons_prefix_and_suffix_rebuild_the_renderers_prompt(browser, alice, data_dir):
+    from cookbook.renderers import get_renderer
+
+    words = tokenizer("tiny-llama")
+    _, _, page = _hint(browser, make_run(alice, user_metadata={"renderer": "role_colon"}))
+    button = re.search(r'id="apply-format" data-prefix="([^"]*)" data-suffix="([^"]*)"', page)
+    typed = html.unescape(button[1]) + "Hello there" + html.unescape(button[2])
+    expected = get_renderer("role_colon", words).build_generation_prompt([{"role": "user", "content": "Hello there"}])
+    assert words.encode(typed, add_special_tokens=True) == expected.to_ints()

@@ -1,6 +1,9 @@
-"""The sampling playground on a checkpoint's weights: type a prompt, set the sampling params, read
-the output with each token's logprob. The request goes through the API's own intake
-(`front.playground`); the page then shows the sample's future, refreshing it until it is done."""
+"""The sampling playground on a checkpoint's weights: type a prompt, set the sampling params and
+stop sequences, read the output with each token's logprob. A hint shows the prompt format of the
+run's renderer (`front.prompt_format`) and starts the stop field with its stop strings. The request
+goes through the API's own intake (`front.playground`); the page then shows the sample's future,
+refreshing it until it is done. A refused or invalid form keeps the output shown before it (the form
+posts back to the URL of that output)."""
 
 from __future__ import annotations
 
@@ -14,7 +17,7 @@ from training import access
 from training.errors import ApiError, NotFound
 from training.models import Checkpoint, Operation
 
-from .. import playground
+from .. import playground, prompt_format
 from ..forms import PlaygroundForm
 from ..lookups import sampleable_or_404
 
@@ -24,6 +27,7 @@ def playground_page(request, run_id: str, segment: str, name: str):
     checkpoint = sampleable_or_404(request.user, run_id, segment, name)
     here = reverse("front:checkpoint_playground", args=[run_id, segment, name])
     sample = _sample(request, checkpoint)
+    hint = prompt_format.hint(checkpoint.training_run)
     if request.method == "POST":
         form = PlaygroundForm(request.POST)
         if form.is_valid():
@@ -36,8 +40,9 @@ def playground_page(request, run_id: str, segment: str, name: str):
             else:
                 return redirect(f"{here}?request={op.id}")
     else:
-        form = PlaygroundForm(initial=_initial(sample))
-    context = {"checkpoint": checkpoint, "form": form, "sample": sample, "here": here}
+        form = PlaygroundForm(initial=_initial(sample, hint))
+    action = f"{here}?request={sample['op'].id}" if sample else here
+    context = {"checkpoint": checkpoint, "form": form, "sample": sample, "here": here, "action": action, "hint": hint}
     if request.GET.get("fragment"):  # the page's script refreshes just the output
         return render(request, "front/playground_output.html", context)
     return render(request, "front/playground.html", context)
@@ -61,8 +66,11 @@ def _sample(request, checkpoint: Checkpoint) -> dict | None:
     return {"op": op, "prompt": prompt, "sequences": sequences, "pending": pending}
 
 
-def _initial(sample: dict | None) -> dict:
+def _initial(sample: dict | None, hint: prompt_format.PromptFormat | None) -> dict:
+    """What was asked for the sample shown, or the renderer's stop strings for a first sample."""
     if sample is None:
-        return {}
+        return {"stop": "\n".join(hint.stop)} if hint else {}
     payload = sample["op"].payload
-    return {"prompt": sample["prompt"], "num_samples": payload["num_samples"], **payload["sampling_params"]}
+    params = dict(payload["sampling_params"])
+    params["stop"] = PlaygroundForm.stop_text(params.get("stop"))
+    return {"prompt": sample["prompt"], "num_samples": payload["num_samples"], **params}

@@ -283,21 +283,27 @@ def test_settings_need_both_bucket_and_endpoint():
     assert done.returncode != 0 and "LORASMITH_S3_ENDPOINT_URL" in done.stderr
 
 
-def test_publish_fetch_link_and_remove_in_process(s3_endpoint, settings, tmp_path, monkeypatch):
+@pytest.fixture
+def on_s3(s3_endpoint, settings, tmp_path, monkeypatch):
+    """This process's checkpoints in the S3 server (its cache under tmp_path); browsers reach the
+    store as store.example:9000."""
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    settings.DATA_DIR = tmp_path
+    options = {"bucket_name": BUCKET, "endpoint_url": s3_endpoint, "signature_version": "s3v4"}
+    checkpoints = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options}
+    settings.STORAGES = {**settings.STORAGES, "checkpoints": checkpoints}
+    settings.LORASMITH_S3_PUBLIC_URL = "http://store.example:9000"
+    return tmp_path
+
+
+def test_publish_fetch_link_and_remove_in_process(s3_endpoint, on_s3):
     """The storage functions themselves against the S3 server (fast tier): a save's files and its
     archive uploaded, fetched back after the local copy is gone, a presigned link of the public
     endpoint, and every object of the name removed."""
     from training import storage
 
-    for name, value in CREDENTIALS.items():
-        monkeypatch.setenv(name, value)
-    settings.DATA_DIR = tmp_path
-    options = {"bucket_name": BUCKET, "endpoint_url": s3_endpoint, "signature_version": "s3v4"}
-    settings.STORAGES = {
-        **settings.STORAGES,
-        "checkpoints": {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": options},
-    }
-    settings.LORASMITH_S3_PUBLIC_URL = "http://store.example:9000"
+    tmp_path = on_s3
     directory = storage.checkpoint_directory(7, "s:train:0", "sampler_weights", "inproc")
     directory.mkdir(parents=True)
     files = {"adapter_config.json": b'{"r": 8}', "adapter_model.safetensors": os.urandom(9 * 1024 * 1024)}  # multipart
@@ -326,6 +332,33 @@ def test_publish_fetch_link_and_remove_in_process(s3_endpoint, settings, tmp_pat
     storage.remove_checkpoint_files(location)
     assert _objects(s3_endpoint, "checkpoints/7/") == {} and not directory.exists()
     assert not storage.is_kept(location)
+
+
+def test_dashboard_download_redirects_to_the_store(s3_endpoint, on_s3, client, django_user_model):
+    """The dashboard's download button in S3 mode: a redirect to the archive's presigned URL on the
+    store's public endpoint (the store serves it; the web process sends no bytes)."""
+    from tests.front.conftest import make_run
+    from training import storage
+    from training.models import Checkpoint
+
+    user = django_user_model.objects.create_user("carol", password="pw-carol-123")
+    client.force_login(user)
+    run = make_run(user)
+    directory = storage.checkpoint_directory(user.id, run.id, "sampler_weights", "final")
+    directory.mkdir(parents=True)
+    (directory / "adapter_model.safetensors").write_bytes(b"weights")
+    location = storage.publish(directory, archive=True)
+    Checkpoint.objects.create(training_run=run, owner=user, checkpoint_type="sampler", name="final", directory=location)
+    answer = client.get(f"/runs/{run.id}/checkpoints/sampler_weights/final/download/")
+    assert answer.status_code == 302
+    url = answer["Location"]
+    assert urlsplit(url).netloc == "store.example:9000" and _query(url)["X-Amz-Expires"] == "3600"
+    # the same URL on the address this test reaches the store by (moto ignores the Host it was signed for)
+    served = httpx.get(url.replace("http://store.example:9000", s3_endpoint))
+    with tarfile.open(fileobj=io.BytesIO(served.content)) as tar:
+        assert {m.name: tar.extractfile(m).read() for m in tar.getmembers()} == {
+            "adapter_model.safetensors": b"weights"
+        }
 
 
 def _objects(endpoint: str, prefix: str) -> dict[str, bytes]:

@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from training.models import Operation, RunnerHeartbeat
+from training.models import Operation, RunnerHeartbeat, SamplingSession
 
 from .conftest import make_operation, make_run
 
@@ -87,3 +87,49 @@ def test_a_cycle_leaves_the_runners_heartbeat(alice, api_of, runner, browser):
     beat = RunnerHeartbeat.objects.get(base_model="tiny-llama")
     assert model_id in beat.resident_adapters and beat.resident_bytes > 0
     assert f'href="/runs/{model_id}/"' in browser.get("/overview/").content.decode()
+
+
+def test_active_runs_show_their_runner_and_snapshot(browser, alice, bob):
+    from .test_run import _place
+
+    mine, done, theirs = make_run(alice), make_run(alice, finished=True), make_run(bob)
+    _place(mine, host="node-7", device="cuda:3", state="dead")
+    _place(theirs, host="bobs-box")
+    page = browser.get("/overview/").content.decode()
+    body = re.search(r'<table id="active-runs">(.*?)</table>', page, re.S)[1]
+    rows = re.findall(r'<tr data-run="([^"]+)">(.*?)</tr>', body, re.S)
+    assert [run_id for run_id, _ in rows] == [mine.id] and done.id not in body  # not the finished one, not bob's
+    cells = [" ".join(re.sub(r"<[^>]+>", "", c).split()) for c in re.findall(r"<td[^>]*>(.*?)</td>", rows[0][1], re.S)]
+    assert cells[4].startswith("node-7 · cuda:3 dead") and cells[5] == "7"
+    assert "bobs-box" not in page
+
+
+def test_failures_link_to_their_run_operation_or_sample(browser, alice, data_dir):
+    from .conftest import make_checkpoint
+    from .test_playground import _sample_row
+
+    run = make_run(alice)
+    trained = make_operation(run, status="failed", error="step blew up", finished_at=timezone.now())
+    checkpoint = make_checkpoint(run, "s1")
+    sample = _sample_row(checkpoint, [])
+    SamplingSession.objects.filter(pk=sample.sampling_session_id).update(source_run=run)
+    Operation.objects.filter(pk=sample.pk).update(
+        status="failed", error="sampler fell over", finished_at=timezone.now()
+    )
+    base = SamplingSession.objects.create(
+        id=SamplingSession.make_id(run.session_id, 1), session=run.session, owner=alice, base_model="tiny-llama"
+    )
+    bare = Operation.of_sampler(base, 0, {"prompt": [1], "num_samples": 1, "sampling_params": {}}, status="failed")
+    bare.error, bare.finished_at = "base sampler failed", timezone.now()
+    bare.save(force_insert=True)
+
+    page = browser.get("/overview/").content.decode()
+
+    rows = dict(re.findall(r'<tr data-op="([^"]+)">(.*?)</tr>', page, re.S))
+    assert f'href="/runs/{run.id}/#op-{trained.id}"' in rows[trained.id]
+    assert f'id="op-{trained.id}"' in browser.get(f"/runs/{run.id}/").content.decode()  # the link's target
+    sample_url = re.search(r'class="failure-sample" href="([^"]+)"', rows[sample.id])[1].replace("&amp;", "&")
+    assert f'href="/runs/{run.id}/#op-{sample.id}"' in rows[sample.id]
+    assert "sampler fell over" in browser.get(sample_url).content.decode()  # the playground shows the failure
+    assert "href" not in rows[bare.id] and "a sampler of tiny-llama" in rows[bare.id]
+    assert sample.sampling_session_id not in page and base.id not in page  # no raw sampler ids

@@ -9,6 +9,8 @@ from datetime import timedelta
 
 from django.utils import timezone
 
+from training.models import Runner, Snapshot, TrainingRun
+
 from .conftest import add_points, make_checkpoint, make_operation, make_run
 
 
@@ -76,3 +78,33 @@ def test_the_header_names_the_run_and_shows_its_metadata(browser, alice):
     assert "<h1>cookbook.sl</h1>" in page and f"Run <code>{run.id}</code>" in page
     assert "<dt>LoRA rank</dt><dd>4</dd>" in page and "<dt>Base model</dt><dd>tiny-llama</dd>" in page
     assert "<dt>recipe</dt><dd><code>sl</code>" in page and "&lt;b&gt;chats&lt;/b&gt;" in page  # escaped
+
+
+def _place(run, host: str = "gpu-box", device: str = "cuda:1", state: str = "live"):
+    """`run` held by a runner row on `host`/`device`, with snapshots up to seq 7 (issue 22's fields)."""
+    runner = Runner.objects.create(
+        id=f"r-{run.session_id[:12]}",
+        base_model=run.base_model,
+        host=host,
+        device=device,
+        queue="q",
+        heartbeat_at=timezone.now(),
+    )
+    Runner.objects.filter(pk=runner.pk).update(state=state)
+    TrainingRun.objects.filter(pk=run.pk).update(runner=runner)
+    for seq in (3, 7):
+        Snapshot.objects.create(training_run=run, seq_id=seq, step=seq, directory=f"/snap/{seq}")
+    return runner
+
+
+def test_the_header_shows_the_runner_and_the_snapshot(browser, alice):
+    run, bare = make_run(alice), make_run(alice)
+    runner = _place(run)
+    page = browser.get(f"/runs/{run.id}/").content.decode()
+    cell = re.sub(r"<[^>]+>", "", re.search(r'<dd id="run-runner">(.*?)</dd>', page, re.S)[1])
+    assert "gpu-box · cuda:1" in cell and runner.id in cell  # host · device, then the runner's id
+    assert re.search(r'<dd id="run-snapshot">covers seq_id <strong>7</strong></dd>', page)
+    assert TrainingRun.objects.get(pk=run.pk).snapshot_seq_id() == 7  # what the API says too
+
+    page = browser.get(f"/runs/{bare.id}/").content.decode()
+    assert "none holds it" in page and re.search(r'<dd id="run-snapshot"><span class="muted">none yet', page)

@@ -1,5 +1,6 @@
-"""The overview: queues per base model with their waits, the runners and what they hold, and the
-viewer's recent failures (`front.overview`)."""
+"""The overview: queues per base model with their waits, the runners and what they hold, the
+viewer's active runs with their runner and snapshot, and the viewer's recent failures
+(`front.overview`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ def overview_page(request):
     context = {
         "queues": overview.queues(request.user),
         "runners": overview.runners(request.user),
+        "active_runs": overview.active_runs(request.user),
         "failures": overview.recent_failures(request.user),
     }
     return render(request, "front/overview.html", context)

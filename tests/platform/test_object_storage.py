@@ -105,7 +105,11 @@ class Backend:
 
 @pytest.fixture(scope="module", params=["local", "s3"])
 def backend(request, tmp_path_factory):
-    env = {"LORASMITH_SIGNED_URL_SECONDS": str(SIGNED_SECONDS), "LORASMITH_SNAPSHOT_EVERY_STEPS": "2"}
+    env = {
+        "LORASMITH_SIGNED_URL_SECONDS": str(SIGNED_SECONDS),
+        "LORASMITH_SNAPSHOT_EVERY_STEPS": "2",
+        "LORASMITH_EPHEMERAL_SAMPLERS_KEPT": "1",
+    }
     endpoint = None
     if request.param == "s3":
         endpoint = request.getfixturevalue("s3_endpoint")
@@ -243,6 +247,28 @@ def test_ttl_expiry_and_delete_free_the_store(backend, trained):
     assert wire.client.delete(f"{base}/doomed").status_code == 204
     assert backend.stored("/sampler_weights/doomed/") == {}
     assert wire.client.get(f"{base}/doomed/archive").status_code == 404
+
+
+@LIVE
+def test_ephemeral_samplers_are_stored_sampled_and_released(backend, trained):
+    """Unnamed sampler weights (save_weights_and_get_sampling_client) on the store: the runner
+    imports them to sample; with LORASMITH_EPHEMERAL_SAMPLERS_KEPT=1 the older one leaves the
+    store once a newer one is saved, and sampling it is a clear 410."""
+    wire = backend.wire
+    model_id = wire.model(trained["session"], 40, seed=23)
+    safe_run = model_id.replace(":", "_")
+    samplers = []
+    for seq in (1, 2):
+        body = {"model_id": model_id, "seq_id": seq, "sampling_session_seq_id": 40 + seq}
+        samplers.append(wire.result(wire.post("save_weights_for_sampler", body))["sampling_session_id"])
+        if seq == 1:
+            assert backend.stored(f"{safe_run}/ephemeral/seq-1/")  # stored before anything samples it
+            sampled = wire.result(wire.post("asample", Wire.sample_body(samplers[0], 0, SEQUENCE[:4], max_tokens=2)))
+            assert len(sampled["sequences"][0]["tokens"]) == 2
+    assert backend.stored(f"{safe_run}/ephemeral/seq-1/") == {} and backend.stored(f"{safe_run}/ephemeral/seq-2/")
+    refused = wire.send("asample", Wire.sample_body(samplers[0], 1, SEQUENCE[:4]))
+    assert refused.status_code == 410 and refused.json()["field"] == "sampling_session_id"
+    assert wire.send("asample", Wire.sample_body(samplers[1], 0, SEQUENCE[:4])).status_code == 200
 
 
 @LIVE

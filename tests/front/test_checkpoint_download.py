@@ -1,29 +1,51 @@
-"""Download: a redirect to a signed, expiring link to the checkpoint's .tar, which serves without
-a login; training checkpoints are refused with a message; another user's private one is a 404."""
+"""Download: the checkpoint's .tar, named after its run and checkpoint (issue 21), with its sha256;
+training checkpoints are refused with a message; another user's private one is a 404. (The API's
+archive link, signed and expiring, is tested with the API.)"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
-
-from django.test import Client
 
 from training.models import SamplingSession
 
 from .conftest import make_checkpoint, make_run
 
 
-def test_download_redirects_to_a_signed_archive(browser, alice, data_dir):
+def _archive(answer) -> tuple[str, bytes]:
+    """(the attachment's file name, its bytes)."""
+    assert answer.status_code == 200, answer.status_code
+    name = re.fullmatch(r'attachment; filename="([^"]+)"', answer["Content-Disposition"])[1]
+    return name, b"".join(answer.streaming_content)
+
+
+def test_the_archive_is_named_after_its_run_and_checkpoint(browser, alice, data_dir):
     run = make_run(alice)
     make_checkpoint(run, "final")
-    answer = browser.get(f"/runs/{run.id}/checkpoints/sampler_weights/final/download/")
-    assert answer.status_code == 302 and answer["Location"].startswith("http://testserver/files/")
-    served = Client().get(answer["Location"].removeprefix("http://testserver"))
-    assert served.status_code == 200
-    with tarfile.open(fileobj=io.BytesIO(b"".join(served.streaming_content))) as archive:
+    name, content = _archive(browser.get(f"/runs/{run.id}/checkpoints/sampler_weights/final/download/"))
+    assert name == f"{run.session_id.replace('-', '')[:8]}-final.tar"
+    with tarfile.open(fileobj=io.BytesIO(content)) as archive:
         assert archive.getnames() == ["adapter_model.safetensors"]
+        assert archive.extractfile("adapter_model.safetensors").read() == b"weights"
+
+
+def test_a_named_run_and_an_export_name_the_archive_so(browser, alice, data_dir):
+    run = make_run(alice)
+    run.session.display_name = "cookbook.sl / my run"
+    run.session.save(update_fields=["display_name"])
+    make_checkpoint(run, "step-000080")
+    make_checkpoint(run, "step-000080", kind="external")
+    short = run.session_id.replace("-", "")[:8]
+    sampler = browser.get(f"/runs/{run.id}/checkpoints/sampler_weights/step-000080/download/")
+    name, content = _archive(sampler)
+    assert name == f"cookbook.sl-my-run-{short}-step-000080.tar"
+    assert sampler["X-Checksum-Sha256"] == hashlib.sha256(content).hexdigest()
+    name, _ = _archive(browser.get(f"/runs/{run.id}/checkpoints/external_weights/step-000080/download/"))
+    assert name == f"cookbook.sl-my-run-{short}-step-000080-peft.tar"
 
 
 def test_training_checkpoints_are_not_downloadable(browser, alice, data_dir):
@@ -43,7 +65,8 @@ def test_another_users_private_checkpoint_is_404(browser, bob, data_dir):
 def test_a_published_checkpoint_downloads_for_everyone(browser, bob, data_dir):
     run = make_run(bob)
     make_checkpoint(run, "shared", public=True)
-    assert browser.get(f"/runs/{run.id}/checkpoints/sampler_weights/shared/download/").status_code == 302
+    name, _ = _archive(browser.get(f"/runs/{run.id}/checkpoints/sampler_weights/shared/download/"))
+    assert name.endswith("-shared.tar")
 
 
 def test_a_downloaded_adapter_names_the_served_base_model(browser, alice, api_of, runner, data_dir):
@@ -56,9 +79,8 @@ def test_a_downloaded_adapter_names_the_served_base_model(browser, alice, api_of
     unnamed = wire.result(wire.post("save_weights_for_sampler", {"model_id": model_id, "seq_id": 3}))
 
     for segment, name in (("sampler_weights", "s1"), ("external_weights", "e1")):
-        link = browser.get(f"/runs/{model_id}/checkpoints/{segment}/{name}/download/")["Location"]
-        served = Client().get(link.removeprefix("http://testserver"))
-        with tarfile.open(fileobj=io.BytesIO(b"".join(served.streaming_content))) as archive:
+        _, content = _archive(browser.get(f"/runs/{model_id}/checkpoints/{segment}/{name}/download/"))
+        with tarfile.open(fileobj=io.BytesIO(content)) as archive:
             config = json.load(archive.extractfile("adapter_config.json"))
         assert config["base_model_name_or_path"] == "tiny-llama", segment
     sampler = SamplingSession.objects.get(id=unnamed["sampling_session_id"])

@@ -1,14 +1,21 @@
-"""Checkpoints: the list, a signed download link, delete, change TTL, publish/unpublish."""
+"""Checkpoints: the list, download, delete, change TTL, publish/unpublish.
+
+A download is the checkpoint's `.tar` named after its run (`training.download_names`): served here
+for a logged-in person when checkpoints are local files; with an object store, a redirect to the
+store's presigned URL (named by `training.storage`, `<checkpoint>.tar`)."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
+from django.http import FileResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_POST
 
-from training import storage
+from training import download_names, object_store, storage
 from training.errors import BadRequest
 from training.models import Checkpoint
 from training.upkeep import retention
@@ -48,8 +55,14 @@ def download(request, run_id: str, segment: str, name: str):
     except BadRequest as refused:  # a training checkpoint: optimizer state, not for download
         messages.error(request, refused.message)
         return redirect("front:checkpoints")
-    url, _ = storage.download_url(request, storage.archive_of(checkpoint.directory))
-    return redirect(url)
+    archive = storage.archive_of(checkpoint.directory)
+    if object_store.is_remote():
+        url, _ = storage.download_url(request, archive)
+        return redirect(url)
+    name = download_names.archive_name(checkpoint)
+    response = FileResponse(open(archive, "rb"), as_attachment=True, filename=name)  # noqa: SIM115 - it closes it
+    response["X-Checksum-Sha256"] = storage.sha256(Path(archive))
+    return response
 
 
 @login_required

@@ -250,6 +250,26 @@ def test_ttl_expiry_and_delete_free_the_store(backend, trained):
 
 
 @LIVE
+def test_an_overwrite_switches_versions_and_drops_the_old_one(backend, trained):
+    """Issue 19's versions on both backends: an overwritten checkpoint's store holds the new
+    version and its archive only, and the archive served is the new one."""
+    wire = backend.wire
+    model_id = wire.model(trained["session"], 50, seed=24)
+    archives = []
+    for seq in (1, 3):
+        wire.result(wire.forward_backward(model_id, seq, [datum_json(SEQUENCE)]))
+        wire.result(wire.optim_step(model_id, seq + 1))
+        body = {"model_id": model_id, "seq_id": seq + 2, "path": "ow", "overwrite": True}
+        wire.result(wire.post("save_weights_for_sampler", body))
+        archive = wire.get(f"training_runs/{model_id}/checkpoints/sampler_weights/ow/archive")
+        archives.append(httpx.get(archive["url"]).content)
+    stored = backend.stored(f"{model_id.replace(':', '_')}/sampler_weights/ow/")
+    versions = {k.split("/sampler_weights/ow/")[1].split("/")[0].removesuffix(".archive") for k in stored}
+    assert len(versions) == 1  # the old version and its archive are gone
+    assert archives[0] != archives[1] and [v for k, v in stored.items() if k.endswith("ow.tar")] == [archives[1]]
+
+
+@LIVE
 def test_ephemeral_samplers_are_stored_sampled_and_released(backend, trained):
     """Unnamed sampler weights (save_weights_and_get_sampling_client) on the store: the runner
     imports them to sample; with LORASMITH_EPHEMERAL_SAMPLERS_KEPT=1 the older one leaves the
@@ -327,7 +347,7 @@ def test_publish_fetch_link_and_remove_in_process(s3_endpoint, on_s3):
     """The storage functions themselves against the S3 server (fast tier): a save's files and its
     archive uploaded, fetched back after the local copy is gone, a presigned link of the public
     endpoint, and every object of the name removed."""
-    from training import storage
+    from training import object_store, storage
 
     tmp_path = on_s3
     directory = storage.checkpoint_directory(7, "s:train:0", "sampler_weights", "inproc")
@@ -355,7 +375,11 @@ def test_publish_fetch_link_and_remove_in_process(s3_endpoint, on_s3):
     assert urlsplit(url).netloc == "store.example:9000" and _query(url)["X-Amz-Expires"] == "120"
     assert 60 < (expires - datetime.now(UTC)).total_seconds() <= 120
 
-    storage.remove_checkpoint_files(location)
+    killed = storage.checkpoint_directory(7, "s:train:0", "sampler_weights", "inproc")  # a save killed mid-upload
+    killed.mkdir(parents=True)
+    (killed / "adapter_config.json").write_bytes(b"{}")
+    object_store.upload(killed / "adapter_config.json", f"{storage.key_of(killed)}/adapter_config.json")
+    storage.remove_checkpoint_files(location)  # every version of the name goes, the orphan too
     assert _objects(s3_endpoint, "checkpoints/7/") == {} and not directory.exists()
     assert not storage.is_kept(location)
 

@@ -14,6 +14,7 @@ import hashlib
 import re
 import shutil
 import tarfile
+import threading
 import time
 import uuid
 from datetime import UTC, datetime
@@ -120,11 +121,33 @@ def _cached_marker(directory: Path) -> Path:
     return directory.with_name(directory.name + ".cached")
 
 
+KEPT_ANSWER_SECONDS = 2.0
+_kept_until: dict[str, float] = {}  # remote keys seen holding files, until when that answer stands
+_kept_lock = threading.Lock()
+
+
 def is_kept(location: Path | str) -> bool:
-    """Whether a location still holds files (a released sampler's no longer does)."""
+    """Whether a location still holds files (a released sampler's no longer does). Every sample
+    request asks, so with a remote store a "yes" is reused for a moment instead of listing the
+    store each time; a removal in this process forgets it at once."""
     if not object_store.is_remote():
         return Path(location).is_dir()
-    return bool(object_store.files(key_of(location)))
+    key = key_of(location)
+    if _kept_until.get(key, 0.0) > time.monotonic():
+        return True
+    kept = bool(object_store.files(key))
+    if kept:
+        with _kept_lock:
+            if len(_kept_until) > 10_000:
+                _kept_until.clear()
+            _kept_until[key] = time.monotonic() + KEPT_ANSWER_SECONDS
+    return kept
+
+
+def _forget_kept(key: str) -> None:
+    with _kept_lock:
+        for known in [k for k in _kept_until if k == key or k.startswith(key + "/")]:
+            del _kept_until[known]
 
 
 def subdirectories(location: Path | str) -> list[str]:
@@ -140,6 +163,7 @@ def remove_tree(location: Path | str) -> None:
     """A directory's files, from the store and from this process's cache."""
     directory = local_directory(location)
     if object_store.is_remote():
+        _forget_kept(key_of(location))
         object_store.delete_tree(key_of(location))
         _cached_marker(directory).unlink(missing_ok=True)
     shutil.rmtree(directory, ignore_errors=True)

@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from django.conf import settings
 from django.core.files import File
@@ -95,6 +96,7 @@ def public_store() -> Storage:
 
 def presigned_url(key: str, filename: str, seconds: int) -> str:
     """A GET URL of the store for `key`, valid `seconds`, that downloads as `filename`."""
-    disposition = f'attachment; filename="{filename}"'
+    plain = filename.encode("ascii", "replace").decode().replace('"', "_").replace("\\", "_")
+    disposition = f"attachment; filename=\"{plain}\"; filename*=UTF-8''{quote(filename)}"
     backend: Any = public_store()  # S3Storage.url takes the query parameters and the expiry
     return backend.url(key, parameters={"ResponseContentDisposition": disposition}, expire=seconds)

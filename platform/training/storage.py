@@ -318,13 +318,17 @@ def checkpoint_files(location: Path | str) -> list[Path | str]:
     return [f"{key}/{name}" for name in object_store.files(key)]
 
 
-def download_url(request, location: Path | str, seconds: int | None = None) -> tuple[str, datetime]:
+def download_url(
+    request, location: Path | str, seconds: int | None = None, filename: str | None = None
+) -> tuple[str, datetime]:
     """A link that downloads a checkpoint file or archive without an API key, and its expiry: a
     `/files/` URL signed here for local files, a URL of the store presigned for its public endpoint
-    otherwise (the bytes then never pass through the web process)."""
+    otherwise (the bytes then never pass through the web process; the store names the download
+    `filename`, default the file's own name)."""
     if not object_store.is_remote():
         return signed_url(request, Path(location), seconds)
     seconds = seconds or settings.LORASMITH.signed_url_seconds
     expires = int(time.time()) + seconds
     key = key_of(location)
-    return object_store.presigned_url(key, PurePosixPath(key).name, seconds), datetime.fromtimestamp(expires, tz=UTC)
+    url = object_store.presigned_url(key, filename or PurePosixPath(key).name, seconds)
+    return url, datetime.fromtimestamp(expires, tz=UTC)

@@ -388,7 +388,7 @@ def test_dashboard_download_redirects_to_the_store(s3_endpoint, on_s3, client, d
     """The dashboard's download button in S3 mode: a redirect to the archive's presigned URL on the
     store's public endpoint (the store serves it; the web process sends no bytes)."""
     from tests.front.conftest import make_run
-    from training import storage
+    from training import download_names, storage
     from training.models import Checkpoint
 
     user = django_user_model.objects.create_user("carol", password="pw-carol-123")
@@ -405,6 +405,9 @@ def test_dashboard_download_redirects_to_the_store(s3_endpoint, on_s3, client, d
     assert urlsplit(url).netloc == "store.example:9000" and _query(url)["X-Amz-Expires"] == "3600"
     # the same URL on the address this test reaches the store by (moto ignores the Host it was signed for)
     served = httpx.get(url.replace("http://store.example:9000", s3_endpoint))
+    assert (
+        f'filename="{download_names.archive_name(Checkpoint.objects.get())}"' in served.headers["content-disposition"]
+    )
     with tarfile.open(fileobj=io.BytesIO(served.content)) as tar:
         assert {m.name: tar.extractfile(m).read() for m in tar.getmembers()} == {
             "adapter_model.safetensors": b"weights"

@@ -56,10 +56,10 @@ def download(request, run_id: str, segment: str, name: str):
         messages.error(request, refused.message)
         return redirect("front:checkpoints")
     archive = storage.archive_of(checkpoint.directory)
-    if object_store.is_remote():
-        url, _ = storage.download_url(request, archive)
-        return redirect(url)
     name = download_names.archive_name(checkpoint)
+    if object_store.is_remote():  # the store serves it, under the same name
+        url, _ = storage.download_url(request, archive, filename=name)
+        return redirect(url)
     response = FileResponse(open(archive, "rb"), as_attachment=True, filename=name)  # noqa: SIM115 - it closes it
     response["X-Checksum-Sha256"] = storage.sha256(Path(archive))
     return response

@@ -390,3 +390,98 @@ def test_a_second_user_sees_nothing_of_the_first(site, tmp_path):
         assert answer.status == 404, (action, answer.status)
     assert wire.get(f"training_runs/{model_id}/checkpoints")["checkpoints"][0]["expires_at"] is None  # untouched
     eve.context.close()
+
+
+def test_playground_tools_named_downloads_and_where_runs_live(site, tmp_path):
+    """Issue 21's second pass in a browser: the playground's prompt-format hint (from the run's
+    renderer) and its stop sequences, a refused form that keeps the last output, whitespace made
+    visible; a download named after its run; the overview and run page naming each run's runner and
+    snapshot as the API does; the new parts at phone width without sideways scrolling."""
+    server, browser = site
+    grace = Pages(browser, server, tmp_path, "grace")
+    page = grace.page
+    grace.sign_up("grace")
+    key = server.make_api_key("grace")
+    service = lorasmith.ServiceClient(base_url=server.base_url, api_key=key)
+    training = service.create_lora_training_client(
+        "tiny-llama", rank=8, seed=4, user_metadata={"renderer": "completion"}
+    )
+    training.forward_backward([_datum(s) for s in SEQUENCES]).result()
+    training.optim_step(AdamParams(learning_rate=2e-2)).result()
+    training.save_weights_for_sampler("g1").result()
+    checkpoint = f"/runs/{training.model_id}/checkpoints/sampler_weights/g1"
+
+    # the hint names the run's renderer, and its stop string starts the stop field
+    grace.go(f"{checkpoint}/playground/")
+    hint = page.locator("#format-hint")
+    assert "completion" in hint.locator("summary").inner_text()
+    assert page.locator("#format-template").inner_text() == "<|bos|>{your text}"
+    assert page.get_by_label("Stop sequences").input_value() == "\\n"
+    page.get_by_label("Prompt").fill("Once upon a time")
+    page.get_by_role("button", name="Wrap my prompt in this format").click()
+    assert page.get_by_label("Prompt").input_value() == "<|bos|>Once upon a time"
+    page.get_by_label("Stop sequences").fill("")
+    page.get_by_label("Max tokens").fill("12")
+    page.get_by_label("Temperature").fill("0")
+    grace.shot("playground-hint")
+    page.get_by_role("button", name="Sample").click()
+    cells = page.locator("#sample-output .token-table td code.token-text")
+    cells.first.wait_for(state="attached", timeout=60_000)  # in a closed <details>
+    free = [cells.nth(i).text_content() for i in range(cells.count())]
+    assert 2 < len(free) <= 12 and all(free)  # no blank cell
+    assert all(not ch.isspace() for c in free for ch in c)  # whitespace shows as ↵ → ·
+
+    # a stop sequence taken from that output ends the next sample there (greedy: same tokens)
+    texts = [c.replace("·", " ").replace("↵", "\n").replace("→", "\t") for c in free]
+    cut = next(i for i in range(2, len(texts)) if texts[i].strip() and texts[i] not in "".join(texts[:i]))
+    page.get_by_label("Stop sequences").fill(texts[cut].replace("\n", "\\n").replace("\t", "\\t"))
+    page.get_by_role("button", name="Sample").click()
+    page.locator("#sample-output h3", has_text="stopped: stop").wait_for(timeout=60_000)
+    assert [cells.nth(i).text_content() for i in range(cells.count())] == free[: cut + 1]
+    grace.shot("playground-stopped")
+
+    # a refused form keeps that output on the page, next to the error
+    page.get_by_label("Max tokens").fill("0")
+    page.get_by_role("button", name="Sample").click()
+    page.locator(".field.invalid .error").first.wait_for()
+    assert page.locator("#sample-output .sequence").count() == 1 and cells.count() == cut + 1
+    grace.shot("playground-error-keeps-output")
+
+    # the download is named after the run and the checkpoint
+    grace.go("/checkpoints/")
+    with page.expect_download() as download:
+        page.get_by_role("link", name="Download g1").click()
+    assert re.fullmatch(r"[0-9a-f]{8}-g1\.tar", download.value.suggested_filename), download.value.suggested_filename
+    assert training.model_id.replace("-", "").startswith(download.value.suggested_filename[:8])
+
+    # where the run lives: the overview and the run page say what the API says
+    described = httpx.get(
+        f"{server.base_url}/api/v1/training_runs/{training.model_id}", headers={"X-API-Key": key}
+    ).json()
+    runner = described["runner"]
+    assert runner and runner["host"]
+    place = runner["host"] + (f" · {runner['device']}" if runner["device"] else "")  # the embedded one: no device
+    grace.go("/overview/")
+    row = page.locator(f'#active-runs tr[data-run="{training.model_id}"]')
+    assert row.locator(".runner-cell").inner_text().startswith(place)
+    snapshot = described["snapshot_seq_id"]
+    assert row.locator(".snapshot-cell").inner_text() == (str(snapshot) if snapshot is not None else "none yet")
+    grace.shot("overview-active-runs")
+    grace.go(f"/runs/{training.model_id}/")
+    assert (
+        page.locator("#run-runner").inner_text().startswith(place)
+        and page.locator(f'#run-runner code[title="runner {runner["id"]}"]').count() == 1
+    )
+    assert (str(snapshot) if snapshot is not None else "none yet") in page.locator("#run-snapshot").inner_text()
+    grace.shot("run-runner")
+
+    page.set_viewport_size({"width": 390, "height": 844})
+    for name, url in [("playground", f"{checkpoint}/playground/"), ("overview", "/overview/")]:
+        grace.go(url)
+        page.wait_for_load_state("networkidle")
+        width = page.evaluate("document.documentElement.scrollWidth")
+        grace.shot(f"phone-{name}")
+        assert width <= 390, (name, width, page.evaluate(WIDER_THAN_THE_SCREEN))
+    service.close()
+    grace.context.close()
+    _keep_screenshots(tmp_path)

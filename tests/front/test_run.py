@@ -101,8 +101,10 @@ def test_the_header_shows_the_runner_and_the_snapshot(browser, alice):
     run, bare = make_run(alice), make_run(alice)
     runner = _place(run)
     page = browser.get(f"/runs/{run.id}/").content.decode()
-    cell = re.sub(r"<[^>]+>", "", re.search(r'<dd id="run-runner">(.*?)</dd>', page, re.S)[1])
-    assert "gpu-box · cuda:1" in cell and runner.id in cell  # host · device, then the runner's id
+    html = re.search(r'<dd id="run-runner">(.*?)</dd>', page, re.S)[1]
+    cell = re.sub(r"<[^>]+>", "", html)
+    assert "gpu-box · cuda:1" in cell and runner.id[:8] in cell  # host · device, then the runner's id
+    assert f'title="runner {runner.id}"' in html
     assert re.search(r'<dd id="run-snapshot">covers seq_id <strong>7</strong></dd>', page)
     assert TrainingRun.objects.get(pk=run.pk).snapshot_seq_id() == 7  # what the API says too
 

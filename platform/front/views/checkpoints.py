@@ -2,7 +2,7 @@
 
 A download is the checkpoint's `.tar` named after its run (`training.download_names`): served here
 for a logged-in person when checkpoints are local files; with an object store, a redirect to the
-store's presigned URL (named by `training.storage`, `<checkpoint>.tar`)."""
+store's presigned URL, which serves it under the same name."""
 
 from __future__ import annotations
 

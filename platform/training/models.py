@@ -15,8 +15,9 @@ from django.conf import settings
 from django.db import IntegrityError, models, transaction
 from django.utils import timezone
 
-from . import costs
+from . import costs, events
 from .errors import BadRequest
+from .usage_counts import Counts, consumed
 
 
 class Session(models.Model):
@@ -174,8 +175,6 @@ class OperationQuerySet(models.QuerySet["Operation"]):
         usage and pushed nothing. `known` is the in-memory
         instance of the one operation to finish (saves a query; its payload counts the usage).
         Returns the ids it finished."""
-        from . import events, usage  # they import this module
-
         fields = Operation.finished_fields(status, error=error, category=category, result=result)
         finished: list[str] = []
         pending = self.pending()  # an operation ends once
@@ -185,7 +184,7 @@ class OperationQuerySet(models.QuerySet["Operation"]):
                 if not pending.filter(pk=pk).update(**fields):
                     continue  # finished or taken over meanwhile: not ours to finish
                 if result is not None:
-                    usage.record(known or Operation.objects.select_related("sampling_session").get(pk=pk), result)
+                    UsageRecord.record(known or Operation.objects.select_related("sampling_session").get(pk=pk), result)
                 finished.append(pk)
                 transaction.on_commit(functools.partial(events.future_finished, owner_id, pk))
         return finished
@@ -496,6 +495,24 @@ class UsageRecord(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["owner", "day"])]
+
+    @classmethod
+    def record(cls, op: Operation, result: dict) -> UsageRecord | None:
+        """Store what `op` consumed (nothing for operations that consume no tokens); a sample is
+        charged to the run whose checkpoint its sampler reads, when the sampler's owner owns it."""
+        counts = consumed(op.kind, op.payload, result)
+        if counts == Counts():
+            return None
+        sampler = op.sampling_session
+        return cls.objects.create(
+            operation=op,
+            owner_id=op.owner_id,
+            api_key_id=op.api_key_id,
+            training_run_id=op.training_run_id or (sampler.source_run_id if sampler is not None else None),
+            base_model=op.base_model,
+            day=timezone.now().date(),  # UTC: TIME_ZONE is UTC
+            **counts.to_dict(),
+        )
 
 
 class RunnerHeartbeat(models.Model):

@@ -1,80 +1,17 @@
-"""Usage: what each finished operation consumed, and one user's totals per run, per API key and
-per day. Reads and writes models only.
-
-`record` is called as an operation's result is stored, in the same transaction, so an operation
-is counted exactly once (a `UsageRecord` names its operation, one-to-one) and never recomputed
-from logs. What counts:
-
-- `forward_backward`: the tokens of every datum's `model_input` are `tokens_trained`, or
-  `tokens_forward` for a forward-only pass;
-- `sample`: the tokens generated, over all returned sequences, are `tokens_sampled`;
-- `optim_step`: one optimizer step.
-
-Other operations (creating a model, saves, loads) consume no tokens and leave no record.
-"""
+"""Usage: one user's totals per run, per API key and per day, read from the `UsageRecord`s that
+`UsageRecord.record` writes as each operation finishes (`usage_counts` says what counts)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from datetime import date, timedelta
 
 from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
-from .models import Operation, UsageRecord
+from .models import UsageRecord
+from .usage_counts import COUNTS, Counts
 
-COUNTS = ("tokens_trained", "tokens_forward", "tokens_sampled", "optimizer_steps")
 MAX_DAYS = 366
-
-
-@dataclass(frozen=True)
-class Counts:
-    tokens_trained: int = 0
-    tokens_forward: int = 0
-    tokens_sampled: int = 0
-    optimizer_steps: int = 0
-
-    def to_dict(self) -> dict[str, int]:
-        return asdict(self)
-
-
-def consumed(op: Operation, result: dict) -> Counts:
-    """What `op` consumed, given the result it finished with."""
-    if op.kind == "forward_backward":
-        tokens = sum(_input_length(datum["model_input"]) for datum in op.payload["data"])
-        return Counts(tokens_forward=tokens) if op.payload.get("forward_only") else Counts(tokens_trained=tokens)
-    if op.kind == "optim_step":
-        return Counts(optimizer_steps=1)
-    if op.kind == "sample":
-        return Counts(tokens_sampled=sum(len(sequence["tokens"]) for sequence in result["sequences"]))
-    return Counts()
-
-
-def _input_length(model_input: dict) -> int:
-    return sum(len(chunk["tokens"]) for chunk in model_input["chunks"])
-
-
-def record(op: Operation, result: dict) -> UsageRecord | None:
-    """Store what `op` consumed (nothing for operations that consume no tokens)."""
-    counts = consumed(op, result)
-    if counts == Counts():
-        return None
-    return UsageRecord.objects.create(
-        operation=op,
-        owner_id=op.owner_id,
-        api_key_id=op.api_key_id,
-        training_run_id=op.training_run_id or _sampled_run_id(op),
-        base_model=op.base_model,
-        day=timezone.now().date(),  # UTC: TIME_ZONE is UTC
-        **counts.to_dict(),
-    )
-
-
-def _sampled_run_id(op: Operation) -> str | None:
-    """The run a sample is charged to: the one whose checkpoint its sampler reads, when the sampler's
-    owner owns that run."""
-    sampler = op.sampling_session
-    return sampler.source_run_id if sampler is not None else None
 
 
 # ---- one user's usage -----------------------------------------------------------------------

@@ -7,16 +7,23 @@
 
   .venv/bin/python bench/overhead_roundtrip.py [--round-trips 30] [--steps 10] [--batch 8] [--length 128]
   [--only embedded|scale]  (scale needs PostgreSQL and Redis on loopback)
+  [--compare DIR]  (also serve from another checkout, e.g. `git archive <before> | tar -x -C DIR`,
+                    alternating the two trees path by path: before/after side by side in one run)
+
+The bare engine is measured right after each served run, in this process, so each ratio compares
+figures taken under the same machine load (the load average is printed with them).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import statistics
 import time
 
+import deployments
 import torch
-from deployments import embedded_deployment, scale_deployment
 
 import lorasmith
 from gpu_runner import Engine
@@ -93,6 +100,17 @@ def measure(name: str, deployment, args) -> dict[str, float]:
     return {"p50_ms": p50 * 1000, "served": served, "bare": bare}
 
 
+@contextlib.contextmanager
+def served_from(root: str | None):
+    """Start deployments from `root` (None: this checkout)."""
+    before = deployments.ROOT
+    deployments.ROOT = deployments.Path(root) if root else before
+    try:
+        yield
+    finally:
+        deployments.ROOT = before
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--round-trips", type=int, default=30)
@@ -100,15 +118,33 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--only", choices=["embedded", "scale"])
+    parser.add_argument("--compare", help="another checkout to serve from too (its figures print as 'before')")
+    parser.add_argument("--repeat", type=int, default=1, help="alternate the trees this many times per path")
     args = parser.parse_args()
-    paths = {"embedded": embedded_deployment, "scale": scale_deployment}
-    print(f"{'path':<10}{'forward p50 ms':>16}{'served tok/s':>14}{'bare tok/s':>12}{'ratio':>8}")
+    paths = {"embedded": deployments.embedded_deployment, "scale": deployments.scale_deployment}
+    trees = [("before", args.compare), ("after", None)] if args.compare else [("", None)]
+    print(f"{'path':<18}{'forward p50 ms':>16}{'served tok/s':>14}{'bare tok/s':>12}{'ratio':>8}{'load avg':>10}")
+    runs: dict[str, list[dict[str, float]]] = {}
     for name, start in paths.items():
         if args.only and name != args.only:
             continue
-        got = measure(name, start() if name == "embedded" else start(1), args)
-        ratio = got["served"] / got["bare"]
-        print(f"{name:<10}{got['p50_ms']:>16.1f}{got['served']:>14.0f}{got['bare']:>12.0f}{ratio:>7.2f}x")
+        for _ in range(args.repeat):
+            for label, root in trees:
+                with served_from(root):
+                    got = measure(name, start() if name == "embedded" else start(1), args)
+                title = f"{name} {label}".strip()
+                runs.setdefault(title, []).append(got)
+                _row(title, got["p50_ms"], got["served"], got["bare"], os.getloadavg()[0])
+    if args.repeat > 1:
+        print("medians over the repeats:")
+        for title, got in runs.items():
+            p50, served, bare = (statistics.median(g[k] for g in got) for k in ("p50_ms", "served", "bare"))
+            ratio = statistics.median(g["served"] / g["bare"] for g in got)
+            print(f"{title:<18}{p50:>16.1f}{served:>14.0f}{bare:>12.0f}{ratio:>7.2f}x")
+
+
+def _row(title: str, p50_ms: float, served: float, bare: float, load: float) -> None:
+    print(f"{title:<18}{p50_ms:>16.1f}{served:>14.0f}{bare:>12.0f}{served / bare:>7.2f}x{load:>10.1f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,14 +1,20 @@
 """`retrieve_future`: an async long-poll, so a waiting client holds no worker thread and, between its
-polls, no database connection. A finished forward/forward_backward or sample result is answered as
-protobuf when the client's Accept asks for it (Tinker's SDK does, and reads those two only as
-protobuf), as JSON otherwise."""
+polls, no database connection. In embedded mode it is woken by the push that its future finished
+(the in-process Channels layer's `future.finished`, the WebSocket's source), so it answers as soon
+as the row is written, not at its next look; it still looks at the row now and then, so a lost push
+costs only time. A
+finished forward/forward_backward or sample result is answered as protobuf when the client's Accept
+asks for it (Tinker's SDK does, and reads those two only as protobuf), as JSON otherwise."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
+from typing import Any
 
 from asgiref.sync import sync_to_async
+from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
@@ -17,15 +23,18 @@ from django.views.decorators.csrf import csrf_exempt
 from accounts.services import user_for_key
 from training import access, test_hooks
 from training.errors import ApiError, BadRequest
+from training.events import user_group
 
 from . import request_json, result_proto, serializers
 from .errors import error_body, json_error
 
-POLL_INTERVAL = 0.05  # first re-check; most cycles finish within a few of these
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.05  # first re-check without a push; most cycles finish within a few of these
 MAX_POLL_INTERVAL = 0.5  # later re-checks back off: many idle long-polls stay cheap
 
 
-def _lookup(key: str | None, request) -> tuple[object, str]:
+def _lookup(key: str | None, request) -> tuple[Any, str]:
     """Authenticates first, then reads the body: a request without a valid key is 401 whatever it sent."""
     user = user_for_key(key)
     if user is None:
@@ -38,7 +47,7 @@ def _lookup(key: str | None, request) -> tuple[object, str]:
     return user, request_id
 
 
-def _lookup_and_release(key: str | None, request) -> tuple[object, str]:
+def _lookup_and_release(key: str | None, request) -> tuple[Any, str]:
     try:
         return _lookup(key, request)
     finally:
@@ -76,15 +85,65 @@ async def retrieve_future(request):
     protobuf = result_proto.wants_protobuf(request.headers.get("Accept", ""))
     deadline = time.monotonic() + settings.LORASMITH.long_poll_seconds
     interval = POLL_INTERVAL
-    while True:
-        state = await sync_to_async(_state)(user, request_id)
-        if state is not None:
-            return _answer(state, protobuf)
-        left = deadline - time.monotonic()
-        if left <= 0:
-            return JsonResponse({"type": "try_again", "request_id": request_id, "queue_state": "active"})
-        await asyncio.sleep(min(interval, left))
-        interval = min(interval * 1.5, MAX_POLL_INTERVAL)
+    async with _Wakeup(user.id, request_id) as wakeup:  # listening before the first look: no push slips by
+        while True:
+            state = await sync_to_async(_state)(user, request_id)
+            if state is not None:
+                return _answer(state, protobuf)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return JsonResponse({"type": "try_again", "request_id": request_id, "queue_state": "active"})
+            await wakeup.wait(min(interval, left))
+            interval = min(interval * 1.5, MAX_POLL_INTERVAL)
+
+
+class _Wakeup:
+    """Waits for the push that `request_id` finished, on a channel of the user's group for the
+    long-poll's lifetime. Only on the in-process layer: channels_redis serializes a process's
+    receives behind one lock and a 5 s blocking pop, and six waiting long-polls held another user's
+    requests up for seconds (test_reliability_long_polls); there, and without a layer, it sleeps."""
+
+    def __init__(self, user_id: int, request_id: str) -> None:
+        self.group, self.request_id = user_group(user_id), request_id
+        layer = get_channel_layer()
+        self.layer: BaseChannelLayer | None = layer if isinstance(layer, InMemoryChannelLayer) else None
+        self.channel: str | None = None
+
+    async def __aenter__(self) -> _Wakeup:
+        if self.layer is not None:
+            try:
+                self.channel = await self.layer.new_channel()
+                await self.layer.group_add(self.group, self.channel)
+            except Exception:
+                log.warning("long-poll without push wake-up (channel layer unavailable)", exc_info=True)
+                self.channel = None
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.layer is not None and self.channel is not None:
+            try:
+                await self.layer.group_discard(self.group, self.channel)
+            except Exception:
+                log.warning("could not leave the push group of a long-poll", exc_info=True)
+
+    async def wait(self, seconds: float) -> None:
+        """Return when the future's push comes, or after `seconds`."""
+        if self.layer is None or self.channel is None:
+            await asyncio.sleep(seconds)
+            return
+        until = time.monotonic() + seconds
+        while (left := until - time.monotonic()) > 0:
+            try:
+                message = await asyncio.wait_for(self.layer.receive(self.channel), left)
+            except TimeoutError:
+                return
+            except Exception:  # the layer failed: fall back to a plain wait
+                log.warning("long-poll push wake-up failed", exc_info=True)
+                self.channel = None
+                await asyncio.sleep(max(0.0, until - time.monotonic()))
+                return
+            if message.get("type") == "future.finished" and message.get("request_id") == self.request_id:
+                return
 
 
 def _answer(state: dict, protobuf: bool) -> HttpResponse:

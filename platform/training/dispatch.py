@@ -24,7 +24,7 @@ from datetime import datetime
 
 import dramatiq
 from django.db import transaction
-from django.db.models import Case, F, Value, When
+from django.db.models import Case, Exists, F, OuterRef, Q, Value, When
 from django.utils import timezone
 
 from . import runners
@@ -46,12 +46,19 @@ MAX_ATTEMPTS = 2
 
 
 def dispatch(base_model: str) -> None:
-    """Start a cycle on every free live runner of `base_model` that has ready work."""
-    for runner_id in runners.overdue(base_model):
-        retire(runner_id, reason="no heartbeat")
+    """Start a cycle on every free live runner of `base_model` that has ready work. Called on
+    every submit and after every cycle, so its cost is the service's own overhead: a few queries
+    whatever the number of runs (the live runners, the unplaced work, one claim per free runner
+    that finds nothing queued on it; the cycle's own reads and writes when one starts)."""
+    live = list(Runner.objects.live(base_model))
+    deadline = runners.dead_deadline()
+    for runner in live:
+        if runner.heartbeat_at < deadline:
+            retire(runner.id, reason="no heartbeat")
     _place_waiting(base_model)
-    for runner in Runner.objects.live(base_model).filter(busy_cycle=""):
-        dispatch_runner(runner)
+    for runner in live:
+        if runner.heartbeat_at >= deadline and not runner.busy_cycle:
+            dispatch_runner(runner)
 
 
 def dispatch_runner(runner: Runner) -> None:
@@ -84,8 +91,14 @@ def release_slot(runner_id: str, cycle_id: str) -> None:
 
 
 def _claim(runner_id: str, cycle_id: str) -> bool:
+    """Take the runner's slot, only if it is free and something is queued on it (one query: an
+    idle runner costs a dispatch nothing more)."""
+    queued = Operation.objects.filter(status=Operation.Status.QUEUED).filter(
+        Q(sampling_session__runner_id=OuterRef("pk"))
+        | Q(training_run__runner_id=OuterRef("pk"), seq_id__gt=F("training_run__dispatched_seq"))
+    )
     return (
-        Runner.objects.filter(pk=runner_id, state=Runner.State.LIVE, busy_cycle="").update(
+        Runner.objects.filter(Exists(queued), pk=runner_id, state=Runner.State.LIVE, busy_cycle="").update(
             busy_cycle=cycle_id, busy_since=timezone.now()
         )
         == 1

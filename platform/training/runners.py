@@ -15,7 +15,7 @@ import os
 import random
 import socket
 import uuid
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db.models import Count, F, Q
@@ -67,10 +67,14 @@ def revive(runner_id: str) -> bool:
     )
 
 
+def dead_deadline() -> datetime:
+    """A live runner whose heartbeat is older than this is overdue: declared dead by anyone."""
+    return timezone.now() - timedelta(seconds=settings.LORASMITH.runner_dead_after_seconds)
+
+
 def overdue(base_model: str) -> list[str]:
     """Live runners of `base_model` whose heartbeat is older than the deadline."""
-    deadline = timezone.now() - timedelta(seconds=settings.LORASMITH.runner_dead_after_seconds)
-    return list(Runner.objects.live(base_model).filter(heartbeat_at__lt=deadline).values_list("id", flat=True))
+    return list(Runner.objects.live(base_model).filter(heartbeat_at__lt=dead_deadline()).values_list("id", flat=True))
 
 
 def declare_dead(runner_id: str) -> Runner | None:
@@ -146,18 +150,28 @@ def _place(model: type[TrainingRun] | type[SamplingSession], pk: str, base_model
 
 
 def unplaced_with_work(base_model: str) -> tuple[list[str], list[str]]:
-    """Runs and samplers of `base_model` with queued operations but no live runner (two queries)."""
-    unplaced = Q(runner__isnull=True) | ~Q(runner__state=Runner.State.LIVE)
-    queued = Operation.objects.filter(base_model=base_model, status=Operation.Status.QUEUED)
-    runs = list(
-        TrainingRun.objects.filter(unplaced, pk__in=queued.values("training_run_id")).values_list("pk", flat=True)
-    )
-    samplers = list(
-        SamplingSession.objects.filter(unplaced, pk__in=queued.values("sampling_session_id")).values_list(
-            "pk", flat=True
+    """Runs and samplers of `base_model` with queued operations but no live runner (one query, on
+    every dispatch: the queued operations of the base model, joined to their holders)."""
+    dead = Runner.State.DEAD
+    rows = (
+        Operation.objects.filter(base_model=base_model, status=Operation.Status.QUEUED)
+        .filter(
+            Q(training_run__isnull=False, training_run__runner__isnull=True)
+            | Q(training_run__runner__state=dead)
+            | Q(sampling_session__isnull=False, sampling_session__runner__isnull=True)
+            | Q(sampling_session__runner__state=dead)
         )
+        .values_list("training_run_id", "sampling_session_id")
+        .distinct()
     )
-    return runs, samplers
+    runs: set[str] = set()
+    samplers: set[str] = set()
+    for run_id, sampler_id in rows:
+        if run_id is not None:
+            runs.add(run_id)
+        if sampler_id is not None:
+            samplers.add(sampler_id)
+    return sorted(runs), sorted(samplers)
 
 
 def unplace_all(runner_id: str) -> list[str]:

@@ -175,6 +175,23 @@ def test_dispatching_a_cycle_takes_the_same_queries_for_2_or_20_queued_runs(queu
 
 
 @pytest.mark.django_db
+def test_a_dispatch_that_finds_nothing_queued_costs_three_queries(queues):
+    """After every cycle and on every submit: the live runners, the unplaced work, and one claim
+    that matches nothing (it holds the runner only if something is queued on it)."""
+    runner = runners.register("tiny-llama")
+    wire = Wire(InProcess(issue_api_key(ensure_user("idle"), "k")))
+    wire.create_model(wire.session())
+    [(_, _, cycle_id, _)] = queues[runner.queue]
+    Operation.objects.filter(cycle_id=cycle_id).update(status="done")
+    dispatch.release_slot(runner.id, cycle_id)
+    with CaptureQueriesContext(connection) as queries:
+        dispatch.dispatch("tiny-llama")
+    assert len(queries) == 3
+    assert Runner.objects.get(pk=runner.pk).busy_cycle == ""
+    assert len(queues[runner.queue]) == 1
+
+
+@pytest.mark.django_db
 @pytest.mark.parametrize("runs", [2, 12])
 def test_reading_what_waits_takes_the_same_queries_for_any_number_of_runs(queues, runs):
     runner = runners.register("tiny-llama")

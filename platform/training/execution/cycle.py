@@ -17,7 +17,7 @@ from .. import dispatch, runners, test_hooks
 from ..models import Operation, Runner, TrainingRun
 from ..upkeep import housekeeping
 from . import outcomes, snapshots
-from .engines import Resident, record_heartbeat, release_idle_adapters, resident_for
+from .engines import Resident, record_heartbeat, release_idle_adapters, resident_for, resident_if_loaded
 from .plan import Plan, plan
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,19 @@ def _execute(runner: Runner, cycle_id: str, op_ids: list[str]) -> None:
         _heartbeat(runner)
 
 
+_reported: dict[str, str] = {}  # runner id -> the memory report last written for it
+
+
 def _heartbeat(runner: Runner) -> None:
+    """The overview's row of what the runner holds, written only when that changed (the heartbeat
+    thread keeps the row fresh meanwhile): two queries saved on most cycles."""
+    resident = resident_if_loaded(runner.id)
+    report = repr(resident.engine.memory_report()) if resident is not None else ""
+    if _reported.get(runner.id) == report:
+        return
     try:
         record_heartbeat(runner)
+        _reported[runner.id] = report
     except Exception:  # the overview's view of this runner goes stale; the cycle itself is done
         log.exception("could not record the runner's heartbeat")
 

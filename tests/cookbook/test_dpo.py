@@ -4,6 +4,8 @@ agrees that chosen answers gained on rejected ones."""
 
 from __future__ import annotations
 
+import pytest
+
 from cookbook.cli import DATA_DIR
 from cookbook.data import load_comparisons, split_held_out
 from cookbook.preference import pair_datums, sampler_scores
@@ -11,6 +13,7 @@ from cookbook.recipes import dpo
 from cookbook.renderers import get_renderer
 
 
+@pytest.mark.slow  # ~2 min on 2 cores; `make test` (CI) runs it
 def test_dpo_prefers_the_chosen_answers(recipe_flags, service, tmp_path):
     pairs = tmp_path / "pairs.jsonl"  # 24 of the shipped pairs: the reference scores 2 requests a pair
     pairs.write_text("".join((DATA_DIR / "preferences.jsonl").read_text().splitlines(keepends=True)[:24]))

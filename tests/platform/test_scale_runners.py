@@ -103,6 +103,7 @@ def loss_of(handle: dict) -> float:
     return Operation.objects.get(id=handle["request_id"]).result["metrics"]["loss:sum"]
 
 
+@pytest.mark.slow  # ~70 s on 2 cores; `make test` (CI) runs it
 def test_two_runners_four_runs_each_equal_to_training_alone(queues, wire):
     first, second = runners.register("tiny-llama"), runners.register("tiny-llama")
     session = wire.session()

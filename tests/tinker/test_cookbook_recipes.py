@@ -73,6 +73,7 @@ def test_chat_sl_on_the_cookbooks_conversations_lowers_the_loss(tinker_python, p
     assert "'Content-Encoding': 'zstd'" in done.stderr  # the SDK's debug log of its request headers
 
 
+@pytest.mark.slow  # ~70 s with its set-up; `make test` (CI) runs it
 def test_math_rl_arithmetic_with_the_default_loss(tinker_python, path_server, tmp_path):
     _recipe(
         tinker_python,

@@ -292,9 +292,8 @@ def test_ephemeral_samplers_are_stored_sampled_and_released(backend, trained):
 
 
 @LIVE
+@pytest.mark.parametrize("backend", ["s3"], indirect=True)  # local files are the store itself
 def test_a_load_after_the_local_cache_is_wiped_fetches_from_the_store(backend, trained):
-    if backend.endpoint is None:
-        pytest.skip("local files are the store itself: nothing to fetch")
     data_dir = backend.server.data_dir
     assert (data_dir / "checkpoints").is_dir()  # the runner's scratch and cache
     shutil.rmtree(data_dir / "checkpoints")

@@ -65,6 +65,9 @@ class ServiceSettings:
     # sample's num_samples x (prompt + max_tokens); beyond, 413 naming the field
     max_request_tokens: int
     max_sample_tokens: int
+    # the top-k logprob cells one sample request may ask its result to carry: prompt x
+    # topk_prompt_logprobs + num_samples x max_tokens x topk_sample_logprobs (0 = unlimited)
+    max_topk_cells: int
     # an open WebSocket re-checks its API key this often (a revocation from a process that does not
     # share the channel layer closes it within this time)
     ws_key_check_seconds: float

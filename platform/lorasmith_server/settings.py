@@ -191,6 +191,7 @@ LORASMITH = ServiceSettings(
     max_body_bytes=env_int("LORASMITH_MAX_BODY_BYTES", 64 * 1024 * 1024),
     max_request_tokens=env_int("LORASMITH_MAX_REQUEST_TOKENS", 131072),
     max_sample_tokens=env_int("LORASMITH_MAX_SAMPLE_TOKENS", 32768),
+    max_topk_cells=env_int("LORASMITH_MAX_TOPK_CELLS", 1024 * 1024),
     ws_key_check_seconds=env_float("LORASMITH_WS_KEY_CHECK_SECONDS", 5.0),
     ephemeral_samplers_kept=env_int("LORASMITH_EPHEMERAL_SAMPLERS_KEPT", 8),
     adapter_memory_bytes=env_optional_int("LORASMITH_ADAPTER_MEMORY_BYTES"),

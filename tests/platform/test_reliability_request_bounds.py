@@ -152,6 +152,23 @@ def test_a_sample_asking_too_many_tokens_is_refused_naming_num_samples(api, sett
     assert fewer.status_code == 200, fewer.content
 
 
+def test_top_k_cells_past_the_budget_are_refused_naming_the_field(api, limits):
+    """samples x max_tokens x topk_sample_logprobs (+ prompt x topk_prompt_logprobs) is bounded: the
+    result of a few-byte request would otherwise carry millions of (token, logprob) cells."""
+    limits(max_topk_cells=1000)
+    sampler = api.sampler(api.session())
+    prompt = (TOKENS * 2)[:12]
+    base = {**Wire.sample_body(sampler, 1, max_tokens=50), "prompt": prompt_json(prompt), "num_samples": 2}
+    refused = api.send("asample", {**base, "topk_sample_logprobs": 11})  # 2 x 50 x 11 = 1100 cells
+    assert refused.status_code == 413, refused.content
+    assert refused.json()["field"] == "topk_sample_logprobs" and "1100" in refused.json()["error"]
+    one_token = {**Wire.sample_body(sampler, 2, max_tokens=1), "prompt": prompt_json(prompt)}
+    prompt_side = api.send("asample", {**one_token, "topk_prompt_logprobs": 100})  # 12 x 100 = 1200
+    assert prompt_side.status_code == 413 and prompt_side.json()["field"] == "topk_prompt_logprobs"
+    within = api.send("asample", {**base, "seq_id": 3, "topk_sample_logprobs": 10})  # 2 x 50 x 10 = 1000
+    assert within.status_code == 200, within.content
+
+
 def test_a_413_uses_up_its_seq_and_the_next_one_runs(live_server_embedded):
     """Over the body limit (JSON, the seq_id at the end of the body) and a zstd protobuf body
     decompressing past it: both refused with 413, both seqs used up, and the next request runs."""

@@ -7,7 +7,8 @@ and lengths the body declares (before any tensor is built) and bounded by the bo
 (`LORASMITH_MAX_BODY_BYTES`, counting each cell at its wire size: 4 bytes for float32 and token ids,
 8 for int64, as a dense protobuf body would carry it). What a request asks the engine to compute is
 bounded too: training tokens summed over its datums (`LORASMITH_MAX_REQUEST_TOKENS`), and for a
-sample, samples x (prompt + max_tokens) (`LORASMITH_MAX_SAMPLE_TOKENS`).
+sample, samples x (prompt + max_tokens) (`LORASMITH_MAX_SAMPLE_TOKENS`), and the top-k logprob cells its
+result would carry (`LORASMITH_MAX_TOPK_CELLS`): a few bytes of request can ask for tens of MB of result.
 """
 
 from __future__ import annotations
@@ -52,6 +53,20 @@ def check_sample(prompt_tokens: int, num_samples: int, max_tokens: int) -> None:
             f"tokens, over the budget of {budget} per sample request (LORASMITH_MAX_SAMPLE_TOKENS); ask for "
             "fewer samples per request",
             field="num_samples",
+        )
+
+
+def check_topk(prompt_tokens: int, topk_prompt: int, num_samples: int, max_tokens: int, topk_sampled: int) -> None:
+    """Refuse a sample whose result would carry more top-k (token, logprob) cells than allowed."""
+    budget = settings.LORASMITH.max_topk_cells
+    cells = prompt_tokens * topk_prompt + num_samples * max_tokens * topk_sampled
+    if budget and cells > budget:
+        field = "topk_sample_logprobs" if topk_sampled else "topk_prompt_logprobs"
+        raise TooLarge(
+            f"prompt {prompt_tokens} x topk_prompt_logprobs {topk_prompt} + num_samples {num_samples} x max_tokens "
+            f"{max_tokens} x topk_sample_logprobs {topk_sampled} = {cells} top-k cells, over the budget of {budget} "
+            "per sample request (LORASMITH_MAX_TOPK_CELLS); ask for a smaller k or fewer tokens",
+            field=field,
         )
 
 

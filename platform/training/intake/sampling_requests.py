@@ -87,6 +87,7 @@ def _sample_payload(sampler: SamplingSession, body: dict) -> dict:
     except EngineInputError as error:
         raise BadRequest(str(error), field=error.field) from None
     request_bounds.check_sample(len(prompt), num_samples, params.max_tokens)
+    request_bounds.check_topk(len(prompt), topk, num_samples, params.max_tokens, topk_sampled)
     for option, default in UNSUPPORTED_SAMPLE_OPTIONS.items():
         if body.get(option, default) not in (default, None):
             raise BadRequest(f"{option} is not supported by this server; leave it at {default!r}", field=option)

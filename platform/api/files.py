@@ -15,9 +15,10 @@ RANGE = re.compile(r"^bytes=(\d+)-$")
 
 
 def signed_file(request, token: str, filename: str):
-    path = storage.open_signed(token)
-    if path is None or path.name != filename:
+    granted = storage.open_signed_download(token)
+    if granted is None or granted[1] != filename:
         return JsonResponse(error_body("this download link is invalid or has expired"), status=403)
+    path, name = granted
     size = path.stat().st_size
     checksum = storage.sha256(path)
     match = RANGE.match(request.headers.get("Range", ""))
@@ -28,7 +29,7 @@ def signed_file(request, token: str, filename: str):
         response = FileResponse(handle, status=206, content_type="application/octet-stream")
         response["Content-Range"] = f"bytes {start}-{size - 1}/{size}"
     else:
-        response = FileResponse(open(path, "rb"), as_attachment=True, filename=path.name)  # noqa: SIM115
+        response = FileResponse(open(path, "rb"), as_attachment=True, filename=name)  # noqa: SIM115
     response["Accept-Ranges"] = "bytes"
     response["X-Checksum-Sha256"] = checksum
     return response

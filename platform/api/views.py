@@ -13,7 +13,7 @@ from rest_framework.decorators import api_view, permission_classes
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
 
-from training import access, base_models, run_metrics, storage, wire
+from training import access, base_models, download_names, run_metrics, storage, wire
 from training.errors import BadRequest, UnsupportedMediaType
 from training.intake import sampling_requests, sessions, training_requests
 from training.models import Checkpoint, Session, TrainingRun
@@ -363,7 +363,9 @@ def external_weights_urls(request, run_id: str, checkpoint_id: str):
 @api_view(["GET"])
 def checkpoint_archive(request, run_id: str, checkpoint_id: str):
     checkpoint = access.downloadable_checkpoint(request.user, run_id, checkpoint_id)
-    url, expires = storage.download_url(request, storage.archive_of(checkpoint.directory))
+    url, expires = storage.download_url(
+        request, storage.archive_of(checkpoint.directory), filename=download_names.archive_name(checkpoint)
+    )
     return Response({"url": url, "expires": expires.isoformat()})
 
 

@@ -200,11 +200,15 @@ def tokenizer_files(model_dir: Path) -> list[Path]:
     return [f for f in sorted(model_dir.iterdir()) if f.name.startswith(TOKENIZER_FILE_PREFIXES)]
 
 
-def sign_file(path: Path, seconds: int | None = None) -> tuple[str, datetime]:
-    """A token for `path` (under a `servable_roots` directory) valid for `seconds`; returns (token, expiry)."""
+def sign_file(path: Path, seconds: int | None = None, name: str | None = None) -> tuple[str, datetime]:
+    """A token for `path` (under a `servable_roots` directory) valid for `seconds`, downloaded as
+    `name` (default the file's own name); returns (token, expiry)."""
     seconds = seconds or settings.LORASMITH.signed_url_seconds
     expires = int(time.time()) + seconds
-    token = signing.dumps({"p": str(Path(path).resolve()), "e": expires}, salt=SALT, compress=True)
+    claim: dict[str, object] = {"p": str(Path(path).resolve()), "e": expires}
+    if name and name != Path(path).name:
+        claim["n"] = name
+    token = signing.dumps(claim, salt=SALT, compress=True)
     return token, datetime.fromtimestamp(expires, tz=UTC)
 
 
@@ -219,13 +223,14 @@ def servable_roots() -> list[Path]:
     return roots
 
 
-def signed_url(request, path: Path, seconds: int | None = None) -> tuple[str, datetime]:
-    token, expires = sign_file(path, seconds)
-    return request.build_absolute_uri(f"/files/{token}/{Path(path).name}"), expires
+def signed_url(request, path: Path, seconds: int | None = None, name: str | None = None) -> tuple[str, datetime]:
+    token, expires = sign_file(path, seconds, name)
+    return request.build_absolute_uri(f"/files/{token}/{name or Path(path).name}"), expires
 
 
-def open_signed(token: str) -> Path | None:
-    """The file a token grants, or None when it is tampered with, expired or gone."""
+def open_signed_download(token: str) -> tuple[Path, str] | None:
+    """The file a token grants and the name it downloads as, or None when the token is tampered
+    with, expired or its file gone."""
     try:
         claim = signing.loads(token, salt=SALT)
     except signing.BadSignature:
@@ -235,7 +240,13 @@ def open_signed(token: str) -> Path | None:
     path = Path(claim["p"]).resolve()
     if not path.is_file() or not any(root in path.parents for root in servable_roots()):
         return None
-    return path
+    return path, claim.get("n") or path.name
+
+
+def open_signed(token: str) -> Path | None:
+    """The file a token grants, or None (see `open_signed_download`)."""
+    granted = open_signed_download(token)
+    return granted[0] if granted else None
 
 
 @functools.lru_cache(maxsize=1024)
@@ -326,7 +337,7 @@ def download_url(
     otherwise (the bytes then never pass through the web process; the store names the download
     `filename`, default the file's own name)."""
     if not object_store.is_remote():
-        return signed_url(request, Path(location), seconds)
+        return signed_url(request, Path(location), seconds, name=filename)
     seconds = seconds or settings.LORASMITH.signed_url_seconds
     expires = int(time.time()) + seconds
     key = key_of(location)

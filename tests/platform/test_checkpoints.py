@@ -105,8 +105,15 @@ def test_listing_ttl_info_archive_and_delete(live_server_embedded, trained):
 
     exported = wire.result(wire.post("save_weights_external", {"model_id": model_id, "seq_id": 10, "path": "x"}))
     archive = wire.get(f"training_runs/{model_id}/checkpoints/external_weights/x/archive")
-    with tarfile.open(fileobj=io.BytesIO(httpx.get(archive["url"]).content)) as tar:
+    # named after its run, as the dashboard's download: <short run id>-<checkpoint>-peft.tar
+    short = model_id.partition(":train:")[0].replace("-", "")[:8]
+    assert archive["url"].endswith(f"/{short}-x-peft.tar")
+    downloaded = httpx.get(archive["url"])
+    assert f'filename="{short}-x-peft.tar"' in downloaded.headers["Content-Disposition"]
+    with tarfile.open(fileobj=io.BytesIO(downloaded.content)) as tar:
         assert sorted(tar.getnames()) == ["adapter_config.json", "adapter_model.safetensors"]
+    renamed = archive["url"].rsplit("/", 1)[0] + "/x.tar"  # the token grants one name only
+    assert httpx.get(renamed).status_code == 403
     assert exported["path"].endswith("/external_weights/x")
     tar = next((live_server_embedded.data_dir / "checkpoints").rglob("x.tar"))
     assert wire.client.delete(f"training_runs/{model_id}/checkpoints/external_weights/x").status_code == 204

@@ -200,7 +200,10 @@ def test_download_archive_and_files_via_links(backend, trained):
     archive = wire.get(f"{checkpoint}/archive")
     _check_link(backend, archive["url"], archive["expires"])
     fetched = httpx.get(archive["url"])  # a plain HTTP client: no API key, no SDK
-    assert fetched.status_code == 200 and 'filename="ext.tar"' in fetched.headers["content-disposition"]
+    short_run = model_id.partition(":train:")[0].replace("-", "")[:8]  # named after its run, as the dashboard's
+    assert (
+        fetched.status_code == 200 and f'filename="{short_run}-ext-peft.tar"' in fetched.headers["content-disposition"]
+    )
     with tarfile.open(fileobj=io.BytesIO(fetched.content)) as tar:
         assert {m.name: tar.extractfile(m).read() for m in tar.getmembers()} == files
     stored_tars = [v for k, v in backend.stored("/external_weights/ext/").items() if k.endswith("/ext.tar")]

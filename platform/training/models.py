@@ -17,7 +17,6 @@ from django.utils import timezone
 
 from . import costs, events
 from .errors import BadRequest
-from .usage_counts import Counts, consumed
 
 
 class Session(models.Model):
@@ -500,8 +499,8 @@ class UsageRecord(models.Model):
     def record(cls, op: Operation, result: dict) -> UsageRecord | None:
         """Store what `op` consumed (nothing for operations that consume no tokens); a sample is
         charged to the run whose checkpoint its sampler reads, when the sampler's owner owns it."""
-        counts = consumed(op.kind, op.payload, result)
-        if counts == Counts():
+        counts = costs.consumed(op.kind, op.payload, result)
+        if counts == costs.Counts():
             return None
         sampler = op.sampling_session
         return cls.objects.create(

@@ -1,5 +1,5 @@
 """Usage: one user's totals per run, per API key and per day, read from the `UsageRecord`s that
-`UsageRecord.record` writes as each operation finishes (`usage_counts` says what counts)."""
+`UsageRecord.record` writes as each operation finishes (`costs.consumed` says what counts)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from datetime import date, timedelta
 from django.db.models import QuerySet, Sum
 from django.utils import timezone
 
+from .costs import COUNTS, Counts
 from .models import UsageRecord
-from .usage_counts import COUNTS, Counts
 
 MAX_DAYS = 366
 

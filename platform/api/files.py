@@ -15,7 +15,7 @@ RANGE = re.compile(r"^bytes=(\d+)-$")
 
 
 def signed_file(request, token: str, filename: str):
-    granted = storage.open_signed_download(token)
+    granted = storage.open_signed(token)
     if granted is None or granted[1] != filename:
         return JsonResponse(error_body("this download link is invalid or has expired"), status=403)
     path, name = granted

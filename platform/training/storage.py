@@ -228,7 +228,7 @@ def signed_url(request, path: Path, seconds: int | None = None, name: str | None
     return request.build_absolute_uri(f"/files/{token}/{name or Path(path).name}"), expires
 
 
-def open_signed_download(token: str) -> tuple[Path, str] | None:
+def open_signed(token: str) -> tuple[Path, str] | None:
     """The file a token grants and the name it downloads as, or None when the token is tampered
     with, expired or its file gone."""
     try:
@@ -241,12 +241,6 @@ def open_signed_download(token: str) -> tuple[Path, str] | None:
     if not path.is_file() or not any(root in path.parents for root in servable_roots()):
         return None
     return path, claim.get("n") or path.name
-
-
-def open_signed(token: str) -> Path | None:
-    """The file a token grants, or None (see `open_signed_download`)."""
-    granted = open_signed_download(token)
-    return granted[0] if granted else None
 
 
 @functools.lru_cache(maxsize=1024)

@@ -33,7 +33,7 @@ def test_a_signed_token_for_a_file_outside_checkpoints_is_refused():
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     checkpoint.write_bytes(b"weights")
     token, _ = storage.sign_file(checkpoint)
-    assert storage.open_signed(token) == checkpoint.resolve()
+    assert storage.open_signed(token) == (checkpoint.resolve(), "x.safetensors")
 
 
 def test_tokenizer_of_a_base_model_served_by_local_path(settings, api):
@@ -44,6 +44,6 @@ def test_tokenizer_of_a_base_model_served_by_local_path(settings, api):
     files = answer.json()["files"]
     assert "tokenizer.json" in files
     token = files["tokenizer.json"].split("/files/")[1].split("/")[0]
-    assert storage.open_signed(token) == (Path(local) / "tokenizer.json").resolve()
+    assert storage.open_signed(token) == ((Path(local) / "tokenizer.json").resolve(), "tokenizer.json")
     download = api.client.client.get(files["tokenizer.json"].split("testserver")[1])
     assert b"".join(download.streaming_content) == (Path(local) / "tokenizer.json").read_bytes()

@@ -50,14 +50,16 @@ def dispatch(base_model: str) -> None:
     every submit and after every cycle, so its cost is the service's own overhead: a few queries
     whatever the number of runs (the live runners, the unplaced work, one claim per free runner
     that finds nothing queued on it; the cycle's own reads and writes when one starts)."""
-    live = list(Runner.objects.live(base_model))
     deadline = runners.dead_deadline()
-    for runner in live:
+    heard_from: list[Runner] = []
+    for runner in Runner.objects.live(base_model):
         if runner.heartbeat_at < deadline:
             retire(runner.id, reason="no heartbeat")
+        else:
+            heard_from.append(runner)
     _place_waiting(base_model)
-    for runner in live:
-        if runner.heartbeat_at >= deadline and not runner.busy_cycle:
+    for runner in heard_from:
+        if not runner.busy_cycle:
             dispatch_runner(runner)
 
 

@@ -72,11 +72,6 @@ def dead_deadline() -> datetime:
     return timezone.now() - timedelta(seconds=settings.LORASMITH.runner_dead_after_seconds)
 
 
-def overdue(base_model: str) -> list[str]:
-    """Live runners of `base_model` whose heartbeat is older than the deadline."""
-    return list(Runner.objects.live(base_model).filter(heartbeat_at__lt=dead_deadline()).values_list("id", flat=True))
-
-
 def declare_dead(runner_id: str) -> Runner | None:
     """Mark a live runner dead and bump its epoch (its messages are fenced off from now on). Returns
     the row as it was (its in-flight cycle, its queue) if this call did it, None if another process

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -108,6 +109,16 @@ class LiveServer:
                 pass
             time.sleep(0.3)
         raise AssertionError(f"server did not start; see {self.logs}")
+
+    def wait_for_log(self, name: str, pattern: str, timeout: float) -> None:
+        """Until process `name`'s log shows `pattern` (a regex), e.g. a runner's "runner ready"."""
+        path = self.logs / f"{name}.log"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if path.exists() and re.search(pattern, path.read_text()):
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"{pattern!r} never appeared in {path}")
 
     def restart_runner(self) -> None:
         """Stop the runner process (its engine and adapters die with it) and start a fresh one."""

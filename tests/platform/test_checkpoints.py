@@ -9,19 +9,9 @@ import tarfile
 import httpx
 import pytest
 
-from .wire import Wire, datum_json
+from .wire import Wire
 
 SEQUENCE = [3, 320, 265, 203, 44, 538, 83, 685, 4, 203, 3]
-
-
-def _train(wire, model_id, first_seq, steps):
-    losses, seq = [], first_seq
-    for _ in range(steps):
-        fb = wire.forward_backward(model_id, seq, [datum_json(SEQUENCE)])
-        wire.optim_step(model_id, seq + 1)
-        losses.append(wire.result(fb)["metrics"]["loss:sum"])
-        seq += 2
-    return losses, seq
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +19,9 @@ def trained(live_server_embedded):
     wire = Wire(live_server_embedded.client())
     session = wire.session()
     model_id = wire.model(session, seed=12)
-    _, seq = _train(wire, model_id, 1, 2)
+    _, seq = wire.train(model_id, 1, 2, SEQUENCE)
     saved = wire.result(wire.post("save_weights", {"model_id": model_id, "seq_id": seq, "path": "step2"}))
-    continued, _ = _train(wire, model_id, seq + 1, 2)
+    continued, _ = wire.train(model_id, seq + 1, 2, SEQUENCE)
     return {"wire": wire, "session": session, "model_id": model_id, "path": saved["path"], "continued": continued}
 
 
@@ -45,7 +35,7 @@ def test_create_via_load_with_optimizer_resumes_exactly(trained):
     model_id = f"{trained['session']}:train:5"
     assert handle["model_id"] == model_id
     assert wire.result(handle)["model_id"] == model_id
-    resumed, _ = _train(wire, model_id, 1, 2)
+    resumed, _ = wire.train(model_id, 1, 2, SEQUENCE)
     assert resumed == trained["continued"]  # the same numbers, bit for bit, on CPU
 
 
@@ -56,7 +46,7 @@ def test_load_without_optimizer_restarts_the_moments(trained):
         {"session_id": trained["session"], "model_seq_id": 6, "path": trained["path"], "optimizer": False},
     )
     wire.result(handle)
-    fresh_moments, _ = _train(wire, handle["model_id"], 1, 2)
+    fresh_moments, _ = wire.train(handle["model_id"], 1, 2, SEQUENCE)
     assert fresh_moments[0] == pytest.approx(trained["continued"][0], rel=1e-6)  # same weights
     assert fresh_moments[1] != pytest.approx(trained["continued"][1], rel=1e-6)  # different Adam state
 
@@ -161,7 +151,7 @@ def test_an_overwritten_checkpoint_archives_its_new_weights(live_server_embedded
 
     wire.result(wire.post("save_weights_external", {"model_id": model_id, "seq_id": 1, "path": "y"}))
     before = archived_weights()
-    _train(wire, model_id, 2, 1)
+    wire.train(model_id, 2, 1, SEQUENCE)
     wire.result(wire.post("save_weights_external", {"model_id": model_id, "seq_id": 4, "path": "y", "overwrite": True}))
     after = archived_weights()
     # one version on disk (the overwritten one went), holding what the archive holds

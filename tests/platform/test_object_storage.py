@@ -124,25 +124,15 @@ def backend(request, tmp_path_factory):
         yield Backend(request.param, server, endpoint)
 
 
-def _train(wire: Wire, model_id: str, first_seq: int, steps: int) -> tuple[list[float], int]:
-    losses, seq = [], first_seq
-    for _ in range(steps):
-        fb = wire.forward_backward(model_id, seq, [datum_json(SEQUENCE)])
-        wire.optim_step(model_id, seq + 1)
-        losses.append(wire.result(fb)["metrics"]["loss:sum"])
-        seq += 2
-    return losses, seq
-
-
 @pytest.fixture(scope="module")
 def trained(backend):
     """A run trained 2 steps, saved as training state `step2` (adapter + optimizer), trained on."""
     wire = backend.wire
     session = wire.session()
     model_id = wire.model(session, seed=21)
-    _, seq = _train(wire, model_id, 1, 2)
+    _, seq = wire.train(model_id, 1, 2, SEQUENCE)
     saved = wire.result(wire.post("save_weights", {"model_id": model_id, "seq_id": seq, "path": "step2"}))
-    continued, seq = _train(wire, model_id, seq + 1, 2)
+    continued, seq = wire.train(model_id, seq + 1, 2, SEQUENCE)
     return {"session": session, "model_id": model_id, "path": saved["path"], "continued": continued, "seq": seq}
 
 
@@ -152,7 +142,7 @@ def _resume(wire: Wire, trained: dict, model_seq_id: int) -> list[float]:
         {"session_id": trained["session"], "model_seq_id": model_seq_id, "path": trained["path"], "optimizer": True},
     )
     wire.result(handle)
-    return _train(wire, handle["model_id"], 1, 2)[0]
+    return wire.train(handle["model_id"], 1, 2, SEQUENCE)[0]
 
 
 @LIVE
@@ -422,15 +412,6 @@ def _objects(endpoint: str, prefix: str) -> dict[str, bytes]:
     return {o["Key"]: client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read() for o in listed}
 
 
-def _wait_for_line(path: Path, pattern: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and re.search(pattern, path.read_text()):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{pattern!r} never appeared in {path}")
-
-
 @LIVE
 @pytest.mark.services
 def test_runners_with_data_dirs_of_their_own_work_through_the_store(tmp_path, s3_endpoint):
@@ -465,7 +446,7 @@ def test_runners_with_data_dirs_of_their_own_work_through_the_store(tmp_path, s3
                     stderr=subprocess.STDOUT,
                 )
                 server.processes.append(process)
-                _wait_for_line(server.logs / f"{name}.log", "runner ready")
+                server.wait_for_log(name, "runner ready", timeout=180)
                 return process
 
             runner_a = start_runner("runner-a")

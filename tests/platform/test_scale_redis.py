@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 import signal
-import time
 
 import pytest
 
@@ -28,15 +27,6 @@ ENV = {
 }
 
 
-def _wait_for_line(path, pattern: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and re.search(pattern, path.read_text()):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{pattern!r} never appeared in {path}")
-
-
 def _step(wire: Wire, model_id: str, step: int) -> tuple[dict, dict]:
     return (
         wire.forward_backward(model_id, 2 * step + 1, [datum_json(SEQUENCE)]),
@@ -50,7 +40,7 @@ def test_two_runner_processes_share_runs_and_survive_a_sigkill(tmp_path):
     with redis_server(tmp_path, extra_env=ENV) as server:
         server.processes.append(server._spawn("runner-2", "runner"))
         for name in ("runner", "runner-2"):
-            _wait_for_line(server.logs / f"{name}.log", "runner ready")
+            server.wait_for_log(name, "runner ready", timeout=120)
         wire = Wire(server.client())
         session = wire.session()
         seeds = {seq: 20 + seq for seq in range(4)}

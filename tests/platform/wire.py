@@ -112,6 +112,17 @@ class Wire:
     def optim_step(self, model_id: str, seq_id: int, lr: float = 1e-2) -> dict:
         return self.post("optim_step", {"model_id": model_id, "seq_id": seq_id, "adam_params": {"learning_rate": lr}})
 
+    def train(self, model_id: str, first_seq: int, steps: int, sequence: list[int]) -> tuple[list[float], int]:
+        """`steps` of forward_backward (one datum of `sequence`) + optim_step from `first_seq`:
+        each step's loss:sum, and the next free seq_id."""
+        losses, seq = [], first_seq
+        for _ in range(steps):
+            fb = self.forward_backward(model_id, seq, [datum_json(sequence)])
+            self.optim_step(model_id, seq + 1)
+            losses.append(self.result(fb)["metrics"]["loss:sum"])
+            seq += 2
+        return losses, seq
+
     def sampler(self, session: str, seq: int = 0, **source: str) -> str:
         """A sampling session on `base_model` (default tiny-llama) or `model_path`."""
         body = {"session_id": session, "sampling_session_seq_id": seq, **(source or {"base_model": "tiny-llama"})}

@@ -9,6 +9,8 @@ import re
 
 from django.db import transaction
 
+from gpu_runner.types import Datum
+
 from . import access, events, wire
 from .errors import BadRequest
 from .models import MetricPoint, TrainingRun
@@ -49,21 +51,21 @@ def record_user_metrics(user, run_id: str, body: dict) -> int:
     return len(values)
 
 
-def forward_backward_points(payload: dict, loss_sum: float) -> dict[str, float]:
+def forward_backward_points(loss_fn: str, data: list[Datum], loss_sum: float) -> dict[str, float]:
     """The points a training forward_backward puts on its run's chart: `loss:sum`, and for
     cross_entropy the per-token loss, `loss:sum` / the sum of every datum's weights (a datum
     without weights weighs 1 per target token, as the engine counts it). Other losses (importance
-    sampling, PPO, a custom loss's linear surrogate) have no per-token meaning and get none."""
+    sampling, PPO, a custom loss's linear surrogate) have no per-token meaning and get none.
+    `data`: the engine's data of the pass (already decoded by planning, not decoded again)."""
     points = {LOSS_SUM: loss_sum}
-    if payload.get("loss_fn", "cross_entropy") != "cross_entropy":
+    if loss_fn != "cross_entropy":
         return points
-    total = sum(_weight_sum(datum, index) for index, datum in enumerate(payload["data"]))
+    total = sum(_weight_sum(datum) for datum in data)
     if total > 0:
         points[PER_TOKEN_LOSS] = loss_sum / total
     return points
 
 
-def _weight_sum(datum_json: dict, index: int) -> float:
-    inputs = wire.datum(datum_json, index).loss_fn_inputs
-    weights = inputs.get("weights")
-    return float(weights.sum()) if weights is not None else float(inputs["target_tokens"].numel())
+def _weight_sum(datum: Datum) -> float:
+    weights = datum.loss_fn_inputs.get("weights")
+    return float(weights.sum()) if weights is not None else float(datum.loss_fn_inputs["target_tokens"].numel())

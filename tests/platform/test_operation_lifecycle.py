@@ -200,3 +200,40 @@ def test_kinds_are_choices_with_the_wire_names():
     assert set(Checkpoint.SAVED_BY) <= set(Operation.Kind.values)
     assert Operation.Kind.FORWARD_BACKWARD == "forward_backward" and Operation.Kind.SAMPLE == "sample"
     assert {Operation.Kind.SAVE_WEIGHTS: 1}.get("save_weights") == 1  # looked up by either, alike
+
+
+def test_a_cycles_outcomes_are_written_together_and_one_that_fails_to_write_fails_alone(queues, monkeypatch):
+    """A cycle's outcomes share one transaction (`cycle._record_all`), each in a savepoint: when
+    writing one raises, its own writes (its step, its metric points, its usage) are undone and it
+    fails as the server's fault; the operations before and after it in the same cycle complete."""
+    runner = runners.register("tiny-llama")
+    wire = Wire(InProcess(issue_api_key(ensure_user("batched"), "k")))
+    created = wire.create_model(wire.session(), seed=5).json()
+    cycle.execute_cycle(*queues[runner.queue].popleft())
+    model_id = created["model_id"]
+    Runner.objects.filter(pk=runner.pk).update(busy_cycle="held")  # the three land in one cycle
+    sent = [wire.forward_backward(model_id, 1), wire.optim_step(model_id, 2), wire.forward_backward(model_id, 3)]
+    Runner.objects.filter(pk=runner.pk).update(busy_cycle="")
+    dispatch.dispatch("tiny-llama")
+    _, _, _, op_ids = queues[runner.queue][0]
+    assert op_ids == [s["request_id"] for s in sent]
+
+    def fails_after_writing(op, out):
+        outcomes_optim_step_done(op, out)  # its step and metric points are written, then...
+        raise RuntimeError("the disk is full")
+
+    outcomes_optim_step_done = outcomes.optim_step_done
+    monkeypatch.setattr(outcomes, "optim_step_done", fails_after_writing)
+    cycle.execute_cycle(*queues[runner.queue].popleft())
+
+    first, optim, last = (Operation.objects.get(id=s["request_id"]) for s in sent)
+    assert (first.status, last.status) == ("done", "done")
+    assert first.result["loss_fn_outputs"] and last.result["loss_fn_outputs"]
+    assert optim.status == "failed" and optim.error_category == "server" and "the disk is full" in optim.error
+    assert UsageRecord.objects.filter(operation_id__in=[first.id, last.id]).count() == 2
+    assert not UsageRecord.objects.filter(operation_id=optim.id).exists()
+    run = optim.training_run
+    run.refresh_from_db()
+    assert run.step == 0  # the failed step's own write was undone with it
+    assert not run.metrics.filter(name="learning_rate:mean").exists()  # nor its metric points
+    assert run.metrics.filter(name="loss:sum").count() == 2  # the two passes around it have theirs

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 
+from django.db import transaction
+
 from gpu_runner import Engine
 from gpu_runner.errors import EngineInputError
 from gpu_runner.types import EngineOp, OpResult
 
 from .. import dispatch, runners, test_hooks
-from ..models import Operation, Runner, TrainingRun
+from ..models import Checkpoint, Operation, Runner, TrainingRun
 from ..upkeep import housekeeping
 from . import outcomes, snapshots
 from .engines import Resident, record_heartbeat, release_idle_adapters, resident_for, resident_if_loaded
@@ -129,14 +131,7 @@ def _run(runner: Runner, resident: Resident, ops: list[Operation]) -> None:
     broken = _unprepared(batch, helped, results)
     if broken:  # their adapters' state is unknown: rebuilt from the op log when next needed
         _forget_adapters(engine, [o for o in batch if o.adapter_id in broken])
-    for owner, result in zip(owners, results):
-        if owner is None:
-            continue
-        failure = broken.get(owner.engine_op.adapter_id)
-        if failure is not None:
-            outcomes.fail(owner.op, *failure)
-        else:
-            _record(owner, result)
+    _record_all([(owner, result) for owner, result in zip(owners, results) if owner is not None], broken)
     for item in plans:
         if item.restoring is not None and item.engine_op.adapter_id not in broken:
             item.restoring.log_done()
@@ -195,12 +190,40 @@ def _forget_adapters(engine: Engine, batch: list[EngineOp]) -> None:
             log.exception("could not drop adapter %s", adapter_id)
 
 
-def _record(item: Plan, result: OpResult) -> None:
+def _record_all(done: list[tuple[Plan, OpResult]], broken: dict[str | None, tuple[str, str]]) -> None:
+    """The cycle's outcomes, in order, in as few transactions as can be: one commit for a run of
+    operations, not one each (a commit is a disk flush on PostgreSQL). A save's outcome uploads to
+    the store first, so it is written alone: no transaction stays open over an upload."""
+    batch: list[tuple[Plan, OpResult]] = []
+    for item, result in done:
+        if item.op.kind not in Checkpoint.SAVED_BY:
+            batch.append((item, result))
+            continue
+        _record_batch(batch, broken)
+        batch = []
+        _record(item, result, broken)
+    _record_batch(batch, broken)
+
+
+def _record_batch(batch: list[tuple[Plan, OpResult]], broken: dict[str | None, tuple[str, str]]) -> None:
+    if not batch:
+        return
+    with transaction.atomic():
+        for item, result in batch:
+            _record(item, result, broken)
+
+
+def _record(item: Plan, result: OpResult, broken: dict[str | None, tuple[str, str]]) -> None:
+    failure = broken.get(item.engine_op.adapter_id)
+    if failure is not None:
+        outcomes.fail(item.op, *failure)
+        return
     if not result.ok:
         outcomes.fail(item.op, result.error or "unknown engine error", result.category or "server")
         return
     try:
-        outcomes.complete(item.op, item.finish(result.output))
+        with transaction.atomic():  # a savepoint: a failure writing this outcome undoes only its own writes
+            outcomes.complete(item.op, item.finish(result.output))
     except Exception as error:
         log.exception("writing the result of %s failed", item.op.id)
         outcomes.fail(item.op, f"{type(error).__name__}: {error}", "server")

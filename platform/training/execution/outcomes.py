@@ -12,7 +12,7 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from gpu_runner.types import CheckpointOutput, ForwardBackwardOutput, OptimStepOutput
+from gpu_runner.types import CheckpointOutput, ForwardBackward, ForwardBackwardOutput, OptimStepOutput
 
 from .. import exports, run_metrics, storage, wire
 from ..models import Checkpoint, Operation, SamplingSession, TrainingRun
@@ -84,10 +84,12 @@ def ephemeral_sampler(op: Operation, out: CheckpointOutput) -> dict:
     return {"path": None, "sampling_session_id": sampler_id, "type": "save_weights_for_sampler"}
 
 
-def forward_backward_done(op: Operation, out: ForwardBackwardOutput) -> dict:
+def forward_backward_done(op: Operation, done: ForwardBackward, out: ForwardBackwardOutput) -> dict:
+    """`done`: the engine op that ran (its data decoded once, by planning)."""
     run = op.require_run()
-    if not op.payload["forward_only"]:
-        run_metrics.record(run, run.step, run_metrics.forward_backward_points(op.payload, out.metrics["loss:sum"]))
+    if not done.forward_only:
+        points = run_metrics.forward_backward_points(done.loss_fn, done.data, out.metrics["loss:sum"])
+        run_metrics.record(run, run.step, points)
     return {**wire.forward_backward_json(out), "type": "forward_backward"}
 
 

@@ -101,7 +101,9 @@ def plan(engine: Engine, op: Operation, imported: set[str], built_under: dict[st
         return made
     if op.kind == "forward_backward":
         test_hooks.fail_before_forward_backward(run.user_metadata)
-        planned = Plan(op, engine_op(op), lambda out: outcomes.forward_backward_done(op, out))
+        pass_ = engine_op(op)
+        assert isinstance(pass_, ForwardBackward)
+        planned = Plan(op, pass_, lambda out: outcomes.forward_backward_done(op, pass_, out))
     elif op.kind == "optim_step":
         planned = Plan(op, engine_op(op), lambda out: outcomes.optim_step_done(op, out))
     elif op.kind in Checkpoint.SAVED_BY:

@@ -63,6 +63,19 @@ def dispatch(base_model: str) -> None:
             dispatch_runner(runner)
 
 
+def dispatch_placed(base_model: str, runner_id: str | None) -> None:
+    """`dispatch` after a submit to a run or sampler placed on `runner_id`: that runner alone, read
+    in one query, and nothing more when it is busy, as it is all through a pipelined training loop.
+    Work that is unplaced, or whose runner is dead or silent, goes through the whole `dispatch`
+    (which places it, and retires that runner). Its other duties are done by every cycle's end and
+    every runner's heartbeat."""
+    runner = Runner.objects.filter(pk=runner_id).first() if runner_id is not None else None
+    if runner is None or runner.state != Runner.State.LIVE or runner.heartbeat_at < runners.dead_deadline():
+        dispatch(base_model)
+    elif not runner.busy_cycle:
+        dispatch_runner(runner)
+
+
 def dispatch_runner(runner: Runner) -> None:
     """Start a cycle on `runner` if it is free and work placed on it is ready."""
     for _ in range(3):  # bounded: a dispatcher racing us will pick up what we leave

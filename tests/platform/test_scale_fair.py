@@ -11,12 +11,13 @@ from datetime import datetime, timedelta
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from accounts.services import ensure_user, issue_api_key
 from training import dispatch, runners
 from training.dispatch import Lane, Waiting, fill
 from training.execution import cycle
-from training.models import Operation, Runner
+from training.models import Operation, Runner, TrainingRun
 
 from .flow import LR, SEQUENCE
 from .wire import InProcess, Wire, datum_json
@@ -176,8 +177,8 @@ def test_dispatching_a_cycle_takes_the_same_queries_for_2_or_20_queued_runs(queu
 
 @pytest.mark.django_db
 def test_a_dispatch_that_finds_nothing_queued_costs_three_queries(queues):
-    """After every cycle and on every submit: the live runners, the unplaced work, and one claim
-    that matches nothing (it holds the runner only if something is queued on it)."""
+    """After every cycle: the live runners, the unplaced work, and one claim that matches nothing
+    (it holds the runner only if something is queued on it)."""
     runner = runners.register("tiny-llama")
     wire = Wire(InProcess(issue_api_key(ensure_user("idle"), "k")))
     wire.create_model(wire.session())
@@ -205,3 +206,39 @@ def test_reading_what_waits_takes_the_same_queries_for_any_number_of_runs(queues
         taken, _ = dispatch._ready(runner.id)
     assert len(taken) == 2 * runs  # each run's create_model and forward_backward
     assert len(queries) == 2
+
+
+@pytest.mark.django_db
+def test_a_submit_to_a_busy_runner_costs_one_query_whatever_else_is_placed(queues):
+    """All through a pipelined loop the run's runner is busy: a submit reads that runner and sends
+    nothing, however many runners and runs there are."""
+    held = [runners.register("tiny-llama") for _ in range(3)]
+    wire = Wire(InProcess(issue_api_key(ensure_user("busy"), "k")))
+    session = wire.session()
+    for seq in range(6):
+        wire.create_model(session, seq)
+    Runner.objects.update(busy_cycle="held")
+    counts = []
+    for run in TrainingRun.objects.all()[:2]:
+        with CaptureQueriesContext(connection) as queries:
+            dispatch.dispatch_placed("tiny-llama", run.runner_id)
+        counts.append(len(queries))
+    assert counts == [1, 1]
+    assert sum(len(q) for q in queues.values()) == len(held)  # only the creations' first cycles
+
+
+@pytest.mark.django_db
+def test_a_submit_to_a_run_whose_runner_went_silent_moves_it_to_a_live_runner(queues, settings):
+    silent, live = runners.register("tiny-llama"), runners.register("tiny-llama")
+    wire = Wire(InProcess(issue_api_key(ensure_user("moved"), "k")))
+    Runner.objects.filter(pk=live.pk).update(state=Runner.State.DEAD)  # the run lands on `silent`
+    wire.create_model(wire.session())
+    model_id = TrainingRun.objects.get().id
+    Runner.objects.filter(pk=live.pk).update(state=Runner.State.LIVE)
+    assert TrainingRun.objects.get(pk=model_id).runner_id == silent.id
+    overdue = timezone.now() - timedelta(seconds=settings.LORASMITH.runner_dead_after_seconds + 5)
+    Runner.objects.filter(pk=silent.pk).update(heartbeat_at=overdue)
+    dispatch.dispatch_placed("tiny-llama", silent.id)
+    assert Runner.objects.get(pk=silent.pk).state == Runner.State.DEAD
+    assert TrainingRun.objects.get(pk=model_id).runner_id == live.id
+    assert [op_ids for _, _, _, op_ids in queues.get(live.queue, [])]  # its work was sent on

@@ -69,7 +69,7 @@ def submit_sample(user, body: dict) -> Operation:
     op = Operation.objects.insert_or_racing(
         Operation.of_sampler(sampler, seq_id, payload, payload_bytes=size, api_key_id=key_id_of(user))
     )
-    dispatch.dispatch(sampler.base_model)
+    dispatch.dispatch_placed(sampler.base_model, sampler.runner_id)
     return op
 
 

@@ -145,7 +145,7 @@ def submit_training(
     )
     if op.status == Operation.Status.REJECTED:
         return _repeat(op)
-    dispatch.dispatch(run.base_model)
+    dispatch.dispatch_placed(run.base_model, run.runner_id)
     return op
 
 

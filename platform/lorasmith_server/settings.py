@@ -129,7 +129,7 @@ if BROKER_URL.startswith(("amqp://", "amqps://")):
     }
 elif BROKER_URL:
     DRAMATIQ_BROKER = {
-        "BROKER": "dramatiq.brokers.redis.RedisBroker",
+        "BROKER": "training.execution.doorbell.DoorbellRedisBroker",  # wakes idle runners at once
         "OPTIONS": {"url": BROKER_URL, "namespace": REDIS_NAMESPACE},
         "MIDDLEWARE": DRAMATIQ_MIDDLEWARE,
     }

@@ -27,10 +27,11 @@ from .engines import record_heartbeat, report_alive, resident_if_loaded
 log = logging.getLogger(__name__)
 
 ALIVE_EVERY_SECONDS = 10.0  # at most; a third of LORASMITH_RUNNER_DEAD_AFTER_SECONDS when that is less
-# How long an idle runner's consumer waits between looks at its queue, at most. Dramatiq's Redis
-# consumer polls (no blocking fetch) backing off from 5 ms up to this; its default of 1 s put up to
-# a second between a quiet runner's cycle message and its start. A look is one Redis script call.
-POLL_MS = 20
+# How long an idle runner's consumer waits for its queue between its worker's other duties (acks
+# of delayed messages, a look at whether to stop). It is woken at once when a message comes: the
+# Redis broker rings a doorbell (`doorbell`), the in-process one and RabbitMQ deliver to a blocked
+# wait; so this bounds no latency, only how often an idle runner calls its broker.
+IDLE_WAIT_MS = 1000
 
 
 class RunnerWorker(dramatiq.Worker):
@@ -122,7 +123,7 @@ def start_worker(base_models: list[str], device: str = "") -> dramatiq.Worker:
     registered = [runners.register(m, device) for m in base_models]
     for runner in registered:
         broker.declare_queue(runner.queue)
-    worker = RunnerWorker(broker, queues={r.queue for r in registered}, worker_threads=1, worker_timeout=POLL_MS)
+    worker = RunnerWorker(broker, queues={r.queue for r in registered}, worker_threads=1, worker_timeout=IDLE_WAIT_MS)
     worker.runner_ids = [r.id for r in registered]
     worker.start()
     dispatch.recover(base_models)

@@ -5,13 +5,14 @@
 2. pipelined training through the server (every forward_backward + optim_step sent, then waited
    for) vs the same steps on the bare engine in this process: tokens/s ratio (goal >= 0.95x).
 
-  .venv/bin/python bench/overhead_roundtrip.py [--round-trips 30] [--steps 10] [--batch 8] [--length 128]
+  .venv/bin/python bench/overhead_roundtrip.py [--round-trips 30] [--steps 20] [--batch 8] [--length 128]
   [--only embedded|scale]  (scale needs PostgreSQL and Redis on loopback)
   [--compare DIR]  (also serve from another checkout, e.g. `git archive <before> | tar -x -C DIR`,
                     alternating the two trees path by path: before/after side by side in one run)
 
-The bare engine is measured right after each served run, in this process, so each ratio compares
-figures taken under the same machine load (the load average is printed with them).
+The bare engine is measured right before and right after each served run, in this process, and
+the two averaged, so each ratio compares figures taken under the same machine load and speed (the
+load average is printed with them). Both sides are warmed up at the measured shape first.
 """
 
 from __future__ import annotations
@@ -88,16 +89,18 @@ def bare_tokens_per_second(steps: int, batch: int, length: int) -> float:
 
 
 def measure(name: str, deployment, args) -> dict[str, float]:
+    before = bare_tokens_per_second(args.steps, args.batch, args.length)
     with deployment as (base_url, key):
         service = lorasmith.ServiceClient(base_url=base_url, api_key=key)
         try:
             training = service.create_lora_training_client("tiny-llama", rank=8, seed=1)
             p50 = round_trips(training, args.round_trips)
+            served_tokens_per_second(training, 2, args.batch, args.length)  # warm-up, as the bare engine's
             served = served_tokens_per_second(training, args.steps, args.batch, args.length)
         finally:
             service.close()
-    bare = bare_tokens_per_second(args.steps, args.batch, args.length)
-    return {"p50_ms": p50 * 1000, "served": served, "bare": bare}
+    after = bare_tokens_per_second(args.steps, args.batch, args.length)
+    return {"p50_ms": p50 * 1000, "served": served, "bare": (before + after) / 2}
 
 
 @contextlib.contextmanager
@@ -114,7 +117,7 @@ def served_from(root: str | None):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--round-trips", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
     parser.add_argument("--only", choices=["embedded", "scale"])

@@ -55,6 +55,10 @@ def test_two_runner_processes_share_runs_and_survive_a_sigkill(tmp_path):
         assert len({h["runner"]["id"] for h in held.values()}) == 2  # the four runs landed on both
         assert all(h["snapshot_seq_id"] == 4 for h in held.values())  # the snapshot after step 2
 
+        victim = server.processes[1]
+        # stopped before the next steps are sent, killed after: it holds accepted work it never ran
+        # (however fast it is, it cannot finish the run before the kill)
+        victim.send_signal(signal.SIGSTOP)
         pending = {
             seq: [_step(wire, m, step) for step in range(STEPS_BEFORE, STEPS_BEFORE + STEPS_AFTER)]
             for seq, m in models.items()
@@ -65,7 +69,6 @@ def test_two_runner_processes_share_runs_and_survive_a_sigkill(tmp_path):
             )
             for seq, m in models.items()
         }
-        victim = server.processes[1]
         victim.send_signal(signal.SIGKILL)
         victim.wait(timeout=30)
 

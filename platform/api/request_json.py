@@ -23,6 +23,7 @@ from django.core.exceptions import RequestDataTooBig
 from django.http import HttpRequest
 
 from training.errors import BadRequest, TooLarge
+from training.wire import NUMBER
 
 MAX_DEPTH = 32  # the deepest real body (forward_backward: data[i].loss_fn_inputs.x.data) is 5 deep
 INT64 = (-(2**63), 2**63 - 1)
@@ -154,7 +155,7 @@ def check(root: Any, field: str = "body") -> None:
 
 
 def _numbers_in_range(values: list) -> bool:
-    if not values or not all(type(x) is int or type(x) is float for x in values):
+    if not values or not set(map(type, values)) <= NUMBER:  # one C pass; a bool is not a number here
         return False
     return _scalar_ok(min(values)) and _scalar_ok(max(values))
 

@@ -12,6 +12,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -28,8 +29,23 @@ def _base_env(data: Path) -> dict[str, str]:
     return env
 
 
+@dataclass(frozen=True)
+class Pinning:
+    """CPUs for the runners (each with one torch thread) and for the web process: on a CPU box, a
+    runner with a core of its own stands in for a GPU runner, whose engine does not share the
+    cores the service's own work runs on."""
+
+    runner_cpus: str = "1"
+    web_cpus: str = "0"
+
+    def wrap(self, command: list[str], runner: bool) -> list[str]:
+        return ["taskset", "-c", self.runner_cpus if runner else self.web_cpus, *command]
+
+
 @contextlib.contextmanager
-def _processes(env: dict[str, str], data: Path, runners: int) -> Iterator[tuple[str, str]]:
+def _processes(
+    env: dict[str, str], data: Path, runners: int, pinning: Pinning | None = None
+) -> Iterator[tuple[str, str]]:
     subprocess.run([*MANAGE, "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     key = subprocess.run(
         [*MANAGE, "issue_api_key", "bench"], cwd=ROOT, env=env, check=True, capture_output=True, text=True
@@ -40,7 +56,11 @@ def _processes(env: dict[str, str], data: Path, runners: int) -> Iterator[tuple[
     processes = []
     for name, command in zip(names, commands):
         log = open(data / f"{name}.log", "w")  # noqa: SIM115 - the child writes it
-        processes.append(subprocess.Popen([*MANAGE, *command], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT))
+        argv, child_env = [*MANAGE, *command], env
+        if pinning is not None:
+            argv = pinning.wrap(argv, runner=name != "web")
+            child_env = {**env, "OMP_NUM_THREADS": "1"} if name != "web" else env
+        processes.append(subprocess.Popen(argv, cwd=ROOT, env=child_env, stdout=log, stderr=subprocess.STDOUT))
     base_url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -64,7 +84,7 @@ def _processes(env: dict[str, str], data: Path, runners: int) -> Iterator[tuple[
 
 
 @contextlib.contextmanager
-def scale_deployment(runners: int = 2) -> Iterator[tuple[str, str]]:
+def scale_deployment(runners: int = 2, pinning: Pinning | None = None) -> Iterator[tuple[str, str]]:
     import psycopg
 
     db = f"lorasmith_bench_{uuid.uuid4().hex[:8]}"
@@ -78,7 +98,7 @@ def scale_deployment(runners: int = 2) -> Iterator[tuple[str, str]]:
         LORASMITH_REDIS_NAMESPACE=f"lorasmith-bench-{uuid.uuid4().hex[:6]}",
     )
     try:
-        with _processes(env, data, runners) as deployment:
+        with _processes(env, data, runners, pinning) as deployment:
             yield deployment
     finally:
         with psycopg.connect(PG_ADMIN, autocommit=True) as conn:

@@ -6,9 +6,16 @@
    for) vs the same steps on the bare engine in this process: tokens/s ratio (goal >= 0.95x).
 
   .venv/bin/python bench/overhead_roundtrip.py [--round-trips 30] [--steps 20] [--batch 8] [--length 128]
-  [--only embedded|scale]  (scale needs PostgreSQL and Redis on loopback)
+  [--only embedded|scale|pinned]  (scale and pinned need PostgreSQL and Redis on loopback)
   [--compare DIR]  (also serve from another checkout, e.g. `git archive <before> | tar -x -C DIR`,
                     alternating the two trees path by path: before/after side by side in one run)
+
+Three paths: embedded (`manage.py serve` alone), scale (web + one `manage.py runner`), and pinned: the
+scale path with the runner on a core of its own with one torch thread (`taskset`), the web process
+and the client on the other (PostgreSQL and Redis, the machine's services, are not pinned), and the
+bare engine on the runner's core and thread. On a CPU box the service's own work otherwise competes
+with the engine for the same cores; pinned, the ratio is closer to what a GPU runner would see: how
+long the engine waits on the service.
 
 The bare engine is measured right before and right after each served run, in this process, and
 the two averaged, so each ratio compares figures taken under the same machine load and speed (the
@@ -88,9 +95,32 @@ def bare_tokens_per_second(steps: int, batch: int, length: int) -> float:
     return steps * batch * length / (time.perf_counter() - start)
 
 
+PINNED = deployments.Pinning(runner_cpus="1", web_cpus="0")
+
+
+@contextlib.contextmanager
+def on_cpus(cpus: str, threads: int | None = None):
+    """This process on `cpus` (and torch on `threads` threads) for the block."""
+    before_cpus, before_threads = os.sched_getaffinity(0), torch.get_num_threads()
+    os.sched_setaffinity(0, {int(c) for c in cpus.split(",")})
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before_cpus)
+        torch.set_num_threads(before_threads)
+
+
 def measure(name: str, deployment, args) -> dict[str, float]:
-    before = bare_tokens_per_second(args.steps, args.batch, args.length)
-    with deployment as (base_url, key):
+    """The pinned path's bare engine runs as its runner does (its core, one thread), and its client
+    beside the web process."""
+    pinned = name == "pinned"
+    bare_place = on_cpus(PINNED.runner_cpus, 1) if pinned else contextlib.nullcontext()
+    client_place = on_cpus(PINNED.web_cpus) if pinned else contextlib.nullcontext()
+    with bare_place:
+        before = bare_tokens_per_second(args.steps, args.batch, args.length)
+    with client_place, deployment as (base_url, key):
         service = lorasmith.ServiceClient(base_url=base_url, api_key=key)
         try:
             training = service.create_lora_training_client("tiny-llama", rank=8, seed=1)
@@ -99,7 +129,8 @@ def measure(name: str, deployment, args) -> dict[str, float]:
             served = served_tokens_per_second(training, args.steps, args.batch, args.length)
         finally:
             service.close()
-    after = bare_tokens_per_second(args.steps, args.batch, args.length)
+    with on_cpus(PINNED.runner_cpus, 1) if pinned else contextlib.nullcontext():
+        after = bare_tokens_per_second(args.steps, args.batch, args.length)
     return {"p50_ms": p50 * 1000, "served": served, "bare": (before + after) / 2}
 
 
@@ -120,11 +151,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--length", type=int, default=128)
-    parser.add_argument("--only", choices=["embedded", "scale"])
+    parser.add_argument("--only", choices=["embedded", "scale", "pinned"])
     parser.add_argument("--compare", help="another checkout to serve from too (its figures print as 'before')")
     parser.add_argument("--repeat", type=int, default=1, help="alternate the trees this many times per path")
     args = parser.parse_args()
-    paths = {"embedded": deployments.embedded_deployment, "scale": deployments.scale_deployment}
+    paths = {
+        "embedded": deployments.embedded_deployment,
+        "scale": lambda: deployments.scale_deployment(1),
+        "pinned": lambda: deployments.scale_deployment(1, PINNED),
+    }
     trees = [("before", args.compare), ("after", None)] if args.compare else [("", None)]
     print(f"{'path':<18}{'forward p50 ms':>16}{'served tok/s':>14}{'bare tok/s':>12}{'ratio':>8}{'load avg':>10}")
     runs: dict[str, list[dict[str, float]]] = {}
@@ -134,7 +169,7 @@ def main() -> None:
         for _ in range(args.repeat):
             for label, root in trees:
                 with served_from(root):
-                    got = measure(name, start() if name == "embedded" else start(1), args)
+                    got = measure(name, start(), args)
                 title = f"{name} {label}".strip()
                 runs.setdefault(title, []).append(got)
                 _row(title, got["p50_ms"], got["served"], got["bare"], os.getloadavg()[0])

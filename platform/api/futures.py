@@ -8,27 +8,22 @@ asks for it (Tinker's SDK does, and reads those two only as protobuf), as JSON o
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import time
 from typing import Any
 
 from asgiref.sync import sync_to_async
 from channels.layers import BaseChannelLayer, InMemoryChannelLayer, get_channel_layer
 from django.conf import settings
-from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from accounts.services import user_for_key
 from training import access, test_hooks
 from training.errors import ApiError, BadRequest
-from training.events import user_group
 
 from . import request_json, result_proto, serializers
 from .errors import error_body, json_error
-
-log = logging.getLogger(__name__)
+from .push_wait import PushWait, release_connection
 
 POLL_INTERVAL = 0.05  # first re-check without a push; most cycles finish within a few of these
 MAX_POLL_INTERVAL = 0.5  # later re-checks back off: many idle long-polls stay cheap
@@ -51,22 +46,14 @@ def _lookup_and_release(key: str | None, request) -> tuple[Any, str]:
     try:
         return _lookup(key, request)
     finally:
-        _release_connection()
+        release_connection()
 
 
 def _state(user, request_id: str):
     try:
         return serializers.future_state(access.operation_of(user, request_id))
     finally:
-        _release_connection()
-
-
-def _release_connection() -> None:
-    """Hand this thread's database connection back (to the pool on PostgreSQL) between polls: a
-    long-poll waits for up to LORASMITH_LONG_POLL_SECONDS, and holding a connection all that time
-    would let a few pending polls take every connection from everyone else's requests."""
-    if not connection.in_atomic_block:
-        connection.close()
+        release_connection()
 
 
 @csrf_exempt
@@ -85,7 +72,7 @@ async def retrieve_future(request):
     protobuf = result_proto.wants_protobuf(request.headers.get("Accept", ""))
     deadline = time.monotonic() + settings.LORASMITH.long_poll_seconds
     interval = POLL_INTERVAL
-    async with _Wakeup(user.id, request_id) as wakeup:  # listening before the first look: no push slips by
+    async with PushWait(user.id, request_id, _in_process_layer()) as wakeup:  # before the first look
         while True:
             state = await sync_to_async(_state)(user, request_id)
             if state is not None:
@@ -97,53 +84,13 @@ async def retrieve_future(request):
             interval = min(interval * 1.5, MAX_POLL_INTERVAL)
 
 
-class _Wakeup:
-    """Waits for the push that `request_id` finished, on a channel of the user's group for the
-    long-poll's lifetime. Only on the in-process layer: channels_redis serializes a process's
-    receives behind one lock and a 5 s blocking pop, and six waiting long-polls held another user's
-    requests up for seconds (test_reliability_long_polls); there, and without a layer, it sleeps."""
-
-    def __init__(self, user_id: int, request_id: str) -> None:
-        self.group, self.request_id = user_group(user_id), request_id
-        layer = get_channel_layer()
-        self.layer: BaseChannelLayer | None = layer if isinstance(layer, InMemoryChannelLayer) else None
-        self.channel: str | None = None
-
-    async def __aenter__(self) -> _Wakeup:
-        if self.layer is not None:
-            try:
-                self.channel = await self.layer.new_channel()
-                await self.layer.group_add(self.group, self.channel)
-            except Exception:
-                log.warning("long-poll without push wake-up (channel layer unavailable)", exc_info=True)
-                self.channel = None
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self.layer is not None and self.channel is not None:
-            try:
-                await self.layer.group_discard(self.group, self.channel)
-            except Exception:
-                log.warning("could not leave the push group of a long-poll", exc_info=True)
-
-    async def wait(self, seconds: float) -> None:
-        """Return when the future's push comes, or after `seconds`."""
-        if self.layer is None or self.channel is None:
-            await asyncio.sleep(seconds)
-            return
-        until = time.monotonic() + seconds
-        while (left := until - time.monotonic()) > 0:
-            try:
-                message = await asyncio.wait_for(self.layer.receive(self.channel), left)
-            except TimeoutError:
-                return
-            except Exception:  # the layer failed: fall back to a plain wait
-                log.warning("long-poll push wake-up failed", exc_info=True)
-                self.channel = None
-                await asyncio.sleep(max(0.0, until - time.monotonic()))
-                return
-            if message.get("type") == "future.finished" and message.get("request_id") == self.request_id:
-                return
+def _in_process_layer() -> BaseChannelLayer | None:
+    """The layer a long-poll listens on for its push: only the in-process one. channels_redis
+    serializes a process's receives behind one lock and a 5 s blocking pop, and six waiting
+    long-polls held another user's requests up for seconds (test_reliability_long_polls); there,
+    and without a layer, a long-poll sleeps between its reads."""
+    layer = get_channel_layer()
+    return layer if isinstance(layer, InMemoryChannelLayer) else None
 
 
 def _answer(state: dict, protobuf: bool) -> HttpResponse:

@@ -21,7 +21,7 @@ Other operations (creating a model, saves, loads) consume no tokens and leave no
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 DEFAULT_MAX_TOKENS = 16  # gpu_runner.types.SamplingParams.max_tokens; this module imports no engine
@@ -49,9 +49,6 @@ def _datum_tokens(datum: dict[str, Any]) -> int:
     return sum(len(chunk.get("tokens") or ()) for chunk in chunks)
 
 
-COUNTS = ("tokens_trained", "tokens_forward", "tokens_sampled", "optimizer_steps")
-
-
 @dataclass(frozen=True)
 class Counts:
     tokens_trained: int = 0
@@ -61,6 +58,9 @@ class Counts:
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
+
+
+COUNTS = tuple(field.name for field in fields(Counts))  # the names usage sums and charts, in order
 
 
 def consumed(kind: str, payload: dict[str, Any], result: dict) -> Counts:

@@ -177,7 +177,10 @@ class OperationQuerySet(models.QuerySet["Operation"]):
         fields = Operation.finished_fields(status, error=error, category=category, result=result)
         finished: list[str] = []
         pending = self.pending()  # an operation ends once
-        with transaction.atomic():
+        # a caller's transaction is joined, not nested in a savepoint of its own (two round trips
+        # per operation a cycle writes): a caller that must go on after a failure here wraps the
+        # call in its savepoint, as the cycle's `_record` does
+        with transaction.atomic(savepoint=False):
             targets = [(known.pk, known.owner_id)] if known is not None else list(pending.values_list("pk", "owner_id"))
             for pk, owner_id in targets:
                 if not pending.filter(pk=pk).update(**fields):

@@ -14,7 +14,8 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from accounts.services import ensure_user, issue_api_key
@@ -202,10 +203,13 @@ def test_kinds_are_choices_with_the_wire_names():
     assert {Operation.Kind.SAVE_WEIGHTS: 1}.get("save_weights") == 1  # looked up by either, alike
 
 
-def test_a_cycles_outcomes_are_written_together_and_one_that_fails_to_write_fails_alone(queues, monkeypatch):
-    """A cycle's outcomes share one transaction (`cycle._record_all`), each in a savepoint: when
+@pytest.mark.parametrize("fails_in", ["its step", "its usage"])
+def test_a_cycles_outcomes_are_written_together_and_one_that_fails_to_write_fails_alone(queues, monkeypatch, fails_in):
+    """A cycle's outcomes share one transaction (`cycle._record_all`), each in one savepoint: when
     writing one raises, its own writes (its step, its metric points, its usage) are undone and it
-    fails as the server's fault; the operations before and after it in the same cycle complete."""
+    fails as the server's fault; the operations before and after it in the same cycle complete.
+    `fails_in` its usage: the failure is inside `finish`, which joins that savepoint (no savepoint
+    of its own): each operation costs one SAVEPOINT, not two."""
     runner = runners.register("tiny-llama")
     wire = Wire(InProcess(issue_api_key(ensure_user("batched"), "k")))
     created = wire.create_model(wire.session(), seed=5).json()
@@ -222,9 +226,23 @@ def test_a_cycles_outcomes_are_written_together_and_one_that_fails_to_write_fail
         outcomes_optim_step_done(op, out)  # its step and metric points are written, then...
         raise RuntimeError("the disk is full")
 
-    outcomes_optim_step_done = outcomes.optim_step_done
-    monkeypatch.setattr(outcomes, "optim_step_done", fails_after_writing)
-    cycle.execute_cycle(*queues[runner.queue].popleft())
+    def usage_fails(op, result):
+        if op.kind == "optim_step":  # its row is finished and its step written, then...
+            raise RuntimeError("the disk is full")
+        return record_usage(op, result)
+
+    outcomes_optim_step_done, record_usage = outcomes.optim_step_done, UsageRecord.record
+    if fails_in == "its step":
+        monkeypatch.setattr(outcomes, "optim_step_done", fails_after_writing)
+    else:
+        monkeypatch.setattr(UsageRecord, "record", usage_fails)
+    with CaptureQueriesContext(connection) as queries:
+        cycle.execute_cycle(*queues[runner.queue].popleft())
+    sql = [q["sql"] for q in queries.captured_queries]
+    first = next(i for i, q in enumerate(sql) if q.startswith("SAVEPOINT"))
+    last = max(i for i, q in enumerate(sql) if q.startswith('UPDATE "training_operation"'))
+    # the batch's own (a savepoint only under the test's transaction), then one per operation
+    assert sum(q.startswith("SAVEPOINT") for q in sql[first : last + 1]) == 1 + 3
 
     first, optim, last = (Operation.objects.get(id=s["request_id"]) for s in sent)
     assert (first.status, last.status) == ("done", "done")
@@ -237,3 +255,5 @@ def test_a_cycles_outcomes_are_written_together_and_one_that_fails_to_write_fail
     assert run.step == 0  # the failed step's own write was undone with it
     assert not run.metrics.filter(name="learning_rate:mean").exists()  # nor its metric points
     assert run.metrics.filter(name="loss:sum").count() == 2  # the two passes around it have theirs
+    # at step 0 both: the failed step is not counted in memory either, for the operations after it
+    assert set(run.metrics.filter(name="loss:sum").values_list("step", flat=True)) == {0}

@@ -221,9 +221,13 @@ def _record(item: Plan, result: OpResult, broken: dict[str | None, tuple[str, st
     if not result.ok:
         outcomes.fail(item.op, result.error or "unknown engine error", result.category or "server")
         return
+    run = item.op.training_run
+    step = run.step if run is not None else 0
     try:
         with transaction.atomic():  # a savepoint: a failure writing this outcome undoes only its own writes
             outcomes.complete(item.op, item.finish(result.output))
     except Exception as error:
         log.exception("writing the result of %s failed", item.op.id)
+        if run is not None:  # the cycle's one instance of the run: its step's write was undone, so is its count
+            run.step = step
         outcomes.fail(item.op, f"{type(error).__name__}: {error}", "server")

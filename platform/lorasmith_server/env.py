@@ -94,3 +94,6 @@ class ServiceSettings:
     # tokens (None = sized from the device's memory on CUDA, 8192 on CPU)
     engine_dtype: str = ""
     engine_pass_tokens: int | None = None
+    # with an object store, the bytes of stored directories a process keeps local copies of (what it
+    # saved or fetched); beyond, the least recently used idle copies are deleted (the store keeps them)
+    cache_max_bytes: int = 20 << 30

@@ -205,6 +205,7 @@ LORASMITH = ServiceSettings(
     snapshot_every_steps=env_int("LORASMITH_SNAPSHOT_EVERY_STEPS", 20),
     engine_dtype=env_str("LORASMITH_ENGINE_DTYPE"),
     engine_pass_tokens=env_optional_int("LORASMITH_ENGINE_PASS_TOKENS"),
+    cache_max_bytes=env_int("LORASMITH_CACHE_MAX_BYTES", 20 << 30),
 )
 DATA_UPLOAD_MAX_MEMORY_SIZE = LORASMITH.max_body_bytes
 

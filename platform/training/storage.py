@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import os
 import re
 import shutil
 import tarfile
@@ -93,7 +94,7 @@ def fetch(location: Path | str) -> Path:
     is there already; stored directories never change (a save writes a new version), so a cached
     copy never goes stale."""
     directory = local_directory(location)
-    if not object_store.is_remote() or (_cached_marker(directory).exists() and directory.is_dir()):
+    if not object_store.is_remote() or _used(directory):
         return directory
     key = key_of(location)
     names = object_store.files(key)
@@ -117,8 +118,63 @@ def fetch(location: Path | str) -> Path:
 
 
 def _cached_marker(directory: Path) -> Path:
-    """Next to a directory: its local copy is whole (written by `publish` or `fetch`)."""
-    return directory.with_name(directory.name + ".cached")
+    """Next to a directory: its local copy is whole (written by `publish` or `fetch`); its time is
+    when the copy was last used (`trim_cache` evicts the least recently used first)."""
+    return directory.with_name(directory.name + CACHED_SUFFIX)
+
+
+def _used(directory: Path) -> bool:
+    """Whether a whole local copy of `directory` is cached; if so it is marked as used now."""
+    try:
+        os.utime(_cached_marker(directory))
+    except FileNotFoundError:
+        return False
+    return directory.is_dir()
+
+
+CACHED_SUFFIX = ".cached"
+CACHE_IDLE_SECONDS = 600.0  # a copy used this recently is never evicted: a load may still be reading it
+
+
+def trim_cache(max_bytes: int, idle_seconds: float = CACHE_IDLE_SECONDS) -> int:
+    """With an object store, the local copies of stored directories (`publish`, `fetch`) are only a
+    cache, and without a bound a long-lived runner's disk fills: with copies of what other
+    processes deleted since, and of every run it ever took over. Beyond `max_bytes` the least
+    recently used go, among those idle for `idle_seconds`; the store keeps their files, and a later
+    `fetch` brings one back. Returns the bytes freed."""
+    root = settings.DATA_DIR / "checkpoints"
+    if not object_store.is_remote() or not root.is_dir():
+        return 0
+    copies: list[tuple[float, int, Path]] = []
+    for marker in root.rglob(f"*{CACHED_SUFFIX}"):
+        directory = marker.with_name(marker.name.removesuffix(CACHED_SUFFIX))
+        try:
+            used = marker.stat().st_mtime
+            size = sum(f.stat().st_size for f in directory.iterdir() if f.is_file())
+        except FileNotFoundError:  # evicted or removed meanwhile by another process
+            continue
+        copies.append((used, size, directory))
+    held = sum(size for _, size, _ in copies)
+    freed = 0
+    idle_before = time.time() - idle_seconds
+    for used, size, directory in sorted(copies, key=lambda copy: copy[0]):
+        if held - freed <= max_bytes or used > idle_before:  # the rest were used more recently still
+            break
+        _evict(directory)
+        freed += size
+    return freed
+
+
+def _evict(directory: Path) -> None:
+    """The marker first (a fetch from now on downloads afresh), then the files, moved aside in one
+    rename so a fetch renaming a new copy into place never meets a half-deleted one."""
+    _cached_marker(directory).unlink(missing_ok=True)
+    aside = directory.with_name(f".{directory.name}.{uuid.uuid4().hex}.evicted")
+    try:
+        directory.rename(aside)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 KEPT_ANSWER_SECONDS = 2.0

@@ -499,3 +499,55 @@ def test_runners_with_data_dirs_of_their_own_work_through_the_store(tmp_path, s3
             assert not (web_dir / "checkpoints").exists() and not (web_dir / "snapshots").exists()
         finally:
             server.stop()
+
+
+def test_local_copies_of_the_store_are_a_bounded_cache(s3_endpoint, on_s3):
+    """What a process saved or fetched stays on its disk only as a cache: beyond the limit the least
+    recently used idle copies go (a fetch counts as a use), the store keeps every file, and a fetch
+    brings an evicted copy back whole."""
+    from training import storage
+
+    sizes = {"a": 1000, "b": 2000, "c": 3000}
+    bodies, locations, directories = {}, {}, {}
+    for name, size in sizes.items():
+        directory = storage.checkpoint_directory(7, "s:cache:0", "weights", name)
+        directory.mkdir(parents=True)
+        bodies[name] = os.urandom(size)
+        (directory / "adapter_model.safetensors").write_bytes(bodies[name])
+        locations[name], directories[name] = storage.publish(directory), directory
+        time.sleep(0.01)
+    assert storage.fetch(locations["a"]) == directories["a"]  # used last: now the order is b, c, a
+
+    assert storage.trim_cache(10_000, idle_seconds=0) == 0  # under the limit: nothing goes
+    assert storage.trim_cache(3000, idle_seconds=3600) == 0  # over it, but every copy was used this hour
+    assert storage.trim_cache(4000, idle_seconds=0) == sizes["b"]  # 6000 held: the least recently used goes
+    assert not directories["b"].exists() and directories["a"].exists() and directories["c"].exists()
+    assert storage.trim_cache(1000, idle_seconds=0) == sizes["c"]
+    assert [n for n in sizes if directories[n].exists()] == ["a"]
+
+    stored = _objects(s3_endpoint, "checkpoints/7/s_cache_0/")
+    assert sorted(stored.values()) == sorted(bodies.values())  # the store kept them all
+    for name in ("b", "c"):
+        fetched = storage.fetch(locations[name])
+        assert (fetched / "adapter_model.safetensors").read_bytes() == bodies[name]
+    assert not list(on_s3.rglob("*.evicted"))  # nothing left aside
+
+
+@pytest.mark.django_db
+def test_housekeeping_keeps_the_cache_under_its_bound(s3_endpoint, on_s3, settings, monkeypatch):
+    """The runner's chores between cycles trim the cache to LORASMITH_CACHE_MAX_BYTES."""
+    import dataclasses
+
+    from training import storage
+    from training.upkeep import housekeeping
+
+    directory = storage.checkpoint_directory(7, "s:cache:1", "weights", "old")
+    directory.mkdir(parents=True)
+    (directory / "adapter_model.safetensors").write_bytes(os.urandom(4096))
+    location = storage.publish(directory)
+    hours_ago = time.time() - 7200
+    os.utime(directory.with_name(directory.name + ".cached"), (hours_ago, hours_ago))  # last used 2 h ago
+    settings.LORASMITH = dataclasses.replace(settings.LORASMITH, cache_max_bytes=1024)
+    monkeypatch.setattr(housekeeping, "_last_run", float("-inf"))
+    housekeeping.run_if_due()
+    assert not directory.exists() and storage.is_kept(location)

@@ -1,7 +1,8 @@
 """Chores a runner does between cycles, at most once per interval per process: purge checkpoints
 past their TTL, end sessions whose heartbeat stopped (TINKER_WIRE §3.4: the server ends silent
 sessions and drops their queued sampling work; accepted training work still runs), then free what
-finished sessions held: their ephemeral sampler snapshots on disk and their adapters in memory."""
+finished sessions held: their ephemeral sampler snapshots on disk and their adapters in memory; and
+with an object store, keep this process's local copies of stored files under LORASMITH_CACHE_MAX_BYTES."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from .. import storage
 from ..models import Operation, Session
 from . import retention
 
@@ -30,11 +32,22 @@ def run_if_due(also: Sequence[Callable[[], object]] = ()) -> None:
     if time.monotonic() - _last_run < INTERVAL_SECONDS:
         return
     _last_run = time.monotonic()
-    for chore in (retention.purge_expired, expire_silent_sessions, retention.release_finished_sessions_weights, *also):
+    chores = (
+        retention.purge_expired,
+        expire_silent_sessions,
+        retention.release_finished_sessions_weights,
+        trim_local_cache,
+        *also,
+    )
+    for chore in chores:
         try:
             chore()
         except Exception:
             log.exception("housekeeping: %s failed", getattr(chore, "__name__", chore))
+
+
+def trim_local_cache() -> int:
+    return storage.trim_cache(settings.LORASMITH.cache_max_bytes)
 
 
 def expire_silent_sessions() -> int:

@@ -78,6 +78,23 @@ async def _in_turn(send: Coroutine[Any, Any, None]) -> None:
         await send
 
 
+def drain(timeout: float) -> bool:
+    """Wait until every push handed to this process's publisher loop has been sent (at most
+    `timeout` s): a runner stopping gracefully calls it last, so the pushes of its final cycle and
+    of its retirement reach their clients instead of dying with the loop's daemon thread. True when
+    nothing is left in flight."""
+    loop = _publisher
+    if loop is None or not loop.is_running():
+        return True
+    last = asyncio.run_coroutine_threadsafe(_in_turn(asyncio.sleep(0)), loop)  # after every earlier push
+    try:
+        last.result(timeout)
+    except TimeoutError:
+        last.cancel()
+        return False
+    return True
+
+
 def _log_failure(kind: str | None, sent: Future) -> None:
     if not sent.cancelled() and sent.exception() is not None:
         log.error("could not publish %s", kind, exc_info=sent.exception())

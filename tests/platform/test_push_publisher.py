@@ -59,3 +59,37 @@ def test_a_runners_pushes_all_arrive_over_the_publishers_connections(redis_layer
     loop.close()
     assert got == list(range(PUSHES))
     assert _accepted_connections() - before <= 2  # this count's own connection, and at most one more
+
+
+def test_drain_returns_once_every_push_handed_to_the_publisher_is_sent(redis_layer, monkeypatch):
+    """A runner stopping gracefully calls `drain` last: it returns only once the publisher has sent
+    every push handed to it (each send slowed here, so 20 take at least 0.4 s), and they arrive in
+    order; pushes still in flight would otherwise die with the publisher's daemon thread."""
+
+    async def listen() -> str:
+        channel = await redis_layer.new_channel()
+        await redis_layer.group_add(events.user_group(7), channel)
+        return channel
+
+    loop = asyncio.new_event_loop()
+    channel = loop.run_until_complete(listen())
+    events.publish(7, {"type": "run.metrics", "model_id": "m", "step": -1, "metrics": {}})  # the publisher starts
+    loop.run_until_complete(asyncio.wait_for(redis_layer.receive(channel), 10))
+    assert events.drain(10)  # nothing in flight
+
+    sent: list[int] = []
+    group_send = redis_layer.group_send
+
+    async def slow_send(group: str, message: dict) -> None:
+        await asyncio.sleep(0.02)
+        await group_send(group, message)
+        sent.append(message["step"])
+
+    monkeypatch.setattr(redis_layer, "group_send", slow_send)
+    for step in range(PUSHES):
+        events.metrics(7, "m", step, {})
+    assert events.drain(10)
+    assert sent == list(range(PUSHES))  # all of them sent by the time it returned
+    got = [loop.run_until_complete(asyncio.wait_for(redis_layer.receive(channel), 10))["step"] for _ in range(PUSHES)]
+    loop.close()
+    assert got == list(range(PUSHES))

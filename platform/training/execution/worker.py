@@ -19,7 +19,7 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections
 from django.utils import timezone
 
-from .. import dispatch, runners
+from .. import dispatch, events, runners
 from ..models import Runner
 from . import actors, cycle, snapshots  # noqa: F401 - actors registers the cycle actor with the broker
 from .engines import record_heartbeat, report_alive, resident_if_loaded
@@ -32,6 +32,7 @@ ALIVE_EVERY_SECONDS = 10.0  # at most; a third of LORASMITH_RUNNER_DEAD_AFTER_SE
 # Redis broker rings a doorbell (`doorbell`), the in-process one and RabbitMQ deliver to a blocked
 # wait; so this bounds no latency, only how often an idle runner calls its broker.
 IDLE_WAIT_MS = 1000
+PUSH_DRAIN_SECONDS = 10.0
 
 
 class RunnerWorker(dramatiq.Worker):
@@ -47,6 +48,8 @@ class RunnerWorker(dramatiq.Worker):
         super().stop(timeout)  # the cycle in flight finishes and publishes first
         snapshot_all(self.runner_ids)
         retire_all(self.runner_ids)
+        if not events.drain(PUSH_DRAIN_SECONDS):  # the last pushes, before the publisher's thread dies
+            log.warning("pushes still unsent after %s s; their clients reconcile by reading", PUSH_DRAIN_SECONDS)
 
 
 def beat_seconds() -> float:

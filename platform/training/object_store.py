@@ -9,8 +9,10 @@ so no checkpoint is ever held in memory whole.
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
+import zlib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -44,9 +46,33 @@ def download(key: str, local: Path) -> None:
     bucket = getattr(backend, "bucket", None)
     if bucket is not None:  # S3: boto3 streams it to disk in parts
         bucket.download_file(key, str(local))
+        _verify(bucket, key, local)
         return
     with backend.open(key, "rb") as source, open(local, "wb") as target:
         shutil.copyfileobj(source, target, CHUNK)
+
+
+def _verify(bucket: Any, key: str, local: Path) -> None:
+    """A downloaded file against the CRC32 the store keeps of the whole object (boto3 sends one with
+    every upload): boto3 itself checks a whole-object GET but not a download in ranged parts, which
+    is how every file over 8 MiB (any real adapter's weights) arrives. Only a whole-object checksum
+    can be compared: one the store reports as FULL_OBJECT, or that of an object uploaded in one
+    part; a checksum of the parts (COMPOSITE), or none, is not checked."""
+    head = bucket.meta.client.head_object(Bucket=bucket.name, Key=key, ChecksumMode="ENABLED")
+    expected = head.get("ChecksumCRC32")
+    whole = head.get("ChecksumType") == "FULL_OBJECT" or (
+        "ChecksumType" not in head and "-" not in head.get("ETag", "-")
+    )
+    if not expected or not whole:
+        return
+    crc = 0
+    with open(local, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            crc = zlib.crc32(chunk, crc)
+    got = base64.b64encode(crc.to_bytes(4, "big")).decode()
+    if got != expected:
+        local.unlink(missing_ok=True)
+        raise OSError(f"{key} arrived damaged: its CRC32 is {got}, the store's {expected}")
 
 
 def files(prefix: str) -> list[str]:

@@ -510,7 +510,7 @@ def test_local_copies_of_the_store_are_a_bounded_cache(s3_endpoint, on_s3):
     sizes = {"a": 1000, "b": 2000, "c": 3000}
     bodies, locations, directories = {}, {}, {}
     for name, size in sizes.items():
-        directory = storage.checkpoint_directory(7, "s:cache:0", "weights", name)
+        directory = storage.checkpoint_directory(8, "s:cache:0", "weights", name)
         directory.mkdir(parents=True)
         bodies[name] = os.urandom(size)
         (directory / "adapter_model.safetensors").write_bytes(bodies[name])
@@ -525,7 +525,7 @@ def test_local_copies_of_the_store_are_a_bounded_cache(s3_endpoint, on_s3):
     assert storage.trim_cache(1000, idle_seconds=0) == sizes["c"]
     assert [n for n in sizes if directories[n].exists()] == ["a"]
 
-    stored = _objects(s3_endpoint, "checkpoints/7/s_cache_0/")
+    stored = _objects(s3_endpoint, "checkpoints/8/s_cache_0/")
     assert sorted(stored.values()) == sorted(bodies.values())  # the store kept them all
     for name in ("b", "c"):
         fetched = storage.fetch(locations[name])
@@ -541,7 +541,7 @@ def test_housekeeping_keeps_the_cache_under_its_bound(s3_endpoint, on_s3, settin
     from training import storage
     from training.upkeep import housekeeping
 
-    directory = storage.checkpoint_directory(7, "s:cache:1", "weights", "old")
+    directory = storage.checkpoint_directory(9, "s:cache:1", "weights", "old")
     directory.mkdir(parents=True)
     (directory / "adapter_model.safetensors").write_bytes(os.urandom(4096))
     location = storage.publish(directory)
@@ -551,3 +551,33 @@ def test_housekeeping_keeps_the_cache_under_its_bound(s3_endpoint, on_s3, settin
     monkeypatch.setattr(housekeeping, "_last_run", float("-inf"))
     housekeeping.run_if_due()
     assert not directory.exists() and storage.is_kept(location)
+
+
+def test_a_file_damaged_on_its_way_from_the_store_is_refused(s3_endpoint, on_s3, monkeypatch):
+    """Each downloaded file is compared with the whole-object CRC32 the store keeps: one byte
+    flipped in transit fails the fetch, leaves no copy in the cache, and the next fetch gets it whole."""
+    from training import object_store, storage
+
+    directory = storage.checkpoint_directory(10, "s:crc:0", "weights", "w")
+    directory.mkdir(parents=True)
+    body = os.urandom(4096)
+    (directory / "adapter_model.safetensors").write_bytes(body)
+    location = storage.publish(directory)
+    shutil.rmtree(on_s3 / "checkpoints")
+
+    bucket = object_store.store().bucket
+    download_file = bucket.download_file
+
+    def damaged(key: str, filename: str) -> None:
+        download_file(key, filename)
+        with open(filename, "r+b") as handle:
+            first = handle.read(1)
+            handle.seek(0)
+            handle.write(bytes([first[0] ^ 0x01]))
+
+    monkeypatch.setattr(bucket, "download_file", damaged)
+    with pytest.raises(OSError, match="arrived damaged"):
+        storage.fetch(location)
+    assert not directory.exists() and not list(on_s3.rglob("*.cached"))
+    monkeypatch.setattr(bucket, "download_file", download_file)
+    assert (storage.fetch(location) / "adapter_model.safetensors").read_bytes() == body

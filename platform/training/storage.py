@@ -160,21 +160,29 @@ def trim_cache(max_bytes: int, idle_seconds: float = CACHE_IDLE_SECONDS) -> int:
     for used, size, directory in sorted(copies, key=lambda copy: copy[0]):
         if held - freed <= max_bytes or used > idle_before:  # the rest were used more recently still
             break
-        _evict(directory)
-        freed += size
+        if _evict(directory, idle_before):
+            freed += size
     return freed
 
 
-def _evict(directory: Path) -> None:
-    """The marker first (a fetch from now on downloads afresh), then the files, moved aside in one
-    rename so a fetch renaming a new copy into place never meets a half-deleted one."""
-    _cached_marker(directory).unlink(missing_ok=True)
+def _evict(directory: Path, idle_before: float) -> bool:
+    """The marker first (a fetch from now on downloads afresh), unless the copy was used since it
+    was listed; then the files, moved aside in one rename so a fetch renaming a new copy into place
+    never meets a half-deleted one."""
+    marker = _cached_marker(directory)
+    try:
+        if marker.stat().st_mtime > idle_before:
+            return False
+        marker.unlink()
+    except FileNotFoundError:
+        return False
     aside = directory.with_name(f".{directory.name}.{uuid.uuid4().hex}.evicted")
     try:
         directory.rename(aside)
     except FileNotFoundError:
-        return
+        return False
     shutil.rmtree(aside, ignore_errors=True)
+    return True
 
 
 KEPT_ANSWER_SECONDS = 2.0

@@ -117,6 +117,10 @@ def fetch(location: Path | str) -> Path:
     return directory
 
 
+CACHED_SUFFIX = ".cached"
+CACHE_IDLE_SECONDS = 600.0  # a copy used this recently is never evicted: a load may still be reading it
+
+
 def _cached_marker(directory: Path) -> Path:
     """Next to a directory: its local copy is whole (written by `publish` or `fetch`); its time is
     when the copy was last used (`trim_cache` evicts the least recently used first)."""
@@ -130,10 +134,6 @@ def _used(directory: Path) -> bool:
     except FileNotFoundError:
         return False
     return directory.is_dir()
-
-
-CACHED_SUFFIX = ".cached"
-CACHE_IDLE_SECONDS = 600.0  # a copy used this recently is never evicted: a load may still be reading it
 
 
 def trim_cache(max_bytes: int, idle_seconds: float = CACHE_IDLE_SECONDS) -> int:

@@ -546,7 +546,7 @@ def test_housekeeping_keeps_the_cache_under_its_bound(s3_endpoint, on_s3, settin
     (directory / "adapter_model.safetensors").write_bytes(os.urandom(4096))
     location = storage.publish(directory)
     hours_ago = time.time() - 7200
-    os.utime(directory.with_name(directory.name + ".cached"), (hours_ago, hours_ago))  # last used 2 h ago
+    os.utime(directory.with_name(directory.name + storage.CACHED_SUFFIX), (hours_ago, hours_ago))  # last used 2 h ago
     settings.LORASMITH = dataclasses.replace(settings.LORASMITH, cache_max_bytes=1024)
     monkeypatch.setattr(housekeeping, "_last_run", float("-inf"))
     housekeeping.run_if_due()
